@@ -1,0 +1,351 @@
+//! The seams between Keel and a message bus: what a backend implements.
+//!
+//! A backend implements [`Publisher`] (publish a batch and return once the broker has
+//! confirmed it), [`Subscriber`] (join a consumer group on a topic and receive
+//! [`Delivery`]s), and [`DeadLetters`] (inspect and retry what was dead-lettered).
+//! Consumer groups compete within a group and fan out across groups. Everything else
+//! (typed handlers, retries, concurrency, tracing, the inbox) is built once on top of
+//! these traits in `keel-bus`.
+//!
+//! These traits use `async_trait` because backends are chosen at run time from
+//! `KEEL_BUS_URL` and so are used as trait objects.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::envelope::CloudEvent;
+use crate::error::DecodeError;
+
+/// Errors of bus backends.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The publisher or subscription was closed.
+    #[error("the bus connection is closed")]
+    Closed,
+    /// The broker cannot be reached or the connection broke; retrying may succeed.
+    #[error("bus connection failed: {0}")]
+    Connection(String),
+    /// The broker refused the message (negative confirm, unroutable, too large).
+    #[error("the broker rejected the message: {0}")]
+    Rejected(String),
+    /// The backend is full and the caller should slow down.
+    #[error("back-pressure: {0}")]
+    Backpressure(String),
+    /// The broker did not answer in time; the outcome is unknown (at-least-once: retry).
+    #[error("timed out waiting for the broker: {0}")]
+    Timeout(String),
+    /// The backend was configured or called wrongly; retrying will not help.
+    #[error("invalid bus configuration: {0}")]
+    Config(String),
+    /// A message could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] DecodeError),
+    /// Anything else a backend reports.
+    #[error("bus backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl BusError {
+    /// Whether the same call may succeed if tried again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Connection(_) | Self::Backpressure(_) | Self::Timeout(_))
+    }
+}
+
+type BusResult<T> = Result<T, BusError>;
+
+/// Checks a topic name: 1 to 200 characters of `[A-Za-z0-9._-]`, which every backend
+/// (Kafka topics, RabbitMQ exchanges, SQL values) accepts.
+pub fn validate_topic(topic: &str) -> BusResult<()> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 200
+        && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BusError::Config(format!(
+            "topic `{topic}` must be 1 to 200 characters of letters, digits, `.`, `_` and `-`"
+        )))
+    }
+}
+
+/// Checks a consumer group name (same rules as topics).
+pub fn validate_group(group: &str) -> BusResult<()> {
+    validate_topic(group).map_err(|_| {
+        BusError::Config(format!(
+            "group `{group}` must be 1 to 200 characters of letters, digits, `.`, `_` and `-`"
+        ))
+    })
+}
+
+/// Where a consumer group that does not exist yet starts reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Everything the backend still holds (durable backends: all of it).
+    #[default]
+    Earliest,
+    /// Only what is published after the group is created.
+    Latest,
+}
+
+/// What to subscribe to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionSpec {
+    pub topic: String,
+    /// The consumer group: members of a group share the messages, groups each get all.
+    pub group: String,
+    /// Only these CloudEvents types (empty: all types).
+    pub types: Vec<String>,
+    /// How many deliveries this subscriber may hold unsettled at once.
+    pub prefetch: u32,
+    pub start: StartFrom,
+}
+
+impl SubscriptionSpec {
+    pub fn new(topic: impl Into<String>, group: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            group: group.into(),
+            types: Vec::new(),
+            prefetch: 64,
+            start: StartFrom::Earliest,
+        }
+    }
+
+    #[must_use]
+    pub fn types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    #[must_use]
+    pub fn prefetch(mut self, prefetch: u32) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    #[must_use]
+    pub fn start(mut self, start: StartFrom) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Whether an event of type `ty` is wanted.
+    pub fn wants(&self, ty: &str) -> bool {
+        self.types.is_empty() || self.types.iter().any(|t| t == ty)
+    }
+
+    /// Validates the topic and group names.
+    pub fn validate(&self) -> BusResult<()> {
+        validate_topic(&self.topic)?;
+        validate_group(&self.group)
+    }
+}
+
+/// Publishes events to topics.
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// Publishes `events` to `topic`, in order, and returns once the broker has
+    /// confirmed every one. On error an unknown prefix may have been published: the
+    /// caller retries the whole batch (delivery is at-least-once).
+    async fn publish(&self, topic: &str, events: &[CloudEvent]) -> BusResult<()>;
+
+    /// Waits for everything already accepted to be confirmed; later publishes fail
+    /// with [`BusError::Closed`].
+    async fn close(&self) -> BusResult<()>;
+}
+
+/// Joins consumer groups.
+#[async_trait]
+pub trait Subscriber: Send + Sync {
+    async fn subscribe(&self, spec: SubscriptionSpec) -> BusResult<Box<dyn Subscription>>;
+}
+
+/// One member of a consumer group. Dropping it (or closing it) gives every delivery it
+/// has not settled back to the group.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery, or `None` once the subscription is closed.
+    async fn next(&mut self) -> Option<BusResult<Delivery>>;
+
+    /// Leaves the group; unsettled deliveries are redelivered to other members.
+    async fn close(self: Box<Self>) -> BusResult<()>;
+}
+
+/// A message as a subscription hands it out: decoded, or raw with the reason it
+/// could not be decoded (such messages go straight to the dead-letter destination).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    Event(CloudEvent),
+    Undecodable(RawMessage),
+}
+
+/// A message that is not a valid CloudEvent, kept as it arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawMessage {
+    pub headers: Vec<(String, Bytes)>,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+    /// Why it could not be decoded.
+    pub error: String,
+}
+
+/// Why a message was dead-lettered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterReason {
+    /// The handler's (or decoder's) error text.
+    pub error: String,
+    /// How many times delivery was attempted.
+    pub attempts: u32,
+}
+
+/// The backend's part of a delivery: how to settle it.
+#[async_trait]
+pub trait Settle: Send {
+    /// The handler succeeded: the message is done for this group.
+    async fn ack(self: Box<Self>) -> BusResult<()>;
+
+    /// Give the message back for another attempt no sooner than `delay`. Backends
+    /// that keep order per partition key hold back the key's later messages until
+    /// this one is settled.
+    async fn nack(self: Box<Self>, delay: Duration) -> BusResult<()>;
+
+    /// Move the message to the group's dead-letter destination with `reason`, then
+    /// treat it as done.
+    async fn dead_letter(self: Box<Self>, reason: DeadLetterReason) -> BusResult<()>;
+}
+
+/// One message handed to one member of a group, to be settled exactly once.
+/// Dropping it unsettled gives it back to the group (as a nack without delay).
+pub struct Delivery {
+    payload: Payload,
+    attempt: u32,
+    settle: Box<dyn Settle>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("payload", &self.payload)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// `attempt` counts from 1 (the first delivery).
+    pub fn new(payload: Payload, attempt: u32, settle: Box<dyn Settle>) -> Self {
+        Self { payload, attempt: attempt.max(1), settle }
+    }
+
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+
+    /// The event, when the message decoded.
+    pub fn event(&self) -> Option<&CloudEvent> {
+        match &self.payload {
+            Payload::Event(event) => Some(event),
+            Payload::Undecodable(_) => None,
+        }
+    }
+
+    /// Which attempt this is (1 = first delivery).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The partition key, if any: deliveries with the same key are handled in order.
+    pub fn partition_key(&self) -> Option<&str> {
+        self.event().and_then(CloudEvent::partition_key)
+    }
+
+    pub async fn ack(self) -> BusResult<()> {
+        self.settle.ack().await
+    }
+
+    pub async fn nack(self, delay: Duration) -> BusResult<()> {
+        self.settle.nack(delay).await
+    }
+
+    pub async fn dead_letter(self, reason: DeadLetterReason) -> BusResult<()> {
+        self.settle.dead_letter(reason).await
+    }
+
+    /// Splits the delivery, for handlers that need the payload by value.
+    pub fn into_parts(self) -> (Payload, u32, Box<dyn Settle>) {
+        (self.payload, self.attempt, self.settle)
+    }
+}
+
+/// The id of a dead-lettered message within its group's dead-letter destination.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeadLetterId(pub String);
+
+impl fmt::Display for DeadLetterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A dead-lettered message and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: DeadLetterId,
+    pub topic: String,
+    pub group: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub dead_lettered_at: DateTime<Utc>,
+    pub payload: Payload,
+}
+
+/// A group's dead-letter destination (`keel dlq`).
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    /// Up to `limit` dead letters of the group, oldest first.
+    async fn list(&self, topic: &str, group: &str, limit: usize) -> BusResult<Vec<DeadLetter>>;
+
+    /// Sends a dead letter back to its group for another try; `false` if not found.
+    async fn retry(&self, topic: &str, group: &str, id: &DeadLetterId) -> BusResult<bool>;
+
+    /// Deletes every dead letter of the group; returns how many.
+    async fn purge(&self, topic: &str, group: &str) -> BusResult<u64>;
+}
+
+/// A complete bus backend.
+pub trait Bus: Publisher + Subscriber + DeadLetters {}
+
+impl<T: Publisher + Subscriber + DeadLetters> Bus for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_are_checked() {
+        assert!(validate_topic("orders.v1_x-y").is_ok());
+        assert!(validate_topic("").is_err());
+        assert!(validate_topic("a b").is_err());
+        assert!(validate_topic(&"a".repeat(201)).is_err());
+        assert!(SubscriptionSpec::new("t", "g/1").validate().is_err());
+    }
+
+    #[test]
+    fn spec_filters_types() {
+        let all = SubscriptionSpec::new("t", "g");
+        assert!(all.wants("x"));
+        let some = SubscriptionSpec::new("t", "g").types(["a", "b"]);
+        assert!(some.wants("a") && !some.wants("c"));
+    }
+}

@@ -1,0 +1,514 @@
+//! The CloudEvents 1.0 envelope and Keel's extension attributes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::error::{DecodeError, Result};
+use crate::ids::{EventId, Position, StreamVersion};
+
+/// The only CloudEvents version Keel speaks.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// JSON, the default data content type of Keel events.
+pub const JSON: &str = "application/json";
+
+/// Names of Keel's extension attributes (DESIGN 2.5).
+pub mod ext {
+    /// Key for ordering: brokers keep order per partition key (Kafka message key).
+    pub const PARTITION_KEY: &str = "partitionkey";
+    /// W3C trace context of the request that caused the event.
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+    /// The id shared by every event of one business flow.
+    pub const CORRELATION_ID: &str = "correlationid";
+    /// The id of the event (or request) that directly caused this one.
+    pub const CAUSATION_ID: &str = "causationid";
+    /// The event's version within its stream (its `subject`).
+    pub const STREAM_VERSION: &str = "streamversion";
+    /// The event's position in the global log.
+    pub const POSITION: &str = "position";
+    /// The schema version of the event's data (from [`crate::Event::SCHEMA_VERSION`]).
+    pub const SCHEMA_VERSION: &str = "schemaversion";
+    /// The authenticated subject (user or API key) on whose behalf the event was written.
+    pub const ACTOR: &str = "actor";
+    /// The bus topic the event belongs to, when not the stream's category.
+    pub const TOPIC: &str = "topic";
+}
+
+/// Attribute names the specification reserves; an extension may not use them.
+const RESERVED: &[&str] = &[
+    "id",
+    "source",
+    "specversion",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+];
+
+/// An extension attribute value. Binary mode carries every value as a string; Keel's
+/// integer extensions are read back as integers whichever way they travelled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExtensionValue {
+    String(String),
+    Integer(i64),
+    Boolean(bool),
+}
+
+impl fmt::Display for ExtensionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::String(s) => f.write_str(s),
+            Self::Integer(i) => i.fmt(f),
+            Self::Boolean(b) => b.fmt(f),
+        }
+    }
+}
+
+impl From<&str> for ExtensionValue {
+    fn from(value: &str) -> Self {
+        Self::String(value.to_owned())
+    }
+}
+
+impl From<String> for ExtensionValue {
+    fn from(value: String) -> Self {
+        Self::String(value)
+    }
+}
+
+impl From<i64> for ExtensionValue {
+    fn from(value: i64) -> Self {
+        Self::Integer(value)
+    }
+}
+
+impl From<bool> for ExtensionValue {
+    fn from(value: bool) -> Self {
+        Self::Boolean(value)
+    }
+}
+
+/// A CloudEvents 1.0 event. Construct with [`CloudEvent::builder`]; decoders validate
+/// everything they return, so a `CloudEvent` in hand is always valid.
+///
+/// `data` holds the encoded bytes as they travel (JSON for Keel's own events), so
+/// passing an event along never re-encodes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudEvent {
+    id: String,
+    source: String,
+    ty: String,
+    subject: Option<String>,
+    time: Option<DateTime<Utc>>,
+    datacontenttype: Option<String>,
+    dataschema: Option<String>,
+    data: Option<Bytes>,
+    extensions: BTreeMap<String, ExtensionValue>,
+}
+
+impl CloudEvent {
+    /// Starts an event of type `ty` from `source` with a fresh UUIDv7 id and the current time.
+    pub fn builder(ty: impl Into<String>, source: impl Into<String>) -> CloudEventBuilder {
+        CloudEventBuilder {
+            event: CloudEvent {
+                id: EventId::new().to_string(),
+                source: source.into(),
+                ty: ty.into(),
+                subject: None,
+                time: Some(Utc::now()),
+                datacontenttype: None,
+                dataschema: None,
+                data: None,
+                extensions: BTreeMap::new(),
+            },
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    pub fn specversion(&self) -> &'static str {
+        SPEC_VERSION
+    }
+    /// The `type` attribute.
+    pub fn ty(&self) -> &str {
+        &self.ty
+    }
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+    pub fn time(&self) -> Option<DateTime<Utc>> {
+        self.time
+    }
+    /// `time` in RFC 3339 as it goes on the wire.
+    pub fn time_rfc3339(&self) -> Option<String> {
+        self.time.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+    pub fn datacontenttype(&self) -> Option<&str> {
+        self.datacontenttype.as_deref()
+    }
+    pub fn dataschema(&self) -> Option<&str> {
+        self.dataschema.as_deref()
+    }
+    pub fn data(&self) -> Option<&Bytes> {
+        self.data.as_ref()
+    }
+    pub fn extensions(&self) -> &BTreeMap<String, ExtensionValue> {
+        &self.extensions
+    }
+    pub fn extension(&self, name: &str) -> Option<&ExtensionValue> {
+        self.extensions.get(name)
+    }
+
+    /// Whether the data is JSON: no content type (CloudEvents' default), `application/json`,
+    /// `text/json` or any `+json` type.
+    pub fn data_is_json(&self) -> bool {
+        self.datacontenttype.as_deref().is_none_or(is_json_content_type)
+    }
+
+    fn string_extension(&self, name: &str) -> Option<&str> {
+        match self.extensions.get(name) {
+            Some(ExtensionValue::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn integer_extension(&self, name: &str) -> Option<u64> {
+        match self.extensions.get(name)? {
+            ExtensionValue::Integer(i) => u64::try_from(*i).ok(),
+            ExtensionValue::String(s) => s.parse().ok(),
+            ExtensionValue::Boolean(_) => None,
+        }
+    }
+
+    pub fn partition_key(&self) -> Option<&str> {
+        self.string_extension(ext::PARTITION_KEY)
+    }
+    pub fn traceparent(&self) -> Option<&str> {
+        self.string_extension(ext::TRACEPARENT)
+    }
+    pub fn tracestate(&self) -> Option<&str> {
+        self.string_extension(ext::TRACESTATE)
+    }
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.string_extension(ext::CORRELATION_ID)
+    }
+    pub fn causation_id(&self) -> Option<&str> {
+        self.string_extension(ext::CAUSATION_ID)
+    }
+    pub fn actor(&self) -> Option<&str> {
+        self.string_extension(ext::ACTOR)
+    }
+    pub fn stream_version(&self) -> Option<StreamVersion> {
+        self.integer_extension(ext::STREAM_VERSION).map(StreamVersion)
+    }
+    pub fn position(&self) -> Option<Position> {
+        self.integer_extension(ext::POSITION).map(Position)
+    }
+    pub fn schema_version(&self) -> Option<u64> {
+        self.integer_extension(ext::SCHEMA_VERSION)
+    }
+
+    /// Sets (or replaces) an extension attribute after checking its name.
+    pub fn set_extension(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<ExtensionValue>,
+    ) -> Result<()> {
+        let name = name.into();
+        validate_extension_name(&name)?;
+        let value = normalize_extension(&name, value.into());
+        self.extensions.insert(name, value);
+        Ok(())
+    }
+
+    /// Records where the event sits in the log (set by stores when they read it back).
+    pub fn set_position(&mut self, position: Position) {
+        self.extensions.insert(ext::POSITION.into(), ExtensionValue::Integer(to_i64(position.0)));
+    }
+
+    /// Records the event's version within its stream.
+    pub fn set_stream_version(&mut self, version: StreamVersion) {
+        self.extensions
+            .insert(ext::STREAM_VERSION.into(), ExtensionValue::Integer(to_i64(version.0)));
+    }
+
+    pub fn set_subject(&mut self, subject: impl Into<String>) {
+        self.subject = Some(subject.into());
+    }
+
+    pub fn remove_extension(&mut self, name: &str) -> Option<ExtensionValue> {
+        self.extensions.remove(name)
+    }
+
+    /// Checks every rule of the specification that the type system does not.
+    pub fn validate(&self) -> Result<()> {
+        if self.id.is_empty() {
+            return Err(DecodeError::invalid("id", "must be a non-empty string"));
+        }
+        if self.source.is_empty() {
+            return Err(DecodeError::invalid("source", "must be a non-empty URI-reference"));
+        }
+        if self.source.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(DecodeError::invalid("source", "a URI-reference has no whitespace"));
+        }
+        if self.ty.is_empty() {
+            return Err(DecodeError::invalid("type", "must be a non-empty string"));
+        }
+        if self.subject.as_deref() == Some("") {
+            return Err(DecodeError::invalid("subject", "must be non-empty when present"));
+        }
+        if let Some(ct) = &self.datacontenttype {
+            validate_content_type(ct)?;
+        }
+        if let Some(schema) = &self.dataschema {
+            validate_absolute_uri("dataschema", schema)?;
+        }
+        for name in self.extensions.keys() {
+            validate_extension_name(name)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds an event from parts a decoder has collected, validating it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        id: String,
+        source: String,
+        ty: String,
+        subject: Option<String>,
+        time: Option<DateTime<Utc>>,
+        datacontenttype: Option<String>,
+        dataschema: Option<String>,
+        data: Option<Bytes>,
+        extensions: BTreeMap<String, ExtensionValue>,
+    ) -> Result<Self> {
+        let extensions = extensions
+            .into_iter()
+            .map(|(name, value)| {
+                let value = normalize_extension(&name, value);
+                (name, value)
+            })
+            .collect();
+        let event =
+            Self { id, source, ty, subject, time, datacontenttype, dataschema, data, extensions };
+        event.validate()?;
+        Ok(event)
+    }
+}
+
+/// Builds a [`CloudEvent`]; `build` validates.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct CloudEventBuilder {
+    event: CloudEvent,
+}
+
+impl CloudEventBuilder {
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.event.id = id.into();
+        self
+    }
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.event.subject = Some(subject.into());
+        self
+    }
+    pub fn time(mut self, time: DateTime<Utc>) -> Self {
+        self.event.time = Some(time);
+        self
+    }
+    pub fn no_time(mut self) -> Self {
+        self.event.time = None;
+        self
+    }
+    pub fn dataschema(mut self, schema: impl Into<String>) -> Self {
+        self.event.dataschema = Some(schema.into());
+        self
+    }
+    /// Data already encoded in `content_type`.
+    pub fn data(mut self, content_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        self.event.datacontenttype = Some(content_type.into());
+        self.event.data = Some(data.into());
+        self
+    }
+    /// Serializes `value` as the event's JSON data.
+    pub fn json_data<T: serde::Serialize + ?Sized>(
+        self,
+        value: &T,
+    ) -> std::result::Result<Self, serde_json::Error> {
+        let bytes = serde_json::to_vec(value)?;
+        Ok(self.data(JSON, bytes))
+    }
+    pub fn extension(mut self, name: impl Into<String>, value: impl Into<ExtensionValue>) -> Self {
+        self.event.extensions.insert(name.into(), value.into());
+        self
+    }
+    pub fn partition_key(self, key: impl Into<String>) -> Self {
+        self.extension(ext::PARTITION_KEY, key.into())
+    }
+    pub fn build(self) -> Result<CloudEvent> {
+        let CloudEvent {
+            id,
+            source,
+            ty,
+            subject,
+            time,
+            datacontenttype,
+            dataschema,
+            data,
+            extensions,
+        } = self.event;
+        CloudEvent::from_parts(
+            id,
+            source,
+            ty,
+            subject,
+            time,
+            datacontenttype,
+            dataschema,
+            data,
+            extensions,
+        )
+    }
+}
+
+/// Keel's integer extensions are integers however they arrived (binary mode sends strings).
+fn normalize_extension(name: &str, value: ExtensionValue) -> ExtensionValue {
+    match (name, &value) {
+        (ext::STREAM_VERSION | ext::POSITION | ext::SCHEMA_VERSION, ExtensionValue::String(s)) => {
+            s.parse::<i64>().map(ExtensionValue::Integer).unwrap_or(value)
+        }
+        _ => value,
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// CloudEvents attribute names: lower-case ASCII letters and digits only, and not one
+/// the specification reserves.
+pub fn validate_extension_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(DecodeError::InvalidAttributeName {
+            name: name.to_owned(),
+            reason: "must not be empty",
+        });
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        return Err(DecodeError::InvalidAttributeName {
+            name: name.to_owned(),
+            reason: "only lower-case letters a-z and digits 0-9 are allowed",
+        });
+    }
+    if RESERVED.contains(&name) {
+        return Err(DecodeError::InvalidAttributeName {
+            name: name.to_owned(),
+            reason: "reserved by the CloudEvents specification",
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn is_json_content_type(ct: &str) -> bool {
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    media == "application/json" || media == "text/json" || media.ends_with("+json")
+}
+
+fn validate_content_type(ct: &str) -> Result<()> {
+    let media = ct.split(';').next().unwrap_or("").trim();
+    let valid = media
+        .split_once('/')
+        .is_some_and(|(t, s)| !t.is_empty() && !s.is_empty() && !s.contains('/'))
+        && !media.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(())
+    } else {
+        Err(DecodeError::invalid(
+            "datacontenttype",
+            format!("`{ct}` is not an RFC 2046 media type"),
+        ))
+    }
+}
+
+fn validate_absolute_uri(name: &'static str, uri: &str) -> Result<()> {
+    let scheme_ok = uri.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    if scheme_ok && !uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Ok(())
+    } else {
+        Err(DecodeError::invalid(name, format!("`{uri}` is not an absolute URI")))
+    }
+}
+
+/// Parses an RFC 3339 timestamp as the `time` attribute requires.
+pub fn parse_time(value: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| DecodeError::invalid("time", format!("`{value}` is not RFC 3339: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_fills_id_time_and_validates() -> Result<()> {
+        let ev = CloudEvent::builder("order.placed", "/orders")
+            .subject("order-1")
+            .partition_key("order-1")
+            .json_data(&serde_json::json!({"a": 1}))
+            .map_err(DecodeError::Json)?
+            .build()?;
+        assert_eq!(ev.specversion(), "1.0");
+        assert!(ev.id().parse::<EventId>().is_ok());
+        assert!(ev.time().is_some());
+        assert_eq!(ev.partition_key(), Some("order-1"));
+        assert!(ev.data_is_json());
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_attributes_are_named() {
+        let err = CloudEvent::builder("", "/x").build().err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("invalid CloudEvents attribute `type`: must be a non-empty string")
+        );
+        let err = CloudEvent::builder("t", "/x").extension("Bad_Name", "v").build().err();
+        assert!(matches!(err, Some(DecodeError::InvalidAttributeName { .. })));
+        let err = CloudEvent::builder("t", "/x").extension("data", "v").build().err();
+        assert!(matches!(err, Some(DecodeError::InvalidAttributeName { .. })));
+        let err = CloudEvent::builder("t", "/x").data("nonsense", "x").build().err();
+        assert!(matches!(err, Some(DecodeError::InvalidAttribute { .. })));
+        let err = CloudEvent::builder("t", "/x").dataschema("relative/path").build().err();
+        assert!(matches!(err, Some(DecodeError::InvalidAttribute { .. })));
+    }
+
+    #[test]
+    fn integer_extensions_read_back_from_strings() -> Result<()> {
+        let ev = CloudEvent::builder("t", "/x").extension(ext::POSITION, "42").build()?;
+        assert_eq!(ev.position(), Some(Position(42)));
+        assert_eq!(ev.extension(ext::POSITION), Some(&ExtensionValue::Integer(42)));
+        Ok(())
+    }
+
+    #[test]
+    fn time_must_be_rfc3339() {
+        assert!(parse_time("2026-11-27T09:00:00Z").is_ok());
+        assert!(parse_time("2026-11-27T09:00:00.123456+02:00").is_ok());
+        assert!(parse_time("27/11/2026").is_err());
+    }
+}

@@ -1,0 +1,48 @@
+//! Typed errors for decoding and validating envelopes.
+
+use std::borrow::Cow;
+
+/// `Result` with [`DecodeError`] as the default error.
+pub type Result<T, E = DecodeError> = std::result::Result<T, E>;
+
+/// Why bytes, headers or JSON could not be turned into a valid [`crate::CloudEvent`]
+/// (or an envelope into a typed event). Every message names what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// A required CloudEvents attribute is absent.
+    #[error("missing required CloudEvents attribute `{0}`")]
+    MissingAttribute(&'static str),
+    /// An attribute is present but its value breaks the specification.
+    #[error("invalid CloudEvents attribute `{name}`: {reason}")]
+    InvalidAttribute { name: Cow<'static, str>, reason: String },
+    /// An extension attribute's name breaks the naming rules (`[a-z0-9]+`, not reserved).
+    #[error("invalid CloudEvents attribute name `{name}`: {reason}")]
+    InvalidAttributeName { name: String, reason: &'static str },
+    /// The `specversion` is not one this decoder understands.
+    #[error("unsupported CloudEvents specversion `{0}` (this decoder understands 1.0)")]
+    UnsupportedSpecVersion(String),
+    /// The message is not a CloudEvent in any mode this decoder accepts.
+    #[error("not a CloudEvent: {0}")]
+    NotACloudEvent(String),
+    /// The structured-mode JSON document is malformed.
+    #[error("malformed CloudEvents JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// The event's data does not decode into the requested type.
+    #[error("event `{ty}` data does not decode as {target}: {source}")]
+    Data {
+        ty: String,
+        target: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The event's type is not the one (or one of those) the caller asked for.
+    #[error("unexpected event type `{found}` (expected {expected})")]
+    UnexpectedType { found: String, expected: String },
+}
+
+impl DecodeError {
+    pub(crate) fn invalid(name: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> Self {
+        Self::InvalidAttribute { name: name.into(), reason: reason.into() }
+    }
+}

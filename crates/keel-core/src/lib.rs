@@ -1,0 +1,42 @@
+//! Keel's core: the types every other Keel crate shares, and no I/O.
+//!
+//! Layout:
+//! - [`ids`]: event ids (UUIDv7), stream ids, stream versions, global log positions and
+//!   the expected-version rule used for optimistic concurrency.
+//! - [`envelope`]: the CloudEvents 1.0 envelope ([`CloudEvent`]) with Keel's extensions,
+//!   validated as the specification says.
+//! - [`codec`]: the wire formats: structured mode (`application/cloudevents+json`) and
+//!   binary mode, with the header mappings of the Kafka (`ce_`) and AMQP
+//!   (`cloudEvents_`) bindings that both broker backends share.
+//! - [`event`]: the [`Event`] trait for typed domain events (`#[derive(Event)]`) and the
+//!   conversion between typed events and envelopes.
+//! - [`trace`]: W3C trace context (`traceparent`) parsing and formatting.
+//! - [`bus`]: the small traits a bus backend implements (publish with confirmation,
+//!   subscribe as a consumer group, settle deliveries, dead letters).
+//! - [`error`]: the typed errors of decoding and validation.
+
+pub mod bus;
+pub mod codec;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod trace;
+
+pub use bus::{
+    Bus, BusError, DeadLetter, DeadLetterId, DeadLetters, Delivery, Payload, Publisher, RawMessage,
+    Settle, StartFrom, Subscriber, Subscription, SubscriptionSpec,
+};
+pub use envelope::{CloudEvent, CloudEventBuilder, ExtensionValue, SPEC_VERSION};
+pub use error::{DecodeError, Result};
+pub use event::{Event, EventSet};
+pub use ids::{EventId, ExpectedVersion, Position, StreamId, StreamVersion};
+pub use trace::TraceContext;
+
+/// Derives [`Event`] for a struct: `#[derive(Event)] #[event(type = "order.placed", key = order_id)]`.
+pub use keel_derive::Event;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use serde_json;
+}
