@@ -1,0 +1,435 @@
+//! Running a handler for a consumer group.
+//!
+//! The consumer pulls deliveries from a subscription and hands each to one of
+//! `concurrency` workers, chosen by partition key, so different keys run in parallel
+//! and one key strictly in sequence. Each outcome settles the delivery:
+//!
+//! | handler result | settle |
+//! |---|---|
+//! | `Ok` | ack |
+//! | transient error, attempts left | nack with backoff (the broker redelivers) |
+//! | transient error on the last attempt, or permanent error | dead-letter with the error |
+//! | message did not decode | dead-letter at once |
+//! | handler panicked | treated as a transient error |
+
+use std::collections::hash_map::DefaultHasher;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use keel_core::bus::{DeadLetterReason, Settle};
+use keel_core::{BusError, Delivery, Payload, Subscriber, Subscription, SubscriptionSpec};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tower::{Service, ServiceExt};
+
+use crate::backoff::Backoff;
+use crate::message::{HandlerError, Message};
+
+/// How often a message is delivered before it is dead-lettered, and how long the
+/// broker waits before each redelivery.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RedeliveryPolicy {
+    /// Deliveries in all, the first included (1 = never redeliver).
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+}
+
+impl Default for RedeliveryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 5, backoff: Backoff::default() }
+    }
+}
+
+impl RedeliveryPolicy {
+    pub fn new(max_attempts: u32, backoff: Backoff) -> Self {
+        Self { max_attempts: max_attempts.max(1), backoff }
+    }
+}
+
+/// How a batch consumer gathers its batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// At most this many messages per handler call.
+    pub max_size: usize,
+    /// Wait at most this long after the first message for the batch to fill.
+    pub max_wait: Duration,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self { max_size: 100, max_wait: Duration::from_millis(20) }
+    }
+}
+
+/// Runs a handler for one member of a consumer group. See the module docs.
+pub struct Consumer {
+    subscriber: Arc<dyn Subscriber>,
+    spec: SubscriptionSpec,
+    policy: RedeliveryPolicy,
+    concurrency: usize,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("spec", &self.spec)
+            .field("policy", &self.policy)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Labels shared by a consumer's workers.
+#[derive(Clone)]
+struct Labels {
+    topic: Arc<str>,
+    group: Arc<str>,
+    policy: RedeliveryPolicy,
+}
+
+impl Consumer {
+    pub fn new(subscriber: Arc<dyn Subscriber>, spec: SubscriptionSpec) -> Self {
+        Self { subscriber, spec, policy: RedeliveryPolicy::default(), concurrency: 1 }
+    }
+
+    /// Handle up to `n` messages at once, never two of the same partition key.
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    #[must_use]
+    pub fn redelivery(mut self, policy: RedeliveryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    fn labels(&self) -> Labels {
+        Labels {
+            topic: self.spec.topic.as_str().into(),
+            group: self.spec.group.as_str().into(),
+            policy: self.policy,
+        }
+    }
+
+    /// Subscribes, then handles messages in a background task until the handle is
+    /// stopped or the bus closes. Returns once the subscription is in place.
+    pub async fn start<S>(self, handler: S) -> Result<ConsumerHandle, BusError>
+    where
+        S: Service<Message, Response = (), Error = HandlerError> + Clone + Send + 'static,
+        S::Future: Send,
+    {
+        let subscription = self.subscriber.subscribe(self.spec.clone()).await?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        let task =
+            tokio::spawn(drive(subscription, handler, self.labels(), self.concurrency, stop));
+        Ok(ConsumerHandle { stop: Some(stop_tx), task })
+    }
+
+    /// Like [`Consumer::start`], with a batch handler: each call gets up to
+    /// `options.max_size` messages, which are settled together.
+    pub async fn start_batch<S>(
+        mut self,
+        handler: S,
+        options: BatchOptions,
+    ) -> Result<ConsumerHandle, BusError>
+    where
+        S: Service<Vec<Message>, Response = (), Error = HandlerError> + Send + 'static,
+        S::Future: Send,
+    {
+        let max_size = u32::try_from(options.max_size.max(1)).unwrap_or(u32::MAX);
+        self.spec.prefetch = self.spec.prefetch.max(max_size);
+        let subscription = self.subscriber.subscribe(self.spec.clone()).await?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        let task = tokio::spawn(drive_batches(subscription, handler, self.labels(), options, stop));
+        Ok(ConsumerHandle { stop: Some(stop_tx), task })
+    }
+
+    /// Handles messages until `shutdown` completes or the bus closes.
+    pub async fn run<S>(
+        self,
+        handler: S,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), BusError>
+    where
+        S: Service<Message, Response = (), Error = HandlerError> + Clone + Send + 'static,
+        S::Future: Send,
+    {
+        let subscription = self.subscriber.subscribe(self.spec.clone()).await?;
+        drive(subscription, handler, self.labels(), self.concurrency, shutdown).await
+    }
+}
+
+/// A running consumer.
+#[derive(Debug)]
+pub struct ConsumerHandle {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), BusError>>,
+}
+
+impl ConsumerHandle {
+    /// Stops taking messages, lets the handlers finish what they hold, leaves the group.
+    pub async fn stop(mut self) -> Result<(), BusError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.join().await
+    }
+
+    /// Waits until the consumer ends on its own (the bus closed).
+    pub async fn join(&mut self) -> Result<(), BusError> {
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) => Err(BusError::Backend(Box::new(e))),
+        }
+    }
+
+    /// Stops the consumer abruptly, as a crash would: unsettled deliveries go back to
+    /// the group.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+async fn drive<S>(
+    mut subscription: Box<dyn Subscription>,
+    handler: S,
+    labels: Labels,
+    concurrency: usize,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BusError>
+where
+    S: Service<Message, Response = (), Error = HandlerError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut lanes = Vec::with_capacity(concurrency);
+    let mut workers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (tx, rx) = mpsc::channel::<Delivery>(64);
+        lanes.push(tx);
+        workers.push(tokio::spawn(work(rx, handler.clone(), labels.clone())));
+    }
+    let mut round_robin = 0usize;
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            next = subscription.next() => next,
+        };
+        let delivery = match next {
+            None => break,
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => {
+                tracing::warn!(%error, topic = %labels.topic, group = %labels.group, "subscription error");
+                if !error.is_retryable() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(delivery) = dead_letter_if_undecodable(delivery, &labels).await else { continue };
+        let lane = match delivery.partition_key() {
+            Some(key) => lane_of(key, concurrency),
+            None => {
+                round_robin = round_robin.wrapping_add(1);
+                round_robin % concurrency
+            }
+        };
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            sent = lanes[lane].send(delivery) => if sent.is_err() { break },
+        }
+    }
+    drop(lanes);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    subscription.close().await
+}
+
+fn lane_of(key: &str, lanes: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    usize::try_from(hasher.finish() % (lanes as u64)).unwrap_or(0)
+}
+
+/// Dead-letters a delivery that did not decode; gives back the others.
+async fn dead_letter_if_undecodable(delivery: Delivery, labels: &Labels) -> Option<Delivery> {
+    let Payload::Undecodable(raw) = delivery.payload() else { return Some(delivery) };
+    let reason = DeadLetterReason {
+        error: format!("undecodable message: {}", raw.error),
+        attempts: delivery.attempt(),
+    };
+    tracing::warn!(topic = %labels.topic, group = %labels.group, error = %reason.error, "dead-lettering an undecodable message");
+    record(labels, "dead_letter");
+    if let Err(error) = delivery.dead_letter(reason).await {
+        tracing::warn!(%error, "could not dead-letter an undecodable message");
+    }
+    None
+}
+
+async fn work<S>(mut deliveries: mpsc::Receiver<Delivery>, mut handler: S, labels: Labels)
+where
+    S: Service<Message, Response = (), Error = HandlerError> + Send + 'static,
+    S::Future: Send,
+{
+    while let Some(delivery) = deliveries.recv().await {
+        let (payload, attempt, settle) = delivery.into_parts();
+        let Payload::Event(event) = payload else { continue };
+        let message = Message::new(event, attempt, labels.topic.clone(), labels.group.clone());
+        let result = call(&mut handler, message).await;
+        settle_outcome(settle, attempt, result, &labels).await;
+    }
+}
+
+/// Calls the handler, turning a panic into a transient error.
+async fn call<R, S>(handler: &mut S, request: R) -> Result<(), HandlerError>
+where
+    S: Service<R, Response = (), Error = HandlerError>,
+{
+    let ready = match handler.ready().await {
+        Ok(ready) => ready,
+        Err(error) => return Err(error),
+    };
+    match AssertUnwindSafe(ready.call(request)).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".to_owned());
+            Err(HandlerError::transient(format!("handler panicked: {text}")))
+        }
+    }
+}
+
+async fn settle_outcome(
+    settle: Box<dyn Settle>,
+    attempt: u32,
+    result: Result<(), HandlerError>,
+    labels: &Labels,
+) {
+    let settled = match result {
+        Ok(()) => {
+            record(labels, "ack");
+            settle.ack().await
+        }
+        Err(error) if error.is_permanent() || attempt >= labels.policy.max_attempts => {
+            tracing::warn!(%error, attempt, topic = %labels.topic, group = %labels.group, "dead-lettering a message");
+            record(labels, "dead_letter");
+            settle
+                .dead_letter(DeadLetterReason { error: error.to_string(), attempts: attempt })
+                .await
+        }
+        Err(error) => {
+            let delay = labels.policy.backoff.delay(attempt);
+            tracing::debug!(%error, attempt, ?delay, "handler failed; redelivering later");
+            record(labels, "retry");
+            settle.nack(delay).await
+        }
+    };
+    if let Err(error) = settled {
+        tracing::warn!(%error, topic = %labels.topic, group = %labels.group, "could not settle a delivery");
+    }
+}
+
+fn record(labels: &Labels, outcome: &'static str) {
+    metrics::counter!(
+        "keel_consumed_total",
+        "topic" => labels.topic.to_string(),
+        "group" => labels.group.to_string(),
+        "outcome" => outcome,
+    )
+    .increment(1);
+}
+
+async fn drive_batches<S>(
+    mut subscription: Box<dyn Subscription>,
+    mut handler: S,
+    labels: Labels,
+    options: BatchOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BusError>
+where
+    S: Service<Vec<Message>, Response = (), Error = HandlerError> + Send + 'static,
+    S::Future: Send,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    'outer: loop {
+        let first = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            next = subscription.next() => next,
+        };
+        let mut pending = Vec::with_capacity(options.max_size);
+        match first {
+            None => break,
+            Some(Ok(delivery)) => pending.push(delivery),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "subscription error");
+                if !error.is_retryable() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + options.max_wait;
+        while pending.len() < options.max_size {
+            match tokio::time::timeout_at(deadline, subscription.next()).await {
+                Ok(Some(Ok(delivery))) => pending.push(delivery),
+                Ok(None) => {
+                    // The bus closed: handle what we hold, then stop.
+                    handle_batch(&mut handler, pending, &labels).await;
+                    break 'outer;
+                }
+                Ok(Some(Err(_))) | Err(_) => break,
+            }
+        }
+        handle_batch(&mut handler, pending, &labels).await;
+    }
+    subscription.close().await
+}
+
+async fn handle_batch<S>(handler: &mut S, pending: Vec<Delivery>, labels: &Labels)
+where
+    S: Service<Vec<Message>, Response = (), Error = HandlerError>,
+{
+    let mut messages = Vec::with_capacity(pending.len());
+    let mut settles = Vec::with_capacity(pending.len());
+    for delivery in pending {
+        let Some(delivery) = dead_letter_if_undecodable(delivery, labels).await else { continue };
+        let (payload, attempt, settle) = delivery.into_parts();
+        if let Payload::Event(event) = payload {
+            messages.push(Message::new(event, attempt, labels.topic.clone(), labels.group.clone()));
+            settles.push((settle, attempt));
+        }
+    }
+    if messages.is_empty() {
+        return;
+    }
+    let result = call(handler, messages).await;
+    for (settle, attempt) in settles {
+        let result = match &result {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_permanent() => Err(HandlerError::permanent(error.to_string())),
+            Err(error) => Err(HandlerError::transient(error.to_string())),
+        };
+        settle_outcome(settle, attempt, result, labels).await;
+    }
+}

@@ -1,0 +1,108 @@
+//! What a handler receives, and how it fails.
+
+use std::fmt;
+use std::sync::Arc;
+
+use keel_core::{CloudEvent, DecodeError, EventSet, TraceContext};
+
+use crate::BoxError;
+
+/// One event delivered to a consumer group, as a handler sees it.
+#[derive(Clone, Debug)]
+pub struct Message {
+    event: CloudEvent,
+    attempt: u32,
+    topic: Arc<str>,
+    group: Arc<str>,
+}
+
+impl Message {
+    pub fn new(event: CloudEvent, attempt: u32, topic: Arc<str>, group: Arc<str>) -> Self {
+        Self { event, attempt, topic, group }
+    }
+
+    pub fn event(&self) -> &CloudEvent {
+        &self.event
+    }
+
+    pub fn into_event(self) -> CloudEvent {
+        self.event
+    }
+
+    /// Which delivery attempt this is (1 = first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Decodes the data as `E`; a failure is permanent (retrying cannot fix the bytes).
+    pub fn decode<E: EventSet>(&self) -> Result<E, HandlerError> {
+        self.event.decode::<E>().map_err(HandlerError::from)
+    }
+
+    /// The trace context the event carries, if it carries a valid one.
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        let ctx = TraceContext::parse(self.event.traceparent()?).ok()?;
+        Some(ctx.with_state(self.event.tracestate().map(str::to_owned)))
+    }
+}
+
+/// A handler's failure, with the one fact the consumer needs: retry or not.
+#[derive(Debug)]
+pub struct HandlerError {
+    permanent: bool,
+    source: BoxError,
+}
+
+impl HandlerError {
+    /// A failure that may pass (a database or network hiccup): the message is retried
+    /// with backoff, then dead-lettered after the last attempt.
+    pub fn transient(source: impl Into<BoxError>) -> Self {
+        Self { permanent: false, source: source.into() }
+    }
+
+    /// A failure that retrying cannot fix (undecodable data, a rule the event breaks):
+    /// the message is dead-lettered at once.
+    pub fn permanent(source: impl Into<BoxError>) -> Self {
+        Self { permanent: true, source: source.into() }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    pub fn source_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.source.fmt(f)?;
+        let mut cause = self.source.source();
+        while let Some(inner) = cause {
+            write!(f, ": {inner}")?;
+            cause = inner.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for HandlerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+impl From<DecodeError> for HandlerError {
+    fn from(value: DecodeError) -> Self {
+        Self::permanent(value)
+    }
+}

@@ -1,0 +1,12 @@
+//! Keel's conformance suites: one set of cases per seam, run against every backend.
+//!
+//! Layout:
+//! - [`bus`]: the bus suite. A backend crate implements [`bus::BusFactory`] and calls
+//!   [`bus_conformance!`] in a test file; every case then runs as its own test.
+//! - [`util`]: helpers the cases share (unique names, polling waits, sample events).
+//!
+//! Cases assert on what arrives, never on how fast: waits poll with generous deadlines
+//! that only a lost message runs into.
+
+pub mod bus;
+pub mod util;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Keel's test command: starts what the tests need, then runs every tier.
+#
+#   scripts/test.sh
+#
+# 1. scripts/services.sh installs and starts the services (idempotent);
+# 2. formatting and clippy (warnings are errors);
+# 3. unit, conformance, integration and end-to-end tests with cargo-nextest
+#    (`--all-features` turns on the `integration` feature that gates the tests
+#    needing real services), then the doc tests.
+#
+# Builds go to $CARGO_TARGET_DIR (default /var/tmp/keel/target, outside the clone, so a
+# fresh clone on the same machine reuses earlier builds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/keel/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "services"
+scripts/services.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "tests (nextest, every tier)"
+cargo nextest run --workspace --all-features --locked --profile ci
+
+step "doc tests"
+cargo test --workspace --all-features --locked --doc
