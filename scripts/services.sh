@@ -3,9 +3,20 @@
 # service answers. Safe to run any number of times; fails loudly naming the service
 # that did not come up.
 #
-#   scripts/services.sh            # start everything the test tiers need
-#   scripts/services.sh postgres   # just one
+#   scripts/services.sh                 # everything the test tiers need
+#   scripts/services.sh postgres kafka  # just these
+#
+# Pre-started on the build machines: PostgreSQL (5432) and RabbitMQ (5672); they are
+# started here only if down. Installed on first use and cached across runs:
+#   - Tansu, a Kafka-protocol broker (crates.io `tansu`), into ~/.cargo/bin; listens
+#     on 127.0.0.1:9092 with in-memory storage;
+#   - Consul 1.8.7 from Debian bullseye's package (a static binary) into
+#     /usr/local/bin; runs as a dev agent with its HTTP API on 127.0.0.1:8500.
 set -euo pipefail
+
+STATE_DIR="${KEEL_SERVICES_DIR:-/var/tmp/keel/services}"
+mkdir -p "$STATE_DIR"
+export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -15,7 +26,7 @@ wait_for() {
   local name=$1 seconds=$2; shift 2
   local deadline=$((SECONDS + seconds))
   until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then die "$name did not come up within ${seconds}s"; fi
+    if ((SECONDS >= deadline)); then die "$name did not come up within ${seconds}s (logs in $STATE_DIR)"; fi
     sleep 0.5
   done
   log "$name is up"
@@ -23,7 +34,7 @@ wait_for() {
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
-postgres() {
+start_postgres() {
   if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     log "starting PostgreSQL"
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
@@ -31,22 +42,75 @@ postgres() {
   wait_for PostgreSQL 60 pg_isready -q -h 127.0.0.1 -p 5432
 }
 
-rabbitmq() {
-  if ! port_open 127.0.0.1 5672; then
+start_rabbitmq() {
+  if ! rabbitmqctl -q status >/dev/null 2>&1 || ! port_open 127.0.0.1 5672; then
     log "starting RabbitMQ"
-    rabbitmq-server -detached || true
+    rabbitmq-server -detached >/dev/null 2>&1 || true
   fi
-  wait_for RabbitMQ 120 port_open 127.0.0.1 5672
+  wait_for RabbitMQ 120 rabbitmqctl -q await_startup
+  wait_for "RabbitMQ (AMQP port)" 60 port_open 127.0.0.1 5672
+}
+
+start_kafka() {
+  if ! type -P tansu >/dev/null 2>&1; then
+    log "installing Tansu 0.6.0 from crates.io (first run only; about 8 minutes on 2 cores)"
+    cargo install tansu --locked --version 0.6.0 --features dynostore \
+      > "$STATE_DIR/tansu-install.log" 2>&1 \
+      || die "Kafka broker (Tansu) failed to build; see $STATE_DIR/tansu-install.log"
+  fi
+  if ! port_open 127.0.0.1 9092; then
+    log "starting the Kafka broker (Tansu) on 127.0.0.1:9092"
+    nohup tansu broker \
+      --listener-url tcp://127.0.0.1:9092 \
+      --advertised-listener-url tcp://127.0.0.1:9092 \
+      --storage-engine memory://tansu/ \
+      > "$STATE_DIR/tansu.log" 2>&1 &
+  fi
+  wait_for "Kafka broker (Tansu)" 60 port_open 127.0.0.1 9092
+}
+
+consul_installed() { type -P consul >/dev/null 2>&1; }
+
+install_consul() {
+  log "installing Consul 1.8.7 from Debian bullseye's package (first run only)"
+  local d; d=$(mktemp -d)
+  mkdir -p "$d/lists/partial"
+  echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main' > "$d/sources.list"
+  local o=(-oDir::State::Lists="$d/lists" -oDir::Etc::SourceList="$d/sources.list" -oDir::Etc::SourceParts=/dev/null)
+  apt-get "${o[@]}" update > "$STATE_DIR/consul-install.log" 2>&1 \
+    && (cd "$d" && apt-get "${o[@]}" download consul >> "$STATE_DIR/consul-install.log" 2>&1) \
+    && dpkg-deb -x "$d"/consul_*.deb "$d/root" \
+    && install "$d/root/usr/bin/consul" /usr/local/bin/consul \
+    || die "Consul failed to install; see $STATE_DIR/consul-install.log"
+  rm -rf "$d"
+}
+
+start_consul() {
+  consul_installed || install_consul
+  if ! port_open 127.0.0.1 8500; then
+    log "starting Consul (dev agent) on 127.0.0.1:8500"
+    nohup "$(type -P consul)" agent -dev -client 127.0.0.1 -bind 127.0.0.1 \
+      > "$STATE_DIR/consul.log" 2>&1 &
+  fi
+  wait_for "Consul" 60 consul_leader
+}
+
+consul_leader() {
+  local leader
+  leader=$(curl -fsS http://127.0.0.1:8500/v1/status/leader 2>/dev/null) || return 1
+  [ -n "$leader" ] && [ "$leader" != '""' ]
 }
 
 main() {
   local wanted=("$@")
-  if [ ${#wanted[@]} -eq 0 ]; then wanted=(postgres rabbitmq); fi
+  if [ ${#wanted[@]} -eq 0 ]; then wanted=(postgres rabbitmq kafka consul); fi
   for service in "${wanted[@]}"; do
     case "$service" in
-      postgres) postgres ;;
-      rabbitmq) rabbitmq ;;
-      *) die "unknown service '$service' (known: postgres rabbitmq)" ;;
+      postgres) start_postgres ;;
+      rabbitmq) start_rabbitmq ;;
+      kafka) start_kafka ;;
+      consul) start_consul ;;
+      *) die "unknown service '$service' (known: postgres rabbitmq kafka consul)" ;;
     esac
   done
 }

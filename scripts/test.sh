@@ -27,8 +27,16 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+# Tests that restart or cut off a broker run alone afterwards, so they cannot
+# disturb the others; they are named `broker_restarts*` or `disrupt_*`.
+disruptive='test(/broker_restarts|disrupt_/)'
+
 step "tests (nextest, every tier)"
-cargo nextest run --workspace --all-features --locked --profile ci
+cargo nextest run --workspace --all-features --locked --profile ci -E "not $disruptive"
+
+step "broker-disrupting tests, one at a time"
+cargo nextest run --workspace --all-features --locked --profile ci -E "$disruptive" \
+  --test-threads 1 --no-tests pass
 
 step "doc tests"
 cargo test --workspace --all-features --locked --doc

@@ -237,10 +237,11 @@ pub fn to_structured(event: &CloudEvent) -> Vec<u8> {
 }
 
 /// The bytes as a JSON value, when they are exactly one (no surrounding whitespace,
-/// so decoding gives back the same bytes).
+/// so decoding gives back the same bytes). JSON `null` is excluded: `"data": null`
+/// means "no data" to a decoder, so it travels as `data_base64`.
 fn exact_json(bytes: &[u8]) -> Option<&RawValue> {
     let raw: &RawValue = serde_json::from_slice(bytes).ok()?;
-    (raw.get().len() == bytes.len()).then_some(raw)
+    (raw.get().len() == bytes.len() && raw.get() != "null").then_some(raw)
 }
 
 /// Decodes one structured-mode JSON document.

@@ -1,6 +1,6 @@
 //! The bus conformance suite.
 //!
-//! ```ignore
+//! ```text
 //! struct Factory;
 //! #[async_trait::async_trait]
 //! impl keel_testkit::bus::BusFactory for Factory { /* ... */ }

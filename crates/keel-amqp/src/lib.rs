@@ -1,0 +1,1 @@
+//! Keel's RabbitMQ bus backend (work in progress).

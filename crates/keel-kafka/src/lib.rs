@@ -1,0 +1,1 @@
+//! Keel's Kafka bus backend (work in progress).
