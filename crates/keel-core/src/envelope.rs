@@ -341,6 +341,13 @@ impl CloudEventBuilder {
         self.event.data = Some(data.into());
         self
     }
+    /// Data and content type as stored, either possibly absent (events read back from a
+    /// log or a broker).
+    pub fn content(mut self, content_type: Option<String>, data: Option<Bytes>) -> Self {
+        self.event.datacontenttype = content_type;
+        self.event.data = data;
+        self
+    }
     /// Serializes `value` as the event's JSON data.
     pub fn json_data<T: serde::Serialize + ?Sized>(
         self,

@@ -42,10 +42,10 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             Ok(())
         })?;
     }
-    if let Some(ty) = &ty {
-        if ty.value().is_empty() {
-            return Err(syn::Error::new(ty.span(), "an event type must not be empty"));
-        }
+    if let Some(ty) = &ty
+        && ty.value().is_empty()
+    {
+        return Err(syn::Error::new(ty.span(), "an event type must not be empty"));
     }
     if let Some(key) = &key {
         let has_field = match &input.data {

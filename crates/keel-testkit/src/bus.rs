@@ -630,12 +630,10 @@ pub async fn subscribe_and_close_racing(f: &dyn BusFactory) {
                     .expect("subscribe");
                 if let Ok(Some(Ok(delivery))) =
                     tokio::time::timeout(Duration::from_millis(20), sub.next()).await
+                    && let Some(id) = delivery.event().map(|e| e.id().to_owned())
+                    && delivery.ack().await.is_ok()
                 {
-                    if let Some(id) = delivery.event().map(|e| e.id().to_owned()) {
-                        if delivery.ack().await.is_ok() {
-                            acked.lock().expect("not poisoned").insert(id);
-                        }
-                    }
+                    acked.lock().expect("not poisoned").insert(id);
                 }
                 sub.close().await.expect("close");
             }

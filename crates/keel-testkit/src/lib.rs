@@ -3,10 +3,13 @@
 //! Layout:
 //! - [`bus`]: the bus suite. A backend crate implements [`bus::BusFactory`] and calls
 //!   [`bus_conformance!`] in a test file; every case then runs as its own test.
+//! - [`store`]: the store suite. A store crate implements [`store::StoreFactory`] and
+//!   calls [`store_conformance!`]; the cases include the ordering traps of DESIGN 2.2.
 //! - [`util`]: helpers the cases share (unique names, polling waits, sample events).
 //!
 //! Cases assert on what arrives, never on how fast: waits poll with generous deadlines
 //! that only a lost message runs into.
 
 pub mod bus;
+pub mod store;
 pub mod util;

@@ -39,11 +39,11 @@ impl EventContext {
     /// Stamps the context on `event` where it has no value of its own.
     pub fn apply(&self, event: &mut CloudEvent) {
         let mut set = |name: &str, value: Option<&str>| {
-            if let Some(value) = value {
-                if event.extension(name).is_none() {
-                    // Names are Keel's own constants, always valid.
-                    let _ = event.set_extension(name, value);
-                }
+            if let Some(value) = value
+                && event.extension(name).is_none()
+            {
+                // Names are Keel's own constants, always valid.
+                let _ = event.set_extension(name, value);
             }
         };
         let traceparent = self.trace.as_ref().map(TraceContext::traceparent);

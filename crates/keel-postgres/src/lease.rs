@@ -1,0 +1,50 @@
+//! Leases as session-level advisory locks, held on a dedicated connection: when the
+//! holder dies its connection closes and PostgreSQL releases the lock at once.
+
+use async_trait::async_trait;
+use keel_store::{Lease, Result};
+use sqlx::{Connection, PgConnection, PgPool};
+
+struct AdvisoryLease {
+    name: String,
+    conn: Option<PgConnection>,
+}
+
+const KEY: &str = "hashtextextended('keel.lease.' || $1, 0)";
+
+pub(crate) async fn try_lease(pool: &PgPool, name: &str) -> Result<Option<Box<dyn Lease>>> {
+    // Off the pool: the lock lives as long as this connection.
+    let mut conn = pool.acquire().await?.detach();
+    let locked: bool = sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({KEY})"))
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !locked {
+        let _ = conn.close().await;
+        return Ok(None);
+    }
+    Ok(Some(Box::new(AdvisoryLease { name: name.to_owned(), conn: Some(conn) })))
+}
+
+#[async_trait]
+impl Lease for AdvisoryLease {
+    async fn is_held(&mut self) -> bool {
+        let Some(conn) = self.conn.as_mut() else { return false };
+        if conn.ping().await.is_ok() {
+            return true;
+        }
+        tracing::warn!(lease = %self.name, "lost the connection holding the lease");
+        self.conn = None;
+        false
+    }
+
+    async fn release(mut self: Box<Self>) {
+        if let Some(mut conn) = self.conn.take() {
+            let _ = sqlx::query(&format!("SELECT pg_advisory_unlock({KEY})"))
+                .bind(&self.name)
+                .execute(&mut conn)
+                .await;
+            let _ = conn.close().await;
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Keel's PostgreSQL event log.
+//!
+//! Appends are one SQL statement (optimistic concurrency through the stream's head row,
+//! events inserted from arrays), standalone or inside the caller's transaction.
+//! Subscriptions never skip an event although concurrent writers commit out of
+//! position order: each event stores its writer's transaction id, readers only take
+//! rows whose transaction is older than the snapshot's `xmin` (so every transaction
+//! that could still add rows before them has finished), and they order and checkpoint
+//! by `(epoch, transaction id, position)` (DESIGN 2.2). Appends that would make a
+//! stream's later version sort before an earlier one are refused as a retryable
+//! [`keel_store::StoreError::WriteOrder`]. The epoch grows when the database is
+//! restored into another cluster, whose transaction ids start lower.
+//!
+//! Layout:
+//! - `lib.rs`: [`PgEventLog`]: connecting, migrating, registering the epoch, and the
+//!   [`keel_store::EventLog`] and [`keel_store::SqlEventLog`] implementations.
+//! - [`append`]: the append statement and how a refused append is explained.
+//! - [`read`]: row decoding and the read queries.
+//! - [`notify`]: wake-ups: a coalescing `NOTIFY` sender outside the appending
+//!   transaction, and a `LISTEN`ing task that feeds [`keel_store::EventLog::changes`].
+//! - [`lease`]: leases as session advisory locks on a dedicated connection.
+//! - [`inbox`]: [`PgInbox`], the transactional inbox for `keel_bus`.
+
+pub mod append;
+pub mod inbox;
+pub mod lease;
+pub mod notify;
+pub mod read;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
+use keel_store::{
+    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, Result,
+    SqlEventLog, StoreError,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres};
+use tokio::sync::watch;
+
+pub use inbox::PgInbox;
+
+/// The migrations of Keel's tables. They ignore migrations they do not know, so a
+/// service can keep its own migrations in the same database.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("../../migrations/postgres");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// How the log talks to PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgOptions {
+    pub max_connections: u32,
+    /// Send `NOTIFY keel_events` after standalone appends (outside their transaction,
+    /// coalesced), so subscribers in other processes wake at once.
+    pub notify: bool,
+    /// `LISTEN` for other processes' appends (otherwise subscribers poll).
+    pub listen: bool,
+    /// Apply the migrations when connecting.
+    pub migrate: bool,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self { max_connections: 10, notify: true, listen: true, migrate: true }
+    }
+}
+
+/// The notification channel.
+pub const CHANNEL: &str = "keel_events";
+
+/// The PostgreSQL event log. Cheap to clone.
+#[derive(Clone)]
+pub struct PgEventLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    epoch: i64,
+    changes: watch::Sender<u64>,
+    notifier: Option<notify::Notifier>,
+    _listener: Option<notify::TaskGuard>,
+}
+
+impl std::fmt::Debug for PgEventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventLog").field("epoch", &self.inner.epoch).finish_non_exhaustive()
+    }
+}
+
+impl PgEventLog {
+    /// Connects to `url` (`postgres://...`), migrates and starts the wake-up tasks.
+    pub async fn connect(url: &str, options: PgOptions) -> Result<Self> {
+        let connect: PgConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("KEEL_DATABASE_URL `{}`: {e}", redact(url))))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(connect)
+            .await?;
+        Self::from_pool(pool, options).await
+    }
+
+    /// Uses an existing pool (shared with the service's own queries).
+    pub async fn from_pool(pool: PgPool, options: PgOptions) -> Result<Self> {
+        if options.migrate {
+            migrator().run(&pool).await?;
+        }
+        let epoch = register_epoch(&pool).await?;
+        let (changes, _) = watch::channel(0u64);
+        let listener = if options.listen {
+            Some(notify::listen(pool.clone(), changes.clone()).await?)
+        } else {
+            None
+        };
+        let notifier = options.notify.then(|| notify::Notifier::start(pool.clone()));
+        Ok(Self { inner: Arc::new(Inner { pool, epoch, changes, notifier, _listener: listener }) })
+    }
+
+    /// The epoch of the cluster this process runs in.
+    pub fn epoch(&self) -> i64 {
+        self.inner.epoch
+    }
+
+    fn appended(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(notifier) = &self.inner.notifier {
+            notifier.poke();
+        }
+    }
+}
+
+/// Registers this cluster in `keel_epochs` (a new epoch after a restore into another
+/// cluster) and returns its epoch.
+async fn register_epoch(pool: &PgPool) -> Result<i64> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('keel_epochs', 0))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO keel_epochs (system_identifier, epoch)
+         SELECT (SELECT system_identifier::text FROM pg_control_system()),
+                COALESCE((SELECT max(epoch) FROM keel_epochs), -1) + 1
+         ON CONFLICT (system_identifier) DO NOTHING",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let epoch: Option<i64> = sqlx::query_scalar("SELECT keel_epoch()").fetch_one(&mut *tx).await?;
+    tx.commit().await?;
+    epoch.ok_or_else(|| StoreError::Config("could not register this cluster's epoch".into()))
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[async_trait]
+impl EventLog for PgEventLog {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[CloudEvent],
+    ) -> Result<AppendResult> {
+        let result = append::standalone(&self.inner.pool, stream, expected, events).await?;
+        self.appended();
+        Ok(result)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<CloudEvent>> {
+        read::stream(&self.inner.pool, stream, from, direction, limit).await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM keel_streams WHERE stream_id = $1")
+                .bind(stream.as_str())
+                .fetch_optional(&self.inner.pool)
+                .await?;
+        Ok(StreamVersion(version.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)))
+    }
+
+    async fn read_all(&self, query: &LogQuery) -> Result<Vec<LogEvent>> {
+        read::all(&self.inner.pool, query).await
+    }
+
+    async fn head(&self) -> Result<Position> {
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM keel_events")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(Position(u64::try_from(head).unwrap_or(0)))
+    }
+
+    async fn read_after(&self, cursor: Cursor, filter: &LogFilter, limit: usize) -> Result<Page> {
+        read::after(&self.inner.pool, self.inner.epoch, cursor, filter, limit).await
+    }
+
+    async fn count_after(&self, cursor: Cursor) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM keel_events WHERE (epoch, transaction_id, position) > ($1, $2, $3)",
+        )
+        .bind(cursor.epoch)
+        .bind(cursor.txid)
+        .bind(cursor.position)
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn cursor_before(&self, position: Position) -> Result<Cursor> {
+        read::cursor_before(&self.inner.pool, self.inner.epoch, position).await
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<Cursor>> {
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT epoch, transaction_id, position FROM keel_checkpoints WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        Ok(row.map(|(epoch, txid, position)| Cursor { epoch, txid, position }))
+    }
+
+    async fn save_checkpoint(&self, name: &str, cursor: Cursor) -> Result<()> {
+        let mut conn = self.inner.pool.acquire().await?;
+        save_checkpoint(&mut conn, name, cursor).await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<(String, Cursor, DateTime<Utc>)>> {
+        let rows: Vec<(String, i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT name, epoch, transaction_id, position, updated_at FROM keel_checkpoints ORDER BY name",
+        )
+        .fetch_all(&self.inner.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, epoch, txid, position, at)| (name, Cursor { epoch, txid, position }, at))
+            .collect())
+    }
+
+    async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>> {
+        lease::try_lease(&self.inner.pool, name).await
+    }
+}
+
+async fn save_checkpoint(conn: &mut PgConnection, name: &str, cursor: Cursor) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO keel_checkpoints (name, epoch, transaction_id, position, updated_at)
+         VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (name) DO UPDATE
+         SET epoch = excluded.epoch, transaction_id = excluded.transaction_id,
+             position = excluded.position, updated_at = excluded.updated_at",
+    )
+    .bind(name)
+    .bind(cursor.epoch)
+    .bind(cursor.txid)
+    .bind(cursor.position)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl SqlEventLog for PgEventLog {
+    type Db = Postgres;
+
+    fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
+        Ok(self.inner.pool.begin().await?)
+    }
+
+    async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[CloudEvent],
+    ) -> Result<AppendResult> {
+        append::in_transaction(conn, stream, expected, events).await
+    }
+
+    async fn save_checkpoint_in(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+        cursor: Cursor,
+    ) -> Result<()> {
+        save_checkpoint(conn, name, cursor).await
+    }
+
+    async fn delete_checkpoint_in(&self, conn: &mut PgConnection, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM keel_checkpoints WHERE name = $1")
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    fn notify_appended(&self) {
+        self.appended();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://keel:secret@db:5432/keel"),
+            "postgres://keel:***@db:5432/keel"
+        );
+        assert_eq!(super::redact("postgres://db/keel"), "postgres://db/keel");
+    }
+}

@@ -1,0 +1,77 @@
+//! Wake-ups across processes: `NOTIFY` after appends, `LISTEN` for others' appends.
+//!
+//! The notification is sent on its own connection after the append's transaction has
+//! committed, never inside it: a `NOTIFY` inside a transaction takes a global lock at
+//! commit and serialises every writer. Pokes that arrive while a notification is
+//! being sent coalesce into one more, so a burst of appends costs a few notifications.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_store::Result;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::CHANNEL;
+
+/// Aborts its task when dropped (the log owns its background tasks).
+pub(crate) struct TaskGuard(JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends `NOTIFY keel_events` after appends, coalescing bursts.
+pub(crate) struct Notifier {
+    poke: Arc<Notify>,
+    _task: TaskGuard,
+}
+
+impl Notifier {
+    pub(crate) fn start(pool: PgPool) -> Self {
+        let poke = Arc::new(Notify::new());
+        let waiting = poke.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                waiting.notified().await;
+                let sent =
+                    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&pool).await;
+                if let Err(error) = sent {
+                    tracing::debug!(%error, "could not send the append notification");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        Self { poke, _task: TaskGuard(task) }
+    }
+
+    /// Asks for one notification (cheap; never waits).
+    pub(crate) fn poke(&self) {
+        self.poke.notify_one();
+    }
+}
+
+/// Listens for notifications and bumps `changes` for each.
+pub(crate) async fn listen(pool: PgPool, changes: watch::Sender<u64>) -> Result<TaskGuard> {
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.listen(CHANNEL).await?;
+    let task = tokio::spawn(async move {
+        loop {
+            match listener.recv().await {
+                Ok(_) => changes.send_modify(|n| *n = n.wrapping_add(1)),
+                Err(error) => {
+                    // The listener reconnects by itself on the next recv; wake the
+                    // subscribers anyway, something may have been missed meanwhile.
+                    tracing::debug!(%error, "notification listener lost its connection");
+                    changes.send_modify(|n| *n = n.wrapping_add(1));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    Ok(TaskGuard(task))
+}

@@ -1,0 +1,177 @@
+//! Reading: rows to envelopes, and the read queries.
+
+use chrono::{DateTime, Utc};
+use keel_core::{CloudEvent, Position, StreamId, StreamVersion};
+use keel_store::stored::StoredEvent;
+use keel_store::{Cursor, Direction, LogEvent, LogFilter, LogQuery, Page, Result};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+
+/// The columns every read selects, in [`decode`]'s order.
+const COLUMNS: &str = "position, epoch, transaction_id, stream_id, stream_version, event_id, topic,
+    event_type, source, time, datacontenttype, dataschema, data, extensions::text";
+
+fn decode(row: &PgRow) -> Result<LogEvent> {
+    decode_at(row, 0)
+}
+
+/// Decodes the [`COLUMNS`] starting at column `at`.
+fn decode_at(row: &PgRow, at: usize) -> Result<LogEvent> {
+    let stored = StoredEvent {
+        position: row.try_get(at)?,
+        stream_id: row.try_get(at + 3)?,
+        stream_version: row.try_get(at + 4)?,
+        event_id: row.try_get(at + 5)?,
+        topic: row.try_get(at + 6)?,
+        event_type: row.try_get(at + 7)?,
+        source: row.try_get(at + 8)?,
+        time: row.try_get::<DateTime<Utc>, _>(at + 9)?,
+        datacontenttype: row.try_get(at + 10)?,
+        dataschema: row.try_get(at + 11)?,
+        data: row.try_get(at + 12)?,
+        extensions: row.try_get(at + 13)?,
+    };
+    let cursor = Cursor {
+        epoch: row.try_get(at + 1)?,
+        txid: row.try_get(at + 2)?,
+        position: stored.position,
+    };
+    let topic = stored.topic.clone();
+    Ok(LogEvent { cursor, topic, event: stored.into_cloud_event()? })
+}
+
+fn limit(limit: usize) -> i64 {
+    i64::try_from(limit.max(1)).unwrap_or(i64::MAX)
+}
+
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(crate) async fn stream(
+    pool: &PgPool,
+    stream: &StreamId,
+    from: StreamVersion,
+    direction: Direction,
+    count: usize,
+) -> Result<Vec<CloudEvent>> {
+    let sql = match direction {
+        Direction::Forward => format!(
+            "SELECT {COLUMNS} FROM keel_events WHERE stream_id = $1 AND stream_version >= $2
+             ORDER BY stream_version ASC LIMIT $3"
+        ),
+        Direction::Backward => format!(
+            "SELECT {COLUMNS} FROM keel_events WHERE stream_id = $1 AND stream_version <= $2
+             ORDER BY stream_version DESC LIMIT $3"
+        ),
+    };
+    let rows = sqlx::query(&sql)
+        .bind(stream.as_str())
+        .bind(signed(from.0))
+        .bind(limit(count))
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|row| decode(row).map(|e| e.event)).collect()
+}
+
+pub(crate) async fn all(pool: &PgPool, query: &LogQuery) -> Result<Vec<LogEvent>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM keel_events
+         WHERE position > $1
+           AND ($2::timestamptz IS NULL OR time >= $2)
+           AND (cardinality($3::text[]) = 0 OR event_type = ANY($3))
+           AND ($4::text IS NULL OR stream_id = $4)
+           AND ($5::text IS NULL OR topic = $5)
+         ORDER BY position LIMIT $6"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(signed(query.from.0))
+        .bind(query.since)
+        .bind(&query.types)
+        .bind(query.stream.as_ref().map(StreamId::as_str))
+        .bind(query.topic.as_deref())
+        .bind(limit(query.limit))
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(decode).collect()
+}
+
+/// Reads after `cursor` in subscription order, only rows whose writer's transaction is
+/// below the snapshot's `xmin` (or from an earlier epoch): every transaction that could
+/// still commit rows sorting before them has ended. The horizon is read in the same
+/// statement (same snapshot) as the rows.
+pub(crate) async fn after(
+    pool: &PgPool,
+    epoch: i64,
+    cursor: Cursor,
+    filter: &LogFilter,
+    count: usize,
+) -> Result<Page> {
+    let sql = format!(
+        "WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin)
+         SELECT h.xmin, e.* FROM h LEFT JOIN LATERAL (
+             SELECT {COLUMNS} FROM keel_events
+             WHERE (epoch, transaction_id, position) > ($1, $2, $3)
+               AND (epoch < $4 OR transaction_id < h.xmin)
+               AND ($5::text IS NULL OR topic = $5)
+               AND (cardinality($6::text[]) = 0 OR event_type = ANY($6))
+               AND ($7::text IS NULL OR stream_id = $7)
+               AND position > $8
+             ORDER BY epoch, transaction_id, position
+             LIMIT $9
+         ) e ON true"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(cursor.epoch)
+        .bind(cursor.txid)
+        .bind(cursor.position)
+        .bind(epoch)
+        .bind(filter.topic.as_deref())
+        .bind(&filter.types)
+        .bind(filter.stream.as_ref().map(StreamId::as_str))
+        .bind(filter.after_position.map_or(0, |p| signed(p.0)))
+        .bind(limit(count))
+        .fetch_all(pool)
+        .await?;
+    let mut horizon = 0i64;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        horizon = row.try_get(0)?;
+        // A row of NULLs when nothing matched.
+        if row.try_get::<Option<i64>, _>(1)?.is_none() {
+            continue;
+        }
+        events.push(decode_at(row, 1)?);
+    }
+    let mut next = events.last().map_or(cursor, |e| e.cursor);
+    if events.len() < count.max(1) {
+        // Everything of this epoch below the horizon has been seen (or filtered out):
+        // nothing can ever appear before it again.
+        next = next.max(Cursor { epoch, txid: horizon - 1, position: i64::MAX });
+    }
+    Ok(Page { events, next })
+}
+
+/// The cursor from which a subscription sees every event with a position above
+/// `position` (used with [`LogFilter::after_position`]): just before the earliest such
+/// committed event and before anything still in flight.
+pub(crate) async fn cursor_before(pool: &PgPool, epoch: i64, position: Position) -> Result<Cursor> {
+    let row: (i64, Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+        "WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin)
+         SELECT h.xmin, e.epoch, e.transaction_id, e.position FROM h LEFT JOIN LATERAL (
+             SELECT epoch, transaction_id, position FROM keel_events WHERE position > $1
+             ORDER BY epoch, transaction_id, position LIMIT 1
+         ) e ON true",
+    )
+    .bind(signed(position.0))
+    .fetch_one(pool)
+    .await?;
+    let in_flight = Cursor { epoch, txid: row.0, position: 0 };
+    let start = match (row.1, row.2, row.3) {
+        (Some(epoch), Some(txid), Some(position)) => {
+            in_flight.min(Cursor { epoch, txid, position })
+        }
+        _ => in_flight,
+    };
+    Ok(Cursor { position: start.position - 1, ..start })
+}

@@ -1,0 +1,88 @@
+//! Store errors.
+
+use keel_core::{DecodeError, ExpectedVersion, StreamId, StreamVersion};
+
+/// `Result` with [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What can go wrong in an event store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Optimistic concurrency: the stream was not at the expected version (HTTP 409).
+    #[error(
+        "version conflict on stream `{stream}`: expected {expected}, the stream is at version {actual}"
+    )]
+    VersionConflict { stream: StreamId, expected: ExpectedVersion, actual: StreamVersion },
+    /// The stream's latest event was written by a transaction that started after this
+    /// one; appending now would put the stream out of order for subscribers. Retry the
+    /// whole transaction (it gets a newer transaction id).
+    #[error("stream `{stream}` was appended to by a younger transaction; retry the transaction")]
+    WriteOrder { stream: StreamId },
+    /// An event with this id is already in the log.
+    #[error("an event with id `{id}` is already in the log")]
+    DuplicateEvent { id: String },
+    /// Something asked for does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// An event to append is not valid (bad stream id, attribute or topic).
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    /// A stored event could not be turned back into an envelope.
+    #[error("event at position {position} does not decode: {source}")]
+    Decode {
+        position: i64,
+        #[source]
+        source: DecodeError,
+    },
+    /// The store is configured wrongly (URL, options) or not migrated.
+    #[error("store configuration: {0}")]
+    Config(String),
+    /// A lease (relay, projection) is held by another process.
+    #[error("`{0}` is held by another process")]
+    LeaseHeld(String),
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Whether the same operation may succeed if tried again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::WriteOrder { .. } => true,
+            Self::Database(error) => is_transient(error),
+            _ => false,
+        }
+    }
+
+    /// Whether this is an optimistic-concurrency conflict (HTTP 409).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::VersionConflict { .. } | Self::WriteOrder { .. })
+    }
+}
+
+/// Connection trouble, pool exhaustion, serialization failures, deadlocks and busy
+/// databases pass; everything else does not.
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            // 40001 serialization failure, 40P01 deadlock (Postgres); SQLITE_BUSY (5),
+            // SQLITE_LOCKED (6) and their extended codes (SQLite).
+            let code = db.code();
+            matches!(
+                code.as_deref(),
+                Some("40001" | "40P01" | "57P01" | "5" | "6" | "517" | "261" | "262")
+            )
+        }
+        _ => false,
+    }
+}

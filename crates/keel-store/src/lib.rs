@@ -1,0 +1,38 @@
+//! Keel's event log seam, and what is built on it once for every store.
+//!
+//! A store (PostgreSQL in `keel-postgres`, SQLite in `keel-sqlite`) implements the small
+//! [`EventLog`] trait: append with an expected version, read a stream or the global
+//! log, and one subscription primitive, [`EventLog::read_after`], which returns only
+//! events that no later commit can precede. Everything else lives here:
+//!
+//! Layout:
+//! - [`log`]: the [`EventLog`] trait and its types: [`Cursor`] (the subscription order),
+//!   [`LogEvent`], [`LogQuery`], [`LogFilter`], [`AppendResult`], [`Lease`].
+//! - [`sql`]: [`SqlEventLog`], the extra seam of SQL stores: append and checkpoint
+//!   inside the caller's own transaction.
+//! - [`error`]: the [`StoreError`] type.
+//! - [`stored`]: the row shape both SQL stores share, to and from envelopes.
+//! - [`subscription`]: catch up from a cursor, then follow live: pages from
+//!   `read_after`, woken by the store's change notifications, with a polling fallback.
+//! - [`relay`]: the log-as-outbox relay: tails the log, publishes in log order to any
+//!   bus, waits for the broker's confirmation, then stores its checkpoint; one active
+//!   relay per name through the store's lease.
+//! - [`projection`]: read models fed from the log with the read-model change and the
+//!   checkpoint in one transaction; rebuild by replay, with progress.
+
+pub mod error;
+pub mod log;
+pub mod projection;
+pub mod relay;
+pub mod sql;
+pub mod stored;
+pub mod subscription;
+
+pub use error::{Result, StoreError};
+pub use log::{
+    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, topic_of,
+};
+pub use projection::{Projection, ProjectionRunner, RebuildProgress};
+pub use relay::{Relay, RelayOptions};
+pub use sql::SqlEventLog;
+pub use subscription::{SubscribeOptions, subscribe};

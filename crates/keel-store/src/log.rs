@@ -1,0 +1,268 @@
+//! The event log seam.
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keel_core::envelope::ext;
+use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::{Result, StoreError};
+
+/// A place in the log's *subscription order*, which may differ from position order.
+///
+/// PostgreSQL assigns positions from a sequence, and concurrent transactions commit out
+/// of position order, so "everything after position P" is not a stable prefix while
+/// writers are in flight (DESIGN 2.2). Its subscription order is
+/// `(epoch, transaction id, position)`: the writer's transaction id, and an epoch that
+/// grows when the database is restored into another cluster whose transaction ids
+/// start lower. SQLite commits one writer at a time, so its order is the position
+/// alone (epoch and transaction id are 0).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Cursor {
+    pub epoch: i64,
+    pub txid: i64,
+    pub position: i64,
+}
+
+impl Cursor {
+    /// Before every event.
+    pub const START: Self = Self { epoch: 0, txid: 0, position: 0 };
+
+    /// The log position part, as a [`Position`].
+    pub fn log_position(&self) -> Position {
+        Position(u64::try_from(self.position).unwrap_or(0))
+    }
+}
+
+impl fmt::Display for Cursor {
+    /// `epoch.txid.position`, as `keel status` shows it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.epoch, self.txid, self.position)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || StoreError::Config(format!("`{s}` is not a cursor (epoch.txid.position)"));
+        let mut parts = s.split('.').map(str::parse::<i64>);
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(Ok(epoch)), Some(Ok(txid)), Some(Ok(position)), None) => {
+                Ok(Self { epoch, txid, position })
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// An event read from the log, with its place in subscription order and its topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEvent {
+    pub cursor: Cursor,
+    /// The bus topic the event is published to.
+    pub topic: String,
+    /// The envelope, with `subject` = stream id and the `streamversion` and `position`
+    /// extensions set.
+    pub event: CloudEvent,
+}
+
+/// A page of a subscription read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    pub events: Vec<LogEvent>,
+    /// Where the next read starts. At least the last event's cursor; past it when the
+    /// store knows that nothing can ever appear before a later point (so an idle
+    /// filtered subscription does not rescan the same rows forever).
+    pub next: Cursor,
+}
+
+/// Which events a subscription or read wants. Empty fields match everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    pub topic: Option<String>,
+    pub types: Vec<String>,
+    pub stream: Option<StreamId>,
+    /// Only events with a position above this one.
+    pub after_position: Option<Position>,
+}
+
+impl LogFilter {
+    pub fn topic(topic: impl Into<String>) -> Self {
+        Self { topic: Some(topic.into()), ..Self::default() }
+    }
+
+    /// Whether `event` (with `topic`) passes the filter.
+    pub fn matches(&self, topic: &str, event: &CloudEvent) -> bool {
+        self.topic.as_deref().is_none_or(|t| t == topic)
+            && (self.types.is_empty() || self.types.iter().any(|t| t == event.ty()))
+            && self.stream.as_ref().is_none_or(|s| Some(s.as_str()) == event.subject())
+            && self.after_position.is_none_or(|p| event.position().is_some_and(|q| q > p))
+    }
+}
+
+/// A read of the global log in position order (paged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogQuery {
+    /// Events with a position above this one.
+    pub from: Position,
+    /// Events whose `time` is at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    pub types: Vec<String>,
+    pub stream: Option<StreamId>,
+    pub topic: Option<String>,
+    pub limit: usize,
+}
+
+impl Default for LogQuery {
+    fn default() -> Self {
+        Self {
+            from: Position::START,
+            since: None,
+            types: Vec::new(),
+            stream: None,
+            topic: None,
+            limit: 1000,
+        }
+    }
+}
+
+/// Which way to read a stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Direction {
+    #[default]
+    Forward,
+    Backward,
+}
+
+/// What an append wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The stream's version after the append.
+    pub version: StreamVersion,
+    /// The positions of the appended events, in order.
+    pub positions: Vec<Position>,
+}
+
+/// An exclusive lease on a name across processes (one active relay per relay name).
+#[async_trait]
+pub trait Lease: Send {
+    /// Whether the lease is still held (renewing it where the store needs that).
+    async fn is_held(&mut self) -> bool;
+
+    /// Gives the lease up.
+    async fn release(self: Box<Self>);
+}
+
+/// The event log: what a store implements.
+///
+/// Appends are atomic per call: every event of the batch or none. Streams are in
+/// version order everywhere; the global log has increasing positions with possible
+/// holes (rolled-back writes).
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends `events` to `stream` if its version satisfies `expected`. Each event
+    /// gets the stream id as `subject`; its topic is its `topic` extension if set,
+    /// else the stream's category.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[CloudEvent],
+    ) -> Result<AppendResult>;
+
+    /// Up to `limit` events of a stream, forward from version `from` (inclusive) or
+    /// backward from it (`StreamVersion(u64::MAX)` = from the end).
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<CloudEvent>>;
+
+    /// The stream's current version (`StreamVersion::NONE` when it does not exist).
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion>;
+
+    /// A page of the global log in position order.
+    async fn read_all(&self, query: &LogQuery) -> Result<Vec<LogEvent>>;
+
+    /// The highest position in the log.
+    async fn head(&self) -> Result<Position>;
+
+    /// Up to `limit` events after `cursor` in subscription order that match `filter`,
+    /// and only those that no later commit can precede: a subscriber that reads page
+    /// after page never skips an event and sees every stream in version order.
+    async fn read_after(&self, cursor: Cursor, filter: &LogFilter, limit: usize) -> Result<Page>;
+
+    /// How many events lie after `cursor` in subscription order (relay lag).
+    async fn count_after(&self, cursor: Cursor) -> Result<u64>;
+
+    /// The cursor just before the first event with a position above `position`:
+    /// where a subscription "from a position" starts.
+    async fn cursor_before(&self, position: Position) -> Result<Cursor>;
+
+    /// A receiver that changes when events may have been appended (by this process,
+    /// or by others where the store can tell).
+    fn changes(&self) -> watch::Receiver<u64>;
+
+    /// The stored checkpoint of a relay, projection or consumer group.
+    async fn checkpoint(&self, name: &str) -> Result<Option<Cursor>>;
+
+    /// Stores a checkpoint.
+    async fn save_checkpoint(&self, name: &str, cursor: Cursor) -> Result<()>;
+
+    /// Every stored checkpoint, by name (for `keel status`).
+    async fn checkpoints(&self) -> Result<Vec<(String, Cursor, DateTime<Utc>)>>;
+
+    /// Takes the lease on `name` if nobody holds it.
+    async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>>;
+}
+
+/// The topic of an event appended to `stream`: its `topic` extension, or the stream's
+/// category (`order-17` -> `order`).
+pub fn topic_of(stream: &StreamId, event: &CloudEvent) -> Result<String> {
+    let topic = match event.extension(ext::TOPIC) {
+        Some(value) => value.to_string(),
+        None => stream.category().to_owned(),
+    };
+    keel_core::bus::validate_topic(&topic).map_err(|e| StoreError::InvalidEvent(e.to_string()))?;
+    Ok(topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_order_by_epoch_then_transaction_then_position() {
+        let a = Cursor { epoch: 0, txid: 900, position: 5 };
+        let b = Cursor { epoch: 0, txid: 901, position: 2 };
+        let c = Cursor { epoch: 1, txid: 3, position: 7 };
+        assert!(a < b && b < c);
+        assert_eq!(c.to_string().parse::<Cursor>().ok(), Some(c));
+        assert!("1.2".parse::<Cursor>().is_err());
+    }
+
+    #[test]
+    fn topic_defaults_to_the_stream_category() -> Result<()> {
+        let stream =
+            StreamId::new("order-17").map_err(|e| StoreError::InvalidEvent(e.to_string()))?;
+        let plain = CloudEvent::builder("t", "/s")
+            .build()
+            .map_err(|e| StoreError::InvalidEvent(e.to_string()))?;
+        assert_eq!(topic_of(&stream, &plain)?, "order");
+        let routed = CloudEvent::builder("t", "/s")
+            .extension(ext::TOPIC, "billing")
+            .build()
+            .map_err(|e| StoreError::InvalidEvent(e.to_string()))?;
+        assert_eq!(topic_of(&stream, &routed)?, "billing");
+        Ok(())
+    }
+}

@@ -1,0 +1,199 @@
+//! Projections: read models fed from the log, each change committed with its
+//! checkpoint in one transaction, so a crash never applies an event twice or skips one.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use keel_bus::HandlerError;
+use keel_core::CloudEvent;
+
+use crate::error::{Result, StoreError};
+use crate::log::{Cursor, EventLog, LogFilter, Page};
+use crate::sql::SqlEventLog;
+use crate::subscription::{SubscribeOptions, subscribe};
+
+/// A read model built from events, in the same database as the log.
+#[async_trait]
+pub trait Projection<Db: sqlx::Database>: Send + Sync + 'static {
+    /// Unique name; the checkpoint is stored as `projection:<name>`.
+    fn name(&self) -> &str;
+
+    /// Which events the projection reads (default: all).
+    fn filter(&self) -> LogFilter {
+        LogFilter::default()
+    }
+
+    /// Applies one event to the read model inside the runner's transaction.
+    async fn apply(
+        &self,
+        conn: &mut Db::Connection,
+        event: &CloudEvent,
+    ) -> Result<(), HandlerError>;
+
+    /// Empties the read model (before a rebuild), inside the runner's transaction.
+    async fn reset(&self, conn: &mut Db::Connection) -> Result<(), HandlerError>;
+}
+
+/// Progress of a rebuild: events applied so far of the log's total when it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RebuildProgress {
+    pub applied: u64,
+    pub total: u64,
+}
+
+/// Runs a projection. See the module docs.
+pub struct ProjectionRunner<L, P> {
+    log: Arc<L>,
+    projection: Arc<P>,
+    options: SubscribeOptions,
+}
+
+impl<L, P> std::fmt::Debug for ProjectionRunner<L, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionRunner").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl<L, P> ProjectionRunner<L, P>
+where
+    L: SqlEventLog,
+    P: Projection<L::Db>,
+    for<'c> &'c mut <L::Db as sqlx::Database>::Connection: sqlx::Executor<'c, Database = L::Db>,
+{
+    pub fn new(log: Arc<L>, projection: Arc<P>) -> Self {
+        Self { log, projection, options: SubscribeOptions::default() }
+    }
+
+    #[must_use]
+    pub fn options(mut self, options: SubscribeOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The checkpoint (and lease) name of a projection.
+    pub fn checkpoint_name(name: &str) -> String {
+        format!("projection:{name}")
+    }
+
+    fn key(&self) -> String {
+        Self::checkpoint_name(self.projection.name())
+    }
+
+    /// Follows the log until `shutdown`, as the only runner of this projection across
+    /// processes (standby while another holds the lease).
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let key = self.key();
+        let mut lease = loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                lease = self.log.try_lease(&key) => match lease {
+                    Ok(Some(lease)) => break lease,
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(projection = %key, %error, "could not ask for the lease"),
+                },
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let mut ignore = |_| {};
+        let result = tokio::select! {
+            biased;
+            () = &mut shutdown => Ok(()),
+            result = self.follow(false, &mut ignore) => result.map(|_| ()),
+        };
+        let _ = lease.is_held().await;
+        lease.release().await;
+        result
+    }
+
+    /// Applies everything up to now and returns how many events it applied. The
+    /// caller must make sure no other runner of this projection is active.
+    pub async fn catch_up(&self) -> Result<u64> {
+        let mut ignore = |_| {};
+        self.follow(true, &mut ignore).await
+    }
+
+    /// Resets the read model and its checkpoint in one transaction, then replays the
+    /// whole log into it, reporting progress. Fails with [`StoreError::LeaseHeld`]
+    /// while a runner of this projection is active elsewhere.
+    pub async fn rebuild(&self, mut progress: impl FnMut(RebuildProgress) + Send) -> Result<u64> {
+        let key = self.key();
+        let Some(lease) = self.log.try_lease(&key).await? else {
+            return Err(StoreError::LeaseHeld(key));
+        };
+        let result = async {
+            let mut tx = self.log.begin().await?;
+            self.projection
+                .reset(&mut tx)
+                .await
+                .map_err(|e| StoreError::InvalidEvent(format!("reset failed: {e}")))?;
+            self.log.delete_checkpoint_in(&mut tx, &key).await?;
+            tx.commit().await?;
+            let total = self.log.count_after(Cursor::START).await?;
+            progress(RebuildProgress { applied: 0, total });
+            let mut report =
+                |applied| progress(RebuildProgress { applied, total: total.max(applied) });
+            self.follow(true, &mut report).await
+        }
+        .await;
+        lease.release().await;
+        result
+    }
+
+    async fn follow(
+        &self,
+        stop_when_caught_up: bool,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<u64> {
+        let key = self.key();
+        let from = self.log.checkpoint(&key).await?.unwrap_or(Cursor::START);
+        let options = SubscribeOptions { stop_when_caught_up, ..self.options };
+        let log: Arc<dyn EventLog> = self.log.clone();
+        let mut pages = subscribe(log, from, self.projection.filter(), options);
+        let mut applied = 0u64;
+        while let Some(page) = pages.next().await {
+            let page = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(projection = %key, %error, "reading the log failed; retrying");
+                    continue;
+                }
+            };
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match self.apply_page(&key, &page).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::error!(projection = %key, %error, ?backoff, "projection failed; retrying the page");
+                        metrics::counter!("keel_projection_failures_total", "projection" => key.clone()).increment(1);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            applied += page.events.len() as u64;
+            metrics::counter!("keel_projection_applied_total", "projection" => key.clone())
+                .increment(page.events.len() as u64);
+            progress(applied);
+        }
+        Ok(applied)
+    }
+
+    /// One transaction: every event of the page, then the checkpoint.
+    async fn apply_page(&self, key: &str, page: &Page) -> Result<(), String> {
+        let Some(last) = page.events.last() else { return Ok(()) };
+        let mut tx = self.log.begin().await.map_err(|e| e.to_string())?;
+        for event in &page.events {
+            self.projection
+                .apply(&mut tx, &event.event)
+                .await
+                .map_err(|e| format!("event {} at {}: {e}", event.event.id(), event.cursor))?;
+        }
+        self.log.save_checkpoint_in(&mut tx, key, last.cursor).await.map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())
+    }
+}

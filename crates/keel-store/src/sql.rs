@@ -1,0 +1,49 @@
+//! The seam of SQL stores: work inside the caller's own transaction.
+
+use std::future::Future;
+
+use keel_core::{CloudEvent, ExpectedVersion, StreamId};
+
+use crate::error::Result;
+use crate::log::{AppendResult, Cursor, EventLog};
+
+/// An [`EventLog`] in a SQL database, so a service can write its own state and its
+/// events in one transaction, and a projection its read model and its checkpoint.
+pub trait SqlEventLog: EventLog {
+    type Db: sqlx::Database;
+
+    /// The store's connection pool.
+    fn pool(&self) -> &sqlx::Pool<Self::Db>;
+
+    /// Starts a transaction suited to appending (SQLite: `BEGIN IMMEDIATE`).
+    fn begin(&self) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Db>>> + Send;
+
+    /// [`EventLog::append`] inside the caller's transaction. After the caller commits,
+    /// [`SqlEventLog::notify_appended`] wakes subscribers at once (otherwise they
+    /// notice at their next poll).
+    fn append_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[CloudEvent],
+    ) -> impl Future<Output = Result<AppendResult>> + Send;
+
+    /// Stores a checkpoint inside the caller's transaction.
+    fn save_checkpoint_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        name: &str,
+        cursor: Cursor,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deletes a checkpoint inside the caller's transaction.
+    fn delete_checkpoint_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Tells subscribers that a transaction with appends has committed.
+    fn notify_appended(&self);
+}

@@ -1,0 +1,120 @@
+//! Catch-up subscriptions: read pages after a cursor, then follow live.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, BoxStream};
+
+use crate::error::Result;
+use crate::log::{Cursor, EventLog, LogFilter, Page};
+
+/// How a subscription reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Events per page.
+    pub batch_size: usize,
+    /// The polling fallback: how long an idle subscription waits for a change
+    /// notification before reading anyway.
+    pub poll_interval: Duration,
+    /// After a notification that found nothing yet (the writer's transaction is not
+    /// below the snapshot horizon yet), retry after this delay, doubling up to
+    /// `poll_interval`.
+    pub settle_delay: Duration,
+    /// End the stream once a read finds nothing new, instead of following live.
+    pub stop_when_caught_up: bool,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+            settle_delay: Duration::from_millis(5),
+            stop_when_caught_up: false,
+        }
+    }
+}
+
+struct State {
+    log: Arc<dyn EventLog>,
+    cursor: Cursor,
+    filter: LogFilter,
+    options: SubscribeOptions,
+    changes: tokio::sync::watch::Receiver<u64>,
+    /// Delay before the next read when the last one came back empty.
+    retry: Option<Duration>,
+    failed: bool,
+    done: bool,
+}
+
+/// Every event after `from` that matches `filter`, in subscription order, as pages;
+/// follows the log live unless `stop_when_caught_up`. A read error is yielded and the
+/// subscription goes on from the same cursor after `poll_interval`.
+pub fn subscribe(
+    log: Arc<dyn EventLog>,
+    from: Cursor,
+    filter: LogFilter,
+    options: SubscribeOptions,
+) -> BoxStream<'static, Result<Page>> {
+    let changes = log.changes();
+    let state = State {
+        log,
+        cursor: from,
+        filter,
+        options,
+        changes,
+        retry: None,
+        failed: false,
+        done: false,
+    };
+    Box::pin(stream::unfold(state, |mut state| async move {
+        if state.done {
+            return None;
+        }
+        loop {
+            if state.failed {
+                state.failed = false;
+                tokio::time::sleep(state.options.poll_interval).await;
+            }
+            // Mark what we have seen before reading, so a change during the read wakes us.
+            state.changes.borrow_and_update();
+            let page = match state
+                .log
+                .read_after(state.cursor, &state.filter, state.options.batch_size)
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    state.failed = true;
+                    return Some((Err(error), state));
+                }
+            };
+            state.cursor = state.cursor.max(page.next);
+            if let Some(last) = page.events.last() {
+                state.cursor = state.cursor.max(last.cursor);
+                state.retry = None;
+                return Some((Ok(page), state));
+            }
+            if state.options.stop_when_caught_up {
+                return None;
+            }
+            let wait = state.retry.unwrap_or(state.options.poll_interval);
+            let notified = tokio::select! {
+                changed = state.changes.changed() => match changed {
+                    Ok(()) => true,
+                    // No notifier any more: plain polling.
+                    Err(_) => {
+                        tokio::time::sleep(wait).await;
+                        false
+                    }
+                },
+                () = tokio::time::sleep(wait) => false,
+            };
+            state.retry = if notified {
+                Some(state.options.settle_delay)
+            } else {
+                state.retry.map(|d| (d * 2).min(state.options.poll_interval))
+            };
+        }
+    }))
+}

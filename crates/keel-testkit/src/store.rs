@@ -1,0 +1,626 @@
+//! The store conformance suite: every event store passes the same cases.
+//!
+//! The concurrency cases script transactions in separate tasks with delays, so on a
+//! store with concurrent writers (PostgreSQL) they commit out of position order, and on
+//! a single-writer store (SQLite) they simply queue; either way a subscriber must see
+//! every committed event exactly once and every stream in version order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use futures::StreamExt as _;
+use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
+use keel_store::{
+    Cursor, Direction, EventLog, LogEvent, LogFilter, LogQuery, SqlEventLog, StoreError,
+    SubscribeOptions, subscribe,
+};
+
+use crate::util::{eventually, unique};
+
+/// What a store's test file provides.
+pub trait StoreFactory: Send + Sync + 'static {
+    type Log: SqlEventLog;
+
+    /// A new, empty, migrated store.
+    fn log(&self) -> impl Future<Output = Arc<Self::Log>> + Send;
+
+    /// Makes the open transaction take its transaction id now (PostgreSQL:
+    /// `pg_current_xact_id()`); a no-op where ids do not exist.
+    fn take_transaction_id<'c>(
+        &'c self,
+        conn: &'c mut <<Self::Log as SqlEventLog>::Db as sqlx::Database>::Connection,
+    ) -> impl Future<Output = ()> + Send + 'c;
+}
+
+/// Generates one `#[tokio::test]` per case for `factory`.
+#[macro_export]
+macro_rules! store_conformance {
+    ($factory:expr) => {
+        $crate::store_conformance!(@cases $factory;
+            expected_version_rules,
+            concurrent_appenders_to_one_stream,
+            out_of_order_commits_and_a_rollback_while_polling,
+            older_transaction_takes_a_higher_position,
+            stream_inversion_is_refused_or_held_back,
+            rounds_of_concurrent_appenders_with_delayed_commits,
+            reads_streams_forward_and_backward,
+            reads_the_log_from_a_position_and_from_a_time,
+            ten_thousand_event_batch,
+            unknown_types_come_back_as_raw_envelopes,
+            subscription_from_a_position,
+            checkpoints_and_leases,
+            duplicate_event_ids_are_refused
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let factory = $factory;
+                $crate::store::$case(&factory).await;
+            }
+        )*
+    };
+}
+
+fn stream(name: &str) -> StreamId {
+    StreamId::new(name).expect("valid stream id")
+}
+
+fn numbered(n: u64) -> CloudEvent {
+    CloudEvent::builder("keel.test.numbered", "/keel/testkit")
+        .json_data(&serde_json::json!({ "n": n }))
+        .expect("json")
+        .build()
+        .expect("valid")
+}
+
+/// A subscriber that records everything it sees, from the start of the log.
+struct Recorder {
+    seen: Arc<Mutex<Vec<LogEvent>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    fn start<L: EventLog>(log: &Arc<L>) -> Self {
+        let log: Arc<dyn EventLog> = log.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let options = SubscribeOptions {
+            batch_size: 7,
+            poll_interval: Duration::from_millis(10),
+            ..SubscribeOptions::default()
+        };
+        let task = tokio::spawn(async move {
+            let mut pages = subscribe(log, Cursor::START, LogFilter::default(), options);
+            while let Some(page) = pages.next().await {
+                if let Ok(page) = page {
+                    sink.lock().expect("not poisoned").extend(page.events);
+                }
+            }
+        });
+        Self { seen, task }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.seen.lock().expect("not poisoned").iter().map(|e| e.event.id().to_owned()).collect()
+    }
+
+    /// Waits until exactly `expected` has been seen (each once), then checks that
+    /// nothing else comes and that every stream is in version order.
+    async fn expect_exactly(self, expected: &HashSet<String>) {
+        eventually("the subscriber to see every committed event", || {
+            let ids: HashSet<String> = self.ids().into_iter().collect();
+            expected.is_subset(&ids)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        self.task.abort();
+        let seen = self.seen.lock().expect("not poisoned").clone();
+        let ids: Vec<String> = seen.iter().map(|e| e.event.id().to_owned()).collect();
+        let distinct: HashSet<String> = ids.iter().cloned().collect();
+        assert_eq!(ids.len(), distinct.len(), "no event seen twice");
+        assert_eq!(&distinct, expected, "exactly the committed events");
+        let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for event in &seen {
+            let subject = event.event.subject().expect("subject").to_owned();
+            versions
+                .entry(subject)
+                .or_default()
+                .push(event.event.stream_version().expect("version").0);
+        }
+        for (stream, versions) in versions {
+            let expected: Vec<u64> = (1..=versions.len() as u64).collect();
+            assert_eq!(versions, expected, "stream {stream} in version order");
+        }
+        let cursors: Vec<Cursor> = seen.iter().map(|e| e.cursor).collect();
+        assert!(cursors.windows(2).all(|w| w[0] < w[1]), "cursors increase");
+    }
+}
+
+pub async fn expected_version_rules<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let s = stream(&unique("rules"));
+    let first = log
+        .append(&s, ExpectedVersion::NoStream, &[numbered(1), numbered(2)])
+        .await
+        .expect("new stream");
+    assert_eq!(first.version, StreamVersion(2));
+    assert_eq!(first.positions.len(), 2);
+    assert!(first.positions[0] < first.positions[1]);
+    match log.append(&s, ExpectedVersion::NoStream, &[numbered(3)]).await {
+        Err(StoreError::VersionConflict { actual, expected, .. }) => {
+            assert_eq!(actual, StreamVersion(2));
+            assert_eq!(expected, ExpectedVersion::NoStream);
+        }
+        other => panic!("NoStream on an existing stream must conflict: {other:?}"),
+    }
+    match log.append(&s, ExpectedVersion::Exact(StreamVersion(1)), &[numbered(3)]).await {
+        Err(error @ StoreError::VersionConflict { .. }) => {
+            assert!(error.is_conflict());
+            assert!(error.to_string().contains("expected version 1"), "{error}");
+        }
+        other => panic!("a stale exact version must conflict: {other:?}"),
+    }
+    let third = log
+        .append(&s, ExpectedVersion::Exact(StreamVersion(2)), &[numbered(3)])
+        .await
+        .expect("exact");
+    assert_eq!(third.version, StreamVersion(3));
+    let fourth =
+        log.append(&s, ExpectedVersion::StreamExists, &[numbered(4)]).await.expect("exists");
+    assert_eq!(fourth.version, StreamVersion(4));
+    let fifth = log.append(&s, ExpectedVersion::Any, &[numbered(5)]).await.expect("any");
+    assert_eq!(fifth.version, StreamVersion(5));
+    let missing = stream(&unique("missing"));
+    assert!(matches!(
+        log.append(&missing, ExpectedVersion::StreamExists, &[numbered(1)]).await,
+        Err(StoreError::VersionConflict { actual: StreamVersion(0), .. })
+    ));
+    assert!(matches!(
+        log.append(&missing, ExpectedVersion::Exact(StreamVersion(3)), &[numbered(1)]).await,
+        Err(StoreError::VersionConflict { .. })
+    ));
+    assert_eq!(log.stream_version(&missing).await.expect("version"), StreamVersion::NONE);
+    assert_eq!(log.stream_version(&s).await.expect("version"), StreamVersion(5));
+    assert!(matches!(
+        log.append(&s, ExpectedVersion::Any, &[]).await,
+        Err(StoreError::InvalidEvent(_))
+    ));
+}
+
+pub async fn concurrent_appenders_to_one_stream<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let s = stream(&unique("contended"));
+    let mut tasks = Vec::new();
+    for writer in 0..8_u64 {
+        let (log, s) = (log.clone(), s.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut wins = Vec::new();
+            for attempt in 0..10_u64 {
+                let current = log.stream_version(&s).await.expect("version");
+                let event = numbered(writer * 100 + attempt);
+                match log
+                    .append(&s, ExpectedVersion::Exact(current), std::slice::from_ref(&event))
+                    .await
+                {
+                    Ok(result) => wins.push((result.version, event.id().to_owned())),
+                    Err(error) if error.is_conflict() => {}
+                    Err(error) => panic!("unexpected error: {error}"),
+                }
+            }
+            wins
+        }));
+    }
+    let mut wins = Vec::new();
+    for task in tasks {
+        wins.extend(task.await.expect("writer"));
+    }
+    let versions: HashSet<u64> = wins.iter().map(|(v, _)| v.0).collect();
+    assert_eq!(versions.len(), wins.len(), "each version won by exactly one writer");
+    let final_version = log.stream_version(&s).await.expect("version");
+    assert_eq!(final_version.0, wins.len() as u64);
+    let events =
+        log.read_stream(&s, StreamVersion(1), Direction::Forward, 1000).await.expect("read");
+    let by_version: HashMap<u64, String> = wins.into_iter().map(|(v, id)| (v.0, id)).collect();
+    for event in events {
+        let version = event.stream_version().expect("version").0;
+        assert_eq!(
+            by_version.get(&version).map(String::as_str),
+            Some(event.id()),
+            "version {version} holds its winner"
+        );
+    }
+}
+
+/// Runs `body` in a transaction of its own on `log`: begin, optionally take an id,
+/// wait, append, wait, then commit or roll back.
+struct Script {
+    take_id: bool,
+    before_append: Duration,
+    before_end: Duration,
+    commit: bool,
+}
+
+async fn scripted<F: StoreFactory>(
+    f: &F,
+    log: &Arc<F::Log>,
+    s: &StreamId,
+    events: &[CloudEvent],
+    script: Script,
+) -> Result<(), StoreError> {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let mut tx = log.begin().await.expect("begin");
+    if script.take_id {
+        f.take_transaction_id(&mut tx).await;
+    }
+    tokio::time::sleep(script.before_append).await;
+    log.append_in(&mut tx, s, ExpectedVersion::Any, events).await?;
+    tokio::time::sleep(script.before_end).await;
+    if script.commit {
+        tx.commit().await.expect("commit");
+        log.notify_appended();
+    } else {
+        tx.rollback().await.expect("rollback");
+    }
+    Ok(())
+}
+
+pub async fn out_of_order_commits_and_a_rollback_while_polling<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let recorder = Recorder::start(&log);
+    let (a, b, c) = (stream(&unique("a")), stream(&unique("b")), stream(&unique("c")));
+    let (ea, eb, ec) = (vec![numbered(1), numbered(2)], vec![numbered(3)], vec![numbered(4)]);
+    let ms = Duration::from_millis;
+    // On concurrent stores: a takes the lowest position and commits last; b rolls back.
+    let (ra, rb, rc) = tokio::join!(
+        scripted(
+            f,
+            &log,
+            &a,
+            &ea,
+            Script { take_id: false, before_append: ms(0), before_end: ms(400), commit: true }
+        ),
+        scripted(
+            f,
+            &log,
+            &b,
+            &eb,
+            Script { take_id: false, before_append: ms(50), before_end: ms(150), commit: false }
+        ),
+        scripted(
+            f,
+            &log,
+            &c,
+            &ec,
+            Script { take_id: false, before_append: ms(100), before_end: ms(0), commit: true }
+        ),
+    );
+    ra.expect("a");
+    rb.expect("b");
+    rc.expect("c");
+    let expected: HashSet<String> = ea.iter().chain(&ec).map(|e| e.id().to_owned()).collect();
+    recorder.expect_exactly(&expected).await;
+}
+
+pub async fn older_transaction_takes_a_higher_position<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let recorder = Recorder::start(&log);
+    let (old, young) = (stream(&unique("old")), stream(&unique("young")));
+    let (e_old, e_young) = (vec![numbered(1)], vec![numbered(2)]);
+    let ms = Duration::from_millis;
+    // The older transaction appends after the younger one (higher position) and
+    // commits first; the younger commits late.
+    let (r_old, r_young) = tokio::join!(
+        scripted(
+            f,
+            &log,
+            &old,
+            &e_old,
+            Script { take_id: true, before_append: ms(150), before_end: ms(0), commit: true }
+        ),
+        async {
+            tokio::time::sleep(ms(30)).await;
+            scripted(
+                f,
+                &log,
+                &young,
+                &e_young,
+                Script { take_id: true, before_append: ms(0), before_end: ms(500), commit: true },
+            )
+            .await
+        },
+    );
+    r_old.expect("old");
+    r_young.expect("young");
+    let expected: HashSet<String> =
+        e_old.iter().chain(&e_young).map(|e| e.id().to_owned()).collect();
+    recorder.expect_exactly(&expected).await;
+}
+
+pub async fn stream_inversion_is_refused_or_held_back<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let recorder = Recorder::start(&log);
+    let s = stream(&unique("inverted"));
+    let first = numbered(1);
+    let second = numbered(2);
+    let (log_a, log_b) = (log.clone(), log.clone());
+    let (s_a, s_b) = (s.clone(), s.clone());
+    // A takes its transaction id first, then waits; B appends to the stream and
+    // commits; then A appends the stream's next version.
+    let late_writer = async {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = log_a.begin().await.expect("begin");
+            f.take_transaction_id(&mut tx).await;
+            if attempt == 1 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            match log_a
+                .append_in(&mut tx, &s_a, ExpectedVersion::Any, std::slice::from_ref(&second))
+                .await
+            {
+                Ok(result) => {
+                    tx.commit().await.expect("commit");
+                    log_a.notify_appended();
+                    return (result, attempt);
+                }
+                Err(error) if error.is_retryable() && attempt < 5 => {
+                    tx.rollback().await.expect("rollback");
+                }
+                Err(error) => panic!("late writer failed: {error}"),
+            }
+        }
+    };
+    let early_writer = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log_b.append(&s_b, ExpectedVersion::NoStream, std::slice::from_ref(&first)).await
+    };
+    let ((late, _attempts), early) = tokio::join!(late_writer, early_writer);
+    let early = early.expect("early append");
+    assert_eq!(early.version, StreamVersion(1));
+    assert_eq!(late.version, StreamVersion(2));
+    let expected: HashSet<String> = [first.id().to_owned(), second.id().to_owned()].into();
+    recorder.expect_exactly(&expected).await;
+}
+
+pub async fn rounds_of_concurrent_appenders_with_delayed_commits<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let recorder = Recorder::start(&log);
+    let committed = Arc::new(Mutex::new(HashSet::new()));
+    let streams: Vec<StreamId> = (0..4).map(|i| stream(&unique(&format!("round{i}")))).collect();
+    for round in 0..8_u64 {
+        let mut writers = Vec::new();
+        for writer in 0..6_u64 {
+            let (log, committed) = (log.clone(), committed.clone());
+            // Half the writers share streams across rounds; half write their own.
+            let s = if writer % 2 == 0 {
+                streams[usize::try_from(writer / 2).unwrap_or(0)].clone()
+            } else {
+                stream(&unique("solo"))
+            };
+            writers.push(async move {
+                let events: Vec<CloudEvent> = (0..=(round + writer) % 3)
+                    .map(|i| numbered(round * 100 + writer * 10 + i))
+                    .collect();
+                let delay = Duration::from_millis((round * 7 + writer * 13) % 40);
+                let commit = (round + writer) % 5 != 0;
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let mut tx = log.begin().await.expect("begin");
+                    match log.append_in(&mut tx, &s, ExpectedVersion::Any, &events).await {
+                        Ok(_) => {
+                            tokio::time::sleep(delay).await;
+                            if commit {
+                                tx.commit().await.expect("commit");
+                                log.notify_appended();
+                                committed
+                                    .lock()
+                                    .expect("not poisoned")
+                                    .extend(events.iter().map(|e| e.id().to_owned()));
+                            } else {
+                                tx.rollback().await.expect("rollback");
+                            }
+                            return;
+                        }
+                        Err(error) if error.is_retryable() && attempts < 20 => {
+                            tx.rollback().await.expect("rollback");
+                        }
+                        Err(error) => panic!("append failed: {error}"),
+                    }
+                }
+            });
+        }
+        futures::future::join_all(writers).await;
+    }
+    let expected = committed.lock().expect("not poisoned").clone();
+    assert!(!expected.is_empty());
+    recorder.expect_exactly(&expected).await;
+}
+
+pub async fn reads_streams_forward_and_backward<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let s = stream(&unique("paged"));
+    let events: Vec<CloudEvent> = (1..=10).map(numbered).collect();
+    log.append(&s, ExpectedVersion::NoStream, &events).await.expect("append");
+    let other = stream(&unique("other"));
+    log.append(&other, ExpectedVersion::Any, &[numbered(99)]).await.expect("append");
+    let forward = log.read_stream(&s, StreamVersion(4), Direction::Forward, 3).await.expect("read");
+    let versions: Vec<u64> = forward.iter().map(|e| e.stream_version().expect("v").0).collect();
+    assert_eq!(versions, [4, 5, 6]);
+    assert_eq!(forward[0].id(), events[3].id());
+    assert!(forward.iter().all(|e| e.subject() == Some(s.as_str())));
+    let backward =
+        log.read_stream(&s, StreamVersion(u64::MAX), Direction::Backward, 4).await.expect("read");
+    let versions: Vec<u64> = backward.iter().map(|e| e.stream_version().expect("v").0).collect();
+    assert_eq!(versions, [10, 9, 8, 7]);
+    let none = log
+        .read_stream(&stream(&unique("nothing")), StreamVersion(1), Direction::Forward, 10)
+        .await
+        .expect("read");
+    assert!(none.is_empty());
+    let head = log.head().await.expect("head");
+    assert_eq!(
+        Some(head),
+        log.read_all(&LogQuery { limit: 100, ..LogQuery::default() })
+            .await
+            .expect("all")
+            .last()
+            .and_then(|e| e.event.position())
+    );
+}
+
+pub async fn reads_the_log_from_a_position_and_from_a_time<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let s = stream(&unique("timed"));
+    let times = [
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("time"),
+        Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).single().expect("time"),
+        Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).single().expect("time"),
+    ];
+    let events: Vec<CloudEvent> = times
+        .iter()
+        .map(|t| {
+            CloudEvent::builder("keel.test.timed", "/keel/testkit").time(*t).build().expect("valid")
+        })
+        .collect();
+    let appended = log.append(&s, ExpectedVersion::NoStream, &events).await.expect("append");
+    let typed = stream(&unique("typed"));
+    log.append(&typed, ExpectedVersion::NoStream, &[numbered(1)]).await.expect("append");
+    let since = LogQuery { since: Some(times[1]), stream: Some(s.clone()), ..LogQuery::default() };
+    let found: Vec<String> =
+        log.read_all(&since).await.expect("read").iter().map(|e| e.event.id().to_owned()).collect();
+    assert_eq!(found, [events[1].id(), events[2].id()]);
+    let from = LogQuery { from: appended.positions[0], ..LogQuery::default() };
+    let after_first: Vec<String> =
+        log.read_all(&from).await.expect("read").iter().map(|e| e.event.id().to_owned()).collect();
+    assert_eq!(after_first.len(), 3, "two timed events and the typed one");
+    assert_eq!(after_first[0], events[1].id());
+    let by_type = LogQuery { types: vec!["keel.test.numbered".into()], ..LogQuery::default() };
+    let typed_only = log.read_all(&by_type).await.expect("read");
+    assert_eq!(typed_only.len(), 1);
+    assert_eq!(typed_only[0].event.subject(), Some(typed.as_str()));
+    let paged = LogQuery { limit: 2, ..LogQuery::default() };
+    assert_eq!(log.read_all(&paged).await.expect("read").len(), 2);
+}
+
+pub async fn ten_thousand_event_batch<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let s = stream(&unique("big"));
+    let events: Vec<CloudEvent> = (0..10_000).map(numbered).collect();
+    let result = log.append(&s, ExpectedVersion::NoStream, &events).await.expect("append 10,000");
+    assert_eq!(result.version, StreamVersion(10_000));
+    assert_eq!(result.positions.len(), 10_000);
+    assert!(result.positions.windows(2).all(|w| w[0] < w[1]));
+    let recorder = Recorder::start(&log);
+    let expected: HashSet<String> = events.iter().map(|e| e.id().to_owned()).collect();
+    recorder.expect_exactly(&expected).await;
+    let last =
+        log.read_stream(&s, StreamVersion(u64::MAX), Direction::Backward, 1).await.expect("read");
+    assert_eq!(last[0].id(), events[9_999].id());
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, keel_core::Event)]
+#[event(type = "keel.test.known", crate = keel_core)]
+struct Known {
+    n: u32,
+}
+
+pub async fn unknown_types_come_back_as_raw_envelopes<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let s = stream(&unique("mixed"));
+    let foreign = CloudEvent::builder("com.example.something-else", "urn:other:system")
+        .data("application/xml", "<a>1</a>")
+        .extension("customext", "kept")
+        .extension("flag", true)
+        .dataschema("https://example.com/schema.xsd")
+        .build()
+        .expect("valid");
+    log.append(&s, ExpectedVersion::NoStream, std::slice::from_ref(&foreign))
+        .await
+        .expect("append");
+    let back =
+        log.read_stream(&s, StreamVersion(1), Direction::Forward, 1).await.expect("read").remove(0);
+    assert_eq!(back.id(), foreign.id());
+    assert_eq!(back.ty(), foreign.ty());
+    assert_eq!(back.source(), foreign.source());
+    assert_eq!(back.datacontenttype(), Some("application/xml"));
+    assert_eq!(back.data(), foreign.data());
+    assert_eq!(back.dataschema(), foreign.dataschema());
+    assert_eq!(back.extension("customext"), foreign.extension("customext"));
+    assert_eq!(back.extension("flag"), foreign.extension("flag"));
+    assert_eq!(back.time(), foreign.time().map(truncate_to_micros));
+    assert!(matches!(back.decode::<Known>(), Err(keel_core::DecodeError::UnexpectedType { .. })));
+}
+
+/// Stores keep microseconds (PostgreSQL's `timestamptz` precision).
+fn truncate_to_micros(t: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    Utc.timestamp_micros(t.timestamp_micros()).single().expect("in range")
+}
+
+pub async fn subscription_from_a_position<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let s = stream(&unique("from"));
+    let events: Vec<CloudEvent> = (1..=6).map(numbered).collect();
+    let appended = log.append(&s, ExpectedVersion::NoStream, &events).await.expect("append");
+    let from = appended.positions[2];
+    let cursor = log.cursor_before(from).await.expect("cursor");
+    let filter = LogFilter { after_position: Some(from), ..LogFilter::default() };
+    let options = SubscribeOptions { stop_when_caught_up: true, ..SubscribeOptions::default() };
+    let log_dyn: Arc<dyn EventLog> = log.clone();
+    let pages: Vec<_> = subscribe(log_dyn, cursor, filter, options).collect().await;
+    let ids: Vec<String> = pages
+        .into_iter()
+        .flat_map(|p| p.expect("page").events)
+        .map(|e| e.event.id().to_owned())
+        .collect();
+    assert_eq!(ids, events[3..].iter().map(|e| e.id().to_owned()).collect::<Vec<_>>());
+    assert_eq!(log.count_after(Cursor::START).await.expect("count"), 6);
+    assert!(from > Position::START);
+}
+
+pub async fn checkpoints_and_leases<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let name = unique("relay");
+    assert_eq!(log.checkpoint(&name).await.expect("load"), None);
+    let cursor = Cursor { epoch: 0, txid: 42, position: 17 };
+    log.save_checkpoint(&name, cursor).await.expect("save");
+    assert_eq!(log.checkpoint(&name).await.expect("load"), Some(cursor));
+    let later = Cursor { position: 18, ..cursor };
+    let mut tx = log.begin().await.expect("begin");
+    log.save_checkpoint_in(&mut tx, &name, later).await.expect("save in tx");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(
+        log.checkpoint(&name).await.expect("load"),
+        Some(cursor),
+        "rolled back with the transaction"
+    );
+    assert!(
+        log.checkpoints().await.expect("all").iter().any(|(n, c, _)| n == &name && *c == cursor)
+    );
+
+    let mut lease = log.try_lease(&name).await.expect("lease").expect("free");
+    assert!(lease.is_held().await);
+    assert!(log.try_lease(&name).await.expect("lease").is_none(), "exclusive");
+    assert!(log.try_lease(&unique("other")).await.expect("lease").is_some(), "per name");
+    lease.release().await;
+    let again = log.try_lease(&name).await.expect("lease");
+    assert!(again.is_some(), "free again after release");
+}
+
+pub async fn duplicate_event_ids_are_refused<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let event = numbered(1);
+    log.append(&stream(&unique("dup")), ExpectedVersion::Any, std::slice::from_ref(&event))
+        .await
+        .expect("first");
+    let again = log
+        .append(&stream(&unique("dup")), ExpectedVersion::Any, std::slice::from_ref(&event))
+        .await;
+    assert!(matches!(again, Err(StoreError::DuplicateEvent { .. })), "{again:?}");
+}
