@@ -217,13 +217,15 @@ impl EventLog for PgEventLog {
         read::after(&self.inner.pool, self.inner.epoch, cursor, filter, limit).await
     }
 
-    async fn count_after(&self, cursor: Cursor) -> Result<u64> {
+    async fn count_after(&self, cursor: Cursor, up_to: Position) -> Result<u64> {
         let count: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM keel_events WHERE (epoch, transaction_id, position) > ($1, $2, $3)",
+            "SELECT count(*) FROM keel_events
+             WHERE (epoch, transaction_id, position) > ($1, $2, $3) AND position <= $4",
         )
         .bind(cursor.epoch)
         .bind(cursor.txid)
         .bind(cursor.position)
+        .bind(i64::try_from(up_to.0).unwrap_or(i64::MAX))
         .fetch_one(&self.inner.pool)
         .await?;
         Ok(u64::try_from(count).unwrap_or(0))

@@ -201,8 +201,9 @@ pub trait EventLog: Send + Sync + 'static {
     /// after page never skips an event and sees every stream in version order.
     async fn read_after(&self, cursor: Cursor, filter: &LogFilter, limit: usize) -> Result<Page>;
 
-    /// How many events lie after `cursor` in subscription order (relay lag).
-    async fn count_after(&self, cursor: Cursor) -> Result<u64>;
+    /// How many events with a position up to `up_to` lie after `cursor` in
+    /// subscription order (relay lag; whether a replay has caught up).
+    async fn count_after(&self, cursor: Cursor, up_to: Position) -> Result<u64>;
 
     /// The cursor just before the first event with a position above `position`:
     /// where a subscription "from a position" starts.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use keel_bus::HandlerError;
-use keel_core::CloudEvent;
+use keel_core::{CloudEvent, Position};
 
 use crate::error::{Result, StoreError};
 use crate::log::{Cursor, EventLog, LogFilter, Page};
@@ -133,7 +133,7 @@ where
                 .map_err(|e| StoreError::InvalidEvent(format!("reset failed: {e}")))?;
             self.log.delete_checkpoint_in(&mut tx, &key).await?;
             tx.commit().await?;
-            let total = self.log.count_after(Cursor::START).await?;
+            let total = self.log.count_after(Cursor::START, Position(u64::MAX)).await?;
             progress(RebuildProgress { applied: 0, total });
             let mut report =
                 |applied| progress(RebuildProgress { applied, total: total.max(applied) });

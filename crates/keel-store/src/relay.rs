@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use keel_core::{CloudEvent, Publisher};
+use keel_core::{CloudEvent, Position, Publisher};
 
 use crate::error::Result;
 use crate::log::{Cursor, EventLog, Lease, LogEvent, LogFilter};
@@ -155,7 +155,7 @@ impl Relay {
                 .increment(page.events.len() as u64);
             if last_lag_check.elapsed() > Duration::from_secs(1) {
                 last_lag_check = tokio::time::Instant::now();
-                if let Ok(lag) = self.log.count_after(last).await {
+                if let Ok(lag) = self.log.count_after(last, Position(u64::MAX)).await {
                     #[allow(clippy::cast_precision_loss)]
                     metrics::gauge!("keel_relay_lag_events", "relay" => self.name.clone())
                         .set(lag as f64);

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use futures::stream::{self, BoxStream};
 
+use keel_core::Position;
+
 use crate::error::Result;
 use crate::log::{Cursor, EventLog, LogFilter, Page};
 
@@ -20,7 +22,8 @@ pub struct SubscribeOptions {
     /// below the snapshot horizon yet), retry after this delay, doubling up to
     /// `poll_interval`.
     pub settle_delay: Duration,
-    /// End the stream once a read finds nothing new, instead of following live.
+    /// End the stream once every event that was in the log when the subscription
+    /// started has been passed, instead of following live.
     pub stop_when_caught_up: bool,
 }
 
@@ -45,6 +48,8 @@ struct State {
     retry: Option<Duration>,
     failed: bool,
     done: bool,
+    /// With `stop_when_caught_up`: the head when the subscription started.
+    target: Option<Position>,
 }
 
 /// Every event after `from` that matches `filter`, in subscription order, as pages;
@@ -66,6 +71,7 @@ pub fn subscribe(
         retry: None,
         failed: false,
         done: false,
+        target: None,
     };
     Box::pin(stream::unfold(state, |mut state| async move {
         if state.done {
@@ -96,7 +102,26 @@ pub fn subscribe(
                 return Some((Ok(page), state));
             }
             if state.options.stop_when_caught_up {
-                return None;
+                let target = match state.target {
+                    Some(target) => target,
+                    None => match state.log.head().await {
+                        Ok(head) => *state.target.insert(head),
+                        Err(error) => {
+                            state.failed = true;
+                            return Some((Err(error), state));
+                        }
+                    },
+                };
+                // Nothing new can mean "caught up" or "held back behind a writer
+                // still in flight": only the count tells.
+                match state.log.count_after(state.cursor, target).await {
+                    Ok(0) => return None,
+                    Ok(_) => {}
+                    Err(error) => {
+                        state.failed = true;
+                        return Some((Err(error), state));
+                    }
+                }
             }
             let wait = state.retry.unwrap_or(state.options.poll_interval);
             let notified = tokio::select! {

@@ -1,0 +1,262 @@
+//! Keel's SQLite event log: the embedded default store (`sqlite://keel-data/keel.db`).
+//!
+//! SQLite runs one write transaction at a time (appends start with `BEGIN IMMEDIATE`),
+//! so positions are assigned in commit order and a subscription's cursor is simply
+//! the position: none of PostgreSQL's ordering traps exist here. The database runs in
+//! WAL mode with `synchronous = NORMAL`: a killed process loses nothing it committed
+//! (a power cut may lose the last transactions).
+//!
+//! Layout:
+//! - `lib.rs`: [`SqliteEventLog`]: opening (creating the file and its directory,
+//!   migrating) and the [`keel_store::EventLog`] and [`keel_store::SqlEventLog`]
+//!   implementations.
+//! - [`append`]: appends with optimistic concurrency.
+//! - [`read`]: row decoding and read queries.
+//! - [`lease`]: leases as rows with an expiry, renewed while held.
+//! - [`inbox`]: [`SqliteInbox`], the transactional inbox for `keel_bus`.
+
+pub mod append;
+pub mod inbox;
+pub mod lease;
+pub mod read;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
+use keel_store::{
+    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, Result,
+    SqlEventLog, StoreError,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::watch;
+
+pub use inbox::SqliteInbox;
+
+/// The migrations of Keel's tables (unknown migrations are ignored, so a service can
+/// keep its own in the same database).
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("../../migrations/sqlite");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// The SQLite event log. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteEventLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: SqlitePool,
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for SqliteEventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteEventLog").finish_non_exhaustive()
+    }
+}
+
+impl SqliteEventLog {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path/to/file.db` or
+    /// `sqlite::memory:`) and migrates it.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("KEEL_DATABASE_URL `{url}`: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let filename = options.get_filename().to_owned();
+        let in_memory = filename.as_os_str().is_empty() || filename == Path::new(":memory:");
+        if !in_memory && let Some(dir) = filename.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Config(format!("cannot create the directory {}: {e}", dir.display()))
+            })?;
+        }
+        // An in-memory database exists once per connection: keep to one.
+        let max = if in_memory { 1 } else { 8 };
+        let pool = SqlitePoolOptions::new().max_connections(max).connect_with(options).await?;
+        Self::from_pool(pool).await
+    }
+
+    /// Uses an existing pool; migrates it.
+    pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
+        migrator().run(&pool).await?;
+        let (changes, _) = watch::channel(0u64);
+        Ok(Self { inner: Arc::new(Inner { pool, changes }) })
+    }
+
+    fn appended(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+#[async_trait]
+impl EventLog for SqliteEventLog {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[CloudEvent],
+    ) -> Result<AppendResult> {
+        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let result = append::append(&mut tx, stream, expected, events).await?;
+        tx.commit().await?;
+        self.appended();
+        Ok(result)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<CloudEvent>> {
+        read::stream(&self.inner.pool, stream, from, direction, limit).await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM keel_streams WHERE stream_id = ?")
+                .bind(stream.as_str())
+                .fetch_optional(&self.inner.pool)
+                .await?;
+        Ok(StreamVersion(version.map_or(0, unsigned)))
+    }
+
+    async fn read_all(&self, query: &LogQuery) -> Result<Vec<LogEvent>> {
+        read::all(&self.inner.pool, query).await
+    }
+
+    async fn head(&self) -> Result<Position> {
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM keel_events")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(Position(unsigned(head)))
+    }
+
+    async fn read_after(&self, cursor: Cursor, filter: &LogFilter, limit: usize) -> Result<Page> {
+        read::after(&self.inner.pool, cursor, filter, limit).await
+    }
+
+    async fn count_after(&self, cursor: Cursor, up_to: Position) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM keel_events WHERE position > ? AND position <= ?",
+        )
+        .bind(cursor.position)
+        .bind(i64::try_from(up_to.0).unwrap_or(i64::MAX))
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(unsigned(count))
+    }
+
+    async fn cursor_before(&self, position: Position) -> Result<Cursor> {
+        Ok(Cursor { epoch: 0, txid: 0, position: i64::try_from(position.0).unwrap_or(i64::MAX) })
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<Cursor>> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM keel_checkpoints WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.inner.pool)
+                .await?;
+        Ok(position.map(|position| Cursor { epoch: 0, txid: 0, position }))
+    }
+
+    async fn save_checkpoint(&self, name: &str, cursor: Cursor) -> Result<()> {
+        let mut conn = self.inner.pool.acquire().await?;
+        save_checkpoint(&mut conn, name, cursor).await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<(String, Cursor, DateTime<Utc>)>> {
+        let rows: Vec<(String, i64, String)> =
+            sqlx::query_as("SELECT name, position, updated_at FROM keel_checkpoints ORDER BY name")
+                .fetch_all(&self.inner.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, position, at)| {
+                let at = DateTime::parse_from_rfc3339(&at)
+                    .map_or_else(|_| Utc::now(), |t| t.with_timezone(&Utc));
+                (name, Cursor { epoch: 0, txid: 0, position }, at)
+            })
+            .collect())
+    }
+
+    async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>> {
+        lease::try_lease(&self.inner.pool, name).await
+    }
+}
+
+async fn save_checkpoint(conn: &mut SqliteConnection, name: &str, cursor: Cursor) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO keel_checkpoints (name, position, updated_at) VALUES (?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+    )
+    .bind(name)
+    .bind(cursor.position)
+    .bind(Utc::now().to_rfc3339())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl SqlEventLog for SqliteEventLog {
+    type Db = Sqlite;
+
+    fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        Ok(self.inner.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn append_in(
+        &self,
+        conn: &mut SqliteConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[CloudEvent],
+    ) -> Result<AppendResult> {
+        append::append(conn, stream, expected, events).await
+    }
+
+    async fn save_checkpoint_in(
+        &self,
+        conn: &mut SqliteConnection,
+        name: &str,
+        cursor: Cursor,
+    ) -> Result<()> {
+        save_checkpoint(conn, name, cursor).await
+    }
+
+    async fn delete_checkpoint_in(&self, conn: &mut SqliteConnection, name: &str) -> Result<()> {
+        sqlx::query("DELETE FROM keel_checkpoints WHERE name = ?")
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    fn notify_appended(&self) {
+        self.appended();
+    }
+}
