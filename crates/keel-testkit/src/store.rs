@@ -52,7 +52,9 @@ macro_rules! store_conformance {
             unknown_types_come_back_as_raw_envelopes,
             subscription_from_a_position,
             checkpoints_and_leases,
-            duplicate_event_ids_are_refused
+            duplicate_event_ids_are_refused,
+            relay_publishes_the_log_in_order,
+            relay_fails_over_to_a_standby
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -646,4 +648,167 @@ pub async fn duplicate_event_ids_are_refused<F: StoreFactory>(f: &F) {
         .append(&stream(&unique("dup")), ExpectedVersion::Any, std::slice::from_ref(&event))
         .await;
     assert!(matches!(again, Err(StoreError::DuplicateEvent { .. })), "{again:?}");
+}
+
+/// Appends `per_stream` events to each of `streams` keyed streams, interleaved, and
+/// returns the events by stream in order.
+async fn keyed_history<L: EventLog>(
+    log: &L,
+    streams: usize,
+    per_stream: u64,
+) -> BTreeMap<String, Vec<String>> {
+    let names: Vec<StreamId> = (0..streams).map(|_| stream(&unique("order"))).collect();
+    let mut history: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in 0..per_stream {
+        for s in &names {
+            let event = CloudEvent::builder("keel.test.numbered", "/keel/testkit")
+                .json_data(&serde_json::json!({ "n": n }))
+                .expect("json")
+                .partition_key(s.as_str())
+                .build()
+                .expect("valid");
+            log.append(s, ExpectedVersion::Any, std::slice::from_ref(&event))
+                .await
+                .expect("append");
+            history.entry(s.to_string()).or_default().push(event.id().to_owned());
+        }
+    }
+    history
+}
+
+/// Collects every event published to `topic` on `bus`, in arrival order.
+async fn bus_collector(
+    bus: &keel_memory::MemoryBus,
+    topic: &str,
+) -> (Arc<Mutex<Vec<CloudEvent>>>, keel_bus::ConsumerHandle) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let handler = keel_bus::handler_fn(move |message: keel_bus::Message| {
+        let sink = sink.clone();
+        async move {
+            sink.lock().expect("not poisoned").push(message.into_event());
+            Ok::<(), keel_bus::HandlerError>(())
+        }
+    });
+    let handle = keel_bus::Consumer::new(
+        Arc::new(bus.clone()),
+        keel_core::SubscriptionSpec::new(topic, "collector"),
+    )
+    .start(handler)
+    .await
+    .expect("subscribe");
+    (seen, handle)
+}
+
+/// Per partition key: every event arrived, and the first arrivals are in stream order
+/// (a failover may repeat a tail, never reorder what came first).
+fn assert_delivered_in_order(history: &BTreeMap<String, Vec<String>>, arrived: &[CloudEvent]) {
+    let mut firsts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for event in arrived {
+        if seen.insert(event.id().to_owned()) {
+            let key = event.partition_key().expect("keyed").to_owned();
+            firsts.entry(key).or_default().push(event.id().to_owned());
+        }
+    }
+    assert_eq!(&firsts, history, "every event, in order per key");
+}
+
+pub async fn relay_publishes_the_log_in_order<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let history = keyed_history(&*log, 5, 40).await;
+    let bus = keel_memory::MemoryBus::new();
+    let (arrived, handle) = bus_collector(&bus, "order").await;
+    let options = keel_store::RelayOptions {
+        batch_size: 16,
+        subscribe: SubscribeOptions {
+            poll_interval: Duration::from_millis(20),
+            ..SubscribeOptions::default()
+        },
+        ..keel_store::RelayOptions::default()
+    };
+    let relay = keel_store::Relay::new(log.clone(), Arc::new(bus.clone()), "main").options(options);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(relay.run(async move {
+        let _ = stopped.await;
+    }));
+    eventually("the relay to publish all 200 events", || {
+        arrived.lock().expect("not poisoned").len() >= 200
+    })
+    .await;
+    // Appends after the relay caught up are published too.
+    let more = keyed_history(&*log, 1, 3).await;
+    eventually("the live tail", || arrived.lock().expect("not poisoned").len() >= 203).await;
+    let _ = stop.send(());
+    task.await.expect("relay task").expect("relay");
+    handle.stop().await.expect("stop");
+    let arrived = arrived.lock().expect("not poisoned").clone();
+    assert_eq!(arrived.len(), 203, "each event published once when nothing fails");
+    let mut all = history;
+    all.extend(more);
+    assert_delivered_in_order(&all, &arrived);
+    let checkpoint = log
+        .checkpoint(&keel_store::Relay::checkpoint_name("main"))
+        .await
+        .expect("load")
+        .expect("saved");
+    assert_eq!(
+        log.count_after(checkpoint, Position(u64::MAX)).await.expect("count"),
+        0,
+        "checkpoint at the end"
+    );
+    assert!(arrived.iter().all(|e| e.position().is_some() && e.stream_version().is_some()));
+}
+
+pub async fn relay_fails_over_to_a_standby<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let bus = keel_memory::MemoryBus::new();
+    let (arrived, handle) = bus_collector(&bus, "order").await;
+    let options = keel_store::RelayOptions {
+        batch_size: 5,
+        standby_poll: Duration::from_millis(50),
+        subscribe: SubscribeOptions {
+            poll_interval: Duration::from_millis(20),
+            ..SubscribeOptions::default()
+        },
+        ..keel_store::RelayOptions::default()
+    };
+    let start = |log: Arc<F::Log>| {
+        let relay = keel_store::Relay::new(log, Arc::new(bus.clone()), "failover").options(options);
+        tokio::spawn(relay.run(std::future::pending()))
+    };
+    let active = start(log.clone());
+    eventually_lease_taken(&*log).await;
+    let standby = start(log.clone());
+    let history = keyed_history(&*log, 4, 50).await;
+    eventually("the active relay to be mid-stream", || {
+        arrived.lock().expect("not poisoned").len() >= 20
+    })
+    .await;
+    // The active relay dies as a killed process would: no clean release.
+    active.abort();
+    let _ = active.await;
+    eventually("the standby to publish everything", || {
+        let ids: HashSet<String> =
+            arrived.lock().expect("not poisoned").iter().map(|e| e.id().to_owned()).collect();
+        ids.len() == 200
+    })
+    .await;
+    standby.abort();
+    handle.stop().await.expect("stop");
+    assert_delivered_in_order(&history, &arrived.lock().expect("not poisoned"));
+}
+
+/// Waits until some relay holds the failover lease.
+async fn eventually_lease_taken<L: EventLog>(log: &L) {
+    let name = keel_store::Relay::checkpoint_name("failover");
+    let deadline = tokio::time::Instant::now() + crate::util::PATIENCE;
+    loop {
+        match log.try_lease(&name).await.expect("lease") {
+            None => return,
+            Some(lease) => lease.release().await,
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no relay took the lease");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
