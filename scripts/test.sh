@@ -21,6 +21,11 @@ step() { printf '\n==> %s\n' "$*"; }
 step "services"
 scripts/services.sh
 
+step "dropping databases left by earlier test runs"
+for db in $(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'keel\_t\_%'"); do
+  psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
+done
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

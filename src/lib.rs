@@ -4,7 +4,18 @@
 //!
 //! The `keel` package is the facade over Keel's crates (re-exported below), the home
 //! of the `keel` command line, and the owner of the end-to-end tests in `tests/`.
+//!
+//! Layout: [`config`] reads `KEEL_*` settings; [`backends`] opens the configured store
+//! and bus; [`cli`] parses the command line and [`commands`] carries it out;
+//! [`projections`] names the projections `keel projections rebuild` knows.
+
+pub mod backends;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod projections;
 
 pub use keel_bus as bus;
 pub use keel_core as core;
 pub use keel_memory as memory;
+pub use keel_store as store;

@@ -1,0 +1,173 @@
+//! The `keel` command line: arguments and dispatch. Every command takes `--json`.
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+use crate::commands;
+use crate::config::Config;
+
+/// Keel: an event-sourced async messaging backbone.
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, about, long_about = None)]
+pub struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply Keel's database migrations (also done at every start).
+    Migrate,
+    /// Append one event to the log (the relay then publishes it).
+    Publish {
+        /// The CloudEvents type, e.g. `order.placed`.
+        #[arg(value_name = "TYPE")]
+        ty: String,
+        /// The stream to append to, e.g. `order-42`.
+        #[arg(long)]
+        stream: String,
+        /// The event's data, as JSON.
+        #[arg(long)]
+        data: String,
+        /// The CloudEvents source.
+        #[arg(long, default_value = "/keel/cli")]
+        source: String,
+    },
+    /// Read history from the log into stdout (CloudEvents JSON lines), the bus, or a
+    /// projection.
+    Replay {
+        /// Events after this position.
+        #[arg(long, conflicts_with = "since")]
+        from: Option<u64>,
+        /// Events at or after this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Only events of this type (repeatable).
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Only events of this stream.
+        #[arg(long)]
+        stream: Option<String>,
+        /// `stdout`, `bus` (KEEL_BUS_URL) or `projection:NAME`.
+        #[arg(long, default_value = "stdout")]
+        into: String,
+    },
+    /// Show the latest events; `--follow` keeps printing new ones.
+    Tail {
+        #[arg(long, short)]
+        follow: bool,
+        /// How many of the latest events to show first.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        lines: usize,
+    },
+    /// The log's head, relay checkpoints and lag, projection checkpoints.
+    Status,
+    /// Manage projections.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionAction,
+    },
+    /// Inspect and retry dead letters of a consumer group (KEEL_BUS_URL).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionAction {
+    /// List the projections this binary knows.
+    List,
+    /// Reset a projection's read model and checkpoint, then replay the log into it.
+    Rebuild { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List dead letters of a group.
+    List {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one dead letter in full.
+    Show {
+        id: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        group: String,
+    },
+    /// Send a dead letter back to its group.
+    Retry {
+        id: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        group: String,
+    },
+    /// Delete every dead letter of a group.
+    Purge {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        group: String,
+    },
+}
+
+fn parse_time(value: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(value).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+        format!("`{value}` is not an RFC 3339 time such as 2026-11-27T09:00:00Z ({e})")
+    })
+}
+
+/// Logs to stderr: warnings by default, more with `-v`; `RUST_LOG` overrides.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,keel=debug",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load()?;
+    let out = commands::Output { json: cli.json };
+    match cli.command {
+        Command::Migrate => commands::migrate(&config, out).await,
+        Command::Publish { ty, stream, data, source } => {
+            commands::publish(&config, out, &ty, &stream, &data, &source).await
+        }
+        Command::Replay { from, since, types, stream, into } => {
+            commands::replay(
+                &config,
+                out,
+                commands::ReplayArgs { from, since, types, stream, into },
+            )
+            .await
+        }
+        Command::Tail { follow, lines } => commands::tail(&config, out, follow, lines).await,
+        Command::Status => commands::status(&config, out).await,
+        Command::Projections { action } => match action {
+            ProjectionAction::List => commands::projections_list(out),
+            ProjectionAction::Rebuild { name } => {
+                commands::projections_rebuild(&config, out, &name).await
+            }
+        },
+        Command::Dlq { action } => commands::dlq(&config, out, action).await,
+    }
+}

@@ -1,0 +1,365 @@
+//! What each `keel` command does.
+
+use std::io::{IsTerminal as _, Write as _};
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use keel_core::codec::to_structured;
+use keel_core::{CloudEvent, DeadLetterId, ExpectedVersion, Payload, Position, StreamId};
+use keel_store::{LogEvent, LogFilter, LogQuery, SubscribeOptions, subscribe};
+use serde_json::json;
+
+use crate::backends::{Store, open_bus};
+use crate::cli::DlqAction;
+use crate::config::Config;
+use crate::projections;
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    pub json: bool,
+}
+
+impl Output {
+    /// Prints `value` as JSON, or `text` for people.
+    fn emit(self, value: &serde_json::Value, text: impl FnOnce() -> String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            println!("{}", text());
+        }
+    }
+}
+
+pub async fn migrate(config: &Config, out: Output) -> anyhow::Result<()> {
+    let store = Store::open(&config.database_url).await?;
+    let migrations: Vec<serde_json::Value> = match &store {
+        Store::Postgres(_) => keel_postgres::migrator()
+            .iter()
+            .map(|m| json!({"version": m.version, "description": m.description}))
+            .collect(),
+        Store::Sqlite(_) => keel_sqlite::migrator()
+            .iter()
+            .map(|m| json!({"version": m.version, "description": m.description}))
+            .collect(),
+    };
+    let value = json!({ "store": store.kind(), "migrations": migrations });
+    out.emit(&value, || {
+        format!("{} is migrated ({} Keel migration(s) applied)", store.kind(), migrations.len())
+    });
+    Ok(())
+}
+
+pub async fn publish(
+    config: &Config,
+    out: Output,
+    ty: &str,
+    stream: &str,
+    data: &str,
+    source: &str,
+) -> anyhow::Result<()> {
+    let stream = StreamId::new(stream).context("--stream")?;
+    let value: serde_json::Value =
+        serde_json::from_str(data).context("--data is not valid JSON")?;
+    let event = CloudEvent::builder(ty, source)
+        .subject(stream.as_str())
+        .json_data(&value)?
+        .build()
+        .context("the event is not a valid CloudEvent")?;
+    let store = Store::open(&config.database_url).await?;
+    let result =
+        store.log().append(&stream, ExpectedVersion::Any, std::slice::from_ref(&event)).await?;
+    let position = result.positions.first().copied().unwrap_or_default();
+    let value = json!({ "id": event.id(), "stream": stream.as_str(), "version": result.version.0, "position": position.0 });
+    out.emit(&value, || {
+        format!(
+            "appended {} to {stream} at version {} (position {position})",
+            event.id(),
+            result.version
+        )
+    });
+    Ok(())
+}
+
+/// `keel replay` arguments.
+#[derive(Debug)]
+pub struct ReplayArgs {
+    pub from: Option<u64>,
+    pub since: Option<DateTime<Utc>>,
+    pub types: Vec<String>,
+    pub stream: Option<String>,
+    pub into: String,
+}
+
+pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::Result<()> {
+    if let Some(name) = args.into.strip_prefix("projection:") {
+        if args.from.is_some()
+            || args.since.is_some()
+            || !args.types.is_empty()
+            || args.stream.is_some()
+        {
+            bail!(
+                "--into projection:{name} rebuilds the projection from the whole log; drop --from, --since, --type and --stream"
+            );
+        }
+        return projections_rebuild(config, out, name).await;
+    }
+    let bus = match args.into.as_str() {
+        "stdout" => None,
+        "bus" => Some(open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
+            anyhow::anyhow!("--into bus needs KEEL_BUS_URL: without it the log itself is the bus, and subscribers already read it")
+        })?),
+        other => bail!("--into `{other}`: expected stdout, bus or projection:NAME"),
+    };
+    let stream = args.stream.map(StreamId::new).transpose().context("--stream")?;
+    let store = Store::open(&config.database_url).await?;
+    let log = store.log();
+    let from = Position(args.from.unwrap_or(0));
+    let head = log.head().await?;
+    let progress = progress_bar(head.0.saturating_sub(from.0));
+    let mut query =
+        LogQuery { from, since: args.since, types: args.types, stream, topic: None, limit: 2000 };
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut count = 0u64;
+    loop {
+        let page = log.read_all(&query).await?;
+        let Some(last) = page.last().and_then(|e| e.event.position()) else { break };
+        match &bus {
+            None => {
+                for event in &page {
+                    stdout.write_all(&to_structured(&event.event))?;
+                    stdout.write_all(b"\n")?;
+                }
+            }
+            Some(bus) => publish_in_runs(&**bus, &page).await?,
+        }
+        count += page.len() as u64;
+        progress.set_position(last.0.saturating_sub(from.0));
+        query.from = last;
+    }
+    stdout.flush()?;
+    progress.finish_and_clear();
+    if bus.is_some() || !std::io::stdout().is_terminal() {
+        let value = json!({ "replayed": count, "into": args.into });
+        if bus.is_some() {
+            out.emit(&value, || format!("replayed {count} event(s) into the bus"));
+        } else {
+            eprintln!("replayed {count} event(s)");
+        }
+    }
+    Ok(())
+}
+
+/// Publishes events in log order, one batch per run of the same topic.
+async fn publish_in_runs(
+    bus: &dyn keel_core::Publisher,
+    events: &[LogEvent],
+) -> anyhow::Result<()> {
+    for run in events.chunk_by(|a, b| a.topic == b.topic) {
+        let batch: Vec<CloudEvent> = run.iter().map(|e| e.event.clone()).collect();
+        bus.publish(&run[0].topic, &batch).await?;
+    }
+    Ok(())
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn line(out: Output, event: &CloudEvent) -> String {
+    if out.json {
+        String::from_utf8_lossy(&to_structured(event)).into_owned()
+    } else {
+        let data =
+            event.data().map(|d| String::from_utf8_lossy(d).into_owned()).unwrap_or_default();
+        format!(
+            "{:>8}  {}  {:<32} {}@{}  {}",
+            event.position().map_or(0, |p| p.0),
+            event.time().map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()).unwrap_or_default(),
+            event.ty(),
+            event.subject().unwrap_or("-"),
+            event.stream_version().map_or(0, |v| v.0),
+            data
+        )
+    }
+}
+
+pub async fn tail(config: &Config, out: Output, follow: bool, lines: usize) -> anyhow::Result<()> {
+    let store = Store::open(&config.database_url).await?;
+    let log = store.log();
+    let head = log.head().await?;
+    let from = Position(head.0.saturating_sub(lines as u64));
+    let recent =
+        log.read_all(&LogQuery { from, limit: lines.max(1), ..LogQuery::default() }).await?;
+    for event in &recent {
+        println!("{}", line(out, &event.event));
+    }
+    if !follow {
+        return Ok(());
+    }
+    let cursor = log.cursor_before(head).await?;
+    let filter = LogFilter { after_position: Some(head), ..LogFilter::default() };
+    let mut pages = subscribe(log, cursor, filter, SubscribeOptions::default());
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            page = pages.next() => match page {
+                None => return Ok(()),
+                Some(page) => {
+                    for event in page?.events {
+                        println!("{}", line(out, &event.event));
+                    }
+                }
+            },
+        }
+    }
+}
+
+pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
+    let store = Store::open(&config.database_url).await?;
+    let log = store.log();
+    let head = log.head().await?;
+    let mut checkpoints = Vec::new();
+    for (name, cursor, updated) in log.checkpoints().await? {
+        let behind = log.count_after(cursor, Position(u64::MAX)).await?;
+        let kind = name.split_once(':').map_or("other", |(kind, _)| kind).to_owned();
+        checkpoints.push(json!({
+            "name": name, "kind": kind, "cursor": cursor.to_string(),
+            "position": cursor.position, "lag": behind, "updated_at": updated.to_rfc3339(),
+        }));
+    }
+    let value = json!({
+        "store": store.kind(),
+        "bus": config.bus_url.clone().unwrap_or_else(|| "log (the event log itself)".into()),
+        "head": head.0,
+        "checkpoints": checkpoints,
+    });
+    out.emit(&value, || {
+        let mut text = format!(
+            "store  {}\nbus    {}\nhead   position {}\n",
+            store.kind(),
+            value["bus"].as_str().unwrap_or_default(),
+            head
+        );
+        if checkpoints.is_empty() {
+            text.push_str("\nno relay, projection or consumer checkpoints yet");
+        } else {
+            text.push_str(&format!(
+                "\n{:<40} {:>10} {:>8}  updated\n",
+                "checkpoint", "position", "lag"
+            ));
+            for c in &checkpoints {
+                text.push_str(&format!(
+                    "{:<40} {:>10} {:>8}  {}\n",
+                    c["name"].as_str().unwrap_or_default(),
+                    c["position"],
+                    c["lag"],
+                    c["updated_at"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+        text.trim_end().to_owned()
+    });
+    Ok(())
+}
+
+pub fn projections_list(out: Output) -> anyhow::Result<()> {
+    let names = projections::names();
+    out.emit(&json!({ "projections": names }), || names.join("\n"));
+    Ok(())
+}
+
+pub async fn projections_rebuild(config: &Config, out: Output, name: &str) -> anyhow::Result<()> {
+    let store = Store::open(&config.database_url).await?;
+    let bar = progress_bar(0);
+    let applied = projections::rebuild(&store, name, |progress| {
+        bar.set_length(progress.total);
+        bar.set_position(progress.applied);
+    })
+    .await?;
+    bar.finish_and_clear();
+    out.emit(&json!({ "projection": name, "applied": applied }), || {
+        format!("rebuilt projection {name} from {applied} event(s)")
+    });
+    Ok(())
+}
+
+pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Result<()> {
+    let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
+        anyhow::anyhow!("keel dlq needs KEEL_BUS_URL (amqp://... or kafka://...): dead letters live in the broker")
+    })?;
+    match action {
+        DlqAction::List { topic, group, limit } => {
+            let letters = bus.list(&topic, &group, limit).await?;
+            let rows: Vec<serde_json::Value> = letters.iter().map(dead_letter_json).collect();
+            out.emit(&json!({ "topic": topic, "group": group, "dead_letters": rows }), || {
+                if letters.is_empty() {
+                    return format!("no dead letters in {topic}/{group}");
+                }
+                letters
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{}  {}  attempts={}  {}",
+                            l.id,
+                            l.dead_lettered_at.to_rfc3339(),
+                            l.attempts,
+                            l.reason
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        DlqAction::Show { id, topic, group } => {
+            let letters = bus.list(&topic, &group, usize::MAX).await?;
+            let letter = letters
+                .iter()
+                .find(|l| l.id.0 == id)
+                .ok_or_else(|| anyhow::anyhow!("no dead letter {id} in {topic}/{group}"))?;
+            let value = dead_letter_json(letter);
+            out.emit(&value, || serde_json::to_string_pretty(&value).unwrap_or_default());
+        }
+        DlqAction::Retry { id, topic, group } => {
+            if !bus.retry(&topic, &group, &DeadLetterId(id.clone())).await? {
+                bail!("no dead letter {id} in {topic}/{group}");
+            }
+            out.emit(&json!({ "retried": id }), || format!("sent {id} back to {topic}/{group}"));
+        }
+        DlqAction::Purge { topic, group } => {
+            let purged = bus.purge(&topic, &group).await?;
+            out.emit(&json!({ "purged": purged }), || {
+                format!("purged {purged} dead letter(s) from {topic}/{group}")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn dead_letter_json(letter: &keel_core::DeadLetter) -> serde_json::Value {
+    let payload = match &letter.payload {
+        Payload::Event(event) => {
+            serde_json::from_slice(&to_structured(event)).unwrap_or(serde_json::Value::Null)
+        }
+        Payload::Undecodable(raw) => json!({
+            "undecodable": raw.error,
+            "content_type": raw.content_type,
+            "body": String::from_utf8_lossy(&raw.body),
+        }),
+    };
+    json!({
+        "id": letter.id.0, "topic": letter.topic, "group": letter.group, "reason": letter.reason,
+        "attempts": letter.attempts, "dead_lettered_at": letter.dead_lettered_at.to_rfc3339(), "message": payload,
+    })
+}

@@ -1,0 +1,172 @@
+//! Configuration: `KEEL_*` environment variables over an optional `keel.toml`.
+//!
+//! | key | env | default |
+//! |---|---|---|
+//! | `database_url` | `KEEL_DATABASE_URL` | `sqlite://keel-data/keel.db` |
+//! | `bus_url` | `KEEL_BUS_URL` | unset: the log itself is the bus |
+//! | `consul_url` | `KEEL_CONSUL_URL` | unset: in-process registry |
+//! | `gateway_addr` | `KEEL_GATEWAY_ADDR` | `127.0.0.1:8080` |
+//! | `jwt_secret` | `KEEL_JWT_SECRET` | unset: write routes open (warned) |
+//!
+//! A bad value stops start-up with a message naming the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The default database: SQLite under `./keel-data`.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://keel-data/keel.db";
+/// The default gateway address.
+pub const DEFAULT_GATEWAY_ADDR: &str = "127.0.0.1:8080";
+
+/// Keel's settings, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub database_url: String,
+    pub bus_url: Option<String>,
+    pub consul_url: Option<String>,
+    pub gateway_addr: SocketAddr,
+    pub jwt_secret: Option<String>,
+}
+
+/// `keel.toml`: the same keys as the environment, in lower case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    database_url: Option<String>,
+    bus_url: Option<String>,
+    consul_url: Option<String>,
+    gateway_addr: Option<String>,
+    jwt_secret: Option<String>,
+}
+
+/// A configuration error that names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration key `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn error(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_owned(), reason: reason.into() }
+}
+
+impl Config {
+    /// Reads `keel.toml` in the working directory (if present) and the environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::from_sources(Path::new("keel.toml"), |key| std::env::var(key).ok())
+    }
+
+    /// Reads `file` (if it exists) and then `env`, which wins.
+    pub fn from_sources(
+        file: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let from_file = match std::fs::read_to_string(file) {
+            Ok(text) => toml::from_str::<File>(&text).map_err(|e| {
+                let key = e.message().split('`').nth(1).unwrap_or("keel.toml").to_owned();
+                error(&key, format!("{} in {}", e.message(), file.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
+            Err(e) => {
+                return Err(error("keel.toml", format!("cannot read {}: {e}", file.display())));
+            }
+        };
+        let pick = |env_key: &str, file_value: Option<String>| {
+            env(env_key).or(file_value).filter(|v| !v.trim().is_empty())
+        };
+
+        let database_url = pick("KEEL_DATABASE_URL", from_file.database_url)
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(error(
+                "KEEL_DATABASE_URL",
+                format!("`{database_url}` is neither sqlite:... nor postgres://..."),
+            ));
+        }
+        let bus_url = pick("KEEL_BUS_URL", from_file.bus_url);
+        if let Some(url) = &bus_url {
+            let known = ["memory://", "amqp://", "amqps://", "kafka://", "log://"];
+            if !known.iter().any(|scheme| url.starts_with(scheme)) {
+                return Err(error(
+                    "KEEL_BUS_URL",
+                    format!(
+                        "`{url}`: expected memory://, amqp://..., kafka://... or log:// (or unset)"
+                    ),
+                ));
+            }
+        }
+        let consul_url = pick("KEEL_CONSUL_URL", from_file.consul_url);
+        if let Some(url) = &consul_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(error(
+                "KEEL_CONSUL_URL",
+                format!("`{url}` is not an http:// or https:// URL"),
+            ));
+        }
+        let gateway = pick("KEEL_GATEWAY_ADDR", from_file.gateway_addr)
+            .unwrap_or_else(|| DEFAULT_GATEWAY_ADDR.into());
+        let gateway_addr = gateway.parse().map_err(|e| {
+            error("KEEL_GATEWAY_ADDR", format!("`{gateway}` is not host:port ({e})"))
+        })?;
+        let jwt_secret = pick("KEEL_JWT_SECRET", from_file.jwt_secret);
+        if jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(error("KEEL_JWT_SECRET", "an HS256 secret must be at least 16 bytes"));
+        }
+        Ok(Self { database_url, bus_url, consul_url, gateway_addr, jwt_secret })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |key| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn defaults_run_on_sqlite() -> Result<(), ConfigError> {
+        let config = Config::from_sources(Path::new("/nonexistent/keel.toml"), env(&[]))?;
+        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.bus_url, None);
+        assert_eq!(config.gateway_addr.to_string(), DEFAULT_GATEWAY_ADDR);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: [(&'static [(&'static str, &'static str)], &str); 4] = [
+            (&[("KEEL_DATABASE_URL", "mysql://x")], "KEEL_DATABASE_URL"),
+            (&[("KEEL_BUS_URL", "nats://x")], "KEEL_BUS_URL"),
+            (&[("KEEL_GATEWAY_ADDR", "localhost")], "KEEL_GATEWAY_ADDR"),
+            (&[("KEEL_JWT_SECRET", "short")], "KEEL_JWT_SECRET"),
+        ];
+        for (pairs, key) in cases {
+            let err = Config::from_sources(Path::new("/nonexistent"), env(pairs)).expect_err(key);
+            assert_eq!(err.key, key);
+            assert!(err.to_string().starts_with(&format!("configuration key `{key}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_file_is_read_and_unknown_keys_are_named() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("keel-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("keel.toml");
+        std::fs::write(&file, "bus_url = \"memory://\"\ngateway_addr = \"127.0.0.1:9000\"\n")?;
+        let config = Config::from_sources(&file, env(&[("KEEL_GATEWAY_ADDR", "127.0.0.1:9100")]))?;
+        assert_eq!(config.bus_url.as_deref(), Some("memory://"));
+        assert_eq!(config.gateway_addr.port(), 9100, "the environment wins");
+        std::fs::write(&file, "databse_url = \"sqlite://x.db\"\n")?;
+        let err = Config::from_sources(&file, env(&[])).expect_err("typo");
+        assert_eq!(err.key, "databse_url");
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! The `keel` command line. See `keel --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = keel::cli::Cli::parse();
+    keel::cli::init_tracing(cli.verbose);
+    match keel::cli::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("keel: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The projections this binary knows, by name, for `keel projections rebuild`.
+//!
+//! - `streams`: the stream index (`keel_stream_index`): one row per stream with its
+//!   category, version, last event type and position.
+
+use std::sync::Arc;
+
+use anyhow::bail;
+use async_trait::async_trait;
+use keel_bus::HandlerError;
+use keel_core::{CloudEvent, StreamId};
+use keel_store::{Projection, ProjectionRunner, RebuildProgress};
+use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection};
+
+use crate::backends::Store;
+
+/// Names of the known projections.
+pub fn names() -> Vec<&'static str> {
+    vec![StreamIndex::NAME]
+}
+
+/// Rebuilds projection `name` on `store`, reporting progress.
+pub async fn rebuild(
+    store: &Store,
+    name: &str,
+    progress: impl FnMut(RebuildProgress) + Send,
+) -> anyhow::Result<u64> {
+    if name != StreamIndex::NAME {
+        bail!("unknown projection `{name}` (known: {})", names().join(", "));
+    }
+    let applied = match store {
+        Store::Postgres(log) => {
+            ProjectionRunner::new(log.clone(), Arc::new(StreamIndex)).rebuild(progress).await?
+        }
+        Store::Sqlite(log) => {
+            ProjectionRunner::new(log.clone(), Arc::new(StreamIndex)).rebuild(progress).await?
+        }
+    };
+    Ok(applied)
+}
+
+/// The stream index.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamIndex;
+
+impl StreamIndex {
+    pub const NAME: &'static str = "streams";
+
+    /// The upsert with the placeholders of a dialect (`$n` or `?`).
+    fn upsert(placeholder: fn(usize) -> String) -> String {
+        let p: Vec<String> = (1..=6).map(placeholder).collect();
+        format!(
+            "INSERT INTO keel_stream_index (stream_id, category, version, last_type, last_position, updated_at)
+             VALUES ({}, {}, {}, {}, {}, {})
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, last_type = excluded.last_type,
+                 last_position = excluded.last_position, updated_at = excluded.updated_at",
+            p[0], p[1], p[2], p[3], p[4], p[5]
+        )
+    }
+
+    /// The row for `event`: (stream, category, version, type, position).
+    fn row(event: &CloudEvent) -> Result<(String, String, i64, String, i64), HandlerError> {
+        let stream =
+            StreamId::new(event.subject().unwrap_or_default()).map_err(HandlerError::permanent)?;
+        let version = event.stream_version().map_or(0, |v| i64::try_from(v.0).unwrap_or(i64::MAX));
+        let position = event.position().map_or(0, |p| i64::try_from(p.0).unwrap_or(i64::MAX));
+        Ok((
+            stream.to_string(),
+            stream.category().to_owned(),
+            version,
+            event.ty().to_owned(),
+            position,
+        ))
+    }
+}
+
+#[async_trait]
+impl Projection<Postgres> for StreamIndex {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, event: &CloudEvent) -> Result<(), HandlerError> {
+        let (stream, category, version, ty, position) = Self::row(event)?;
+        sqlx::query(&Self::upsert(|n| format!("${n}")))
+            .bind(stream)
+            .bind(category)
+            .bind(version)
+            .bind(ty)
+            .bind(position)
+            .bind(event.time().unwrap_or_else(chrono::Utc::now))
+            .execute(conn)
+            .await
+            .map_err(HandlerError::transient)?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
+        sqlx::query("DELETE FROM keel_stream_index")
+            .execute(conn)
+            .await
+            .map_err(HandlerError::transient)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Projection<Sqlite> for StreamIndex {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut SqliteConnection,
+        event: &CloudEvent,
+    ) -> Result<(), HandlerError> {
+        let (stream, category, version, ty, position) = Self::row(event)?;
+        sqlx::query(&Self::upsert(|_| "?".to_owned()))
+            .bind(stream)
+            .bind(category)
+            .bind(version)
+            .bind(ty)
+            .bind(position)
+            .bind(event.time().unwrap_or_else(chrono::Utc::now).to_rfc3339())
+            .execute(conn)
+            .await
+            .map_err(HandlerError::transient)?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut SqliteConnection) -> Result<(), HandlerError> {
+        sqlx::query("DELETE FROM keel_stream_index")
+            .execute(conn)
+            .await
+            .map_err(HandlerError::transient)?;
+        Ok(())
+    }
+}
