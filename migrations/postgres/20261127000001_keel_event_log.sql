@@ -38,7 +38,7 @@ CREATE TABLE keel_events (
     datacontenttype TEXT,
     dataschema      TEXT,
     data            BYTEA,
-    extensions      JSONB NOT NULL DEFAULT '{}'::jsonb,
+    extensions      JSON NOT NULL DEFAULT '{}'::json,
     CONSTRAINT keel_events_event_id_key UNIQUE (event_id),
     CONSTRAINT keel_events_stream_version_key UNIQUE (stream_id, stream_version)
 );

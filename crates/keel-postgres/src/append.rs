@@ -62,7 +62,7 @@ const INSERT: &str = "
 INSERT INTO keel_events (epoch, transaction_id, stream_id, stream_version, event_id, topic,
                          event_type, source, time, datacontenttype, dataschema, data, extensions)
 SELECT meta.epoch, meta.xid, $1, head.base + e.ord, e.id, e.topic, e.ty, e.source, e.time,
-       e.ct, e.schema, e.data, e.ext::jsonb
+       e.ct, e.schema, e.data, e.ext::json
 FROM meta, head,
      unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[],
             $9::text[], $10::bytea[], $11::text[])

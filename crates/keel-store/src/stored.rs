@@ -34,9 +34,8 @@ impl StoredEvent {
     pub fn into_cloud_event(self) -> Result<CloudEvent> {
         let position = self.position;
         let decode = |source| StoreError::Decode { position, source };
-        let extensions: BTreeMap<String, serde_json::Value> =
-            serde_json::from_str(&self.extensions)
-                .map_err(|e| decode(keel_core::DecodeError::Json(e)))?;
+        let extensions: BTreeMap<String, StoredExtension> = serde_json::from_str(&self.extensions)
+            .map_err(|e| decode(keel_core::DecodeError::Json(e)))?;
         let mut builder = CloudEvent::builder(self.event_type, self.source)
             .id(self.event_id)
             .subject(self.stream_id)
@@ -47,13 +46,9 @@ impl StoredEvent {
         }
         for (name, value) in extensions {
             let value = match value {
-                serde_json::Value::String(s) => ExtensionValue::String(s),
-                serde_json::Value::Bool(b) => ExtensionValue::Boolean(b),
-                serde_json::Value::Number(n) => match n.as_i64() {
-                    Some(i) => ExtensionValue::Integer(i),
-                    None => ExtensionValue::String(n.to_string()),
-                },
-                other => ExtensionValue::String(other.to_string()),
+                StoredExtension::String(s) => ExtensionValue::String(s),
+                StoredExtension::Integer(i) => ExtensionValue::Integer(i),
+                StoredExtension::Boolean(b) => ExtensionValue::Boolean(b),
             };
             builder = builder.extension(name, value);
         }
@@ -62,6 +57,16 @@ impl StoredEvent {
         event.set_stream_version(StreamVersion(u64::try_from(self.stream_version).unwrap_or(0)));
         Ok(event)
     }
+}
+
+/// An extension value as stored: CloudEvents extensions are strings, integers or
+/// booleans (parsed straight into this, without a generic JSON tree).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum StoredExtension {
+    String(String),
+    Integer(i64),
+    Boolean(bool),
 }
 
 /// The columns of one event to append (the store assigns position and version).

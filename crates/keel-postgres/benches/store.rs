@@ -1,0 +1,263 @@
+//! Keel's PostgreSQL log against raw SQL on the same server, side by side:
+//!
+//!   cargo bench -p keel-postgres --bench store
+//!
+//! (`KEEL_BENCH_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`;
+//! a scratch database is created and dropped.) The raw side writes the same columns
+//! into a table with the same indexes (`LIKE keel_events INCLUDING ALL`), without the
+//! stream head, the concurrency check or the notification.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId};
+use keel_postgres::{PgEventLog, PgOptions};
+use keel_store::{EventLog, LogQuery, SqlEventLog};
+use sqlx::{Connection, PgPool};
+
+const CLIENTS: usize = 8;
+const SINGLE_PER_CLIENT: usize = 400;
+const BATCH: usize = 100;
+const BATCHES_PER_CLIENT: usize = 25;
+const REPLAY_EVENTS: usize = 200_000;
+
+fn event(n: usize) -> CloudEvent {
+    CloudEvent::builder("bench.order-placed", "/bench")
+        .json_data(&serde_json::json!({
+            "order_id": format!("order-{n}"), "user_id": "user-17", "total_cents": 12_345,
+            "lines": [{"sku": "sku-1", "qty": 2}, {"sku": "sku-2", "qty": 1}]
+        }))
+        .expect("json")
+        .partition_key(format!("order-{n}"))
+        .build()
+        .expect("valid")
+}
+
+fn row_values(n: usize) -> (String, String, Vec<u8>) {
+    let e = event(n);
+    (e.id().to_owned(), format!("order-{n}"), e.data().map(|d| d.to_vec()).unwrap_or_default())
+}
+
+const RAW_INSERT: &str = "INSERT INTO raw_events (epoch, transaction_id, stream_id, stream_version, event_id, topic,
+    event_type, source, time, datacontenttype, dataschema, data, extensions)
+    VALUES (0, pg_current_xact_id()::text::bigint, $1, $2, $3, 'order', 'bench.order-placed', '/bench', now(),
+            'application/json', NULL, $4, '{\"partitionkey\":\"x\"}')";
+
+async fn single_keel(log: &PgEventLog, run: &str) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let log = log.clone();
+        let run = run.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..SINGLE_PER_CLIENT {
+                let n = client * 1_000_000 + i;
+                let stream = StreamId::new(format!("order-{run}{client}-{i}")).expect("stream");
+                log.append(&stream, ExpectedVersion::NoStream, &[event(n)]).await.expect("append");
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    (CLIENTS * SINGLE_PER_CLIENT) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn single_raw(pool: &PgPool, run: &str) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let pool = pool.clone();
+        let run = run.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..SINGLE_PER_CLIENT {
+                let (id, _, data) = row_values(client * 1_000_000 + i);
+                sqlx::query(RAW_INSERT)
+                    .bind(format!("raw-{run}{client}-{i}"))
+                    .bind(1_i64)
+                    .bind(id)
+                    .bind(data)
+                    .execute(&pool)
+                    .await
+                    .expect("insert");
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    (CLIENTS * SINGLE_PER_CLIENT) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn batch_keel(log: &PgEventLog) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in 0..BATCHES_PER_CLIENT {
+                let events: Vec<CloudEvent> = (0..BATCH)
+                    .map(|i| event(10_000_000 + client * 100_000 + b * BATCH + i))
+                    .collect();
+                let stream = StreamId::new(format!("batch-{client}-{b}")).expect("stream");
+                log.append(&stream, ExpectedVersion::NoStream, &events).await.expect("append");
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    (CLIENTS * BATCHES_PER_CLIENT * BATCH) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn batch_raw(pool: &PgPool) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in 0..BATCHES_PER_CLIENT {
+                let mut builder = sqlx::QueryBuilder::new(
+                    "INSERT INTO raw_events (epoch, transaction_id, stream_id, stream_version, event_id, topic,
+                     event_type, source, time, datacontenttype, dataschema, data, extensions) ",
+                );
+                builder.push_values(0..BATCH, |mut row, i| {
+                    let (id, _, data) = row_values(10_000_000 + client * 100_000 + b * BATCH + i);
+                    row.push("0, pg_current_xact_id()::text::bigint")
+                        .push_bind(format!("rawbatch-{client}-{b}"))
+                        .push_bind(i64::try_from(i + 1).unwrap_or(0))
+                        .push_bind(id)
+                        .push("'order', 'bench.order-placed', '/bench', now(), 'application/json', NULL")
+                        .push_bind(data)
+                        .push("'{\"partitionkey\":\"x\"}'");
+                });
+                builder.build().execute(&pool).await.expect("insert");
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    (CLIENTS * BATCHES_PER_CLIENT * BATCH) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn replay_keel(log: &PgEventLog) -> (f64, usize) {
+    let started = Instant::now();
+    let mut query = LogQuery { from: Position::START, limit: 5000, ..LogQuery::default() };
+    let mut count = 0;
+    loop {
+        let page = log.read_all(&query).await.expect("read");
+        let Some(last) = page.last().and_then(|e| e.event.position()) else { break };
+        count += page.len();
+        query.from = last;
+    }
+    (count as f64 / started.elapsed().as_secs_f64(), count)
+}
+
+async fn replay_raw(pool: &PgPool) -> (f64, usize) {
+    type Row = (
+        i64,
+        i64,
+        i64,
+        String,
+        i64,
+        String,
+        String,
+        String,
+        String,
+        chrono::DateTime<chrono::Utc>,
+        Option<String>,
+        Option<String>,
+        Option<Vec<u8>>,
+        String,
+    );
+    let started = Instant::now();
+    let mut from = 0i64;
+    let mut count = 0;
+    loop {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT position, epoch, transaction_id, stream_id, stream_version, event_id, topic, event_type, source, time,
+                    datacontenttype, dataschema, data, extensions::text
+             FROM keel_events WHERE position > $1 ORDER BY position LIMIT 5000",
+        )
+        .bind(from)
+        .fetch_all(pool)
+        .await
+        .expect("select");
+        let Some(last) = rows.last().map(|r| r.0) else { break };
+        count += rows.len();
+        from = last;
+    }
+    (count as f64 / started.elapsed().as_secs_f64(), count)
+}
+
+async fn fill(log: &PgEventLog, target: usize) {
+    let have = usize::try_from(log.head().await.expect("head").0).unwrap_or(0);
+    let mut n = have;
+    let log = Arc::new(log.clone());
+    while n < target {
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let log = log.clone();
+            let start = n;
+            tasks.push(tokio::spawn(async move {
+                let events: Vec<CloudEvent> =
+                    (0..1000).map(|i| event(50_000_000 + start + i)).collect();
+                let stream = StreamId::new(format!("fill-{start}")).expect("stream");
+                log.append(&stream, ExpectedVersion::Any, &events).await.expect("append");
+            }));
+            n += 1000;
+        }
+        futures::future::join_all(tasks).await;
+    }
+}
+
+fn row(name: &str, keel: f64, raw: f64, target: &str) {
+    println!("{name:<44} {keel:>12.0} {raw:>12.0} {:>7.2}x  {target}", keel / raw);
+}
+
+#[tokio::main]
+async fn main() {
+    let admin = std::env::var("KEEL_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("keel_bench_{}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create");
+    let (base, _) = admin.rsplit_once('/').expect("db in URL");
+    let url = format!("{base}/{name}");
+    let options = PgOptions {
+        max_connections: u32::try_from(CLIENTS + 4).unwrap_or(12),
+        ..PgOptions::default()
+    };
+    let log = PgEventLog::connect(&url, options.clone()).await.expect("connect");
+    let quiet = PgEventLog::connect(&url, PgOptions { notify: false, listen: false, ..options })
+        .await
+        .expect("connect");
+    let pool = SqlEventLog::pool(&log).clone();
+    sqlx::query("CREATE TABLE raw_events (LIKE keel_events INCLUDING ALL)")
+        .execute(&pool)
+        .await
+        .expect("raw table");
+
+    println!("Keel PostgreSQL event log vs raw SQL, same server, {CLIENTS} clients");
+    println!("{:<44} {:>12} {:>12} {:>8}  target", "measure (per second)", "keel", "raw", "ratio");
+    // Warm up both paths once.
+    let _ = single_keel(&quiet, "warm").await;
+    let _ = single_raw(&pool, "warm").await;
+    let keel_single = single_keel(&log, "notify").await;
+    let keel_single_quiet = single_keel(&quiet, "quiet").await;
+    let raw_single = single_raw(&pool, "raw").await;
+    row("single-event appends (with NOTIFY wake-ups)", keel_single, raw_single, ">= 0.8x");
+    row("single-event appends (no wake-ups)", keel_single_quiet, raw_single, "");
+    let keel_batch = batch_keel(&log).await;
+    let raw_batch = batch_raw(&pool).await;
+    row(&format!("batched appends, events ({BATCH} per append)"), keel_batch, raw_batch, ">= 0.7x");
+    fill(&log, REPLAY_EVENTS).await;
+    let _ = replay_raw(&pool).await;
+    let (raw_replay, raw_count) = replay_raw(&pool).await;
+    let (keel_replay, keel_count) = replay_keel(&log).await;
+    row(
+        &format!("replay, events ({keel_count} vs {raw_count} rows)"),
+        keel_replay,
+        raw_replay,
+        ">= 200000/s",
+    );
+
+    drop(log);
+    drop(quiet);
+    pool.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut conn).await;
+}
