@@ -68,6 +68,13 @@ pub enum Command {
     },
     /// The log's head, relay checkpoints and lag, projection checkpoints.
     Status,
+    /// Run the relay alone: publish the log to KEEL_BUS_URL in order (one active relay
+    /// per name across processes; others stand by). Ctrl-C or SIGTERM stops it.
+    Relay {
+        /// The relay's name (its checkpoint and lease).
+        #[arg(long, default_value = "main")]
+        name: String,
+    },
     /// Manage projections.
     Projections {
         #[command(subcommand)]
@@ -162,6 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tail { follow, lines } => commands::tail(&config, out, follow, lines).await,
         Command::Status => commands::status(&config, out).await,
+        Command::Relay { name } => commands::relay(&config, &name).await,
         Command::Projections { action } => match action {
             ProjectionAction::List => commands::projections_list(out),
             ProjectionAction::Rebuild { name } => {

@@ -274,6 +274,44 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn relay(config: &Config, name: &str) -> anyhow::Result<()> {
+    let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
+        anyhow::anyhow!("keel relay needs KEEL_BUS_URL: without it the log itself is the bus and nothing needs relaying")
+    })?;
+    let store = Store::open(&config.database_url).await?;
+    eprintln!(
+        "relay {name}: {} -> {}",
+        store.kind(),
+        config.bus_url.as_deref().unwrap_or_default()
+    );
+    let relay = keel_store::Relay::new(store.log(), bus.clone(), name);
+    relay.run(shutdown_signal()).await?;
+    keel_core::Publisher::close(&*bus).await?;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
 pub fn projections_list(out: Output) -> anyhow::Result<()> {
     let names = projections::names();
     out.emit(&json!({ "projections": names }), || names.join("\n"));
