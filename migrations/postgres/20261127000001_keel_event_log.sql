@@ -15,15 +15,6 @@ CREATE FUNCTION keel_epoch() RETURNS BIGINT LANGUAGE sql STABLE AS $$
     WHERE system_identifier = (SELECT system_identifier::text FROM pg_control_system())
 $$;
 
--- Head of each stream: its version (optimistic concurrency, one row lock per stream)
--- and who wrote it last (to refuse appends that would invert the stream's order).
-CREATE TABLE keel_streams (
-    stream_id  TEXT PRIMARY KEY,
-    version    BIGINT NOT NULL,
-    last_epoch BIGINT NOT NULL,
-    last_xid   BIGINT NOT NULL
-);
-
 CREATE TABLE keel_events (
     position        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     epoch           BIGINT NOT NULL,
@@ -40,6 +31,8 @@ CREATE TABLE keel_events (
     data            BYTEA,
     extensions      JSON NOT NULL DEFAULT '{}'::json,
     CONSTRAINT keel_events_event_id_key UNIQUE (event_id),
+    -- Optimistic concurrency: two writers of the same version cannot both commit.
+    -- Its index also finds a stream's head (its last event and who wrote it).
     CONSTRAINT keel_events_stream_version_key UNIQUE (stream_id, stream_version)
 );
 

@@ -1,94 +1,76 @@
-//! Appending: one statement that moves the stream's head and inserts the events.
+//! Appending: one statement that checks the stream's head and inserts the events.
 //!
-//! The statement updates (or creates) the stream's row in `keel_streams` only if the
-//! expected version holds and the stream's last writer is not a younger transaction,
-//! then inserts the events numbered from the old version. When the head does not move
-//! no event is inserted, and a second query in the same transaction tells a version
-//! conflict from a write-order refusal.
+//! The head is the stream's last event (found through the `(stream_id,
+//! stream_version)` unique index). The statement inserts only if the expected version
+//! holds and the head was not written by a younger transaction (which would make this
+//! append sort before it in subscription order); the unique index makes concurrent
+//! writers of the same version fail instead of both committing. When nothing is
+//! inserted, a second query in the same transaction tells a version conflict from a
+//! write-order refusal.
 
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
 use keel_store::stored::new_events;
 use keel_store::{AppendResult, Result, StoreError};
 use sqlx::{PgConnection, PgPool};
 
-/// How many times a standalone append retries a write-order refusal (each retry is a
-/// new transaction with a newer id, so it succeeds unless writers keep overtaking).
-const WRITE_ORDER_RETRIES: usize = 20;
+/// How many times a standalone append retries a write-order refusal or a concurrent
+/// append of an open-ended expectation (each retry is a new transaction).
+const RETRIES: usize = 20;
 
-const META: &str = "meta AS MATERIALIZED (
-    SELECT keel_epoch() AS epoch, pg_current_xact_id()::text::bigint AS xid)";
-
-/// The head-moving CTE for an expectation; `$1` stream, `$2` event count, `$12` version.
-fn head(expected: ExpectedVersion) -> &'static str {
+/// The expectation on `base` (the stream's current version); `$12` is the exact version
+/// (bound as 0 and unused otherwise).
+fn expectation(expected: ExpectedVersion) -> &'static str {
     match expected {
-        ExpectedVersion::Any => {
-            "head AS (
-                INSERT INTO keel_streams AS s (stream_id, version, last_epoch, last_xid)
-                SELECT $1, $2, meta.epoch, meta.xid FROM meta
-                ON CONFLICT (stream_id) DO UPDATE
-                SET version = s.version + $2, last_epoch = excluded.last_epoch, last_xid = excluded.last_xid
-                WHERE (s.last_epoch, s.last_xid) <= (excluded.last_epoch, excluded.last_xid)
-                RETURNING s.version - $2 AS base)"
-        }
-        ExpectedVersion::NoStream | ExpectedVersion::Exact(StreamVersion::NONE) => {
-            "head AS (
-                INSERT INTO keel_streams AS s (stream_id, version, last_epoch, last_xid)
-                SELECT $1, $2, meta.epoch, meta.xid FROM meta
-                ON CONFLICT (stream_id) DO NOTHING
-                RETURNING s.version - $2 AS base)"
-        }
-        ExpectedVersion::Exact(_) => {
-            "head AS (
-                UPDATE keel_streams AS s
-                SET version = s.version + $2, last_epoch = meta.epoch, last_xid = meta.xid
-                FROM meta
-                WHERE s.stream_id = $1 AND s.version = $12
-                  AND (s.last_epoch, s.last_xid) <= (meta.epoch, meta.xid)
-                RETURNING s.version - $2 AS base)"
-        }
-        ExpectedVersion::StreamExists => {
-            "head AS (
-                UPDATE keel_streams AS s
-                SET version = s.version + $2, last_epoch = meta.epoch, last_xid = meta.xid
-                FROM meta
-                WHERE s.stream_id = $1
-                  AND (s.last_epoch, s.last_xid) <= (meta.epoch, meta.xid)
-                RETURNING s.version - $2 AS base)"
-        }
+        ExpectedVersion::Any => "true",
+        ExpectedVersion::NoStream | ExpectedVersion::Exact(StreamVersion::NONE) => "head.base = 0",
+        ExpectedVersion::Exact(_) => "head.base = $12",
+        ExpectedVersion::StreamExists => "head.base > 0",
     }
 }
 
-const INSERT: &str = "
-INSERT INTO keel_events (epoch, transaction_id, stream_id, stream_version, event_id, topic,
-                         event_type, source, time, datacontenttype, dataschema, data, extensions)
-SELECT meta.epoch, meta.xid, $1, head.base + e.ord, e.id, e.topic, e.ty, e.source, e.time,
-       e.ct, e.schema, e.data, e.ext::json
-FROM meta, head,
-     unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[],
-            $9::text[], $10::bytea[], $11::text[])
-     WITH ORDINALITY AS e(id, topic, ty, source, time, ct, schema, data, ext, ord)
-ORDER BY e.ord
-RETURNING position, stream_version";
-
 fn statement(expected: ExpectedVersion) -> String {
-    format!("WITH {META}, {}\n{INSERT}", head(expected))
+    format!(
+        "WITH meta AS MATERIALIZED (
+             SELECT $13::bigint AS epoch, pg_current_xact_id()::text::bigint AS xid),
+         last AS MATERIALIZED (
+             SELECT stream_version, epoch, transaction_id FROM keel_events
+             WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1),
+         head AS (
+             SELECT COALESCE((SELECT stream_version FROM last), 0) AS base,
+                    EXISTS (SELECT 1 FROM last, meta
+                            WHERE (last.epoch, last.transaction_id) > (meta.epoch, meta.xid)) AS younger)
+         INSERT INTO keel_events (epoch, transaction_id, stream_id, stream_version, event_id, topic,
+                                  event_type, source, time, datacontenttype, dataschema, data, extensions)
+         SELECT meta.epoch, meta.xid, $1, head.base + e.ord, e.id, e.topic, e.ty, e.source, e.time,
+                e.ct, e.schema, e.data, e.ext::json
+         FROM meta, head,
+              unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[],
+                     $9::text[], $10::bytea[], $11::text[])
+              WITH ORDINALITY AS e(id, topic, ty, source, time, ct, schema, data, ext, ord)
+         WHERE NOT head.younger AND {} AND $2 > 0 AND $12::bigint >= 0
+         ORDER BY e.ord
+         RETURNING position, stream_version",
+        expectation(expected)
+    )
 }
 
-/// Why the head did not move: the stream's version and whether its last writer is
-/// younger than this transaction.
-const EXPLAIN: &str = "
-SELECT s.version,
-       (s.last_epoch, s.last_xid) > (keel_epoch(), pg_current_xact_id()::text::bigint)
-FROM keel_streams s WHERE s.stream_id = $1";
+/// The stream's head: its version and whether a younger transaction wrote it.
+const HEAD: &str = "
+SELECT stream_version,
+       (epoch, transaction_id) > (keel_epoch(), pg_current_xact_id()::text::bigint)
+FROM keel_events WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1";
 
 enum Attempt {
     Done(AppendResult),
-    /// The head did not move.
+    /// Nothing was inserted: the expectation or the write order did not hold.
     Refused,
+    /// Another transaction inserted the same version first.
+    Raced,
 }
 
 async fn attempt(
     conn: &mut PgConnection,
+    epoch: i64,
     stream: &StreamId,
     expected: ExpectedVersion,
     events: &[CloudEvent],
@@ -96,10 +78,6 @@ async fn attempt(
     let rows = new_events(stream, events)?;
     let count = i64::try_from(rows.len())
         .map_err(|_| StoreError::InvalidEvent("too many events".into()))?;
-    let expected_version = match expected {
-        ExpectedVersion::Exact(v) => i64::try_from(v.0).unwrap_or(i64::MAX),
-        _ => 0,
-    };
     let mut ids = Vec::with_capacity(rows.len());
     let mut topics = Vec::with_capacity(rows.len());
     let mut types = Vec::with_capacity(rows.len());
@@ -121,7 +99,7 @@ async fn attempt(
         extensions.push(row.extensions);
     }
     let sql = statement(expected);
-    let mut query = sqlx::query_as::<_, (i64, i64)>(&sql)
+    let query = sqlx::query_as::<_, (i64, i64)>(&sql)
         .bind(stream.as_str())
         .bind(count)
         .bind(&ids)
@@ -133,11 +111,28 @@ async fn attempt(
         .bind(&schemas)
         .bind(&datas)
         .bind(&extensions);
-    // `$12` only appears in the exact-version statement.
-    if matches!(expected, ExpectedVersion::Exact(v) if v != StreamVersion::NONE) {
-        query = query.bind(expected_version);
-    }
-    let inserted = query.fetch_all(&mut *conn).await.map_err(|e| classify(e, &ids))?;
+    let exact = match expected {
+        ExpectedVersion::Exact(v) => i64::try_from(v.0).unwrap_or(i64::MAX),
+        _ => 0,
+    };
+    let query = query.bind(exact).bind(epoch);
+    let inserted = match query.fetch_all(&mut *conn).await {
+        Ok(inserted) => inserted,
+        Err(sqlx::Error::Database(db))
+            if db.is_unique_violation()
+                && db.constraint() == Some("keel_events_stream_version_key") =>
+        {
+            return Ok(Attempt::Raced);
+        }
+        Err(sqlx::Error::Database(db))
+            if db.is_unique_violation() && db.constraint() == Some("keel_events_event_id_key") =>
+        {
+            return Err(StoreError::DuplicateEvent {
+                id: ids.first().cloned().unwrap_or_default(),
+            });
+        }
+        Err(error) => return Err(error.into()),
+    };
     if inserted.is_empty() {
         return Ok(Attempt::Refused);
     }
@@ -148,34 +143,30 @@ async fn attempt(
     }))
 }
 
-/// Unique violations become typed errors.
-fn classify(error: sqlx::Error, ids: &[String]) -> StoreError {
-    if let sqlx::Error::Database(db) = &error
-        && db.is_unique_violation()
-        && db.constraint() == Some("keel_events_event_id_key")
-    {
-        let id = ids.first().cloned().unwrap_or_default();
-        return StoreError::DuplicateEvent { id };
-    }
-    StoreError::Database(error)
+/// The stream's version and whether its last writer is younger than this transaction.
+async fn head(conn: &mut PgConnection, stream: &StreamId) -> Result<(StreamVersion, bool)> {
+    let head: Option<(i64, bool)> =
+        sqlx::query_as(HEAD).bind(stream.as_str()).fetch_optional(&mut *conn).await?;
+    let (version, younger) = head.unwrap_or((0, false));
+    Ok((StreamVersion(u64::try_from(version).unwrap_or(0)), younger))
 }
 
-/// Appends in the caller's transaction. A refusal is a [`StoreError::VersionConflict`]
-/// or, when the stream's last writer is younger, a retryable
-/// [`StoreError::WriteOrder`]: roll back and run the whole transaction again.
+/// Appends in the caller's transaction. A refusal is a [`StoreError::VersionConflict`];
+/// a younger last writer ([`StoreError::WriteOrder`]) or a concurrent writer of the
+/// same version ([`StoreError::ConcurrentAppend`], which aborts the transaction) are
+/// retryable: roll back and run the whole transaction again.
 pub async fn in_transaction(
     conn: &mut PgConnection,
+    epoch: i64,
     stream: &StreamId,
     expected: ExpectedVersion,
     events: &[CloudEvent],
 ) -> Result<AppendResult> {
-    match attempt(conn, stream, expected, events).await? {
+    match attempt(conn, epoch, stream, expected, events).await? {
         Attempt::Done(result) => Ok(result),
+        Attempt::Raced => Err(StoreError::ConcurrentAppend { stream: stream.clone() }),
         Attempt::Refused => {
-            let head: Option<(i64, bool)> =
-                sqlx::query_as(EXPLAIN).bind(stream.as_str()).fetch_optional(&mut *conn).await?;
-            let (version, younger) = head.unwrap_or((0, false));
-            let actual = StreamVersion(u64::try_from(version).unwrap_or(0));
+            let (actual, younger) = head(conn, stream).await?;
             if younger && expected.accepts(actual) {
                 Err(StoreError::WriteOrder { stream: stream.clone() })
             } else {
@@ -186,25 +177,20 @@ pub async fn in_transaction(
 }
 
 /// Appends in a transaction of its own (one statement, autocommit), retrying
-/// write-order refusals.
+/// write-order refusals and races that the expectation still allows.
 pub async fn standalone(
     pool: &PgPool,
+    epoch: i64,
     stream: &StreamId,
     expected: ExpectedVersion,
     events: &[CloudEvent],
 ) -> Result<AppendResult> {
     let mut conn = pool.acquire().await?;
-    for _ in 0..WRITE_ORDER_RETRIES {
-        match attempt(&mut conn, stream, expected, events).await? {
+    for _ in 0..RETRIES {
+        match attempt(&mut conn, epoch, stream, expected, events).await? {
             Attempt::Done(result) => return Ok(result),
-            Attempt::Refused => {
-                let version: Option<i64> =
-                    sqlx::query_scalar("SELECT version FROM keel_streams WHERE stream_id = $1")
-                        .bind(stream.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                let actual =
-                    StreamVersion(version.and_then(|v| u64::try_from(v).ok()).unwrap_or(0));
+            Attempt::Refused | Attempt::Raced => {
+                let (actual, _) = head(&mut conn, stream).await?;
                 if !expected.accepts(actual) {
                     return Err(StoreError::VersionConflict {
                         stream: stream.clone(),
@@ -212,9 +198,9 @@ pub async fn standalone(
                         actual,
                     });
                 }
-                // The expectation holds, so a younger writer got in first: try again
-                // with a newer transaction id.
-                tracing::debug!(%stream, "append refused for write order; retrying");
+                // The expectation still holds: a younger or concurrent writer got in
+                // first. Try again in a new transaction.
+                tracing::debug!(%stream, "append raced or refused for write order; retrying");
             }
         }
     }

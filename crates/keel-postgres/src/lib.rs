@@ -1,7 +1,8 @@
 //! Keel's PostgreSQL event log.
 //!
-//! Appends are one SQL statement (optimistic concurrency through the stream's head row,
-//! events inserted from arrays), standalone or inside the caller's transaction.
+//! Appends are one SQL statement (optimistic concurrency through the unique
+//! `(stream_id, stream_version)` index, events inserted from arrays), standalone or
+//! inside the caller's transaction.
 //! Subscriptions never skip an event although concurrent writers commit out of
 //! position order: each event stores its writer's transaction id, readers only take
 //! rows whose transaction is older than the snapshot's `xmin` (so every transaction
@@ -38,7 +39,7 @@ use keel_store::{
     SqlEventLog, StoreError,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
 use tokio::sync::watch;
 
 pub use inbox::PgInbox;
@@ -99,15 +100,39 @@ impl PgEventLog {
         let connect: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::Config(format!("KEEL_DATABASE_URL `{}`: {e}", redact(url))))?;
+        // A log handle is bound to one cluster: its epoch is cached, so a connection
+        // to another cluster (a restore swapped in under the same address) is refused
+        // until the process restarts and registers the new cluster's epoch.
+        let cluster = {
+            let mut conn = sqlx::PgConnection::connect_with(&connect).await?;
+            let id = system_identifier(&mut conn).await?;
+            let _ = conn.close().await;
+            id
+        };
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                let cluster = cluster.clone();
+                Box::pin(async move {
+                    let id = system_identifier(conn).await?;
+                    if id == cluster {
+                        Ok(())
+                    } else {
+                        Err(sqlx::Error::Configuration(
+                            format!("the database moved to another cluster ({cluster} -> {id}); restart to register it").into(),
+                        ))
+                    }
+                })
+            })
             .connect_with(connect)
             .await?;
         Self::from_pool(pool, options).await
     }
 
-    /// Uses an existing pool (shared with the service's own queries).
+    /// Uses an existing pool (shared with the service's own queries). The epoch is
+    /// read once: the pool must not be pointed at another cluster while in use
+    /// ([`PgEventLog::connect`] guards its own pool against that).
     pub async fn from_pool(pool: PgPool, options: PgOptions) -> Result<Self> {
         if options.migrate {
             migrator().run(&pool).await?;
@@ -134,6 +159,12 @@ impl PgEventLog {
             notifier.poke();
         }
     }
+}
+
+async fn system_identifier(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT system_identifier::text FROM pg_control_system()")
+        .fetch_one(conn)
+        .await
 }
 
 /// Registers this cluster in `keel_epochs` (a new epoch after a restore into another
@@ -178,7 +209,9 @@ impl EventLog for PgEventLog {
         expected: ExpectedVersion,
         events: &[CloudEvent],
     ) -> Result<AppendResult> {
-        let result = append::standalone(&self.inner.pool, stream, expected, events).await?;
+        let result =
+            append::standalone(&self.inner.pool, self.inner.epoch, stream, expected, events)
+                .await?;
         self.appended();
         Ok(result)
     }
@@ -195,9 +228,9 @@ impl EventLog for PgEventLog {
 
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion> {
         let version: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM keel_streams WHERE stream_id = $1")
+            sqlx::query_scalar("SELECT max(stream_version) FROM keel_events WHERE stream_id = $1")
                 .bind(stream.as_str())
-                .fetch_optional(&self.inner.pool)
+                .fetch_one(&self.inner.pool)
                 .await?;
         Ok(StreamVersion(version.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)))
     }
@@ -306,7 +339,7 @@ impl SqlEventLog for PgEventLog {
         expected: ExpectedVersion,
         events: &[CloudEvent],
     ) -> Result<AppendResult> {
-        append::in_transaction(conn, stream, expected, events).await
+        append::in_transaction(conn, self.inner.epoch, stream, expected, events).await
     }
 
     async fn save_checkpoint_in(

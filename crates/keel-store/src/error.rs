@@ -19,6 +19,12 @@ pub enum StoreError {
     /// whole transaction (it gets a newer transaction id).
     #[error("stream `{stream}` was appended to by a younger transaction; retry the transaction")]
     WriteOrder { stream: StreamId },
+    /// Another transaction appended the same stream version at the same time. Retry
+    /// the whole transaction.
+    #[error(
+        "another transaction appended to stream `{stream}` at the same time; retry the transaction"
+    )]
+    ConcurrentAppend { stream: StreamId },
     /// An event with this id is already in the log.
     #[error("an event with id `{id}` is already in the log")]
     DuplicateEvent { id: String },
@@ -53,7 +59,7 @@ impl StoreError {
     /// Whether the same operation may succeed if tried again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::WriteOrder { .. } => true,
+            Self::WriteOrder { .. } | Self::ConcurrentAppend { .. } => true,
             Self::Database(error) => is_transient(error),
             _ => false,
         }
@@ -61,7 +67,10 @@ impl StoreError {
 
     /// Whether this is an optimistic-concurrency conflict (HTTP 409).
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::VersionConflict { .. } | Self::WriteOrder { .. })
+        matches!(
+            self,
+            Self::VersionConflict { .. } | Self::WriteOrder { .. } | Self::ConcurrentAppend { .. }
+        )
     }
 }
 
