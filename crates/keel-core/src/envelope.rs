@@ -131,6 +131,28 @@ impl CloudEvent {
         }
     }
 
+    /// Starts an event that already has its id (read back from a log or a broker):
+    /// unlike [`CloudEvent::builder`] it neither draws an id nor reads the clock.
+    pub fn rebuild(
+        id: impl Into<String>,
+        ty: impl Into<String>,
+        source: impl Into<String>,
+    ) -> CloudEventBuilder {
+        CloudEventBuilder {
+            event: CloudEvent {
+                id: id.into(),
+                source: source.into(),
+                ty: ty.into(),
+                subject: None,
+                time: None,
+                datacontenttype: None,
+                dataschema: None,
+                data: None,
+                extensions: BTreeMap::new(),
+            },
+        }
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }

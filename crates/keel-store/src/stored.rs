@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use keel_core::envelope::ext;
-use keel_core::{CloudEvent, ExtensionValue, Position, StreamId, StreamVersion};
+use keel_core::{CloudEvent, ExtensionValue, StreamId};
 
 use crate::error::{Result, StoreError};
 use crate::log::topic_of;
@@ -36,8 +36,7 @@ impl StoredEvent {
         let decode = |source| StoreError::Decode { position, source };
         let extensions: BTreeMap<String, StoredExtension> = serde_json::from_str(&self.extensions)
             .map_err(|e| decode(keel_core::DecodeError::Json(e)))?;
-        let mut builder = CloudEvent::builder(self.event_type, self.source)
-            .id(self.event_id)
+        let mut builder = CloudEvent::rebuild(self.event_id, self.event_type, self.source)
             .subject(self.stream_id)
             .time(self.time)
             .content(self.datacontenttype, self.data.map(Bytes::from));
@@ -52,10 +51,10 @@ impl StoredEvent {
             };
             builder = builder.extension(name, value);
         }
-        let mut event = builder.build().map_err(decode)?;
-        event.set_position(Position(u64::try_from(position).unwrap_or(0)));
-        event.set_stream_version(StreamVersion(u64::try_from(self.stream_version).unwrap_or(0)));
-        Ok(event)
+        builder = builder
+            .extension(ext::POSITION, position)
+            .extension(ext::STREAM_VERSION, self.stream_version);
+        builder.build().map_err(decode)
     }
 }
 
@@ -127,6 +126,7 @@ pub fn new_events(stream: &StreamId, events: &[CloudEvent]) -> Result<Vec<NewEve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_core::{Position, StreamVersion};
 
     #[test]
     fn round_trips_through_the_row_shape() -> Result<()> {
