@@ -69,6 +69,17 @@ start_kafka() {
   wait_for "Kafka broker (Tansu)" 60 port_open 127.0.0.1 9092
 }
 
+start_python_clients() {
+  # Independent clients for the interop tests (PyPI's confluent-kafka bundles its own
+  # librdkafka; Debian's kcat is too old for Tansu).
+  if ! python3 -c 'import confluent_kafka' >/dev/null 2>&1; then
+    log "installing confluent-kafka from PyPI (interop tests)"
+    python3 -m pip install --quiet confluent-kafka > "$STATE_DIR/pip.log" 2>&1 \
+      || die "confluent-kafka failed to install; see $STATE_DIR/pip.log"
+  fi
+  log "python interop clients are installed"
+}
+
 consul_installed() { type -P consul >/dev/null 2>&1; }
 
 install_consul() {
@@ -103,14 +114,15 @@ consul_leader() {
 
 main() {
   local wanted=("$@")
-  if [ ${#wanted[@]} -eq 0 ]; then wanted=(postgres rabbitmq kafka consul); fi
+  if [ ${#wanted[@]} -eq 0 ]; then wanted=(postgres rabbitmq kafka consul python); fi
   for service in "${wanted[@]}"; do
     case "$service" in
       postgres) start_postgres ;;
       rabbitmq) start_rabbitmq ;;
       kafka) start_kafka ;;
       consul) start_consul ;;
-      *) die "unknown service '$service' (known: postgres rabbitmq kafka consul)" ;;
+      python) start_python_clients ;;
+      *) die "unknown service '$service' (known: postgres rabbitmq kafka consul python)" ;;
     esac
   done
 }

@@ -1,0 +1,268 @@
+//! Keel's Kafka backend against raw rdkafka on the same broker, side by side.
+//!
+//! ```text
+//! cargo bench -p keel-kafka --bench kafka
+//! ```
+//!
+//! Environment: `KEEL_TEST_KAFKA_BROKERS` (default `127.0.0.1:9092`),
+//! `KEEL_BENCH_MESSAGES` (default 50000), `KEEL_BENCH_ROUNDS` (default 2; the best
+//! round of each side is reported; the sides take turns going first, because Tansu
+//! slows down as it holds more data).
+//!
+//! - Publish: 1 KiB of JSON data per event, 64 partition keys, in batches of 1000,
+//!   each batch confirmed before the next (what `Publisher::publish` promises). Keel
+//!   publishes `CloudEvent`s; raw rdkafka sends the very records Keel's encoding
+//!   produces (same key, headers and value) through a `FutureProducer` with the same
+//!   settings (idempotent, `acks=all`, `linger.ms=5`, `batch.num.messages=1000`).
+//! - Consume: a fresh group reads the same 50000-record topic from the beginning.
+//!   Keel: a `Subscription`, each delivery acknowledged (offsets committed every
+//!   100 ms); raw: a `BaseConsumer` poll loop committing every 100 ms. The clock starts
+//!   at the first record, so group joins and Keel's hand-off grace are not counted.
+
+#![allow(clippy::cast_precision_loss, clippy::print_stdout, unreachable_pub)]
+
+use std::time::{Duration, Instant};
+
+use keel_core::{CloudEvent, Publisher, Subscriber, SubscriptionSpec};
+use keel_kafka::{KafkaBus, KafkaConfig};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message as _};
+
+const BATCH: usize = 1000;
+const SIZE: usize = 1024;
+const KEYS: usize = 64;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn brokers() -> String {
+    std::env::var("KEEL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+fn events(n: usize) -> Vec<CloudEvent> {
+    let pad = "x".repeat(SIZE - 40);
+    (0..n)
+        .map(|i| {
+            CloudEvent::builder("keel.bench.event", "/keel/bench")
+                .partition_key(format!("key-{}", i % KEYS))
+                .data("application/json", format!(r#"{{"seq":{i:>12},"pad":"{pad}"}}"#))
+                .build()
+                .expect("valid")
+        })
+        .collect()
+}
+
+/// The record Keel writes for an event, for the raw producer to send as is.
+struct Raw {
+    key: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    value: Vec<u8>,
+}
+
+fn as_raw(event: &CloudEvent) -> Raw {
+    let binary = keel_core::codec::to_binary(event, keel_core::codec::Binding::Kafka);
+    let mut headers: Vec<(String, Vec<u8>)> =
+        binary.headers.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+    if let Some(ct) = binary.content_type {
+        headers.push(("content-type".to_owned(), ct.into_bytes()));
+    }
+    Raw {
+        key: event.partition_key().unwrap_or_default().as_bytes().to_vec(),
+        headers,
+        value: binary.body.to_vec(),
+    }
+}
+
+async fn create_topic(topic: &str) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("admin");
+    let result = admin
+        .create_topics(&[NewTopic::new(topic, 8, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await
+        .expect("create");
+    result.into_iter().for_each(|r| {
+        r.expect("topic created");
+    });
+}
+
+fn raw_producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "1000")
+        .set("sticky.partitioning.linger.ms", "0")
+        .set("message.timeout.ms", "30000")
+        .set("compression.type", "none")
+        .create()
+        .expect("raw producer")
+}
+
+async fn raw_publish(producer: &FutureProducer, topic: &str, records: &[Raw]) -> Duration {
+    let start = Instant::now();
+    for batch in records.chunks(BATCH) {
+        let mut pending = Vec::with_capacity(batch.len());
+        for record in batch {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (k, v) in &record.headers {
+                headers = headers.insert(Header { key: k, value: Some(v) });
+            }
+            let mut future_record = FutureRecord::to(topic)
+                .key(&record.key[..])
+                .payload(&record.value[..])
+                .headers(headers);
+            loop {
+                match producer.send_result(future_record) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    Err((_, back)) => {
+                        future_record = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }
+        for delivery in pending {
+            delivery.await.expect("not canceled").expect("delivered");
+        }
+    }
+    start.elapsed()
+}
+
+async fn keel_publish(bus: &KafkaBus, topic: &str, events: &[CloudEvent]) -> Duration {
+    let start = Instant::now();
+    for batch in events.chunks(BATCH) {
+        bus.publish(topic, batch).await.expect("publish");
+    }
+    start.elapsed()
+}
+
+async fn keel_consume(bus: &KafkaBus, topic: &str, n: usize) -> Duration {
+    let spec = SubscriptionSpec::new(topic, unique("keel-bench")).prefetch(1000);
+    let mut sub = bus.subscribe(spec).await.expect("subscribe");
+    let first = sub.next().await.expect("open").expect("delivery");
+    let start = Instant::now();
+    first.ack().await.expect("ack");
+    for _ in 1..n {
+        let delivery = sub.next().await.expect("open").expect("delivery");
+        delivery.ack().await.expect("ack");
+    }
+    let elapsed = start.elapsed();
+    sub.close().await.expect("close");
+    elapsed
+}
+
+fn raw_consume(topic: &str, n: usize) -> Duration {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("raw-bench"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("raw consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut count = 0;
+    let mut start = None;
+    let mut last_commit = Instant::now();
+    let mut bytes = 0usize;
+    while count < n {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => {
+                start.get_or_insert_with(Instant::now);
+                bytes += message.payload().map_or(0, <[u8]>::len)
+                    + message.headers().map_or(0, |h| h.count());
+                count += 1;
+                if last_commit.elapsed() >= Duration::from_millis(100) {
+                    let _ = consumer.commit_consumer_state(CommitMode::Async);
+                    last_commit = Instant::now();
+                }
+            }
+            Some(Err(e)) => eprintln!("raw consumer: {e}"),
+        }
+    }
+    let elapsed = start.map_or(Duration::ZERO, |s| s.elapsed());
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    assert!(bytes > 0);
+    elapsed
+}
+
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n = env_or("KEEL_BENCH_MESSAGES", 50_000);
+    let rounds = env_or("KEEL_BENCH_ROUNDS", 2).max(1);
+    let mut config = KafkaConfig::new(brokers());
+    config.partitions = 8;
+    let bus = KafkaBus::new(config).expect("bus");
+    let events = events(n);
+    let records: Vec<Raw> = events.iter().map(as_raw).collect();
+    let producer = raw_producer();
+    println!(
+        "Keel Kafka backend vs raw rdkafka, {n} messages of {SIZE} B data, broker {}",
+        brokers()
+    );
+
+    // Warm-up: connections, metadata, topic creation.
+    let warm = unique("bench-warm");
+    create_topic(&warm).await;
+    raw_publish(&producer, &warm, &records[..BATCH.min(n)]).await;
+    keel_publish(&bus, &warm, &events[..BATCH.min(n)]).await;
+
+    let (mut raw_pub, mut keel_pub) = (0.0_f64, 0.0_f64);
+    let mut consume_topic = None;
+    // Tansu slows down as it holds more data, so the sides take turns going first
+    // (raw, Keel, Keel, raw, ...).
+    for round in 0..rounds {
+        for side in if round % 2 == 0 { [false, true] } else { [true, false] } {
+            let topic = unique("bench-publish");
+            create_topic(&topic).await;
+            if side {
+                keel_pub = keel_pub.max(rate(n, keel_publish(&bus, &topic, &events).await));
+            } else {
+                raw_pub = raw_pub.max(rate(n, raw_publish(&producer, &topic, &records).await));
+                consume_topic.get_or_insert(topic);
+            }
+        }
+    }
+    let topic = consume_topic.expect("a topic to consume");
+    let (mut raw_con, mut keel_con) = (0.0_f64, 0.0_f64);
+    for round in 0..rounds {
+        for side in if round % 2 == 0 { [false, true] } else { [true, false] } {
+            if side {
+                keel_con = keel_con.max(rate(n, keel_consume(&bus, &topic, n).await));
+            } else {
+                let t = topic.clone();
+                let raw =
+                    tokio::task::spawn_blocking(move || raw_consume(&t, n)).await.expect("raw");
+                raw_con = raw_con.max(rate(n, raw));
+            }
+        }
+    }
+    println!();
+    println!(
+        "| {:<8} | {:>14} | {:>18} | {:>10} |",
+        "", "Keel (msg/s)", "raw rdkafka (msg/s)", "Keel / raw"
+    );
+    println!("|----------|----------------|---------------------|------------|");
+    for (what, keel, raw) in [("publish", keel_pub, raw_pub), ("consume", keel_con, raw_con)] {
+        println!("| {what:<8} | {keel:>14.0} | {raw:>19.0} | {:>9.2}x |", keel / raw);
+    }
+    Publisher::close(&bus).await.expect("close");
+}

@@ -1,0 +1,389 @@
+//! [`KafkaConfig`]: how to reach the brokers and the knobs of producer and consumers,
+//! from code or from a `kafka://` URL.
+
+use std::time::Duration;
+
+use keel_core::BusError;
+use rdkafka::ClientConfig;
+
+/// How to reach the brokers and how the backend behaves. Every field has a default
+/// that suits a local broker; [`KafkaConfig::from_url`] reads the same fields from a
+/// `kafka://` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`, librdkafka's `bootstrap.servers`.
+    pub brokers: String,
+    /// Partitions of the topics the backend creates (Keel topics and their retry
+    /// topics). Default 8.
+    pub partitions: i32,
+    /// Replication factor of the topics the backend creates. Default 1.
+    pub replication: i32,
+    /// Whether the backend creates missing topics through the admin API. Turn it off
+    /// where topics are provisioned otherwise (then every topic, including the
+    /// `.retry` and `.dlq` ones, must exist). Default true.
+    pub create_topics: bool,
+    /// How long the producer waits to fill a batch (`linger.ms`). Default 5 ms.
+    pub linger: Duration,
+    /// How long a publish may wait for the broker's confirmation before it fails with
+    /// [`BusError::Timeout`] (`message.timeout.ms`). Default 30 s.
+    pub publish_timeout: Duration,
+    /// Largest record the producer sends (`message.max.bytes`). Default 8 MiB.
+    pub max_message_bytes: usize,
+    /// How often a subscription commits the offsets of settled messages. Commits also
+    /// happen, synchronously, before partitions are given up and on close. Default
+    /// 100 ms.
+    pub commit_interval: Duration,
+    /// How long a subscription giving up partitions (rebalance or close) waits for the
+    /// deliveries it handed out from them to be settled before it commits and lets
+    /// go. Default 10 s.
+    pub revoke_timeout: Duration,
+    /// How long a subscription waits after being assigned a partition before it reads
+    /// the committed offset and starts fetching, so that the previous owner has given
+    /// the partition up and committed. Needed on brokers whose group coordinator does
+    /// not make a rebalance wait for every member (Tansu, see the crate docs); set it
+    /// to zero on Apache Kafka. Default 1 s.
+    pub handoff_grace: Duration,
+    /// How long closing a subscription waits for a group join still in progress
+    /// before it leaves the group, so that it leaves under the member id the
+    /// coordinator knows (see the crate docs on Tansu). Default 4 s.
+    pub leave_wait: Duration,
+    /// How long a partition of a member's topics may go unread (records past the
+    /// group's committed offset, no commit moving, not assigned to this member)
+    /// before the member rejoins the group so that the coordinator assigns it again
+    /// (works around Tansu keeping stale assignments, see the crate docs). Zero turns
+    /// the watchdog off. Default 20 s.
+    pub orphan_timeout: Duration,
+    /// Consumer group session timeout (`session.timeout.ms`). Default 10 s.
+    pub session_timeout: Duration,
+    /// Consumer heartbeat interval (`heartbeat.interval.ms`): how fast a member
+    /// notices a rebalance on Tansu. Default 100 ms.
+    pub heartbeat_interval: Duration,
+    /// Most records a subscription buffers per partition; a full partition is not
+    /// read further until handlers settle some (back-pressure). Default 1024.
+    pub buffer_per_partition: usize,
+    /// Most records the producer puts in one batch (`batch.num.messages`). Default
+    /// 1000; see [`KafkaConfig::fetch_rewind`].
+    pub max_batch_records: usize,
+    /// How many records before a committed offset a member starts fetching when it
+    /// takes a partition over (skipping them), so the batch holding that offset is
+    /// fetched whole. Tansu 0.6 serves a fetch only from batches that *start* at or
+    /// after the fetch offset: fetching from the middle of a batch skips the rest of
+    /// it. Must be at least the most records any producer of the topic puts in one
+    /// batch ([`KafkaConfig::max_batch_records`] for Keel). Set it to 0 on Apache
+    /// Kafka. Default 1000.
+    pub fetch_rewind: i64,
+    /// librdkafka `client.id`. Default `keel`.
+    pub client_id: String,
+    /// Put before every group name to make the Kafka `group.id` (a Keel group `g`
+    /// is the Kafka group `<group_prefix>g`). Default empty. Tests use it to keep
+    /// their groups apart: members of one Kafka group rebalance together even when
+    /// they read different topics.
+    pub group_prefix: String,
+    /// Further librdkafka properties for every client (security, SASL, tuning),
+    /// applied last, so they override the backend's own settings. In a URL:
+    /// `rdkafka.<property>=<value>`.
+    pub librdkafka: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            partitions: 8,
+            replication: 1,
+            create_topics: true,
+            linger: Duration::from_millis(5),
+            publish_timeout: Duration::from_secs(30),
+            max_message_bytes: 8 * 1024 * 1024,
+            commit_interval: Duration::from_millis(100),
+            revoke_timeout: Duration::from_secs(10),
+            handoff_grace: Duration::from_secs(1),
+            leave_wait: Duration::from_secs(4),
+            orphan_timeout: Duration::from_secs(20),
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_millis(100),
+            buffer_per_partition: 1024,
+            max_batch_records: 1000,
+            fetch_rewind: 1000,
+            client_id: "keel".to_owned(),
+            group_prefix: String::new(),
+            librdkafka: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// The query parameters [`KafkaConfig::from_url`] understands.
+pub const URL_PARAMETERS: &[&str] = &[
+    "partitions",
+    "replication",
+    "create_topics",
+    "linger_ms",
+    "publish_timeout_ms",
+    "max_message_bytes",
+    "commit_interval_ms",
+    "revoke_timeout_ms",
+    "handoff_grace_ms",
+    "leave_wait_ms",
+    "orphan_timeout_ms",
+    "session_timeout_ms",
+    "heartbeat_interval_ms",
+    "buffer_per_partition",
+    "max_batch_records",
+    "fetch_rewind",
+    "client_id",
+    "group_prefix",
+];
+
+impl KafkaConfig {
+    /// The defaults, with these brokers.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self { brokers: brokers.into(), ..Self::default() }
+    }
+
+    /// Parses `kafka://host:port[,host2:port]?partitions=8&...`. The parameters are
+    /// the fields of [`KafkaConfig`] (durations in milliseconds with an `_ms`
+    /// suffix), listed in [`URL_PARAMETERS`]; an unknown or malformed one is a
+    /// [`BusError::Config`] naming it.
+    pub fn from_url(url: &str) -> Result<Self, BusError> {
+        let rest = url.strip_prefix("kafka://").ok_or_else(|| {
+            BusError::Config(format!("bus URL `{url}` must start with `kafka://`"))
+        })?;
+        let (hosts, query) = match rest.split_once('?') {
+            Some((hosts, query)) => (hosts, Some(query)),
+            None => (rest, None),
+        };
+        let hosts = hosts.trim_end_matches('/');
+        if hosts.is_empty() {
+            return Err(BusError::Config(format!("bus URL `{url}` names no broker")));
+        }
+        for host in hosts.split(',') {
+            let valid = host.rsplit_once(':').is_some_and(|(name, port)| {
+                !name.is_empty() && !port.is_empty() && port.parse::<u16>().is_ok()
+            });
+            if !valid {
+                return Err(BusError::Config(format!(
+                    "broker `{host}` in bus URL `{url}` must be `host:port`"
+                )));
+            }
+        }
+        let mut config = Self::new(hosts);
+        for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            config.set_parameter(key, value)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn set_parameter(&mut self, key: &str, value: &str) -> Result<(), BusError> {
+        fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, BusError> {
+            value.parse().map_err(|_| {
+                BusError::Config(format!(
+                    "bus URL parameter `{key}` must be a non-negative integer, not `{value}`"
+                ))
+            })
+        }
+        let millis = |value: &str| number::<u64>(key, value).map(Duration::from_millis);
+        match key {
+            "partitions" => self.partitions = number(key, value)?,
+            "replication" => self.replication = number(key, value)?,
+            "create_topics" => {
+                self.create_topics = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(BusError::Config(format!(
+                            "bus URL parameter `create_topics` must be `true` or `false`, not `{value}`"
+                        )));
+                    }
+                }
+            }
+            "linger_ms" => self.linger = millis(value)?,
+            "publish_timeout_ms" => self.publish_timeout = millis(value)?,
+            "max_message_bytes" => self.max_message_bytes = number(key, value)?,
+            "commit_interval_ms" => self.commit_interval = millis(value)?,
+            "revoke_timeout_ms" => self.revoke_timeout = millis(value)?,
+            "handoff_grace_ms" => self.handoff_grace = millis(value)?,
+            "leave_wait_ms" => self.leave_wait = millis(value)?,
+            "orphan_timeout_ms" => self.orphan_timeout = millis(value)?,
+            "session_timeout_ms" => self.session_timeout = millis(value)?,
+            "heartbeat_interval_ms" => self.heartbeat_interval = millis(value)?,
+            "buffer_per_partition" => self.buffer_per_partition = number(key, value)?,
+            "max_batch_records" => self.max_batch_records = number(key, value)?,
+            "fetch_rewind" => self.fetch_rewind = number(key, value)?,
+            "client_id" if !value.is_empty() => self.client_id = value.to_owned(),
+            "group_prefix" => self.group_prefix = value.to_owned(),
+            property if property.starts_with("rdkafka.") && property.len() > 8 => {
+                self.librdkafka.insert(property["rdkafka.".len()..].to_owned(), value.to_owned());
+            }
+            _ => {
+                return Err(BusError::Config(format!(
+                    "unknown or empty bus URL parameter `{key}` (known: {}, and `rdkafka.<property>`)",
+                    URL_PARAMETERS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the values make sense together.
+    pub fn validate(&self) -> Result<(), BusError> {
+        let bad = |what: &str| Err(BusError::Config(what.to_owned()));
+        if self.brokers.trim().is_empty() {
+            return bad("no Kafka broker configured");
+        }
+        if self.partitions < 1 {
+            return bad("`partitions` must be at least 1");
+        }
+        if self.replication < 1 || self.replication > i32::from(i16::MAX) {
+            return bad("`replication` must be at least 1");
+        }
+        if self.max_message_bytes < 1024 || self.max_message_bytes > 1_000_000_000 {
+            return bad("`max_message_bytes` must be between 1024 and 1000000000");
+        }
+        if self.publish_timeout.is_zero() || self.session_timeout.is_zero() {
+            return bad("`publish_timeout_ms` and `session_timeout_ms` must be positive");
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.session_timeout {
+            return bad("`heartbeat_interval_ms` must be positive and below `session_timeout_ms`");
+        }
+        if self.buffer_per_partition == 0 {
+            return bad("`buffer_per_partition` must be at least 1");
+        }
+        if self.max_batch_records == 0 || self.max_batch_records > 1_000_000 {
+            return bad("`max_batch_records` must be between 1 and 1000000");
+        }
+        if self.fetch_rewind < 0 {
+            return bad("`fetch_rewind` must not be negative");
+        }
+        Ok(())
+    }
+
+    /// Applies the extra librdkafka properties (last, so they win).
+    fn finish(&self, mut config: ClientConfig) -> ClientConfig {
+        for (key, value) in &self.librdkafka {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// A plain client (the admin client).
+    pub(crate) fn client(&self) -> ClientConfig {
+        self.finish(self.base())
+    }
+
+    /// Settings every client shares.
+    fn base(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id)
+            // librdkafka's logs go to `tracing` through the client context's default.
+            .set("log_level", "4");
+        config
+    }
+
+    /// The producer: idempotent, every record confirmed by all in-sync replicas.
+    pub(crate) fn producer(&self) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", millis(self.linger))
+            .set("message.timeout.ms", millis(self.publish_timeout))
+            .set("message.max.bytes", self.max_message_bytes.to_string())
+            .set("batch.num.messages", self.max_batch_records.to_string())
+            // Records without a key go to a random partition each, not to one
+            // partition per linger window, so a group's members share them.
+            .set("sticky.partitioning.linger.ms", "0")
+            .set("compression.type", "none");
+        self.finish(config)
+    }
+
+    /// A group member: no automatic commits or offset stores (offsets are committed by
+    /// the subscription once messages are settled).
+    pub(crate) fn member(&self, group: &str, reset: &str) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("group.id", format!("{}{group}", self.group_prefix))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", reset)
+            .set("partition.assignment.strategy", "range")
+            .set("session.timeout.ms", millis(self.session_timeout))
+            .set("heartbeat.interval.ms", millis(self.heartbeat_interval))
+            .set("queued.min.messages", "10000")
+            .set("queued.max.messages.kbytes", "16384");
+        self.fetch_sizes(&mut config);
+        self.finish(config)
+    }
+
+    /// A reader that assigns partitions itself (dead letters, replay): no group
+    /// membership, no commits, end-of-partition events on.
+    pub(crate) fn reader(&self) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("group.id", format!("keel-reader-{}", uuid::Uuid::now_v7().simple()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest");
+        self.fetch_sizes(&mut config);
+        self.finish(config)
+    }
+}
+
+impl KafkaConfig {
+    /// Fetch sizes that let the largest record through (librdkafka wants the receive
+    /// limit above the fetch limit).
+    fn fetch_sizes(&self, config: &mut ClientConfig) {
+        let fetch = self.max_message_bytes.saturating_mul(4).max(52_428_800);
+        config
+            .set("fetch.message.max.bytes", self.max_message_bytes.to_string())
+            .set("fetch.max.bytes", fetch.to_string())
+            .set("receive.message.max.bytes", (fetch + 1_048_576).to_string());
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_brokers_and_parameters() {
+        let config = KafkaConfig::from_url(
+            "kafka://a:9092,b:9093?partitions=3&handoff_grace_ms=0&client_id=svc",
+        )
+        .expect("valid");
+        assert_eq!(config.brokers, "a:9092,b:9093");
+        assert_eq!(config.partitions, 3);
+        assert_eq!(config.handoff_grace, Duration::ZERO);
+        assert_eq!(config.client_id, "svc");
+        let config =
+            KafkaConfig::from_url("kafka://h:1?rdkafka.security.protocol=ssl").expect("ok");
+        assert_eq!(config.librdkafka.get("security.protocol").map(String::as_str), Some("ssl"));
+        let member = config.member("g", "earliest");
+        assert_eq!(member.get("security.protocol"), Some("ssl"));
+        assert_eq!(member.get("enable.auto.commit"), Some("false"));
+        assert_eq!(KafkaConfig::from_url("kafka://h:1/").expect("valid").partitions, 8);
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let err = KafkaConfig::from_url("kafka://h:1?partitionz=3").expect_err("unknown");
+        assert!(err.to_string().contains("`partitionz`"), "{err}");
+        let err = KafkaConfig::from_url("kafka://h:1?partitions=x").expect_err("bad number");
+        assert!(err.to_string().contains("`partitions`"), "{err}");
+        let err = KafkaConfig::from_url("kafka://h:1?partitions=0").expect_err("zero");
+        assert!(err.to_string().contains("partitions"), "{err}");
+        assert!(KafkaConfig::from_url("amqp://h:1").is_err());
+        assert!(KafkaConfig::from_url("kafka://").is_err());
+        assert!(KafkaConfig::from_url("kafka://host").is_err());
+        assert!(KafkaConfig::from_url("kafka://host:port").is_err());
+    }
+}

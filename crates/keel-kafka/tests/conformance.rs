@@ -1,0 +1,59 @@
+//! The bus conformance suite against the real broker (Tansu on 127.0.0.1:9092, or
+//! `KEEL_TEST_KAFKA_BROKERS`). Every case uses its own topics and groups.
+
+#![cfg(feature = "integration")]
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use keel_core::{Bus, BusError};
+use keel_testkit::bus::BusFactory;
+
+/// Each client the suite asks for is a bus of its own (its own producer), all on the
+/// same broker. The suite names its groups `g`, `workers`, ...; each test (each
+/// factory) puts a prefix of its own before them, so that tests running side by side
+/// never share a Kafka group.
+struct Factory {
+    group_prefix: String,
+}
+
+impl Factory {
+    fn new() -> Self {
+        common::init_tracing();
+        Self { group_prefix: common::unique_prefix() }
+    }
+}
+
+#[async_trait::async_trait]
+impl BusFactory for Factory {
+    async fn bus(&self) -> Arc<dyn Bus> {
+        Arc::new(common::bus(&self.group_prefix))
+    }
+
+    /// A foreign record: a plain producer, no `ce_` headers.
+    async fn publish_raw(
+        &self,
+        topic: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Option<Result<(), BusError>> {
+        let producer = common::raw_producer();
+        common::send_raw(
+            &producer,
+            topic,
+            None,
+            &[("content-type", content_type.as_bytes())],
+            &body,
+        )
+        .await;
+        Some(Ok(()))
+    }
+
+    fn retains_history(&self) -> bool {
+        true
+    }
+}
+
+keel_testkit::bus_conformance!(Factory::new());
