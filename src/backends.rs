@@ -55,6 +55,10 @@ pub async fn open_bus(url: Option<&str>) -> anyhow::Result<Option<Arc<dyn Bus>>>
         Some(url) if url.starts_with("memory://") => {
             Ok(Some(Arc::new(keel_memory::MemoryBus::new())))
         }
+        Some(url) if url.starts_with("kafka://") => {
+            let bus = keel_kafka::KafkaBus::connect(url).context("KEEL_BUS_URL")?;
+            Ok(Some(Arc::new(bus)))
+        }
         Some(url) => bail!("KEEL_BUS_URL `{url}`: this build of keel has no backend for it"),
     }
 }

@@ -128,3 +128,36 @@ fn commands_work_on_postgres() {
     keel.database_url = format!("{base}/{name}");
     exercise(&keel);
 }
+
+#[cfg(feature = "integration")]
+#[test]
+fn replay_into_kafka_and_dead_letter_tooling() {
+    let keel = Keel::sqlite();
+    keel.ok(&["publish", "order.placed", "--stream", "order-1", "--data", r#"{"total":12}"#]);
+    keel.ok(&["publish", "order.placed", "--stream", "order-2", "--data", r#"{"total":7}"#]);
+    let brokers =
+        std::env::var("KEEL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let bus = format!("kafka://{brokers}");
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(args)
+            .current_dir(&keel.dir)
+            .env("KEEL_DATABASE_URL", &keel.database_url)
+            .env("KEEL_BUS_URL", &bus)
+            .output()
+            .expect("run keel");
+        assert!(
+            output.status.success(),
+            "keel {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("JSON")
+    };
+    let replayed = run(&["replay", "--into", "bus", "--json"]);
+    assert_eq!(replayed["replayed"], 2);
+    let group = format!("cli-{}", uuid_like());
+    let letters = run(&["dlq", "list", "--topic", "order", "--group", &group, "--json"]);
+    assert_eq!(letters["dead_letters"].as_array().map(Vec::len), Some(0));
+    let purged = run(&["dlq", "purge", "--topic", "order", "--group", &group, "--json"]);
+    assert_eq!(purged["purged"], 0);
+}
