@@ -39,7 +39,7 @@ pub mod ext {
 }
 
 /// Attribute names the specification reserves; an extension may not use them.
-const RESERVED: &[&str] = &[
+pub const RESERVED: &[&str] = &[
     "id",
     "source",
     "specversion",

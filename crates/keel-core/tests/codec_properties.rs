@@ -9,17 +9,7 @@ use keel_core::codec::{Binding, from_message, from_structured, to_binary, to_str
 use keel_core::{CloudEvent, ExtensionValue};
 use proptest::prelude::*;
 
-const RESERVED: &[&str] = &[
-    "id",
-    "source",
-    "specversion",
-    "type",
-    "subject",
-    "time",
-    "datacontenttype",
-    "dataschema",
-    "data",
-];
+use keel_core::envelope::RESERVED;
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
