@@ -109,9 +109,7 @@ where
     }
 
     fn call(&mut self, message: Message) -> Self::Future {
-        let context = EventContext::from_message(&message);
-        let trace_id = context.trace.as_ref().map(TraceContext::trace_id).unwrap_or_default();
-        let span_id = context.trace.as_ref().map(TraceContext::span_id).unwrap_or_default();
+        let mut context = EventContext::from_message(&message);
         let event = message.event();
         let span = tracing::info_span!(
             "keel.handle",
@@ -120,9 +118,21 @@ where
             topic = message.topic(),
             group = message.group(),
             attempt = message.attempt(),
-            trace_id = %trace_id,
-            span_id = %span_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        // With OpenTelemetry export on, the span joins the message's trace and its own
+        // span id is the one events written by the handler point back to.
+        if let Some(parent) = message.trace_context() {
+            keel_telemetry::continue_trace(&span, &parent);
+        }
+        if let Some(exported) = span.in_scope(keel_telemetry::current_trace) {
+            context.trace = Some(exported);
+        }
+        if let Some(trace) = &context.trace {
+            span.record("trace_id", trace.trace_id());
+            span.record("span_id", trace.span_id());
+        }
         let call = self.inner.call(message);
         Box::pin(with_context(context, call).instrument(span))
     }

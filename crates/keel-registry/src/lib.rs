@@ -1,0 +1,143 @@
+//! Keel's service registry: services register themselves with a health check, and
+//! callers discover the healthy instances of a service, kept fresh in the background.
+//!
+//! One trait, [`Registry`], with two backends: Consul (`KEEL_CONSUL_URL=http://...`)
+//! and an in-process registry for the embedded mode (`keel up` with no configuration).
+//!
+//! # Layout
+//!
+//! - `lib.rs`: the [`Registry`] trait and the types it speaks: [`Registration`],
+//!   [`HealthCheck`], [`Instance`], [`Watch`]; [`connect`], which picks the backend.
+//! - `consul.rs`: [`ConsulRegistry`] over Consul's HTTP API; watches are blocking
+//!   queries that keep the last snapshot through outages ([`next_index`] is the index
+//!   reset rule of Consul's documentation).
+//! - `memory.rs`: [`InProcessRegistry`], which runs HTTP health checks itself.
+
+mod consul;
+mod memory;
+
+pub use consul::{ConsulRegistry, next_index};
+pub use memory::InProcessRegistry;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a service says about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The instance; `instance.id` must be unique across the registry.
+    pub instance: Instance,
+    /// How the registry decides whether the instance is healthy; `None` = always healthy.
+    pub check: Option<HealthCheck>,
+}
+
+/// An HTTP health check the registry runs against the instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Absolute URL answered with 2xx while the instance is healthy (e.g. `/ready`).
+    pub http: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// After this long critical, the registry removes the instance altogether.
+    pub deregister_critical_after: Duration,
+}
+
+/// One running instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Instance {
+    pub id: String,
+    pub service: String,
+    /// Host name or IP address callers connect to.
+    pub address: String,
+    pub port: u16,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// `http://address:port`, the base URL of the instance.
+    pub fn base_url(&self) -> String {
+        if self.address.contains(':') {
+            format!("http://[{}]:{}", self.address, self.port)
+        } else {
+            format!("http://{}:{}", self.address, self.port)
+        }
+    }
+}
+
+/// The healthy instances of one service, as last seen; cheap to clone and to read.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    rx: tokio::sync::watch::Receiver<Arc<[Instance]>>,
+}
+
+impl Watch {
+    pub fn new(rx: tokio::sync::watch::Receiver<Arc<[Instance]>>) -> Self {
+        Self { rx }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<[Instance]> {
+        self.rx.borrow().clone()
+    }
+
+    /// Waits until the snapshot changes; `Err` when the registry has shut down.
+    pub async fn changed(&mut self) -> Result<Arc<[Instance]>, RegistryError> {
+        self.rx.changed().await.map_err(|_| RegistryError::Closed)?;
+        Ok(self.rx.borrow_and_update().clone())
+    }
+}
+
+/// Registration and discovery. Implementations are cheap to share (`Arc<dyn Registry>`).
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync + fmt::Debug {
+    /// Registers (or re-registers) an instance.
+    async fn register(&self, registration: &Registration) -> Result<(), RegistryError>;
+    /// Removes an instance; removing an unknown one is not an error.
+    async fn deregister(&self, instance_id: &str) -> Result<(), RegistryError>;
+    /// Whether `instance_id` is registered at all, passing or not. A registry drops an
+    /// instance that stays critical too long; its owner uses this to re-register. The
+    /// default (for registries that cannot tell) answers `true`.
+    async fn is_registered(&self, instance_id: &str) -> Result<bool, RegistryError> {
+        let _ = instance_id;
+        Ok(true)
+    }
+    /// The healthy instances of `service` right now (one round trip).
+    async fn healthy(&self, service: &str) -> Result<Vec<Instance>, RegistryError>;
+    /// A live snapshot of the healthy instances of `service`, kept fresh in the
+    /// background until every clone of the returned [`Watch`] is dropped.
+    fn watch(&self, service: &str) -> Watch;
+}
+
+/// The registry for `url`: `None` (or empty) gives a new [`InProcessRegistry`],
+/// `http://host:port` a [`ConsulRegistry`] once the agent has answered with a leader.
+/// Errors name the URL.
+pub async fn connect(url: Option<&str>) -> Result<Arc<dyn Registry>, RegistryError> {
+    match url.map(str::trim).filter(|u| !u.is_empty()) {
+        None => Ok(Arc::new(InProcessRegistry::new())),
+        Some(url) => Ok(Arc::new(ConsulRegistry::connect(url).await?)),
+    }
+}
+
+/// What can go wrong talking to a registry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    #[error("registry unreachable: {0}")]
+    Unreachable(String),
+    #[error("registry refused the request: {0}")]
+    Refused(String),
+    #[error("invalid registry URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("registry closed")]
+    Closed,
+}
+
+impl RegistryError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unreachable(_))
+    }
+}

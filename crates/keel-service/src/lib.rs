@@ -1,0 +1,47 @@
+//! Keel's service kit: everything an axum service of the example system shares.
+//! `Service::new(config).readiness(checks).router(app).serve(ctrl_c)` gives a service
+//! `/health`, `/ready` and `/metrics`, problem+json errors (RFC 9457), request ids,
+//! W3C trace context in and out (handlers run in a `keel_bus` [`EventContext`] so the
+//! events they write carry the trace and actor), registration with an HTTP health
+//! check, and graceful shutdown (deregister, stop accepting, drain).
+//!
+//! [`EventContext`]: keel_bus::layer::EventContext
+//!
+//! # Layout
+//!
+//! - `service.rs`: [`ServiceConfig`], [`Service`] (the bootstrap), [`RunningService`].
+//! - `readiness.rs`: [`Readiness`], the named checks behind `/ready`.
+//! - `problem.rs`: [`Problem`], RFC 9457 `application/problem+json` error responses.
+//! - `json.rs`: [`Json`], the JSON extractor whose rejections name the field.
+//! - `middleware.rs`: request id, trace context, problem+json for the errors axum and
+//!   tower-http produce, panics as 500.
+//! - `metrics.rs`: the process-wide Prometheus recorder ([`prometheus`]) and the
+//!   request counter and latency histogram.
+
+mod json;
+mod metrics;
+mod middleware;
+mod problem;
+mod readiness;
+mod service;
+
+use std::net::SocketAddr;
+
+pub use json::Json;
+pub use metrics::{HTTP_REQUEST_DURATION, HTTP_REQUESTS, prometheus};
+pub use middleware::{REQUEST_ID, SUBJECT};
+pub use problem::{PROBLEM_JSON, Problem, ProblemField};
+pub use readiness::Readiness;
+pub use service::{RunningService, Service, ServiceConfig};
+
+/// What can stop a service from starting or running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot register with the registry: {0}")]
+    Register(#[from] keel_registry::RegistryError),
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}

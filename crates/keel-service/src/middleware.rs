@@ -1,0 +1,161 @@
+//! The kit's per-request middleware: request ids, W3C trace context with the
+//! [`EventContext`] handlers run in, problem+json for every error, panics as 500.
+
+use std::any::Any;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use keel_bus::layer::{EventContext, with_context};
+use keel_core::TraceContext;
+use tower_http::request_id::{MakeRequestId, RequestId};
+use tracing::Instrument as _;
+
+use crate::Problem;
+use crate::problem::PROBLEM_JSON;
+
+/// The request id header, taken from the request or generated.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The header naming who the request acts for (set by the gateway after authentication).
+pub const SUBJECT: &str = "x-keel-subject";
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// Request ids are UUIDv7: unique, and sortable by time in the logs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MakeUuidV7;
+
+impl MakeRequestId for MakeUuidV7 {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).ok().map(RequestId::new)
+    }
+}
+
+/// The trace context of an incoming request: a child span of its `traceparent` (or a
+/// new root), with its `tracestate`. An invalid `traceparent` starts a new trace, as
+/// the W3C spec says.
+pub(crate) fn server_span(headers: &HeaderMap) -> TraceContext {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match text(TRACEPARENT).and_then(|tp| TraceContext::parse(tp).ok()) {
+        Some(parent) => parent.child().with_state(text(TRACESTATE).map(str::to_owned)),
+        None => TraceContext::new_root(),
+    }
+}
+
+/// A `tracing` span per request and the [`EventContext`] its handler runs in
+/// (trace, correlation id = request id, actor = `x-keel-subject`); the response
+/// carries the server span's `traceparent`.
+pub(crate) async fn trace(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let request_id = text(REQUEST_ID);
+    let span = tracing::info_span!(
+        "http.request",
+        method = %request.method(),
+        path = request.uri().path(),
+        request_id = request_id.as_deref().unwrap_or_default(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    // With OpenTelemetry export on, the span joins the caller's trace and its span id
+    // is the one written to events and responses; otherwise Keel makes the child span.
+    if let Some(parent) = text(TRACEPARENT).and_then(|tp| TraceContext::parse(&tp).ok()) {
+        keel_telemetry::continue_trace(&span, &parent.with_state(text(TRACESTATE)));
+    }
+    let trace =
+        span.in_scope(keel_telemetry::current_trace).unwrap_or_else(|| server_span(headers));
+    span.record("trace_id", trace.trace_id());
+    span.record("span_id", trace.span_id());
+    let context = EventContext {
+        trace: Some(trace.clone()),
+        correlation_id: request_id,
+        causation_id: None,
+        actor: text(SUBJECT),
+    };
+    let mut response = with_context(context, next.run(request)).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&trace.traceparent()) {
+        headers.insert(HeaderName::from_static(TRACEPARENT), value);
+    }
+    if let Some(state) = trace.tracestate().and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(HeaderName::from_static(TRACESTATE), state);
+    }
+    response
+}
+
+/// Turns the error responses axum and tower-http produce themselves (404 and 405
+/// with empty bodies, text/plain rejections, 413) into problem+json, keeping their
+/// other headers (`Allow`, `Retry-After`). Error responses that already have another
+/// content type pass unchanged.
+pub(crate) async fn problems(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let plain = match response.headers().get(header::CONTENT_TYPE) {
+        None => true,
+        Some(value) => value.to_str().is_ok_and(|v| v.starts_with("text/plain")),
+    };
+    if !plain {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let detail = match status {
+        _ if !text.is_empty() => text,
+        StatusCode::NOT_FOUND => format!("no resource at {path}"),
+        StatusCode::METHOD_NOT_ALLOWED => format!("{path} does not accept {method}"),
+        _ => String::new(),
+    };
+    let mut problem = Problem::new(status);
+    if !detail.is_empty() {
+        problem = problem.with_detail(detail);
+    }
+    let mut converted = problem.into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    parts.headers.extend(converted.headers_mut().drain());
+    parts.status = status;
+    Response::from_parts(parts, converted.into_body())
+}
+
+/// A panicking handler becomes a 500 problem; the panic message goes to the log only.
+pub(crate) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> http::Response<Body> {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "handler panicked");
+    Problem::internal().into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_traceparent_is_continued_and_an_invalid_one_replaced() {
+        let mut headers = HeaderMap::new();
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert(TRACEPARENT, HeaderValue::from_static(parent));
+        headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
+        let span = server_span(&headers);
+        assert_eq!(span.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(span.span_id(), "00f067aa0ba902b7");
+        assert_eq!(span.tracestate(), Some("vendor=1"));
+
+        headers.insert(TRACEPARENT, HeaderValue::from_static("00-zz-00f067aa0ba902b7-01"));
+        let span = server_span(&headers);
+        assert_ne!(span.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span.tracestate(), None);
+    }
+}

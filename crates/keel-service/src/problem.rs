@@ -1,0 +1,155 @@
+//! RFC 9457 problem details: every error Keel answers over HTTP, from services and
+//! from the gateway, is one of these.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+/// The media type of a problem document.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An `application/problem+json` response. The details of what went wrong inside go to
+/// the log, not here; `detail` says what the caller can act on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// A URI naming the kind of problem; `about:blank` when the status says it all.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The input fields at fault, for validation errors (an extension member).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ProblemField>,
+    /// Seconds to wait before retrying, sent as `Retry-After` (not in the body).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
+}
+
+/// One invalid input field: where it is (a JSON pointer such as `/items/0/quantity`,
+/// or a header or query parameter name) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProblemField {
+    pub pointer: String,
+    pub detail: String,
+}
+
+impl Problem {
+    /// A problem with the given status, titled with the status's reason phrase.
+    pub fn new(status: StatusCode) -> Self {
+        Self {
+            kind: "about:blank".to_owned(),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: None,
+            instance: None,
+            errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with_type(mut self, kind: impl Into<String>) -> Self {
+        self.kind = kind.into();
+        self
+    }
+
+    pub fn with_title(mut self, title: impl Into<String>) -> Self {
+        self.title = title.into();
+        self
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
+    }
+
+    /// Adds an invalid field.
+    pub fn with_field(mut self, pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        self.errors.push(ProblemField { pointer: pointer.into(), detail: detail.into() });
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// 400 naming one invalid field.
+    pub fn invalid_field(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        let pointer = pointer.into();
+        let detail = detail.into();
+        Self::new(StatusCode::BAD_REQUEST)
+            .with_detail(format!("{pointer}: {detail}"))
+            .with_field(pointer, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND).with_detail(detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT).with_detail(detail)
+    }
+
+    /// 500 without details: what went wrong belongs in the log.
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.title)?;
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problem {}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (self.status_code(), body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_field_names_the_field_and_sets_the_media_type() {
+        let response =
+            Problem::invalid_field("/items/0/quantity", "must be positive").into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+
+    #[test]
+    fn retry_after_becomes_a_header() {
+        let response =
+            Problem::new(StatusCode::TOO_MANY_REQUESTS).with_retry_after(3).into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+}

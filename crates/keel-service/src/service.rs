@@ -1,0 +1,336 @@
+//! [`Service`]: bootstraps an axum app with the kit's endpoints and middleware,
+//! registers it, and shuts it down gracefully.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderName, StatusCode, header};
+use keel_registry::{HealthCheck, Instance, Registration, Registry};
+use tokio::sync::watch;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::middleware::{self, MakeUuidV7, REQUEST_ID};
+use crate::{Problem, Readiness, ServiceError, metrics};
+
+/// How a service runs: where it listens, how others reach it, where it registers.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The service name in the registry (`users`, `orders`, ...).
+    pub name: String,
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The host name or address others (and the registry's health check) reach this
+    /// instance at.
+    pub advertise_host: String,
+    pub registry: Arc<dyn Registry>,
+    /// How long shutdown waits for in-flight requests before dropping them.
+    pub shutdown_grace: Duration,
+    /// The largest request body accepted (413 above it).
+    pub body_limit: usize,
+    /// The registry's health check of `/ready`.
+    pub check_interval: Duration,
+    pub check_timeout: Duration,
+    pub deregister_critical_after: Duration,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+}
+
+impl ServiceConfig {
+    /// Defaults: advertised at the listen address (loopback if it is unspecified),
+    /// 10 s grace, 1 MiB bodies, checked every 10 s with a 2 s timeout, removed after
+    /// one minute critical.
+    pub fn new(name: impl Into<String>, listen: SocketAddr, registry: Arc<dyn Registry>) -> Self {
+        let advertise_host = if listen.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            listen.ip().to_string()
+        };
+        Self {
+            name: name.into(),
+            listen,
+            advertise_host,
+            registry,
+            shutdown_grace: Duration::from_secs(10),
+            body_limit: 1024 * 1024,
+            check_interval: Duration::from_secs(10),
+            check_timeout: Duration::from_secs(2),
+            deregister_critical_after: Duration::from_secs(60),
+            tags: Vec::new(),
+            meta: BTreeMap::new(),
+        }
+    }
+}
+
+/// A service under construction: `Service::new(config).readiness(r).router(app)`,
+/// then [`Service::bind`] (tests, `keel up`) or [`Service::serve`] (a binary's main).
+///
+/// Besides the app's routes it answers `/health` (alive), `/ready` (the readiness
+/// checks; 503 from the start of shutdown), `/metrics` (Prometheus text), and wraps
+/// everything in: request ids (`x-request-id`), trace context (`traceparent` in and
+/// out, a span per request, [`keel_bus::layer::EventContext`] for the handler),
+/// request metrics, problem+json for every error, panics as 500, and the body limit.
+#[derive(Debug)]
+pub struct Service {
+    config: ServiceConfig,
+    readiness: Readiness,
+    router: Router,
+}
+
+impl Service {
+    pub fn new(config: ServiceConfig) -> Self {
+        Self { config, readiness: Readiness::new(), router: Router::new() }
+    }
+
+    #[must_use]
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Adds the app's routes (merged with any given before).
+    #[must_use]
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = self.router.merge(router);
+        self
+    }
+
+    /// The complete app with the kit's endpoints and middleware, for driving with
+    /// `tower::ServiceExt::oneshot` in tests; nothing is bound or registered.
+    pub fn into_router(self) -> Router {
+        app(&self.config, self.readiness, self.router, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Binds the listener, starts serving and registers with the registry (with an
+    /// HTTP check on `/ready`). Fails if the address is taken or the registry refuses.
+    pub async fn bind(self) -> Result<RunningService, ServiceError> {
+        let Self { config, readiness, router } = self;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServiceError::Bind { addr: config.listen, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServiceError::Bind { addr: config.listen, source })?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let app = app(&config, readiness, router, stopping.clone());
+
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = drain_rx.await;
+                })
+                .await
+        });
+
+        let instance = Instance {
+            id: format!("{}-{}", config.name, uuid::Uuid::now_v7().simple()),
+            service: config.name.clone(),
+            address: config.advertise_host.clone(),
+            port: local_addr.port(),
+            tags: config.tags.clone(),
+            meta: config.meta.clone(),
+        };
+        let registration = Registration {
+            check: Some(HealthCheck {
+                http: format!("{}/ready", instance.base_url()),
+                interval: config.check_interval,
+                timeout: config.check_timeout,
+                deregister_critical_after: config.deregister_critical_after,
+            }),
+            instance,
+        };
+        if let Err(error) = config.registry.register(&registration).await {
+            let _ = drain_tx.send(());
+            let _ = server.await;
+            return Err(ServiceError::Register(error));
+        }
+        let instance_id = registration.instance.id.clone();
+        tracing::info!(service = %config.name, instance = %instance_id, %local_addr, "service started");
+
+        let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut server = server;
+            // A registry drops an instance critical for too long (say, its database was
+            // down); look now and then, and register again once it is gone.
+            let mut audit = tokio::time::interval(
+                (config.deregister_critical_after / 2).max(Duration::from_millis(10)),
+            );
+            audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            audit.tick().await;
+            // Run until asked to stop, or until the server fails by itself.
+            let early = loop {
+                tokio::select! {
+                    _ = shutdown_rx.wait_for(|stop| *stop) => break None,
+                    result = &mut server => break Some(result),
+                    _ = audit.tick() => {}
+                }
+                reregister(&*config.registry, &registration).await;
+            };
+            stopping.store(true, Ordering::SeqCst);
+            let id = &registration.instance.id;
+            // The grace period bounds deregistering and draining together.
+            let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+            // Leave discovery first, so callers stop picking this instance.
+            match tokio::time::timeout_at(deadline, config.registry.deregister(id)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(instance = %id, %error, "deregistering failed");
+                }
+                Err(_) => tracing::warn!(instance = %id, "deregistering timed out"),
+            }
+            if let Some(result) = early {
+                return finished(result);
+            }
+            let _ = drain_tx.send(());
+            match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(result) => finished(result),
+                Err(_) => {
+                    tracing::warn!(instance = %id, grace = ?config.shutdown_grace,
+                        "requests still in flight after the grace period; dropping them");
+                    server.abort();
+                    Ok(())
+                }
+            }
+        });
+        Ok(RunningService { local_addr, instance_id, shutdown_tx, task })
+    }
+
+    /// [`Service::bind`], then serves until `shutdown` completes (e.g. Ctrl-C), then
+    /// shuts down gracefully.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServiceError> {
+        let running = self.bind().await?;
+        shutdown.await;
+        running.shutdown();
+        running.wait().await
+    }
+}
+
+/// Registers `registration` again if the registry no longer has it.
+async fn reregister(registry: &dyn Registry, registration: &Registration) {
+    let id = &registration.instance.id;
+    match registry.is_registered(id).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(instance = %id, "the registry dropped this instance; registering again");
+            if let Err(error) = registry.register(registration).await {
+                tracing::warn!(instance = %id, %error, "registering again failed");
+            }
+        }
+        Err(error) => tracing::debug!(instance = %id, %error, "registry unreachable"),
+    }
+}
+
+fn finished(
+    result: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), ServiceError> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(ServiceError::Serve(error)),
+        Err(error) => Err(ServiceError::Serve(std::io::Error::other(error))),
+    }
+}
+
+/// A bound, registered service.
+#[derive(Debug)]
+pub struct RunningService {
+    local_addr: SocketAddr,
+    instance_id: String,
+    shutdown_tx: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), ServiceError>>,
+}
+
+impl RunningService {
+    /// The address actually bound (the port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The id registered: `<name>-<uuid>`.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Starts the graceful shutdown: `/ready` turns 503, the instance deregisters, the
+    /// listener closes and in-flight requests finish (within the grace period).
+    pub fn shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
+    /// Waits until the service has stopped (after [`RunningService::shutdown`], or a
+    /// server failure).
+    pub async fn wait(self) -> Result<(), ServiceError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(error) => Err(ServiceError::Serve(std::io::Error::other(error))),
+        }
+    }
+}
+
+/// The app: kit endpoints + the service's routes, under the kit's middleware.
+fn app(
+    config: &ServiceConfig,
+    readiness: Readiness,
+    router: Router,
+    stopping: Arc<AtomicBool>,
+) -> Router {
+    let prometheus = metrics::prometheus();
+    let kit = Router::new()
+        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/ready", get(move || ready(readiness.clone(), stopping.clone())))
+        .route(
+            "/metrics",
+            get(move || {
+                let prometheus = prometheus.clone();
+                async move {
+                    prometheus.run_upkeep();
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], prometheus.render())
+                }
+            }),
+        );
+    let name = config.name.clone();
+    let request_id = HeaderName::from_static(REQUEST_ID);
+    // Layers run outside-in from the last one added.
+    kit.merge(router)
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(config.body_limit))
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn(middleware::problems))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            metrics::record(name.clone(), request, next)
+        }))
+        .layer(axum::middleware::from_fn(middleware::trace))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeUuidV7))
+}
+
+async fn ready(readiness: Readiness, stopping: Arc<AtomicBool>) -> Response {
+    if stopping.load(Ordering::SeqCst) {
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+            .with_detail("shutting down")
+            .into_response();
+    }
+    let failures = readiness.failures().await;
+    if failures.is_empty() {
+        return axum::Json(serde_json::json!({"status": "ready"})).into_response();
+    }
+    let names: Vec<&str> = failures.iter().map(|(name, _)| name.as_str()).collect();
+    let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+        .with_detail(format!("not ready: {}", names.join(", ")));
+    for (name, reason) in failures {
+        problem = problem.with_field(name, reason);
+    }
+    problem.into_response()
+}

@@ -1,0 +1,210 @@
+//! The kit over real HTTP on loopback, with the in-process registry.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{config, graceful_shutdown, start, until_healthy};
+use keel_registry::{InProcessRegistry, Registry};
+use keel_service::{PROBLEM_JSON, Readiness};
+use serde_json::Value;
+
+fn registry() -> Arc<InProcessRegistry> {
+    Arc::new(InProcessRegistry::new())
+}
+
+async fn problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["content-type"], PROBLEM_JSON);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    body
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let registry = registry();
+    let config = config(registry.clone());
+    let name = config.name.clone();
+    let h = start(config, Readiness::new().check("database", || async { Ok(()) })).await;
+    until_healthy(&*registry, &name, &[h.running.instance_id()]).await;
+    assert!(h.running.instance_id().starts_with(&format!("{name}-")));
+
+    let health = h.client.get(format!("{}/health", h.base)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.json::<Value>().await.unwrap(), serde_json::json!({"status": "ok"}));
+    let ready = h.client.get(format!("{}/ready", h.base)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let _ = h.client.get(format!("{}/nowhere/1", h.base)).send().await.unwrap();
+    let metrics = h.client.get(format!("{}/metrics", h.base)).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    let line = |route: &str, status: &str| {
+        text.lines().any(|l| {
+            l.starts_with("http_requests_total{")
+                && l.contains(&format!("service=\"{name}\""))
+                && l.contains(&format!("route=\"{route}\""))
+                && l.contains(&format!("status=\"{status}\""))
+        })
+    };
+    assert!(line("/health", "200"), "{text}");
+    assert!(line("unmatched", "404"), "{text}");
+    assert!(text.contains("http_request_duration_seconds_bucket{"), "{text}");
+}
+
+#[tokio::test]
+async fn failing_readiness_is_a_503_naming_the_check() {
+    let registry = registry();
+    let readiness = Readiness::new()
+        .check("database", || async { Ok(()) })
+        .check("bus", || async { Err("connection refused".to_owned()) });
+    let h = start(config(registry.clone()), readiness).await;
+    let ready = h.client.get(format!("{}/ready", h.base)).send().await.unwrap();
+    let body = problem(ready, 503).await;
+    assert_eq!(
+        body["errors"],
+        serde_json::json!([{"pointer": "bus", "detail": "connection refused"}])
+    );
+    assert!(body["detail"].as_str().unwrap().contains("bus"));
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let h = start(config(registry()), Readiness::new()).await;
+    let response = h
+        .client
+        .get(format!("{}/health", h.base))
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-123");
+    let response = h.client.get(format!("{}/health", h.base)).send().await.unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+}
+
+#[tokio::test]
+async fn trace_context_is_continued_and_reaches_the_handler() {
+    let h = start(config(registry()), Readiness::new()).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = h
+        .client
+        .get(format!("{}/context", h.base))
+        .header("traceparent", parent)
+        .header("tracestate", "vendor=1")
+        .header("x-request-id", "req-7")
+        .header("x-keel-subject", "user-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let traceparent = response.headers()["traceparent"].to_str().unwrap().to_owned();
+    assert_eq!(response.headers()["tracestate"], "vendor=1");
+    let server = keel_core::TraceContext::parse(&traceparent).unwrap();
+    assert_eq!(server.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_ne!(server.span_id(), "00f067aa0ba902b7");
+    let context: Value = response.json().await.unwrap();
+    assert_eq!(context["traceparent"], traceparent.as_str());
+    assert_eq!(context["correlation_id"], "req-7");
+    assert_eq!(context["actor"], "user-42");
+    assert_eq!(context["causation_id"], Value::Null);
+
+    // Without a traceparent a new trace starts, and the request id correlates.
+    let response = h.client.get(format!("{}/context", h.base)).send().await.unwrap();
+    let traceparent = response.headers()["traceparent"].to_str().unwrap().to_owned();
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let context: Value = response.json().await.unwrap();
+    assert_eq!(context["traceparent"], traceparent.as_str());
+    assert_eq!(context["correlation_id"], request_id.as_str());
+}
+
+#[tokio::test]
+async fn every_error_is_problem_json() {
+    let h = start(config(registry()), Readiness::new()).await;
+    let url = |path: &str| format!("{}{path}", h.base);
+
+    let body = problem(h.client.get(url("/nowhere")).send().await.unwrap(), 404).await;
+    assert!(body["detail"].as_str().unwrap().contains("/nowhere"));
+
+    let response = h.client.get(url("/users")).send().await.unwrap();
+    assert!(response.headers()["allow"].to_str().unwrap().contains("POST"));
+    problem(response, 405).await;
+
+    let big = serde_json::json!({"name": "x".repeat(2048), "email": "a@b"});
+    problem(h.client.post(url("/users")).json(&big).send().await.unwrap(), 413).await;
+
+    let missing = serde_json::json!({"name": "Ada"});
+    let body =
+        problem(h.client.post(url("/users")).json(&missing).send().await.unwrap(), 400).await;
+    assert_eq!(body["errors"][0]["pointer"], "/email");
+    assert!(body["errors"][0]["detail"].as_str().unwrap().contains("missing field `email`"));
+
+    let wrong = serde_json::json!({"name": "Ada", "email": "a@b", "age": "old"});
+    let body = problem(h.client.post(url("/users")).json(&wrong).send().await.unwrap(), 400).await;
+    assert_eq!(body["errors"][0]["pointer"], "/age");
+
+    let response = h.client.post(url("/users")).body("{}").send().await.unwrap();
+    problem(response, 415).await;
+
+    let body = problem(h.client.get(url("/panic")).send().await.unwrap(), 500).await;
+    assert!(body.get("detail").is_none(), "panic details stay in the log: {body}");
+
+    let ok = serde_json::json!({"name": "Ada", "email": "a@b"});
+    let response = h.client.post(url("/users")).json(&ok).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_deregisters() {
+    let registry = registry();
+    let config = config(registry.clone());
+    let name = config.name.clone();
+    let h = start(config, Readiness::new()).await;
+    graceful_shutdown(h, &*registry, &name).await;
+}
+
+#[tokio::test]
+async fn a_taken_address_fails_to_bind() {
+    let registry = registry();
+    let h = start(config(registry.clone()), Readiness::new()).await;
+    let mut config = config(registry.clone());
+    config.listen = h.running.local_addr();
+    let error = keel_service::Service::new(config).bind().await.unwrap_err();
+    assert!(error.to_string().contains(&h.running.local_addr().to_string()), "{error}");
+}
+
+#[tokio::test]
+async fn an_instance_dropped_by_the_registry_registers_again() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    let registry = registry();
+    let mut config = config(registry.clone());
+    config.check_interval = Duration::from_millis(20);
+    config.deregister_critical_after = Duration::from_millis(200);
+    let name = config.name.clone();
+    let ready = Arc::new(AtomicBool::new(true));
+    let flag = ready.clone();
+    let readiness = Readiness::new().check("database", move || {
+        let ready = flag.load(Ordering::SeqCst);
+        async move { if ready { Ok(()) } else { Err("down".to_owned()) } }
+    });
+    let h = start(config, readiness).await;
+    let id = h.running.instance_id().to_owned();
+    until_healthy(&*registry, &name, &[&id]).await;
+
+    ready.store(false, Ordering::SeqCst);
+    let dropped = async {
+        while registry.is_registered(&id).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), dropped).await.unwrap();
+
+    ready.store(true, Ordering::SeqCst);
+    until_healthy(&*registry, &name, &[&id]).await;
+}
