@@ -1,0 +1,301 @@
+//! Keel gateway vs nginx as a reverse proxy, side by side, with wrk.
+//!
+//! Starts a tiny hyper upstream (a 13-byte body), the Keel gateway (release build,
+//! `cargo bench` makes one) and nginx (`worker_processes auto`, upstream keepalive),
+//! then runs the same wrk load against the upstream directly, nginx and Keel and prints
+//! requests/s, p50 and p99. Needs `wrk` and `nginx` (Debian: `wrk`, `nginx-light`).
+//!
+//! `cargo bench -p keel-gateway --bench proxy`; tune with KEEL_BENCH_DURATION (seconds,
+//! default 10), KEEL_BENCH_CONNECTIONS (default 64), KEEL_BENCH_THREADS (default 2),
+//! KEEL_BENCH_GATEWAY_THREADS (default: the number of CPUs, as nginx's `auto`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use keel_gateway::{Gateway, GatewayConfig};
+use tokio::net::TcpListener;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let duration = env_or("KEEL_BENCH_DURATION", 10);
+    let connections = env_or("KEEL_BENCH_CONNECTIONS", 64);
+    let threads = env_or("KEEL_BENCH_THREADS", 2);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let gateway_threads =
+        usize::try_from(env_or("KEEL_BENCH_GATEWAY_THREADS", cpus as u64)).unwrap_or(cpus);
+    for tool in ["wrk", "nginx"] {
+        if Command::new("which")
+            .arg(tool)
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            eprintln!("`{tool}` not found: apt-get install -y wrk nginx-light");
+            std::process::exit(1);
+        }
+    }
+
+    let upstream_rt = runtime(cpus, "upstream");
+    let upstream = upstream_rt.block_on(async { TcpListener::bind("127.0.0.1:0").await.unwrap() });
+    let upstream_addr = upstream.local_addr().unwrap();
+    upstream_rt.spawn(serve_upstream(upstream));
+
+    let gateway_rt = runtime(gateway_threads, "gateway");
+    let gateway_addr = gateway_rt.block_on(async {
+        let config = GatewayConfig::static_routes(&[&format!("/=http://{upstream_addr}")]).unwrap();
+        let gateway = Gateway::without_registry(config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(gateway.serve(listener, std::future::pending()));
+        addr
+    });
+
+    // Experiment: one single-threaded gateway per CPU, each with its own pool, behind
+    // SO_REUSEPORT listeners on one port (nginx's worker model).
+    let per_core_addr = free_port();
+    let mut per_core_threads = Vec::new();
+    for _ in 0..cpus {
+        let route = format!("/=http://{upstream_addr}");
+        per_core_threads.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let config = GatewayConfig::static_routes(&[&route]).unwrap();
+                let gateway = Gateway::without_registry(config).unwrap();
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.set_reuseport(true).unwrap();
+                socket.set_reuseaddr(true).unwrap();
+                socket.bind(per_core_addr).unwrap();
+                let listener = socket.listen(1024).unwrap();
+                let _ = gateway.serve(listener, std::future::pending()).await;
+            });
+        }));
+    }
+    wait_for(per_core_addr);
+
+    let nginx = Nginx::start(upstream_addr);
+
+    println!(
+        "wrk -t{threads} -c{connections} -d{duration}s, {cpus} CPUs, gateway runtime {gateway_threads} threads, nginx worker_processes auto"
+    );
+    let targets = [
+        ("direct (upstream)", upstream_addr),
+        ("nginx", nginx.addr),
+        ("keel gateway", gateway_addr),
+        ("keel gateway, per-core runtimes", per_core_addr),
+    ];
+    let mut results = Vec::new();
+    for (name, addr) in targets {
+        let url = format!("http://{addr}/bench/path?q=1");
+        // Warm up pools and caches, then measure.
+        let _ = wrk(&url, threads, connections, 2);
+        let result = wrk(&url, threads, connections, duration);
+        results.push((name, result));
+    }
+    drop(nginx);
+
+    println!();
+    println!("| target | requests/s | p50 | p99 | non-2xx |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, r) in &results {
+        println!(
+            "| {name} | {:.0} | {} | {} | {} |",
+            r.rps,
+            fmt_latency(r.p50_us),
+            fmt_latency(r.p99_us),
+            r.non_2xx
+        );
+    }
+    let nginx = &results[1].1;
+    println!();
+    for (name, keel) in &results[2..] {
+        println!(
+            "{name} / nginx: requests/s x{:.2}, p99 x{:.2} (lower is better)",
+            keel.rps / nginx.rps.max(1.0),
+            keel.p99_us / nginx.p99_us.max(1.0)
+        );
+    }
+}
+
+fn runtime(threads: usize, name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn serve_upstream(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "text/plain")
+                        .body(Full::new(Bytes::from_static(b"hello, world\n")))
+                        .unwrap(),
+                )
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    fn start(upstream: SocketAddr) -> Self {
+        let dir = std::env::temp_dir().join(format!("keel-bench-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let addr = free_port();
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes auto;\n\
+             pid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               upstream backend {{ server {upstream}; keepalive 64; }}\n\
+               server {{\n\
+                 listen {addr};\n\
+                 location / {{\n\
+                   proxy_pass http://backend;\n\
+                   proxy_http_version 1.1;\n\
+                   proxy_set_header Connection \"\";\n\
+                   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                   proxy_set_header X-Forwarded-Proto $scheme;\n\
+                   proxy_set_header X-Forwarded-Host $host;\n\
+                 }}\n\
+               }}\n\
+             }}\n"
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-p", &d.to_string(), "-c"])
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx starts");
+        wait_for(addr);
+        Self { child, dir, addr }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // `nginx -s stop` signals our child master, which stops its workers.
+        let _ = Command::new("nginx")
+            .args(["-p", &self.dir.display().to_string(), "-c"])
+            .arg(self.dir.join("nginx.conf"))
+            .args(["-s", "stop"])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+// The bench's main thread, not a tokio worker: blocking is fine here.
+#[allow(clippy::disallowed_methods)]
+fn wait_for(addr: SocketAddr) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {addr}");
+}
+
+#[derive(Debug, Default)]
+struct WrkResult {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    non_2xx: u64,
+}
+
+fn wrk(url: &str, threads: u64, connections: u64, seconds: u64) -> WrkResult {
+    let output = Command::new("wrk")
+        .args([
+            &format!("-t{threads}"),
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .expect("wrk runs");
+    parse_wrk(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn parse_wrk(text: &str) -> WrkResult {
+    let mut result = WrkResult::default();
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("Requests/sec:") => {
+                result.rps = words.next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            }
+            Some("50%") => result.p50_us = words.next().map(parse_duration_us).unwrap_or(0.0),
+            Some("99%") => result.p99_us = words.next().map(parse_duration_us).unwrap_or(0.0),
+            Some("Non-2xx") => {
+                result.non_2xx = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0)
+            }
+            _ => {}
+        }
+    }
+    result
+}
+
+/// wrk prints `512.00us`, `1.23ms` or `2.01s`.
+fn parse_duration_us(text: &str) -> f64 {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1_000.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1_000_000.0)
+    } else {
+        (text, 1.0)
+    };
+    number.parse::<f64>().unwrap_or(0.0) * factor
+}
+
+fn fmt_latency(us: f64) -> String {
+    if us >= 1000.0 { format!("{:.2} ms", us / 1000.0) } else { format!("{us:.0} us") }
+}
