@@ -1,0 +1,333 @@
+//! The feeder: one task per consumer group in this process that reads the log for it.
+//!
+//! It waits for the group's lease (one process feeds a group at a time; another takes
+//! over when the holder dies or lets go), starts from the group's checkpoint, reads
+//! the group's topic in subscription order into the group's lanes (no further ahead
+//! than its read-ahead window), stores the checkpoint as the settled prefix grows,
+//! picks up retried dead letters, and dead-letters rows that do not decode. It wakes
+//! on the store's change notifications, on settles, and polls as a fallback. It lets
+//! the group go when the bus is dropped, or when the group has had no members here for
+//! [`LogBusOptions::idle_release`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use keel_core::StartFrom;
+use keel_core::bus::{DeadLetterId, Payload};
+use keel_store::{Cursor, Lease, LogFilter, StoreError};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::LogBusOptions;
+use crate::envelope;
+use crate::group::payload_size;
+use crate::shared::{GroupShared, Registry};
+use crate::store::NewDeadLetter;
+
+enum Ended {
+    /// The bus was dropped, or the group retired.
+    Done,
+    LeaseLost,
+}
+
+fn is_shutdown(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
+/// Removes the group from the registry if it has been without members for `idle`
+/// (checked under the registry lock, so a subscribe either joins it before or creates
+/// a new group after). Whether it retired.
+fn try_retire(registry: &Registry, group: &Arc<GroupShared>, idle: Duration) -> bool {
+    let mut groups = registry.lock();
+    let mut state = group.lock();
+    if state.is_closed() {
+        return true;
+    }
+    if state.idle_since().is_none_or(|since| since.elapsed() < idle) {
+        return false;
+    }
+    let key = (group.topic.clone(), group.group.clone());
+    if groups.get(&key).is_some_and(|g| Arc::ptr_eq(g, group)) {
+        groups.remove(&key);
+    }
+    state.close();
+    true
+}
+
+fn close(group: &GroupShared) {
+    group.lock().close();
+    group.members.notify_waiters();
+}
+
+pub(crate) async fn run(
+    group: Arc<GroupShared>,
+    registry: Arc<Registry>,
+    options: LogBusOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let lease = loop {
+            if is_shutdown(&shutdown) {
+                close(&group);
+                return;
+            }
+            if try_retire(&registry, &group, options.idle_release) {
+                group.members.notify_waiters();
+                return;
+            }
+            match group.store.try_lease(&group.name).await {
+                Ok(Some(lease)) => break lease,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(group = %group.name, %error, "could not ask for the group's lease")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(options.lease_poll) => {}
+                _ = shutdown.changed() => {}
+            }
+        };
+        let start = match start_cursor(&group).await {
+            Ok(start) => start,
+            Err(error) => {
+                tracing::warn!(group = %group.name, %error, "could not read the group's checkpoint");
+                lease.release().await;
+                tokio::time::sleep(options.poll_interval).await;
+                continue;
+            }
+        };
+        tracing::debug!(group = %group.name, %start, "feeding the consumer group");
+        group.lock().activate(start);
+        group.letters_due.store(true, Ordering::SeqCst);
+        let mut feeder = Feeder { group: &group, options, read: start, flushed: start, lease };
+        let ended = feeder.feed(&registry, &mut shutdown).await;
+        let Feeder { lease, .. } = feeder;
+        match ended {
+            Ended::Done => {
+                close(&group);
+                lease.release().await;
+                return;
+            }
+            Ended::LeaseLost => {
+                tracing::warn!(group = %group.name, "lost the consumer group's lease; standing by");
+                group.lock().deactivate();
+                group.members.notify_waiters();
+                drop(lease);
+            }
+        }
+    }
+}
+
+async fn start_cursor(group: &GroupShared) -> Result<Cursor, StoreError> {
+    if let Some(cursor) = group.store.checkpoint(&group.name).await? {
+        return Ok(cursor);
+    }
+    match group.start {
+        StartFrom::Earliest => Ok(Cursor::START),
+        StartFrom::Latest => {
+            let head = group.store.head().await?;
+            let cursor = group.store.cursor_before(head).await?;
+            group.store.save_checkpoint(&group.name, cursor).await?;
+            Ok(cursor)
+        }
+    }
+}
+
+struct Feeder<'a> {
+    group: &'a Arc<GroupShared>,
+    options: LogBusOptions,
+    /// Where the next read starts.
+    read: Cursor,
+    /// The checkpoint as stored.
+    flushed: Cursor,
+    lease: Box<dyn Lease>,
+}
+
+impl Feeder<'_> {
+    async fn feed(&mut self, registry: &Registry, shutdown: &mut watch::Receiver<bool>) -> Ended {
+        let group = self.group;
+        let options = self.options;
+        let mut changes = group.store.changes();
+        let mut retry: Option<Duration> = None;
+        let mut renewed = Instant::now();
+        let mut letters_read: Option<Instant> = None;
+        loop {
+            if is_shutdown(shutdown) {
+                self.flush().await;
+                return Ended::Done;
+            }
+            if try_retire(registry, group, options.idle_release) {
+                self.flush().await;
+                return Ended::Done;
+            }
+            if renewed.elapsed() >= options.lease_renew {
+                if !self.lease.is_held().await {
+                    return Ended::LeaseLost;
+                }
+                renewed = Instant::now();
+            }
+            self.flush().await;
+            if group.letters_due.swap(false, Ordering::SeqCst)
+                || letters_read.is_none_or(|at| at.elapsed() >= options.poll_interval)
+            {
+                letters_read = Some(Instant::now());
+                self.load_letters().await;
+            }
+            let (room, types) = {
+                let state = group.lock();
+                (state.room(options.batch_size, options.max_buffered_bytes), state.types.clone())
+            };
+            let filter =
+                LogFilter { topic: Some(group.topic.clone()), types, ..LogFilter::default() };
+            let mut more = false;
+            if room > 0 {
+                let limit = room.min(options.batch_size);
+                // Marked before reading, so an append during the read wakes us.
+                changes.borrow_and_update();
+                match group.store.read_after(self.read, &filter, limit).await {
+                    Ok(page) => {
+                        let count = page.events.len();
+                        self.take_in(page.events, page.next);
+                        if count > 0 {
+                            retry = None;
+                        }
+                        more = count >= limit;
+                    }
+                    Err(StoreError::Decode { .. }) => match self.skip_bad_row(&filter).await {
+                        Ok(()) => more = true,
+                        Err(error) => {
+                            tracing::warn!(group = %group.name, %error, "could not dead-letter an undecodable row");
+                            self.pause(shutdown).await;
+                        }
+                    },
+                    Err(error) => {
+                        tracing::warn!(group = %group.name, %error, "reading the log failed; retrying");
+                        self.pause(shutdown).await;
+                        continue;
+                    }
+                }
+            }
+            if more {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let wait = retry
+                .unwrap_or(options.poll_interval)
+                .min(options.lease_renew.saturating_sub(renewed.elapsed()))
+                .max(Duration::from_millis(1));
+            let notified = tokio::select! {
+                biased;
+                _ = shutdown.changed() => false,
+                () = group.feeder.notified() => false,
+                changed = changes.changed() => changed.is_ok(),
+                () = tokio::time::sleep(wait) => false,
+            };
+            retry = if notified {
+                Some(options.settle_delay)
+            } else {
+                retry.map(|d| (d * 2).min(options.poll_interval))
+            };
+        }
+    }
+
+    async fn pause(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            () = tokio::time::sleep(self.options.poll_interval) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+
+    /// Puts read events into the group and notes that the log up to `next` is read.
+    fn take_in(&mut self, events: Vec<keel_store::LogEvent>, next: Cursor) {
+        let any = !events.is_empty();
+        {
+            let mut state = self.group.lock();
+            for event in events {
+                let payload = Payload::Event(envelope::from_log(event.event));
+                let size = payload_size(&payload);
+                state.push(payload, event.cursor, size);
+                self.read = self.read.max(event.cursor);
+            }
+            self.read = self.read.max(next);
+            state.pass(self.read);
+        }
+        if any {
+            self.group.members.notify_waiters();
+        }
+    }
+
+    /// A page did not decode: reads one event at a time up to the bad row, then
+    /// dead-letters that row as it is stored and moves past it.
+    async fn skip_bad_row(&mut self, filter: &LogFilter) -> Result<(), StoreError> {
+        let group = self.group;
+        loop {
+            match group.store.read_after(self.read, filter, 1).await {
+                Ok(page) => {
+                    let done = page.events.is_empty();
+                    self.take_in(page.events, page.next);
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Err(StoreError::Decode { position, source }) => {
+                    let raw = group.store.raw_row(position).await?.ok_or_else(|| {
+                        StoreError::NotFound(format!("the log row at position {position}"))
+                    })?;
+                    let mut message = raw.message;
+                    message.error =
+                        format!("the log row at position {position} is not a CloudEvent: {source}");
+                    tracing::warn!(group = %group.name, position, error = %message.error, "dead-lettering an undecodable row");
+                    let letter = NewDeadLetter {
+                        id: DeadLetterId(uuid::Uuid::now_v7().to_string()),
+                        topic: group.topic.clone(),
+                        group: group.group.clone(),
+                        reason: message.error.clone(),
+                        attempts: 1,
+                        payload: Payload::Undecodable(message),
+                    };
+                    group.store.insert_dead_letter(&letter).await?;
+                    metrics::counter!("keel_logbus_dead_lettered_total", "topic" => group.topic.clone(), "group" => group.group.clone()).increment(1);
+                    self.read = self.read.max(raw.cursor);
+                    group.lock().pass(self.read);
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Stores the checkpoint if the settled prefix grew.
+    async fn flush(&mut self) {
+        let committed = self.group.lock().committed();
+        if committed <= self.flushed {
+            return;
+        }
+        match self.group.store.save_checkpoint(&self.group.name, committed).await {
+            Ok(()) => self.flushed = committed,
+            Err(error) => {
+                tracing::warn!(group = %self.group.name, %error, "could not store the checkpoint")
+            }
+        }
+    }
+
+    /// Takes in the group's dead letters that were sent back for another try.
+    async fn load_letters(&mut self) {
+        let group = self.group;
+        match group.store.dead_letters(&group.topic, &group.group, true, 1000).await {
+            Ok(letters) if letters.is_empty() => {}
+            Ok(letters) => {
+                {
+                    let mut state = group.lock();
+                    for letter in letters {
+                        state.push_letter(letter.id, letter.payload);
+                    }
+                }
+                group.members.notify_waiters();
+            }
+            Err(error) => {
+                tracing::warn!(group = %group.name, %error, "could not read retried dead letters")
+            }
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! What the log bus needs from a store beyond [`EventLog`]: publishing a batch in one
+//! transaction, reading a row that does not decode, and the dead-letter table
+//! (`keel_bus_dead_letters`, migration `20261127000003_keel_bus.sql`). Implemented for
+//! [`SqliteEventLog`] and [`PgEventLog`].
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use keel_core::bus::{DeadLetter, DeadLetterId, Payload, RawMessage};
+use keel_core::{CloudEvent, ExpectedVersion, StreamId};
+use keel_postgres::PgEventLog;
+use keel_sqlite::SqliteEventLog;
+use keel_store::{Cursor, EventLog, Result, SqlEventLog, StoreError};
+use sqlx::Row as _;
+
+/// A log row that does not decode into an envelope, as far as it can be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRow {
+    pub cursor: Cursor,
+    pub topic: String,
+    pub message: RawMessage,
+}
+
+/// A dead letter to store.
+#[derive(Clone, Debug)]
+pub struct NewDeadLetter {
+    pub id: DeadLetterId,
+    pub topic: String,
+    pub group: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub payload: Payload,
+}
+
+/// The store seam of the log bus. Object safe: the bus keeps an `Arc<dyn BusStore>`.
+#[async_trait]
+pub trait BusStore: EventLog {
+    /// Appends every `(stream, events)` run in one transaction (each with
+    /// [`ExpectedVersion::Any`]) and wakes subscribers after the commit.
+    async fn append_batch(&self, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()>;
+
+    /// The row at `position`, read column by column without building an envelope.
+    async fn raw_row(&self, position: i64) -> Result<Option<RawRow>>;
+
+    async fn insert_dead_letter(&self, letter: &NewDeadLetter) -> Result<()>;
+
+    /// Up to `limit` dead letters of a group, oldest first; with `retrying` those sent
+    /// back for another try (and not settled since) instead of those at rest.
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        retrying: bool,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>>;
+
+    /// Marks a letter at rest as retrying; whether it was found.
+    async fn mark_retrying(&self, topic: &str, group: &str, id: &DeadLetterId) -> Result<bool>;
+
+    /// Puts a retried letter back to rest with a new reason.
+    async fn dead_letter_again(&self, id: &DeadLetterId, reason: &str, attempts: u32)
+    -> Result<()>;
+
+    async fn delete_dead_letter(&self, id: &DeadLetterId) -> Result<()>;
+
+    /// Deletes the letters of a group at rest; how many.
+    async fn purge_dead_letters(&self, topic: &str, group: &str) -> Result<u64>;
+}
+
+async fn append_batch<L: SqlEventLog>(log: &L, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()> {
+    let mut tx = log.begin().await?;
+    for (stream, events) in runs {
+        log.append_in(&mut tx, stream, ExpectedVersion::Any, events).await?;
+    }
+    tx.commit().await?;
+    log.notify_appended();
+    Ok(())
+}
+
+/// The columns of a dead letter as stored.
+struct LetterColumns {
+    event: Option<Vec<u8>>,
+    raw_headers: Option<String>,
+    content_type: Option<String>,
+    body: Option<Vec<u8>>,
+    error: Option<String>,
+}
+
+fn letter_columns(payload: &Payload) -> LetterColumns {
+    match payload {
+        Payload::Event(event) => LetterColumns {
+            event: Some(keel_core::codec::to_structured(event)),
+            raw_headers: None,
+            content_type: None,
+            body: None,
+            error: None,
+        },
+        Payload::Undecodable(raw) => {
+            let headers: Vec<(&str, String)> = raw
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), String::from_utf8_lossy(value).into_owned()))
+                .collect();
+            LetterColumns {
+                event: None,
+                raw_headers: Some(serde_json::to_string(&headers).unwrap_or_default()),
+                content_type: raw.content_type.clone(),
+                body: Some(raw.body.to_vec()),
+                error: Some(raw.error.clone()),
+            }
+        }
+    }
+}
+
+fn letter_payload(columns: LetterColumns) -> Payload {
+    if let Some(json) = columns.event {
+        match keel_core::codec::from_structured(&json) {
+            Ok(event) => return Payload::Event(event),
+            Err(error) => {
+                return Payload::Undecodable(RawMessage {
+                    headers: Vec::new(),
+                    content_type: Some("application/cloudevents+json".into()),
+                    body: Bytes::from(json),
+                    error: format!("the stored dead letter is not a CloudEvent: {error}"),
+                });
+            }
+        }
+    }
+    let headers: Vec<(String, String)> = columns
+        .raw_headers
+        .as_deref()
+        .and_then(|h| serde_json::from_str(h).ok())
+        .unwrap_or_default();
+    Payload::Undecodable(RawMessage {
+        headers: headers.into_iter().map(|(n, v)| (n, Bytes::from(v))).collect(),
+        content_type: columns.content_type,
+        body: Bytes::from(columns.body.unwrap_or_default()),
+        error: columns.error.unwrap_or_default(),
+    })
+}
+
+/// The headers of a raw row: its columns, named like binary-mode CloudEvents headers.
+fn raw_headers(fields: &[(&str, Option<String>)]) -> Vec<(String, Bytes)> {
+    fields
+        .iter()
+        .filter_map(|(name, value)| {
+            value.as_ref().map(|v| ((*name).to_owned(), Bytes::from(v.clone())))
+        })
+        .collect()
+}
+
+fn limit(limit: usize) -> i64 {
+    i64::try_from(limit.max(1)).unwrap_or(i64::MAX)
+}
+
+fn attempts_of(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+fn decode_letter(row: &impl LetterRow) -> Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: DeadLetterId(row.text("id")?),
+        topic: row.text("topic")?,
+        group: row.text("group_name")?,
+        reason: row.text("reason")?,
+        attempts: attempts_of(row.int("attempts")?),
+        dead_lettered_at: row.time("dead_lettered_at")?,
+        payload: letter_payload(LetterColumns {
+            event: row.bytes("event")?,
+            raw_headers: row.opt_text("raw_headers")?,
+            content_type: row.opt_text("content_type")?,
+            body: row.bytes("body")?,
+            error: row.opt_text("error")?,
+        }),
+    })
+}
+
+/// Column access shared by the two row types.
+trait LetterRow {
+    fn text(&self, name: &str) -> Result<String>;
+    fn opt_text(&self, name: &str) -> Result<Option<String>>;
+    fn int(&self, name: &str) -> Result<i64>;
+    fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    fn time(&self, name: &str) -> Result<DateTime<Utc>>;
+}
+
+impl LetterRow for sqlx::sqlite::SqliteRow {
+    fn text(&self, name: &str) -> Result<String> {
+        Ok(self.try_get(name)?)
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.try_get(name)?)
+    }
+    fn int(&self, name: &str) -> Result<i64> {
+        Ok(self.try_get(name)?)
+    }
+    fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.try_get(name)?)
+    }
+    fn time(&self, name: &str) -> Result<DateTime<Utc>> {
+        let text: String = self.try_get(name)?;
+        Ok(DateTime::parse_from_rfc3339(&text)
+            .map_or_else(|_| Utc::now(), |t| t.with_timezone(&Utc)))
+    }
+}
+
+impl LetterRow for sqlx::postgres::PgRow {
+    fn text(&self, name: &str) -> Result<String> {
+        Ok(self.try_get(name)?)
+    }
+    fn opt_text(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.try_get(name)?)
+    }
+    fn int(&self, name: &str) -> Result<i64> {
+        Ok(self.try_get(name)?)
+    }
+    fn bytes(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.try_get(name)?)
+    }
+    fn time(&self, name: &str) -> Result<DateTime<Utc>> {
+        Ok(self.try_get(name)?)
+    }
+}
+
+const LETTER_COLUMNS: &str = "id, topic, group_name, reason, attempts, dead_lettered_at, event, \
+                              raw_headers, content_type, body, error";
+
+#[async_trait]
+impl BusStore for SqliteEventLog {
+    async fn append_batch(&self, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()> {
+        append_batch(self, runs).await
+    }
+
+    async fn raw_row(&self, position: i64) -> Result<Option<RawRow>> {
+        let row = sqlx::query(
+            "SELECT position, stream_id, stream_version, event_id, topic, event_type, source,
+                    time, datacontenttype, data, extensions
+             FROM keel_events WHERE position = ?",
+        )
+        .bind(position)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let text = |i: usize| row.try_get::<Option<String>, _>(i).ok().flatten();
+        let version = row.try_get::<Option<i64>, _>(2).ok().flatten().map(|v| v.to_string());
+        let headers = raw_headers(&[
+            ("ce_id", text(3)),
+            ("ce_type", text(5)),
+            ("ce_source", text(6)),
+            ("ce_subject", text(1)),
+            ("ce_time", text(7)),
+            ("ce_streamversion", version),
+            ("ce_position", Some(position.to_string())),
+            ("keel_extensions", text(10)),
+        ]);
+        Ok(Some(RawRow {
+            cursor: Cursor { epoch: 0, txid: 0, position },
+            topic: text(4).unwrap_or_default(),
+            message: RawMessage {
+                headers,
+                content_type: text(8),
+                body: Bytes::from(
+                    row.try_get::<Option<Vec<u8>>, _>(9).ok().flatten().unwrap_or_default(),
+                ),
+                error: String::new(),
+            },
+        }))
+    }
+
+    async fn insert_dead_letter(&self, letter: &NewDeadLetter) -> Result<()> {
+        let columns = letter_columns(&letter.payload);
+        sqlx::query(
+            "INSERT INTO keel_bus_dead_letters
+                 (id, topic, group_name, reason, attempts, dead_lettered_at, event, raw_headers,
+                  content_type, body, error, retrying)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+        )
+        .bind(&letter.id.0)
+        .bind(&letter.topic)
+        .bind(&letter.group)
+        .bind(&letter.reason)
+        .bind(i64::from(letter.attempts))
+        .bind(Utc::now().to_rfc3339())
+        .bind(columns.event)
+        .bind(columns.raw_headers)
+        .bind(columns.content_type)
+        .bind(columns.body)
+        .bind(columns.error)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        retrying: bool,
+        count: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {LETTER_COLUMNS} FROM keel_bus_dead_letters
+             WHERE topic = ? AND group_name = ? AND retrying = ? ORDER BY id LIMIT ?"
+        ))
+        .bind(topic)
+        .bind(group)
+        .bind(i64::from(retrying))
+        .bind(limit(count))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(decode_letter).collect()
+    }
+
+    async fn mark_retrying(&self, topic: &str, group: &str, id: &DeadLetterId) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE keel_bus_dead_letters SET retrying = 1
+             WHERE id = ? AND topic = ? AND group_name = ? AND retrying = 0",
+        )
+        .bind(&id.0)
+        .bind(topic)
+        .bind(group)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn dead_letter_again(
+        &self,
+        id: &DeadLetterId,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE keel_bus_dead_letters
+             SET retrying = 0, reason = ?, attempts = ?, dead_lettered_at = ? WHERE id = ?",
+        )
+        .bind(reason)
+        .bind(i64::from(attempts))
+        .bind(Utc::now().to_rfc3339())
+        .bind(&id.0)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_dead_letter(&self, id: &DeadLetterId) -> Result<()> {
+        sqlx::query("DELETE FROM keel_bus_dead_letters WHERE id = ?")
+            .bind(&id.0)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_dead_letters(&self, topic: &str, group: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM keel_bus_dead_letters WHERE topic = ? AND group_name = ? AND retrying = 0",
+        )
+        .bind(topic)
+        .bind(group)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl BusStore for PgEventLog {
+    async fn append_batch(&self, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()> {
+        append_batch(self, runs).await
+    }
+
+    async fn raw_row(&self, position: i64) -> Result<Option<RawRow>> {
+        let row = sqlx::query(
+            "SELECT position, epoch, transaction_id, stream_id, stream_version::text, event_id,
+                    topic, event_type, source, time::text, datacontenttype, data, extensions::text
+             FROM keel_events WHERE position = $1",
+        )
+        .bind(position)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let text = |i: usize| row.try_get::<Option<String>, _>(i).ok().flatten();
+        let headers = raw_headers(&[
+            ("ce_id", text(5)),
+            ("ce_type", text(7)),
+            ("ce_source", text(8)),
+            ("ce_subject", text(3)),
+            ("ce_time", text(9)),
+            ("ce_streamversion", text(4)),
+            ("ce_position", Some(position.to_string())),
+            ("keel_extensions", text(12)),
+        ]);
+        Ok(Some(RawRow {
+            cursor: Cursor { epoch: row.try_get(1)?, txid: row.try_get(2)?, position },
+            topic: text(6).unwrap_or_default(),
+            message: RawMessage {
+                headers,
+                content_type: text(10),
+                body: Bytes::from(
+                    row.try_get::<Option<Vec<u8>>, _>(11).ok().flatten().unwrap_or_default(),
+                ),
+                error: String::new(),
+            },
+        }))
+    }
+
+    async fn insert_dead_letter(&self, letter: &NewDeadLetter) -> Result<()> {
+        let columns = letter_columns(&letter.payload);
+        sqlx::query(
+            "INSERT INTO keel_bus_dead_letters
+                 (id, topic, group_name, reason, attempts, dead_lettered_at, event, raw_headers,
+                  content_type, body, error, retrying)
+             VALUES ($1, $2, $3, $4, $5, now(), $6, $7, $8, $9, $10, false)",
+        )
+        .bind(&letter.id.0)
+        .bind(&letter.topic)
+        .bind(&letter.group)
+        .bind(&letter.reason)
+        .bind(i64::from(letter.attempts))
+        .bind(columns.event)
+        .bind(columns.raw_headers)
+        .bind(columns.content_type)
+        .bind(columns.body)
+        .bind(columns.error)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        retrying: bool,
+        count: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {LETTER_COLUMNS} FROM keel_bus_dead_letters
+             WHERE topic = $1 AND group_name = $2 AND retrying = $3 ORDER BY id LIMIT $4"
+        ))
+        .bind(topic)
+        .bind(group)
+        .bind(retrying)
+        .bind(limit(count))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(decode_letter).collect()
+    }
+
+    async fn mark_retrying(&self, topic: &str, group: &str, id: &DeadLetterId) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE keel_bus_dead_letters SET retrying = true
+             WHERE id = $1 AND topic = $2 AND group_name = $3 AND NOT retrying",
+        )
+        .bind(&id.0)
+        .bind(topic)
+        .bind(group)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn dead_letter_again(
+        &self,
+        id: &DeadLetterId,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE keel_bus_dead_letters
+             SET retrying = false, reason = $1, attempts = $2, dead_lettered_at = now()
+             WHERE id = $3",
+        )
+        .bind(reason)
+        .bind(i64::from(attempts))
+        .bind(&id.0)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_dead_letter(&self, id: &DeadLetterId) -> Result<()> {
+        sqlx::query("DELETE FROM keel_bus_dead_letters WHERE id = $1")
+            .bind(&id.0)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_dead_letters(&self, topic: &str, group: &str) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM keel_bus_dead_letters
+             WHERE topic = $1 AND group_name = $2 AND NOT retrying",
+        )
+        .bind(topic)
+        .bind(group)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Maps a missing table to a message that says what to do.
+pub(crate) fn explain(error: StoreError) -> StoreError {
+    match &error {
+        StoreError::Database(sqlx::Error::Database(db))
+            if db.message().contains("keel_bus_dead_letters") =>
+        {
+            StoreError::Config(format!(
+                "{error}: the log bus needs migration 20261127000003_keel_bus (run `keel migrate`)"
+            ))
+        }
+        _ => error,
+    }
+}

@@ -1,0 +1,177 @@
+//! Test helpers: SQLite databases in temporary directories, fresh PostgreSQL databases
+//! (`keel_t_<uuid>` on `KEEL_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), and conformance factories over them.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use keel_core::{Bus, BusError};
+use keel_logbus::{BusStore, LogBus, LogBusOptions};
+use keel_postgres::{PgEventLog, PgOptions};
+use keel_sqlite::SqliteEventLog;
+use keel_store::SqlEventLog;
+use keel_testkit::bus::BusFactory;
+use sqlx::Connection as _;
+use tokio::sync::OnceCell;
+
+/// Options that make takeovers quick in tests.
+pub fn options() -> LogBusOptions {
+    let mut options = LogBusOptions::default();
+    options.lease_poll = Duration::from_millis(50);
+    options.poll_interval = Duration::from_millis(200);
+    options
+}
+
+pub async fn bus_over<L: BusStore>(log: Arc<L>) -> LogBus<L> {
+    LogBus::open(log, options()).await.expect("open the log bus")
+}
+
+/// A SQLite database file in a directory of its own.
+pub struct SqliteDb {
+    pub dir: tempfile::TempDir,
+}
+
+impl SqliteDb {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("a temporary directory") }
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("keel.db").display())
+    }
+
+    pub async fn log(&self) -> Arc<SqliteEventLog> {
+        Arc::new(SqliteEventLog::connect(&self.url()).await.expect("open SQLite"))
+    }
+}
+
+pub fn admin_url() -> String {
+    std::env::var("KEEL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates an empty PostgreSQL database and returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = admin_url();
+    let name = format!("keel_t_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test server");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let _ = conn.close().await;
+    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
+    format!("{base}/{name}")
+}
+
+pub async fn pg_log(url: &str) -> Arc<PgEventLog> {
+    let options = PgOptions { max_connections: 6, ..PgOptions::default() };
+    Arc::new(PgEventLog::connect(url, options).await.expect("connect"))
+}
+
+/// Conformance on SQLite: every `bus()` is a new bus over one log in one file.
+pub struct SqliteFactory {
+    db: SqliteDb,
+    log: OnceCell<Arc<SqliteEventLog>>,
+}
+
+impl SqliteFactory {
+    pub fn new() -> Self {
+        Self { db: SqliteDb::new(), log: OnceCell::new() }
+    }
+
+    async fn log(&self) -> Arc<SqliteEventLog> {
+        self.log.get_or_init(|| self.db.log()).await.clone()
+    }
+}
+
+/// A row no envelope can be built from (an extension name CloudEvents forbids), as a
+/// foreign writer of the table could leave.
+const BAD_EXTENSIONS: &str = r#"{"Not A Name": "x"}"#;
+
+#[async_trait]
+impl BusFactory for SqliteFactory {
+    async fn bus(&self) -> Arc<dyn Bus> {
+        Arc::new(bus_over(self.log().await).await)
+    }
+
+    async fn publish_raw(
+        &self,
+        topic: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Option<Result<(), BusError>> {
+        let log = self.log().await;
+        let now = chrono::Utc::now();
+        sqlx::query(
+            "INSERT INTO keel_events (stream_id, stream_version, event_id, topic, event_type,
+                 source, time, time_micros, datacontenttype, data, extensions)
+             VALUES (?, 1, ?, ?, 'foreign.message', '/foreign', ?, ?, ?, ?, ?)",
+        )
+        .bind(format!("foreign-{}", uuid::Uuid::now_v7().simple()))
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(topic)
+        .bind(now.to_rfc3339())
+        .bind(now.timestamp_micros())
+        .bind(content_type)
+        .bind(body.to_vec())
+        .bind(BAD_EXTENSIONS)
+        .execute(log.pool())
+        .await
+        .expect("insert a foreign row");
+        log.notify_appended();
+        Some(Ok(()))
+    }
+}
+
+/// Conformance on PostgreSQL: a fresh database per test.
+pub struct PgFactory {
+    log: OnceCell<Arc<PgEventLog>>,
+}
+
+impl PgFactory {
+    pub fn new() -> Self {
+        Self { log: OnceCell::new() }
+    }
+
+    async fn log(&self) -> Arc<PgEventLog> {
+        self.log.get_or_init(|| async { pg_log(&fresh_database().await).await }).await.clone()
+    }
+}
+
+#[async_trait]
+impl BusFactory for PgFactory {
+    async fn bus(&self) -> Arc<dyn Bus> {
+        Arc::new(bus_over(self.log().await).await)
+    }
+
+    async fn publish_raw(
+        &self,
+        topic: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Option<Result<(), BusError>> {
+        let log = self.log().await;
+        sqlx::query(
+            "INSERT INTO keel_events (epoch, transaction_id, stream_id, stream_version, event_id,
+                 topic, event_type, source, time, datacontenttype, data, extensions)
+             VALUES (keel_epoch(), pg_current_xact_id()::text::bigint, $1, 1, $2, $3,
+                 'foreign.message', '/foreign', now(), $4, $5, $6::json)",
+        )
+        .bind(format!("foreign-{}", uuid::Uuid::now_v7().simple()))
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(topic)
+        .bind(content_type)
+        .bind(body.to_vec())
+        .bind(BAD_EXTENSIONS)
+        .execute(log.pool())
+        .await
+        .expect("insert a foreign row");
+        log.notify_appended();
+        Some(Ok(()))
+    }
+}
