@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
-use keel_core::Bus;
+use anyhow::Context as _;
 use keel_postgres::{PgEventLog, PgOptions};
 use keel_sqlite::SqliteEventLog;
 use keel_store::EventLog;
@@ -47,18 +46,4 @@ impl Store {
     }
 }
 
-/// Connects to the bus at `url` (`KEEL_BUS_URL`); `None` when the log itself is the bus.
-pub async fn open_bus(url: Option<&str>) -> anyhow::Result<Option<Arc<dyn Bus>>> {
-    match url {
-        None => Ok(None),
-        Some(url) if url.starts_with("log://") => Ok(None),
-        Some(url) if url.starts_with("memory://") => {
-            Ok(Some(Arc::new(keel_memory::MemoryBus::new())))
-        }
-        Some(url) if url.starts_with("kafka://") => {
-            let bus = keel_kafka::KafkaBus::connect(url).context("KEEL_BUS_URL")?;
-            Ok(Some(Arc::new(bus)))
-        }
-        Some(url) => bail!("KEEL_BUS_URL `{url}`: this build of keel has no backend for it"),
-    }
-}
+pub use keel_runtime::open_bus;

@@ -22,6 +22,34 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the whole example system in one process: the users, products and orders
+    /// services, the events API, the relay (with a broker) and the gateway on
+    /// KEEL_GATEWAY_ADDR. With no configuration: SQLite in ./keel-data, the log itself
+    /// as the bus and an in-process registry. Ctrl-C stops it cleanly.
+    Up,
+    /// Run the gateway alone, routing through KEEL_CONSUL_URL (or static upstreams).
+    Gateway {
+        /// A gateway config file (TOML: listen, auth, cors, routes).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Where to listen (overrides the file; default KEEL_GATEWAY_ADDR).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Proxy a path prefix and all its sub-paths to a static upstream:
+        /// `--route /api=http://127.0.0.1:3000` (repeatable).
+        #[arg(long = "route", value_name = "PREFIX=URL")]
+        routes: Vec<String>,
+    },
+    /// Serve the event log over HTTP (`/api/events`: pages, streams, live SSE tail) and
+    /// register it as the `events` service.
+    Events {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// The host name other processes reach this one by (registered in Consul).
+        #[arg(long, default_value = "127.0.0.1")]
+        advertise_host: String,
+    },
     /// Apply Keel's database migrations (also done at every start).
     Migrate,
     /// Append one event to the log (the relay then publishes it).
@@ -57,6 +85,11 @@ pub enum Command {
         /// `stdout`, `bus` (KEEL_BUS_URL) or `projection:NAME`.
         #[arg(long, default_value = "stdout")]
         into: String,
+        /// Where to read: `log` (the event log), or `kafka:TOPIC` to read a topic of
+        /// the Kafka bus (KEEL_BUS_URL) outside any consumer group; `--from` is then an
+        /// offset in each partition.
+        #[arg(long, default_value = "log")]
+        source: String,
     },
     /// Show the latest events; `--follow` keeps printing new ones.
     Tail {
@@ -155,15 +188,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load()?;
     let out = commands::Output { json: cli.json };
     match cli.command {
+        Command::Up => crate::up::up(&config).await,
+        Command::Gateway { config: file, listen, routes } => {
+            commands::gateway(&config, file.as_deref(), listen, &routes).await
+        }
+        Command::Events { listen, advertise_host } => {
+            commands::events(&config, listen, advertise_host).await
+        }
         Command::Migrate => commands::migrate(&config, out).await,
         Command::Publish { ty, stream, data, source } => {
             commands::publish(&config, out, &ty, &stream, &data, &source).await
         }
-        Command::Replay { from, since, types, stream, into } => {
+        Command::Replay { from, since, types, stream, into, source } => {
             commands::replay(
                 &config,
                 out,
-                commands::ReplayArgs { from, since, types, stream, into },
+                commands::ReplayArgs { from, since, types, stream, into, source },
             )
             .await
         }

@@ -91,9 +91,16 @@ pub struct ReplayArgs {
     pub types: Vec<String>,
     pub stream: Option<String>,
     pub into: String,
+    pub source: String,
 }
 
 pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::Result<()> {
+    if let Some(topic) = args.source.strip_prefix("kafka:") {
+        return replay_kafka(config, topic, &args).await;
+    }
+    if args.source != "log" {
+        bail!("--source `{}`: expected log or kafka:TOPIC", args.source);
+    }
     if let Some(name) = args.into.strip_prefix("projection:") {
         if args.from.is_some()
             || args.since.is_some()
@@ -149,6 +156,47 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
             eprintln!("replayed {count} event(s)");
         }
     }
+    Ok(())
+}
+
+/// `keel replay --source kafka:TOPIC`: reads a topic of the Kafka bus from an offset
+/// or a time, outside any consumer group, onto stdout.
+async fn replay_kafka(config: &Config, topic: &str, args: &ReplayArgs) -> anyhow::Result<()> {
+    use keel_kafka::{KafkaConfig, KafkaReplay, ReplayStart};
+
+    if args.into != "stdout" {
+        bail!("--source kafka:{topic} replays onto stdout only; drop --into {}", args.into);
+    }
+    let url = config.bus_url.as_deref().unwrap_or_default();
+    if !url.starts_with("kafka://") {
+        bail!("--source kafka:{topic} needs KEEL_BUS_URL=kafka://...");
+    }
+    let kafka = KafkaConfig::from_url(url).context("KEEL_BUS_URL")?;
+    let start = match (args.from, args.since) {
+        (Some(offset), _) => ReplayStart::Offset(i64::try_from(offset).context("--from")?),
+        (None, Some(since)) => ReplayStart::Time(since),
+        (None, None) => ReplayStart::Beginning,
+    };
+    let records = KafkaReplay::new(kafka).read(topic, start, usize::MAX).await?;
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let (mut count, mut undecodable) = (0u64, 0u64);
+    for record in &records {
+        let Payload::Event(event) = &record.payload else {
+            undecodable += 1;
+            continue;
+        };
+        let type_matches = args.types.is_empty() || args.types.iter().any(|t| t == event.ty());
+        let stream_matches = args.stream.as_deref().is_none_or(|s| event.subject() == Some(s));
+        if type_matches && stream_matches {
+            stdout.write_all(&to_structured(event))?;
+            stdout.write_all(b"\n")?;
+            count += 1;
+        }
+    }
+    stdout.flush()?;
+    eprintln!(
+        "replayed {count} event(s) from kafka topic {topic} ({undecodable} undecodable skipped)"
+    );
     Ok(())
 }
 
@@ -290,27 +338,80 @@ pub async fn relay(config: &Config, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+/// `keel gateway`: routes from a file and/or `--route PREFIX=URL`, discovery through
+/// KEEL_CONSUL_URL (or the in-process registry, which only static routes can use).
+pub async fn gateway(
+    config: &Config,
+    file: Option<&std::path::Path>,
+    listen: Option<String>,
+    routes: &[String],
+) -> anyhow::Result<()> {
+    use keel_gateway::{AuthConfig, Gateway, GatewayConfig};
+
+    let mut gateway_config = match file {
+        Some(path) => GatewayConfig::from_file(path)?,
+        None => GatewayConfig::new(config.gateway_addr.to_string()),
     };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    if !routes.is_empty() {
+        let pairs: Vec<&str> = routes.iter().map(String::as_str).collect();
+        for route in GatewayConfig::static_routes(&pairs)?.routes {
+            gateway_config = gateway_config.route(route);
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
+    if let Some(listen) = listen {
+        gateway_config.listen = listen;
+    }
+    if gateway_config.routes.is_empty() {
+        bail!("keel gateway has no routes: give --config FILE or --route PREFIX=URL");
+    }
+    if gateway_config.auth.is_none()
+        && let Some(secret) = &config.jwt_secret
+    {
+        gateway_config = gateway_config.auth(AuthConfig::hs256(secret.clone()));
+    }
+    let addr = gateway_config.listen_addr()?;
+    let registry =
+        keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
+    let gateway = Gateway::new(gateway_config, registry)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the gateway to {addr}"))?;
+    eprintln!("keel gateway listening on http://{}", listener.local_addr()?);
+    gateway.serve(listener, shutdown_signal()).await?;
+    Ok(())
 }
+
+/// `keel events`: the event log over HTTP as a service of its own.
+pub async fn events(
+    config: &Config,
+    listen: std::net::SocketAddr,
+    advertise_host: String,
+) -> anyhow::Result<()> {
+    use keel_service::{Readiness, Service, ServiceConfig};
+
+    let store = Store::open(&config.database_url).await?;
+    let registry =
+        keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
+    let mut service_config = ServiceConfig::new("events", listen, registry);
+    service_config.advertise_host = advertise_host;
+    let log = store.log();
+    let readiness = Readiness::new().check("database", move || {
+        let log = log.clone();
+        async move { log.head().await.map(|_| ()).map_err(|e| e.to_string()) }
+    });
+    let running = Service::new(service_config)
+        .readiness(readiness)
+        .router(keel_events::app(store.log()))
+        .bind()
+        .await?;
+    eprintln!("keel events listening on http://{}", running.local_addr());
+    shutdown_signal().await;
+    running.shutdown();
+    running.wait().await?;
+    Ok(())
+}
+
+pub use keel_runtime::shutdown_signal;
 
 pub fn projections_list(out: Output) -> anyhow::Result<()> {
     let names = projections::names();

@@ -7,13 +7,15 @@
 //!
 //! Layout: [`config`] reads `KEEL_*` settings; [`backends`] opens the configured store
 //! and bus; [`cli`] parses the command line and [`commands`] carries it out;
-//! [`projections`] names the projections `keel projections rebuild` knows.
+//! [`projections`] names the projections `keel projections rebuild` knows; [`up`] runs
+//! the whole example system in one process (`keel up`).
 
 pub mod backends;
 pub mod cli;
 pub mod commands;
-pub mod config;
+pub use keel_runtime::config;
 pub mod projections;
+pub mod up;
 
 pub use keel_bus as bus;
 pub use keel_core as core;

@@ -1,7 +1,9 @@
 //! The projections this binary knows, by name, for `keel projections rebuild`.
 //!
 //! - `streams`: the stream index (`keel_stream_index`): one row per stream with its
-//!   category, version, last event type and position.
+//!   category, version, last event type and position;
+//! - `users-orders`: the users service's read model of each user's orders
+//!   (`users_orders`), rebuilt by replaying the order events (stop the service first).
 
 use std::sync::Arc;
 
@@ -16,8 +18,11 @@ use crate::backends::Store;
 
 /// Names of the known projections.
 pub fn names() -> Vec<&'static str> {
-    vec![StreamIndex::NAME]
+    vec![StreamIndex::NAME, USERS_ORDERS]
 }
+
+/// The users service's read model.
+pub const USERS_ORDERS: &str = "users-orders";
 
 /// Rebuilds projection `name` on `store`, reporting progress.
 pub async fn rebuild(
@@ -25,6 +30,9 @@ pub async fn rebuild(
     name: &str,
     progress: impl FnMut(RebuildProgress) + Send,
 ) -> anyhow::Result<u64> {
+    if name == USERS_ORDERS {
+        return rebuild_users_orders(store, progress).await;
+    }
     if name != StreamIndex::NAME {
         bail!("unknown projection `{name}` (known: {})", names().join(", "));
     }
@@ -36,6 +44,23 @@ pub async fn rebuild(
             ProjectionRunner::new(log.clone(), Arc::new(StreamIndex)).rebuild(progress).await?
         }
     };
+    Ok(applied)
+}
+
+async fn rebuild_users_orders(
+    store: &Store,
+    mut progress: impl FnMut(RebuildProgress) + Send,
+) -> anyhow::Result<u64> {
+    let db = match store {
+        Store::Postgres(log) => keel_services_common::Db::Postgres((**log).clone()),
+        Store::Sqlite(log) => keel_services_common::Db::Sqlite((**log).clone()),
+    };
+    keel_users::migrate(&db).await?;
+    let total = store.log().head().await?.0;
+    let applied = keel_users::rebuild_orders(&db, |applied| {
+        progress(RebuildProgress { applied, total });
+    })
+    .await?;
     Ok(applied)
 }
 

@@ -7,6 +7,8 @@
 //! | `consul_url` | `KEEL_CONSUL_URL` | unset: in-process registry |
 //! | `gateway_addr` | `KEEL_GATEWAY_ADDR` | `127.0.0.1:8080` |
 //! | `jwt_secret` | `KEEL_JWT_SECRET` | unset: write routes open (warned) |
+//! | `listen_addr` | `KEEL_LISTEN_ADDR` | `127.0.0.1:0` (a service binary's own listener) |
+//! | `advertise_host` | `KEEL_ADVERTISE_HOST` | the listen IP, or 127.0.0.1 |
 //!
 //! A bad value stops start-up with a message naming the key.
 
@@ -19,6 +21,8 @@ use serde::Deserialize;
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keel-data/keel.db";
 /// The default gateway address.
 pub const DEFAULT_GATEWAY_ADDR: &str = "127.0.0.1:8080";
+/// The default listener of a service binary: loopback, any free port.
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:0";
 
 /// Keel's settings, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +32,10 @@ pub struct Config {
     pub consul_url: Option<String>,
     pub gateway_addr: SocketAddr,
     pub jwt_secret: Option<String>,
+    /// Where a service binary listens.
+    pub listen_addr: SocketAddr,
+    /// The host other processes reach a service binary by (registered in Consul).
+    pub advertise_host: Option<String>,
 }
 
 /// `keel.toml`: the same keys as the environment, in lower case.
@@ -39,6 +47,8 @@ struct File {
     consul_url: Option<String>,
     gateway_addr: Option<String>,
     jwt_secret: Option<String>,
+    listen_addr: Option<String>,
+    advertise_host: Option<String>,
 }
 
 /// A configuration error that names the key.
@@ -119,7 +129,21 @@ impl Config {
         if jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(error("KEEL_JWT_SECRET", "an HS256 secret must be at least 16 bytes"));
         }
-        Ok(Self { database_url, bus_url, consul_url, gateway_addr, jwt_secret })
+        let listen = pick("KEEL_LISTEN_ADDR", from_file.listen_addr)
+            .unwrap_or_else(|| DEFAULT_LISTEN_ADDR.into());
+        let listen_addr = listen
+            .parse()
+            .map_err(|e| error("KEEL_LISTEN_ADDR", format!("`{listen}` is not host:port ({e})")))?;
+        let advertise_host = pick("KEEL_ADVERTISE_HOST", from_file.advertise_host);
+        Ok(Self {
+            database_url,
+            bus_url,
+            consul_url,
+            gateway_addr,
+            jwt_secret,
+            listen_addr,
+            advertise_host,
+        })
     }
 }
 
@@ -142,7 +166,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(&'static [(&'static str, &'static str)], &str); 4] = [
+        let cases: [(&'static [(&'static str, &'static str)], &str); 5] = [
+            (&[("KEEL_LISTEN_ADDR", "nowhere")], "KEEL_LISTEN_ADDR"),
             (&[("KEEL_DATABASE_URL", "mysql://x")], "KEEL_DATABASE_URL"),
             (&[("KEEL_BUS_URL", "nats://x")], "KEEL_BUS_URL"),
             (&[("KEEL_GATEWAY_ADDR", "localhost")], "KEEL_GATEWAY_ADDR"),

@@ -1,0 +1,309 @@
+//! One database seam for both stores.
+//!
+//! A service writes each query once, with `$1..$n` placeholders in order of
+//! appearance (PostgreSQL's syntax; SQLite reads `$1` as a parameter named `$1` and
+//! numbers parameters by first appearance, so the same text binds the same way), and
+//! with argument and column types both dialects share: `TEXT` and 64-bit integers.
+//! [`Db`] and [`Tx`] dispatch to the concrete sqlx types, so the service code has no
+//! generics and no per-dialect copies.
+
+use std::sync::Arc;
+
+use keel_bus::HandlerError;
+use keel_bus::layer::Inbox;
+use keel_core::{CloudEvent, ExpectedVersion, StreamId, StreamVersion};
+use keel_postgres::{PgEventLog, PgInbox, PgOptions};
+use keel_sqlite::{SqliteEventLog, SqliteInbox};
+use keel_store::{AppendResult, Direction, EventLog, SqlEventLog};
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow, Postgres, Sqlite, Transaction};
+
+use crate::error::{Result, ServiceError};
+
+/// A query argument of a type both dialects bind the same way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arg {
+    Text(String),
+    Int(i64),
+    /// A text `NULL`.
+    NullText,
+}
+
+impl From<&str> for Arg {
+    fn from(value: &str) -> Self {
+        Self::Text(value.to_owned())
+    }
+}
+
+impl From<String> for Arg {
+    fn from(value: String) -> Self {
+        Self::Text(value)
+    }
+}
+
+impl From<&String> for Arg {
+    fn from(value: &String) -> Self {
+        Self::Text(value.clone())
+    }
+}
+
+impl From<i64> for Arg {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+
+impl From<Option<String>> for Arg {
+    fn from(value: Option<String>) -> Self {
+        value.map_or(Self::NullText, Self::Text)
+    }
+}
+
+/// Query arguments: `args![id, name, 3_i64]`.
+#[macro_export]
+macro_rules! args {
+    ($($arg:expr),* $(,)?) => {
+        ::std::vec![$($crate::Arg::from($arg)),*]
+    };
+}
+
+/// Binds `args` to a query of either dialect (the same text expands for each).
+macro_rules! bind_all {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match arg {
+                Arg::Text(s) => query.bind(s),
+                Arg::Int(i) => query.bind(i),
+                Arg::NullText => query.bind(None::<String>),
+            };
+        }
+        query
+    }};
+}
+
+/// A row type both dialects can decode (derive `sqlx::FromRow` with `String`, `i64`
+/// and `Option<String>` fields, or use a tuple).
+pub trait Row:
+    for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin + 'static
+{
+}
+
+impl<T> Row for T where
+    T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin + 'static
+{
+}
+
+/// The event log of either store, which also holds the services' tables. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqliteEventLog),
+    Postgres(PgEventLog),
+}
+
+impl Db {
+    /// Opens the store at `url` (`sqlite://...`, `sqlite::memory:`, `postgres://...`)
+    /// and applies the event log's migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(PgEventLog::connect(url, PgOptions::default()).await?))
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite(SqliteEventLog::connect(url).await?))
+        } else {
+            Err(ServiceError::Config(format!(
+                "KEEL_DATABASE_URL `{url}` must start with sqlite: or postgres://"
+            )))
+        }
+    }
+
+    /// Applies a service's migrations (one set per dialect; they ignore the others'
+    /// migrations in the shared database).
+    pub async fn migrate(
+        &self,
+        sqlite: &sqlx::migrate::Migrator,
+        postgres: &sqlx::migrate::Migrator,
+    ) -> Result<()> {
+        match self {
+            Self::Sqlite(log) => sqlite.run(log.pool()).await?,
+            Self::Postgres(log) => postgres.run(log.pool()).await?,
+        }
+        Ok(())
+    }
+
+    /// The event log as a trait object (relays, subscriptions, reads).
+    pub fn log(&self) -> Arc<dyn EventLog> {
+        match self {
+            Self::Sqlite(log) => Arc::new(log.clone()),
+            Self::Postgres(log) => Arc::new(log.clone()),
+        }
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(match self {
+            Self::Sqlite(log) => Tx::Sqlite(log.begin().await?, log.clone()),
+            Self::Postgres(log) => Tx::Postgres(log.begin().await?, log.clone()),
+        })
+    }
+
+    /// One row or none, outside any transaction.
+    pub async fn fetch_optional<T: Row>(&self, sql: &str, args: Vec<Arg>) -> Result<Option<T>> {
+        Ok(match self {
+            Self::Sqlite(log) => {
+                bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_optional(log.pool()).await?
+            }
+            Self::Postgres(log) => {
+                bind_all!(sqlx::query_as::<Postgres, T>(sql), args)
+                    .fetch_optional(log.pool())
+                    .await?
+            }
+        })
+    }
+
+    /// Every row, outside any transaction.
+    pub async fn fetch_all<T: Row>(&self, sql: &str, args: Vec<Arg>) -> Result<Vec<T>> {
+        Ok(match self {
+            Self::Sqlite(log) => {
+                bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_all(log.pool()).await?
+            }
+            Self::Postgres(log) => {
+                bind_all!(sqlx::query_as::<Postgres, T>(sql), args).fetch_all(log.pool()).await?
+            }
+        })
+    }
+
+    /// The whole stream, oldest first (event-sourced aggregates load from it).
+    pub async fn read_stream(&self, stream: &StreamId) -> Result<Vec<CloudEvent>> {
+        const PAGE: usize = 1000;
+        let log = self.log();
+        let mut events = Vec::new();
+        loop {
+            let from = StreamVersion(u64::try_from(events.len()).unwrap_or(u64::MAX) + 1);
+            let page = log.read_stream(stream, from, Direction::Forward, PAGE).await?;
+            let done = page.len() < PAGE;
+            events.extend(page);
+            if done {
+                return Ok(events);
+            }
+        }
+    }
+
+    /// The store's transactional inbox, for `keel_bus::layer::inbox_fn`.
+    pub fn inbox(&self) -> Arc<DbInbox> {
+        Arc::new(match self {
+            Self::Sqlite(log) => DbInbox::Sqlite(SqliteInbox::new(log.pool().clone()), log.clone()),
+            Self::Postgres(log) => DbInbox::Postgres(PgInbox::new(log.pool().clone()), log.clone()),
+        })
+    }
+
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        let _: Option<(i64,)> = self.fetch_optional("SELECT CAST(1 AS BIGINT)", Vec::new()).await?;
+        Ok(())
+    }
+}
+
+/// An open write transaction on either store: service queries and event appends that
+/// commit together. Dropping it uncommitted rolls everything back.
+#[derive(Debug)]
+pub enum Tx {
+    Sqlite(Transaction<'static, Sqlite>, SqliteEventLog),
+    Postgres(Transaction<'static, Postgres>, PgEventLog),
+}
+
+impl Tx {
+    /// Runs a statement; returns the number of rows it touched.
+    pub async fn execute(&mut self, sql: &str, args: Vec<Arg>) -> Result<u64> {
+        Ok(match self {
+            Self::Sqlite(tx, _) => {
+                bind_all!(sqlx::query(sql), args).execute(&mut **tx).await?.rows_affected()
+            }
+            Self::Postgres(tx, _) => {
+                bind_all!(sqlx::query(sql), args).execute(&mut **tx).await?.rows_affected()
+            }
+        })
+    }
+
+    /// One row or none.
+    pub async fn fetch_optional<T: Row>(&mut self, sql: &str, args: Vec<Arg>) -> Result<Option<T>> {
+        Ok(match self {
+            Self::Sqlite(tx, _) => {
+                bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_optional(&mut **tx).await?
+            }
+            Self::Postgres(tx, _) => {
+                bind_all!(sqlx::query_as::<Postgres, T>(sql), args)
+                    .fetch_optional(&mut **tx)
+                    .await?
+            }
+        })
+    }
+
+    /// Every row.
+    pub async fn fetch_all<T: Row>(&mut self, sql: &str, args: Vec<Arg>) -> Result<Vec<T>> {
+        Ok(match self {
+            Self::Sqlite(tx, _) => {
+                bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_all(&mut **tx).await?
+            }
+            Self::Postgres(tx, _) => {
+                bind_all!(sqlx::query_as::<Postgres, T>(sql), args).fetch_all(&mut **tx).await?
+            }
+        })
+    }
+
+    /// Appends events to a stream inside this transaction.
+    pub async fn append(
+        &mut self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[CloudEvent],
+    ) -> Result<AppendResult> {
+        Ok(match self {
+            Self::Sqlite(tx, log) => log.append_in(&mut **tx, stream, expected, events).await?,
+            Self::Postgres(tx, log) => log.append_in(&mut **tx, stream, expected, events).await?,
+        })
+    }
+
+    /// Commits, then wakes the log's subscribers.
+    pub async fn commit(self) -> Result<()> {
+        match self {
+            Self::Sqlite(tx, log) => {
+                tx.commit().await?;
+                log.notify_appended();
+            }
+            Self::Postgres(tx, log) => {
+                tx.commit().await?;
+                log.notify_appended();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The store's inbox (processed event ids per consumer group, in `keel_inbox`) whose
+/// unit of work is a [`Tx`]: a handler's queries, its appended events and the
+/// processed mark commit together.
+#[derive(Debug)]
+pub enum DbInbox {
+    Sqlite(SqliteInbox, SqliteEventLog),
+    Postgres(PgInbox, PgEventLog),
+}
+
+impl Inbox for DbInbox {
+    type Tx = Tx;
+
+    async fn begin(&self, group: &str, event_id: &str) -> Result<Option<Tx>, HandlerError> {
+        Ok(match self {
+            Self::Sqlite(inbox, log) => {
+                inbox.begin(group, event_id).await?.map(|tx| Tx::Sqlite(tx, log.clone()))
+            }
+            Self::Postgres(inbox, log) => {
+                inbox.begin(group, event_id).await?.map(|tx| Tx::Postgres(tx, log.clone()))
+            }
+        })
+    }
+
+    async fn commit(&self, tx: Tx) -> Result<(), HandlerError> {
+        tx.commit().await.map_err(HandlerError::transient)
+    }
+}

@@ -1,0 +1,88 @@
+//! The error type of the service plumbing and its HTTP mapping.
+
+use keel_service::Problem;
+use keel_store::StoreError;
+
+/// `Result` with [`ServiceError`].
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// What can go wrong below a service's rules.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The event store refused or failed (a version conflict among others).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A service query failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Stored or produced JSON did not (de)serialize.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An event or envelope was invalid.
+    #[error("invalid event: {0}")]
+    Event(String),
+    /// The service is configured wrongly (names the setting).
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl ServiceError {
+    /// Whether a unique constraint refused the write (a concurrent twin request won).
+    pub fn is_unique_violation(&self) -> bool {
+        let db = match self {
+            Self::Database(sqlx::Error::Database(db)) => db,
+            Self::Store(StoreError::Database(sqlx::Error::Database(db))) => db,
+            _ => return false,
+        };
+        db.is_unique_violation()
+    }
+
+    /// Whether this is an optimistic-concurrency conflict (HTTP 409).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_conflict())
+    }
+
+    /// Whether retrying the same work may succeed (handlers: transient vs permanent).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(e) => e.is_retryable() || e.is_conflict(),
+            Self::Database(e) => is_transient(e),
+            _ => false,
+        }
+    }
+}
+
+/// Connection trouble, pool exhaustion, busy SQLite, Postgres serialization failures
+/// and deadlocks (the same rule as `keel_store::StoreError::is_retryable`).
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("40001" | "40P01" | "57P01" | "5" | "6" | "517" | "261" | "262")
+        ),
+        _ => false,
+    }
+}
+
+impl From<ServiceError> for Problem {
+    fn from(error: ServiceError) -> Self {
+        if error.is_conflict() {
+            return Problem::conflict(error.to_string())
+                .with_type("https://keel.invalid/problems/version-conflict");
+        }
+        tracing::error!(%error, "request failed");
+        if error.is_retryable() {
+            return Problem::new(http::StatusCode::SERVICE_UNAVAILABLE).with_retry_after(1);
+        }
+        Problem::internal()
+    }
+}

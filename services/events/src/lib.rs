@@ -1,0 +1,219 @@
+//! The event log over HTTP, mounted by the gateway under `/api/events`:
+//!
+//! - `GET /api/events?from=POSITION&limit=N&type=T&stream=ID`: a page of the global log
+//!   in subscription order, as CloudEvents JSON, with the `next` cursor to ask for the
+//!   following page (`?after=CURSOR`): paging by cursor never skips an event that
+//!   commits late, as paging by position could;
+//! - `GET /api/events/streams/{id}?from=VERSION&limit=N&direction=backward`: one stream;
+//! - `GET /api/events/live?from=POSITION`: a live tail as Server-Sent Events (`id:` is
+//!   the cursor, so a reconnecting client resumes with `Last-Event-ID`).
+//!
+//! # Layout
+//!
+//! - `lib.rs`: [`app`] and the handlers.
+
+// `keel_service::Problem` (the problem+json answer, built at most once per request)
+// is the error type of the HTTP paths; boxing it would only add allocations.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::{Stream, StreamExt as _};
+use keel_core::codec::to_structured;
+use keel_core::{Position, StreamId, StreamVersion};
+use keel_service::Problem;
+use keel_store::{Cursor, Direction, EventLog, LogFilter, StoreError, SubscribeOptions, subscribe};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The largest page a client may ask for.
+pub const MAX_PAGE: usize = 1000;
+
+/// The routes, over `log`.
+pub fn app(log: Arc<dyn EventLog>) -> Router {
+    Router::new()
+        .route("/api/events", get(page))
+        .route("/api/events/streams/{id}", get(stream))
+        .route("/api/events/live", get(live))
+        .with_state(log)
+}
+
+#[derive(Debug, Deserialize)]
+struct PageQuery {
+    from: Option<u64>,
+    after: Option<String>,
+    limit: Option<usize>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    stream: Option<String>,
+}
+
+async fn page(
+    State(log): State<Arc<dyn EventLog>>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(|e| Problem::invalid_field("query", e.body_text()))?;
+    let limit = limit(query.limit)?;
+    let cursor = start(&*log, query.from, query.after.as_deref()).await?;
+    let filter = filter(query.ty, query.stream)?;
+    let page = log.read_after(cursor, &filter, limit).await.map_err(internal)?;
+    let events = page.events.iter().map(|e| raw_json(&e.event)).collect::<Result<Vec<_>, _>>()?;
+    let head = log.head().await.map_err(internal)?;
+    Ok(Json(PageBody { events, next: page.next.to_string(), head: head.0 }).into_response())
+}
+
+/// A page of the global log; events are embedded as stored, not re-encoded.
+#[derive(Serialize)]
+struct PageBody {
+    events: Vec<Box<RawValue>>,
+    /// Pass as `after` for the next page.
+    next: String,
+    head: u64,
+}
+
+#[derive(Serialize)]
+struct StreamBody<'a> {
+    stream: &'a str,
+    version: u64,
+    events: Vec<Box<RawValue>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+    direction: Option<String>,
+}
+
+async fn stream(
+    State(log): State<Arc<dyn EventLog>>,
+    Path(id): Path<String>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(query) = query.map_err(|e| Problem::invalid_field("query", e.body_text()))?;
+    let stream = StreamId::new(id).map_err(|e| Problem::invalid_field("id", e.to_string()))?;
+    let limit = limit(query.limit)?;
+    let direction = match query.direction.as_deref() {
+        None | Some("forward") => Direction::Forward,
+        Some("backward") => Direction::Backward,
+        Some(other) => {
+            return Err(Problem::invalid_field(
+                "direction",
+                format!("`{other}`: expected forward or backward"),
+            ));
+        }
+    };
+    let from = match (query.from, direction) {
+        (Some(v), _) => StreamVersion(v),
+        (None, Direction::Forward) => StreamVersion(1),
+        (None, Direction::Backward) => StreamVersion(u64::MAX),
+    };
+    let version = log.stream_version(&stream).await.map_err(internal)?;
+    if version == StreamVersion::NONE {
+        return Err(Problem::not_found(format!("no stream {stream}")));
+    }
+    let events = log.read_stream(&stream, from, direction, limit).await.map_err(internal)?;
+    let events = events.iter().map(raw_json).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(StreamBody { stream: stream.as_str(), version: version.0, events }).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct LiveQuery {
+    from: Option<u64>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    stream: Option<String>,
+}
+
+async fn live(
+    State(log): State<Arc<dyn EventLog>>,
+    headers: HeaderMap,
+    query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
+    let Query(query) = query.map_err(|e| Problem::invalid_field("query", e.body_text()))?;
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    // Without `from` or `Last-Event-ID`, the tail starts at the head: only new events.
+    let cursor = match (resume, query.from) {
+        (Some(after), _) => start(&*log, None, Some(after)).await?,
+        (None, Some(from)) => start(&*log, Some(from), None).await?,
+        (None, None) => {
+            let head = log.head().await.map_err(internal)?;
+            start(&*log, Some(head.0), None).await?
+        }
+    };
+    let filter = filter(query.ty, query.stream)?;
+    let pages = subscribe(log, cursor, filter, SubscribeOptions::default());
+    let events = pages.flat_map(|page| {
+        let items: Vec<Result<SseEvent, Infallible>> = match page {
+            Ok(page) => page
+                .events
+                .iter()
+                .map(|e| {
+                    let data = String::from_utf8_lossy(&to_structured(&e.event)).into_owned();
+                    Ok(SseEvent::default().id(e.cursor.to_string()).event(e.event.ty()).data(data))
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "live tail failed");
+                vec![Ok(SseEvent::default().event("error").data(error.to_string()))]
+            }
+        };
+        futures::stream::iter(items)
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn limit(asked: Option<usize>) -> Result<usize, Problem> {
+    match asked {
+        None => Ok(100),
+        Some(0) => Err(Problem::invalid_field("limit", "must be at least 1")),
+        Some(n) if n > MAX_PAGE => {
+            Err(Problem::invalid_field("limit", format!("must be at most {MAX_PAGE}")))
+        }
+        Some(n) => Ok(n),
+    }
+}
+
+/// Where a read starts: after a cursor a previous page returned, or after a position.
+async fn start(
+    log: &dyn EventLog,
+    from: Option<u64>,
+    after: Option<&str>,
+) -> Result<Cursor, Problem> {
+    match (from, after) {
+        (Some(_), Some(_)) => {
+            Err(Problem::invalid_field("after", "give either `from` or `after`, not both"))
+        }
+        (_, Some(after)) => after
+            .parse::<Cursor>()
+            .map_err(|_| Problem::invalid_field("after", "not a cursor returned by this API")),
+        (from, None) => log.cursor_before(Position(from.unwrap_or(0))).await.map_err(internal),
+    }
+}
+
+fn filter(ty: Option<String>, stream: Option<String>) -> Result<LogFilter, Problem> {
+    let stream = stream
+        .map(StreamId::new)
+        .transpose()
+        .map_err(|e| Problem::invalid_field("stream", e.to_string()))?;
+    Ok(LogFilter { types: ty.into_iter().collect(), stream, ..LogFilter::default() })
+}
+
+/// The event as CloudEvents JSON, embedded without re-encoding.
+fn raw_json(event: &keel_core::CloudEvent) -> Result<Box<RawValue>, Problem> {
+    let text = String::from_utf8(to_structured(event)).map_err(|_| Problem::internal())?;
+    RawValue::from_string(text).map_err(|_| Problem::internal())
+}
+
+fn internal(error: StoreError) -> Problem {
+    tracing::error!(%error, "event log read failed");
+    Problem::internal()
+}

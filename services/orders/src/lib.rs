@@ -1,0 +1,93 @@
+//! Keel's example orders service, event-sourced: an order is the fold of its stream
+//! `order-<id>`. Placing one validates the body and asks the users and products
+//! services (through a [`Directory`]) that what it names exists, then appends
+//! `order.placed`; the products service answers with the stock reservation, which
+//! confirms or rejects the order. Commands append with the version they loaded, so
+//! two concurrent commands on one order make one of them a 409.
+//!
+//! # Layout
+//!
+//! - `lib.rs`: [`AppState`], [`migrate`], [`app`] (the axum router) and
+//!   [`start_consumers`].
+//! - `api.rs`: the HTTP handlers: `POST /api/orders`, `GET /api/orders/{id}`,
+//!   `POST /api/orders/{id}/cancel`.
+//! - `order.rs`: the [`Order`] aggregate: fold and command rules.
+//! - `status.rs`: confirms or rejects pending orders from `stock.*` events (consumer
+//!   group [`STATUS_GROUP`], through the store's inbox).
+//! - `directory.rs`: [`Directory`], with [`DiscoveryDirectory`] (the services found through the registry)
+//!   and [`RouterDirectory`] (their routers in the same process).
+//! - `error.rs`: [`Error`].
+//! - `main.rs`: the binary: the service alone on `KEEL_DATABASE_URL`, listening on
+//!   `KEEL_ORDERS_ADDR`, asking `KEEL_USERS_URL` and `KEEL_PRODUCTS_URL`.
+
+// `keel_service::Problem` (the problem+json answer, built at most once per request)
+// is the error type of the HTTP paths; boxing it would only add allocations.
+#![allow(clippy::result_large_err)]
+
+mod api;
+mod directory;
+mod error;
+mod order;
+mod status;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use keel_bus::ConsumerHandle;
+use keel_core::{BusError, Subscriber};
+use keel_services_common::{Db, body_limit};
+
+pub use directory::{Directory, DiscoveryDirectory, RouterDirectory};
+pub use error::Error;
+pub use order::{Order, OrderStatus};
+pub use status::STATUS_GROUP;
+
+/// The CloudEvents `source` of the events this service writes.
+pub const SOURCE: &str = "/services/orders";
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub directory: Arc<dyn Directory>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("db", &self.db).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(db: Db, directory: Arc<dyn Directory>) -> Self {
+        Self { db, directory }
+    }
+}
+
+/// Creates the service's table (`orders_idempotency`) in the shared database.
+pub async fn migrate(db: &Db) -> keel_services_common::Result<()> {
+    let mut sqlite = sqlx::migrate!("./migrations/sqlite");
+    sqlite.set_ignore_missing(true);
+    let mut postgres = sqlx::migrate!("./migrations/postgres");
+    postgres.set_ignore_missing(true);
+    db.migrate(&sqlite, &postgres).await
+}
+
+/// The service's routes.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/api/orders", post(api::place_order))
+        .route("/api/orders/{id}", get(api::get_order))
+        .route("/api/orders/{id}/cancel", post(api::cancel_order))
+        .layer(body_limit())
+        .with_state(state)
+}
+
+/// Starts the service's subscribers on `bus`: order outcomes.
+pub async fn start_consumers(
+    state: &AppState,
+    bus: Arc<dyn Subscriber>,
+) -> Result<Vec<ConsumerHandle>, BusError> {
+    Ok(vec![status::start(state, bus).await?])
+}

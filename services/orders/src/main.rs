@@ -1,0 +1,21 @@
+//! The orders service as its own process, configured like every Keel process
+//! (`KEEL_DATABASE_URL`, `KEEL_BUS_URL`, `KEEL_CONSUL_URL`, `KEEL_LISTEN_ADDR`,
+//! `KEEL_ADVERTISE_HOST`; see keel-runtime). Users and products are found through the
+//! registry.
+
+use std::sync::Arc;
+
+use keel_orders::{AppState, DiscoveryDirectory, app, migrate, start_consumers};
+use keel_runtime::{ServiceParts, run_service};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    run_service("orders", |context| async move {
+        migrate(&context.db).await?;
+        let directory = Arc::new(DiscoveryDirectory::new(context.registry.clone()));
+        let state = AppState::new(context.db.clone(), directory);
+        let consumers = start_consumers(&state, context.bus.clone()).await?;
+        Ok(ServiceParts { router: app(state), consumers })
+    })
+    .await
+}

@@ -1,0 +1,141 @@
+//! `keel up`: the whole example system in one process (DESIGN.md 2.11).
+//!
+//! The users, products, orders and events services each run behind their own
+//! loopback listener (the service kit: health, readiness, metrics, registration),
+//! their subscribers consume from the bus, and the gateway routes `/api/*` to them
+//! through the registry. With no configuration the store is SQLite, the bus is the log
+//! itself (durable consumer groups, no relay needed) and the registry is in-process;
+//! with `KEEL_BUS_URL` a relay in this process publishes the log to the broker, and
+//! with `KEEL_CONSUL_URL` the services register in Consul.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use keel_bus::ConsumerHandle;
+use keel_gateway::{AuthConfig, AuthMode, Gateway, GatewayConfig, RouteConfig};
+use keel_runtime::{start_relay, start_service, system_bus};
+use keel_service::RunningService;
+use keel_services_common::Db;
+use tokio::sync::oneshot;
+
+use crate::commands::shutdown_signal;
+use crate::config::Config;
+
+/// The relay's name in `keel up` (its checkpoint is `relay:up`).
+const RELAY: &str = "up";
+
+/// Runs until Ctrl-C or SIGTERM, then stops everything in order: the gateway, the
+/// services (deregister, drain), the consumers, the relay.
+pub async fn up(config: &Config) -> anyhow::Result<()> {
+    let db = Db::connect(&config.database_url).await.with_context(|| {
+        format!("opening the database (KEEL_DATABASE_URL={})", config.database_url)
+    })?;
+    keel_users::migrate(&db).await.context("users migrations")?;
+    keel_products::migrate(&db).await.context("products migrations")?;
+    keel_orders::migrate(&db).await.context("orders migrations")?;
+    let registry =
+        keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
+    let (bus, brokered) = system_bus(config, &db).await?;
+
+    let users_state = keel_users::AppState::new(db.clone());
+    let products_state = keel_products::AppState::new(db.clone());
+    let directory = Arc::new(keel_orders::DiscoveryDirectory::new(registry.clone()));
+    let orders_state = keel_orders::AppState::new(db.clone(), directory);
+
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut services = Vec::new();
+    for (name, router) in [
+        ("users", keel_users::app(users_state.clone())),
+        ("products", keel_products::app(products_state.clone())),
+        ("orders", keel_orders::app(orders_state.clone())),
+        ("events", keel_events::app(db.log())),
+    ] {
+        services.push((name, start_service(name, router, &registry, &db, loopback, None).await?));
+    }
+
+    let mut consumers: Vec<ConsumerHandle> = Vec::new();
+    consumers.extend(keel_users::start_consumers(&users_state, bus.clone()).await?);
+    consumers.extend(keel_products::start_consumers(&products_state, bus.clone()).await?);
+    consumers.extend(keel_orders::start_consumers(&orders_state, bus.clone()).await?);
+    let relay =
+        if brokered { Some(start_relay(config, &db, bus.clone(), RELAY).await?) } else { None };
+
+    let gateway = Gateway::new(gateway_config(config), registry.clone())?;
+    let listener = tokio::net::TcpListener::bind(config.gateway_addr).await.with_context(|| {
+        format!("binding the gateway to {} (KEEL_GATEWAY_ADDR)", config.gateway_addr)
+    })?;
+    let gateway_addr = listener.local_addr()?;
+    let (stop_gateway, gateway_stopped) = oneshot::channel::<()>();
+    let gateway_task = tokio::spawn(gateway.serve(listener, async {
+        let _ = gateway_stopped.await;
+    }));
+
+    print_banner(config, gateway_addr, &services);
+    shutdown_signal().await;
+    eprintln!("keel up: stopping");
+
+    let _ = stop_gateway.send(());
+    let _ = gateway_task.await;
+    for (_, service) in &services {
+        service.shutdown();
+    }
+    for (name, service) in services {
+        if let Err(error) = service.wait().await {
+            tracing::warn!(service = name, %error, "service did not stop cleanly");
+        }
+    }
+    for consumer in consumers {
+        let _ = consumer.stop().await;
+    }
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
+    let _ = bus.close().await;
+    eprintln!("keel up: stopped");
+    Ok(())
+}
+
+/// The example system's routes; with `KEEL_JWT_SECRET`, writes need an HS256 token.
+pub fn gateway_config(config: &Config) -> GatewayConfig {
+    let auth = if config.jwt_secret.is_some() { AuthMode::Write } else { AuthMode::None };
+    let mut gateway = GatewayConfig::new(config.gateway_addr.to_string());
+    for (prefix, service) in [
+        ("/api/users", "users"),
+        ("/api/products", "products"),
+        ("/api/orders", "orders"),
+        ("/api/events", "events"),
+    ] {
+        // Reads may be retried on another instance; the gateway never retries writes.
+        let route =
+            RouteConfig::to_service(prefix, service).auth(auth).timeout_ms(10_000).retries(1);
+        gateway = gateway.route(route);
+    }
+    match &config.jwt_secret {
+        Some(secret) => gateway.auth(AuthConfig::hs256(secret.clone())),
+        None => {
+            tracing::warn!(
+                "KEEL_JWT_SECRET is not set: the gateway's write routes are open to anyone"
+            );
+            gateway
+        }
+    }
+}
+
+fn print_banner(config: &Config, gateway: SocketAddr, services: &[(&str, RunningService)]) {
+    let bus = config.bus_url.as_deref().unwrap_or("the event log itself");
+    let registry = config.consul_url.as_deref().unwrap_or("in-process");
+    println!("keel up: the example system is running (Ctrl-C stops it)");
+    println!("  database  {}", config.database_url);
+    println!("  bus       {bus}");
+    println!("  registry  {registry}");
+    println!("  gateway   http://{gateway}");
+    for (name, service) in services {
+        println!("  {name:<9} http://{}", service.local_addr());
+    }
+    println!();
+    println!("try:");
+    println!(
+        "  curl -s http://{gateway}/api/users -H 'content-type: application/json' -d '{{\"name\":\"Ada\",\"email\":\"ada@example.com\"}}'"
+    );
+}
