@@ -11,7 +11,9 @@
 #   - Tansu, a Kafka-protocol broker (crates.io `tansu`), into ~/.cargo/bin; listens
 #     on 127.0.0.1:9092 with in-memory storage;
 #   - Consul 1.8.7 from Debian bullseye's package (a static binary) into
-#     /usr/local/bin; runs as a dev agent with its HTTP API on 127.0.0.1:8500.
+#     /usr/local/bin; runs as a dev agent with its HTTP API on 127.0.0.1:8500;
+#   - wrk, nginx-light and docker-compose from Debian's packages (the gateway
+#     benchmark and the compose file check; nothing of theirs is left running).
 set -euo pipefail
 
 STATE_DIR="${KEEL_SERVICES_DIR:-/var/tmp/keel/services}"
@@ -80,6 +82,27 @@ start_python_clients() {
   log "python interop clients are installed"
 }
 
+install_tools() {
+  # Debian packages for the gateway benchmark (wrk against nginx as the peer proxy) and
+  # for checking docker-compose.yml (`docker-compose config`); nothing is started.
+  local missing=()
+  type -P wrk >/dev/null 2>&1 || missing+=(wrk)
+  [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  type -P docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]} from Debian's packages"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
+      > "$STATE_DIR/apt.log" 2>&1 \
+      || { apt-get update > "$STATE_DIR/apt.log" 2>&1 \
+           && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
+              >> "$STATE_DIR/apt.log" 2>&1; } \
+      || die "${missing[*]} failed to install; see $STATE_DIR/apt.log"
+    # The package starts nginx on port 80; Keel's benchmark runs its own instance.
+    if [[ " ${missing[*]} " == *" nginx-light "* ]]; then nginx -s stop >/dev/null 2>&1 || true; fi
+  fi
+  log "tools are installed (wrk, nginx, docker-compose)"
+}
+
 consul_installed() { type -P consul >/dev/null 2>&1; }
 
 install_consul() {
@@ -114,7 +137,7 @@ consul_leader() {
 
 main() {
   local wanted=("$@")
-  if [ ${#wanted[@]} -eq 0 ]; then wanted=(postgres rabbitmq kafka consul python); fi
+  if [ ${#wanted[@]} -eq 0 ]; then wanted=(postgres rabbitmq consul tools python kafka); fi
   for service in "${wanted[@]}"; do
     case "$service" in
       postgres) start_postgres ;;
@@ -122,7 +145,8 @@ main() {
       kafka) start_kafka ;;
       consul) start_consul ;;
       python) start_python_clients ;;
-      *) die "unknown service '$service' (known: postgres rabbitmq kafka consul python)" ;;
+      tools) install_tools ;;
+      *) die "unknown service '$service' (known: postgres rabbitmq kafka consul python tools)" ;;
     esac
   done
 }

@@ -56,8 +56,8 @@
 //! A group exists once a member has subscribed: RabbitMQ keeps messages only for
 //! queues that exist, so a group created later does not see earlier messages
 //! (`StartFrom` makes no difference), and publishing to a topic no group is bound to
-//! fails with `BusError::Rejected` ("unroutable"), because every publish is
-//! `mandatory`.
+//! fails with `BusError::Unroutable`, because every publish is `mandatory` (the relay
+//! skips such events: a group created later replays them from the log).
 //!
 //! # Publishing
 //!

@@ -328,7 +328,7 @@ fn check(confirmation: Confirmation) -> Result<(), BusError> {
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-            Err(BusError::Rejected(format!(
+            Err(BusError::Unroutable(format!(
                 "unroutable: exchange `{}` has no queue bound for routing key `{}` ({} {}); \
                  subscribe a consumer group to the topic first",
                 returned.delivery.exchange,
@@ -365,7 +365,7 @@ mod tests {
         assert!(check(Confirmation::Ack(None)).is_ok());
         let err = check(Confirmation::Ack(Some(returned()))).expect_err("unroutable");
         assert!(
-            matches!(&err, BusError::Rejected(m)
+            matches!(&err, BusError::Unroutable(m)
                 if m.contains("unroutable") && m.contains("keel.orders") && m.contains("order.placed")),
             "{err}"
         );

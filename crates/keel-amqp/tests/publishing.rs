@@ -20,7 +20,7 @@ async fn publishing_where_no_group_listens_is_an_error() {
     let bus = common::bus().await;
     let topic = unique("nobody");
     let err = bus.publish(&topic, &[seq_event(0, None)]).await.expect_err("unroutable");
-    assert!(matches!(&err, BusError::Rejected(m) if m.contains("unroutable")), "{err}");
+    assert!(matches!(&err, BusError::Unroutable(m) if m.contains("unroutable")), "{err}");
     assert!(!err.is_retryable());
 }
 
@@ -33,7 +33,7 @@ async fn types_a_group_did_not_subscribe_are_unroutable() {
     bus.publish(&topic, &[seq_event(0, None)]).await.expect("a subscribed type");
     let other = keel_core::CloudEvent::builder("keel.test.other", "/t").build().expect("valid");
     let err = bus.publish(&topic, &[other]).await.expect_err("not bound");
-    assert!(matches!(err, BusError::Rejected(_)), "{err}");
+    assert!(matches!(err, BusError::Unroutable(_)), "{err}");
     let delivery = sub.next().await.expect("open").expect("delivery");
     delivery.ack().await.expect("ack");
     sub.close().await.expect("close");

@@ -30,9 +30,14 @@ pub enum BusError {
     /// The broker cannot be reached or the connection broke; retrying may succeed.
     #[error("bus connection failed: {0}")]
     Connection(String),
-    /// The broker refused the message (negative confirm, unroutable, too large).
+    /// The broker refused the message (negative confirm, too large).
     #[error("the broker rejected the message: {0}")]
     Rejected(String),
+    /// No consumer group subscribes to what was published, and the broker keeps
+    /// nothing for nobody (RabbitMQ with `mandatory`). The relay skips such events:
+    /// a group created later replays them from the log.
+    #[error("nobody subscribes to it: {0}")]
+    Unroutable(String),
     /// The backend is full and the caller should slow down.
     #[error("back-pressure: {0}")]
     Backpressure(String),

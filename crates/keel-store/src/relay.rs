@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use keel_core::{CloudEvent, Position, Publisher};
+use keel_core::{BusError, CloudEvent, Position, Publisher};
 
 use crate::error::Result;
 use crate::log::{Cursor, EventLog, Lease, LogEvent, LogFilter};
@@ -182,6 +182,10 @@ impl Relay {
             loop {
                 match self.bus.publish(topic, &batch).await {
                     Ok(()) => break,
+                    Err(BusError::Unroutable(_)) => {
+                        self.publish_routable(topic, &batch).await;
+                        break;
+                    }
                     Err(error) => {
                         tracing::warn!(relay = %self.name, %topic, %error, ?backoff, "publish failed; retrying");
                         metrics::counter!("keel_relay_publish_failures_total", "relay" => self.name.clone()).increment(1);
@@ -191,6 +195,32 @@ impl Relay {
                 }
             }
             start = end;
+        }
+    }
+
+    /// A batch the broker could not route as a whole: publishes its events one by one
+    /// and skips those nobody subscribes to (RabbitMQ keeps nothing for nobody; a group
+    /// created later replays them from the log). Events published before the failure
+    /// may go out twice: delivery is at-least-once.
+    async fn publish_routable(&self, topic: &str, batch: &[CloudEvent]) {
+        for event in batch {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match self.bus.publish(topic, std::slice::from_ref(event)).await {
+                    Ok(()) => break,
+                    Err(BusError::Unroutable(reason)) => {
+                        tracing::debug!(relay = %self.name, %topic, id = event.id(), %reason, "nobody subscribes; skipped");
+                        metrics::counter!("keel_relay_unroutable_total", "relay" => self.name.clone()).increment(1);
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(relay = %self.name, %topic, %error, ?backoff, "publish failed; retrying");
+                        metrics::counter!("keel_relay_publish_failures_total", "relay" => self.name.clone()).increment(1);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.options.max_backoff);
+                    }
+                }
+            }
         }
     }
 }
