@@ -170,17 +170,17 @@ fn parse_time(value: &str) -> Result<DateTime<Utc>, String> {
     })
 }
 
-/// Logs to stderr: warnings by default, more with `-v`; `RUST_LOG` overrides.
-pub fn init_tracing(verbose: u8) {
+/// Logs to stderr: warnings by default, more with `-v`; `RUST_LOG` overrides. With
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported over OTLP; keep the
+/// returned guard alive until exit so the last ones are flushed.
+pub fn init_tracing(verbose: u8) -> Option<keel_telemetry::TelemetryGuard> {
     let default = match verbose {
         0 => "warn",
         1 => "info,keel=debug",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // lapin logs every message RabbitMQ returns as a warning; Keel reports those itself.
+    keel_telemetry::init("keel", &format!("{default},lapin::returned_messages=error")).ok()
 }
 
 /// Runs a parsed command line.

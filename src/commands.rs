@@ -1,6 +1,7 @@
 //! What each `keel` command does.
 
 use std::io::{IsTerminal as _, Write as _};
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
@@ -278,14 +279,26 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
     let store = Store::open(&config.database_url).await?;
     let log = store.log();
     let head = log.head().await?;
+    // With the log as the bus, its consumer groups and dead letters live in the store.
+    let log_bus: Option<Arc<dyn keel_core::Bus>> = match (&config.bus_url, &store) {
+        (Some(_), _) => None,
+        (None, Store::Sqlite(log)) => Some(Arc::new(keel_logbus::open(log.clone()).await?)),
+        (None, Store::Postgres(log)) => Some(Arc::new(keel_logbus::open(log.clone()).await?)),
+    };
     let mut checkpoints = Vec::new();
     for (name, cursor, updated) in log.checkpoints().await? {
         let behind = log.count_after(cursor, Position(u64::MAX)).await?;
         let kind = name.split_once(':').map_or("other", |(kind, _)| kind).to_owned();
-        checkpoints.push(json!({
+        let mut row = json!({
             "name": name, "kind": kind, "cursor": cursor.to_string(),
             "position": cursor.position, "lag": behind, "updated_at": updated.to_rfc3339(),
-        }));
+        });
+        if let (Some(bus), Some(("bus", rest))) = (&log_bus, name.split_once(':'))
+            && let Some((topic, group)) = rest.split_once(':')
+        {
+            row["dead_letters"] = json!(bus.list(topic, group, usize::MAX).await?.len());
+        }
+        checkpoints.push(row);
     }
     let value = json!({
         "store": store.kind(),
@@ -304,15 +317,18 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
             text.push_str("\nno relay, projection or consumer checkpoints yet");
         } else {
             text.push_str(&format!(
-                "\n{:<40} {:>10} {:>8}  updated\n",
-                "checkpoint", "position", "lag"
+                "\n{:<40} {:>10} {:>8} {:>6}  updated\n",
+                "checkpoint", "position", "lag", "dead"
             ));
             for c in &checkpoints {
+                let dead =
+                    c["dead_letters"].as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
                 text.push_str(&format!(
-                    "{:<40} {:>10} {:>8}  {}\n",
+                    "{:<40} {:>10} {:>8} {:>6}  {}\n",
                     c["name"].as_str().unwrap_or_default(),
-                    c["position"],
-                    c["lag"],
+                    c["position"].as_i64().unwrap_or_default(),
+                    c["lag"].as_u64().unwrap_or_default(),
+                    dead,
                     c["updated_at"].as_str().unwrap_or_default()
                 ));
             }
@@ -435,9 +451,14 @@ pub async fn projections_rebuild(config: &Config, out: Output, name: &str) -> an
 }
 
 pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Result<()> {
-    let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
-        anyhow::anyhow!("keel dlq needs KEEL_BUS_URL (amqp://... or kafka://...): dead letters live in the broker")
-    })?;
+    // Dead letters live in the broker, or with the log as the bus, in the store.
+    let bus: Arc<dyn keel_core::Bus> = match open_bus(config.bus_url.as_deref()).await? {
+        Some(bus) => bus,
+        None => match Store::open(&config.database_url).await? {
+            Store::Sqlite(log) => Arc::new(keel_logbus::open(log).await?),
+            Store::Postgres(log) => Arc::new(keel_logbus::open(log).await?),
+        },
+    };
     match action {
         DlqAction::List { topic, group, limit } => {
             let letters = bus.list(&topic, &group, limit).await?;

@@ -7,7 +7,7 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = keel::cli::Cli::parse();
-    keel::cli::init_tracing(cli.verbose);
+    let _telemetry = keel::cli::init_tracing(cli.verbose);
     match keel::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

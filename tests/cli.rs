@@ -179,7 +179,6 @@ fn replay_into_kafka_and_back_out() {
     assert_eq!(future.lines().count(), 0);
 }
 
-#[cfg(feature = "integration")]
 async fn next(subscription: &mut Box<dyn keel_core::Subscription>) -> keel_core::Delivery {
     tokio::time::timeout(std::time::Duration::from_secs(30), subscription.next())
         .await
@@ -188,13 +187,16 @@ async fn next(subscription: &mut Box<dyn keel_core::Subscription>) -> keel_core:
         .unwrap()
 }
 
-/// `keel dlq list|show|retry|purge` against dead letters that a real consumer made.
-#[cfg(feature = "integration")]
-async fn dead_letter_tooling(bus_url: &str, bus: std::sync::Arc<dyn keel_core::Bus>) {
+/// `keel dlq list|show|retry|purge` against dead letters that a real consumer made, on
+/// the bus of `bus_url` (`None`: the log itself, in `keel`'s database).
+async fn dead_letter_tooling(
+    keel: &Keel,
+    bus_url: Option<&str>,
+    bus: std::sync::Arc<dyn keel_core::Bus>,
+) {
     use keel_core::SubscriptionSpec;
     use keel_core::bus::DeadLetterReason;
 
-    let keel = Keel::sqlite();
     let topic = format!("dlq{}", uuid_like());
     let group = "tooling";
     let mut subscription = bus.subscribe(SubscriptionSpec::new(&topic, group)).await.unwrap();
@@ -220,13 +222,13 @@ async fn dead_letter_tooling(bus_url: &str, bus: std::sync::Arc<dyn keel_core::B
     let run = |args: &[&str]| {
         let mut all = args.to_vec();
         all.push("--json");
-        let output = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(&all)
-            .current_dir(&keel.dir)
-            .env("KEEL_DATABASE_URL", &keel.database_url)
-            .env("KEEL_BUS_URL", bus_url)
-            .output()
-            .expect("run keel");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+        command.args(&all).current_dir(&keel.dir).env("KEEL_DATABASE_URL", &keel.database_url);
+        match bus_url {
+            Some(url) => command.env("KEEL_BUS_URL", url),
+            None => command.env_remove("KEEL_BUS_URL"),
+        };
+        let output = command.output().expect("run keel");
         assert!(
             output.status.success(),
             "keel {args:?}: {}",
@@ -277,7 +279,7 @@ async fn dead_letter_tooling_on_rabbitmq() {
     let url = std::env::var("KEEL_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let bus = keel_amqp::AmqpBus::connect(&url, keel_amqp::AmqpConfig::default()).await.unwrap();
-    dead_letter_tooling(&url, std::sync::Arc::new(bus)).await;
+    dead_letter_tooling(&Keel::sqlite(), Some(&url), std::sync::Arc::new(bus)).await;
 }
 
 #[cfg(feature = "integration")]
@@ -287,5 +289,41 @@ async fn dead_letter_tooling_on_kafka() {
         std::env::var("KEEL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let url = format!("kafka://{brokers}");
     let bus = keel_kafka::KafkaBus::connect(&url).unwrap();
-    dead_letter_tooling(&url, std::sync::Arc::new(bus)).await;
+    dead_letter_tooling(&Keel::sqlite(), Some(&url), std::sync::Arc::new(bus)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letter_tooling_and_status_with_the_log_as_bus() {
+    let keel = Keel::sqlite();
+    keel.ok(&["migrate"]);
+    let log = keel_sqlite::SqliteEventLog::connect(&keel.database_url).await.unwrap();
+    let bus = keel_logbus::open(std::sync::Arc::new(log)).await.unwrap();
+    dead_letter_tooling(&keel, None, std::sync::Arc::new(bus.clone())).await;
+    // One more dead letter, left for `keel status` to count.
+    use keel_core::{Subscriber as _, SubscriptionSpec};
+    let topic = format!("st{}", uuid_like());
+    let mut subscription = bus.subscribe(SubscriptionSpec::new(&topic, "g")).await.unwrap();
+    let event = keel_core::CloudEvent::builder("t.t", "/t").build().unwrap();
+    keel_core::Publisher::publish(&bus, &topic, &[event]).await.unwrap();
+    next(&mut subscription)
+        .await
+        .dead_letter(keel_core::bus::DeadLetterReason { error: "no".into(), attempts: 1 })
+        .await
+        .unwrap();
+    subscription.close().await.unwrap();
+    // The group's checkpoint is saved in the background, soon after the settle.
+    let name = format!("bus:{topic}:g");
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        status = keel.json(&["status"]);
+        let row = status["checkpoints"].as_array().and_then(|rows| {
+            rows.iter().find(|c| c["name"] == name.as_str() && c["lag"] == 0).cloned()
+        });
+        if let Some(row) = row {
+            assert_eq!(row["dead_letters"], 1, "{status}");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no settled checkpoint for the group: {status}");
 }

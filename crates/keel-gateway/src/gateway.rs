@@ -13,7 +13,9 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use keel_client::Endpoints;
@@ -27,7 +29,6 @@ use crate::config::{ADMIN_PREFIX, CorsConfig, GatewayConfig};
 use crate::error::ConfigError;
 use crate::proxy::{Shared, problem};
 use crate::route::{Route, RouteTable};
-use crate::upstream::UpstreamClient;
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,7 +101,12 @@ impl Gateway {
             };
             routes.push(Route::new(route, endpoints, config.max_body_bytes));
         }
-        let client = UpstreamClient::new();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
         let inner = Arc::new(Inner {
             shared: Shared { routes: RouteTable::new(routes), auth, client },
             cors,

@@ -19,7 +19,6 @@
 //! - `route.rs`: the compiled route table (longest prefix), per-route pools, rate
 //!   limiters and metric handles.
 //! - `proxy.rs`: one proxied request: checks, header rewriting, the upstream call.
-//! - `upstream.rs`: the upstream HTTP/1.1 client and its per-upstream keep-alive pools.
 //! - `gateway.rs`: [`Gateway`]: build, serve on a listener or as an axum router, admin.
 
 mod auth;
@@ -28,7 +27,6 @@ mod error;
 mod gateway;
 mod proxy;
 mod route;
-mod upstream;
 
 pub use config::{
     ADMIN_PREFIX, ApiKeyConfig, AuthConfig, AuthMode, BalanceSetting, BreakerSettings, CorsConfig,

@@ -11,11 +11,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{LengthLimitError, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use keel_service::Problem;
 
 use crate::auth::{Authenticator, Refusal};
 use crate::route::{ClientKey, Route, RouteTable};
-use crate::upstream::UpstreamClient;
+
+pub(crate) type HttpClient = Client<HttpConnector, Body>;
 
 /// Set by the gateway after authentication; services record it as the actor.
 pub const SUBJECT_HEADER: HeaderName = HeaderName::from_static("x-keel-subject");
@@ -45,7 +48,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 pub(crate) struct Shared {
     pub(crate) routes: RouteTable,
     pub(crate) auth: Option<Authenticator>,
-    pub(crate) client: UpstreamClient,
+    pub(crate) client: HttpClient,
 }
 
 impl Shared {
@@ -202,7 +205,7 @@ impl Shared {
                     return Response::from_parts(parts, Body::new(body));
                 }
                 Ok(Err(e)) => {
-                    if is_length_limit(&*e) {
+                    if is_length_limit(&e) {
                         // The client sent too much; the upstream did nothing wrong.
                         return too_large(route.max_body_bytes);
                     }

@@ -82,7 +82,14 @@ impl KafkaReplay {
                     .collect()
             })
             .collect();
-        Ok(merge(&mut queues, limit))
+        let mut records = merge(&mut queues, limit);
+        // A broker that answers "no record at or after that time" with an offset
+        // instead of the end (Tansu does) would replay older records: the timestamp
+        // decides.
+        if let ReplayStart::Time(since) = start {
+            records.retain(|r| r.timestamp.is_none_or(|at| at >= since));
+        }
+        Ok(records)
     }
 }
 
