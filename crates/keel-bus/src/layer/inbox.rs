@@ -160,9 +160,19 @@ where
 
 /// An inbox in memory: deduplicates within one process's lifetime. For tests and the
 /// in-memory bus; durable deployments use the store's inbox.
+///
+/// Like a database inbox, it claims an event id for the duration of its handling: a
+/// second delivery of the same event while the first is still being handled gets a
+/// transient error (and comes back later) instead of running the handler twice.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryInbox {
-    processed: Arc<Mutex<HashSet<(String, String)>>>,
+    state: Arc<Mutex<MemoryInboxState>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInboxState {
+    processed: HashSet<(String, String)>,
+    claimed: HashSet<(String, String)>,
 }
 
 impl MemoryInbox {
@@ -172,17 +182,27 @@ impl MemoryInbox {
 
     /// Whether `group` has processed `event_id`.
     pub fn contains(&self, group: &str, event_id: &str) -> bool {
-        self.processed
+        self.state
             .lock()
-            .map(|set| set.contains(&(group.to_owned(), event_id.to_owned())))
+            .map(|state| state.processed.contains(&(group.to_owned(), event_id.to_owned())))
             .unwrap_or(false)
     }
 }
 
-/// The memory inbox's unit of work: the mark it will record.
+/// The memory inbox's unit of work: the claimed mark it will record. Dropping it
+/// uncommitted (the handler failed) releases the claim.
 #[derive(Debug)]
 pub struct MemoryInboxTx {
     key: (String, String),
+    state: Arc<Mutex<MemoryInboxState>>,
+}
+
+impl Drop for MemoryInboxTx {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.claimed.remove(&self.key);
+        }
+    }
 }
 
 impl Inbox for MemoryInbox {
@@ -194,14 +214,50 @@ impl Inbox for MemoryInbox {
         event_id: &str,
     ) -> Result<Option<MemoryInboxTx>, HandlerError> {
         let key = (group.to_owned(), event_id.to_owned());
-        let seen = self.processed.lock().map(|set| set.contains(&key)).unwrap_or(false);
-        Ok((!seen).then_some(MemoryInboxTx { key }))
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| HandlerError::transient("the memory inbox's lock is poisoned"))?;
+        if state.processed.contains(&key) {
+            return Ok(None);
+        }
+        if !state.claimed.insert(key.clone()) {
+            return Err(HandlerError::transient(format!(
+                "event {event_id} is being handled by another delivery of group {group}"
+            )));
+        }
+        Ok(Some(MemoryInboxTx { key, state: self.state.clone() }))
     }
 
     async fn commit(&self, tx: MemoryInboxTx) -> Result<(), HandlerError> {
-        if let Ok(mut set) = self.processed.lock() {
-            set.insert(tx.key);
+        if let Ok(mut state) = self.state.lock() {
+            state.processed.insert(tx.key.clone());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_delivery_during_handling_is_refused_until_the_first_settles() {
+        let inbox = MemoryInbox::new();
+        let first = inbox.begin("g", "e1").await.expect("begin").expect("first claim");
+        let twin = inbox.begin("g", "e1").await;
+        assert!(twin.is_err_and(|e| !e.is_permanent()), "a twin must come back later");
+        inbox.commit(first).await.expect("commit");
+        assert!(inbox.begin("g", "e1").await.expect("begin").is_none(), "processed");
+        assert!(inbox.contains("g", "e1"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_handling_releases_its_claim() {
+        let inbox = MemoryInbox::new();
+        let claim = inbox.begin("g", "e2").await.expect("begin").expect("claim");
+        drop(claim);
+        assert!(inbox.begin("g", "e2").await.expect("begin").is_some(), "claimable again");
+        assert!(!inbox.contains("g", "e2"));
     }
 }
