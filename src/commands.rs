@@ -389,6 +389,7 @@ pub async fn gateway(
     let registry =
         keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
     let gateway = Gateway::new(gateway_config, registry)?;
+    gateway.set_metrics_handle(keel_telemetry::prometheus().clone());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the gateway to {addr}"))?;

@@ -250,6 +250,25 @@ async fn order_flow(system: &System) {
     assert_eq!((first_status, &first["id"]), (again_status, &again["id"]));
     assert_eq!(system.settled_status(first["id"].as_str().unwrap()).await, "confirmed");
     assert_eq!(system.stock(&product).await, 2);
+
+    // One Prometheus page for the process: the gateway, the consumers, the services.
+    let metrics = system
+        .http
+        .get(format!("{}/_keel/metrics", system.gateway))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "keel_gateway_requests_total",
+        "keel_gateway_request_duration_seconds",
+        "keel_consumed_total",
+        "http_requests_total",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /_keel/metrics:\n{metrics}");
+    }
 }
 
 /// A stream of orders for scarce stock; SIGKILL `keel up` in the middle and start it

@@ -44,6 +44,7 @@ impl EventPublisher {
     ) -> Result<CloudEvent, BusError> {
         let envelope = self.envelope(event)?;
         self.publisher.publish(topic, std::slice::from_ref(&envelope)).await?;
+        metrics::counter!("keel_published_total", "topic" => topic.to_owned()).increment(1);
         Ok(envelope)
     }
 
@@ -55,6 +56,8 @@ impl EventPublisher {
     ) -> Result<Vec<CloudEvent>, BusError> {
         let envelopes = events.iter().map(|e| self.envelope(e)).collect::<Result<Vec<_>, _>>()?;
         self.publisher.publish(topic, &envelopes).await?;
+        metrics::counter!("keel_published_total", "topic" => topic.to_owned())
+            .increment(envelopes.len() as u64);
         Ok(envelopes)
     }
 }
