@@ -404,23 +404,21 @@ pub async fn events(
     listen: std::net::SocketAddr,
     advertise_host: String,
 ) -> anyhow::Result<()> {
-    use keel_service::{Readiness, Service, ServiceConfig};
-
-    let store = Store::open(&config.database_url).await?;
+    let db = keel_services_common::Db::connect(&config.database_url)
+        .await
+        .with_context(|| format!("KEEL_DATABASE_URL `{}`", config.database_url))?;
     let registry =
         keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
-    let mut service_config = ServiceConfig::new("events", listen, registry);
-    service_config.advertise_host = advertise_host;
-    let log = store.log();
-    let readiness = Readiness::new().check("database", move || {
-        let log = log.clone();
-        async move { log.head().await.map(|_| ()).map_err(|e| e.to_string()) }
-    });
-    let running = Service::new(service_config)
-        .readiness(readiness)
-        .router(keel_events::app(store.log()))
-        .bind()
-        .await?;
+    let router = keel_events::app(db.log());
+    let running = keel_runtime::start_service(
+        "events",
+        router,
+        &registry,
+        &db,
+        listen,
+        Some(&advertise_host),
+    )
+    .await?;
     eprintln!("keel events listening on http://{}", running.local_addr());
     shutdown_signal().await;
     running.shutdown();

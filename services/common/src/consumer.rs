@@ -1,4 +1,4 @@
-//! Effectively-once subscribers, and a bus for a service running alone.
+//! Effectively-once subscribers.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -6,9 +6,6 @@ use std::sync::Arc;
 use keel_bus::layer::{TraceLayer, inbox_fn};
 use keel_bus::{Consumer, ConsumerHandle, HandlerError, Message};
 use keel_core::{BusError, Subscriber, SubscriptionSpec};
-use keel_memory::MemoryBus;
-use keel_store::{Cursor, Relay};
-use tokio::task::JoinHandle;
 use tower::Layer as _;
 
 use crate::db::{Db, Tx};
@@ -45,20 +42,4 @@ where
 {
     let handler = TraceLayer::new().layer(inbox_fn(db.inbox(), f));
     Consumer::new(subscriber, spec).concurrency(concurrency).start(handler).await
-}
-
-/// A bus for a service binary running alone (no `KEEL_BUS_URL`): an in-memory bus fed
-/// by a relay from the shared log. The relay restarts from the beginning of the log
-/// each time (nothing the memory bus held before a crash is lost) and the consumers'
-/// inboxes skip what they already processed.
-pub async fn local_bus(
-    db: &Db,
-    name: &str,
-) -> Result<(Arc<MemoryBus>, JoinHandle<keel_store::Result<()>>), ServiceError> {
-    let bus = Arc::new(MemoryBus::new());
-    let log = db.log();
-    log.save_checkpoint(&Relay::checkpoint_name(name), Cursor::START).await?;
-    let relay = Relay::new(log, bus.clone(), name);
-    let task = tokio::spawn(relay.run(std::future::pending()));
-    Ok((bus, task))
 }

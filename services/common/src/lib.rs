@@ -17,8 +17,8 @@
 //!   and [`envelope`] (a typed event as a stamped CloudEvent).
 //! - `events.rs`: the domain events the services exchange, their topics and streams.
 //! - `consumer.rs`: [`start_inbox_consumer`] (an effectively-once subscriber whose
-//!   handler writes in the inbox's transaction) and [`local_bus`] (a bus for a
-//!   service binary running alone).
+//!   handler writes in the inbox's transaction). A service binary running alone gets
+//!   its bus from `keel_runtime::system_bus` (the log itself, or `KEEL_BUS_URL`).
 //! - `idempotency.rs`: [`IdempotencyKey`]: the first response to a key, stored in the
 //!   effect's transaction, is the answer to every retry.
 
@@ -34,7 +34,7 @@ pub mod events;
 mod idempotency;
 mod json;
 
-pub use consumer::{local_bus, start_inbox_consumer};
+pub use consumer::start_inbox_consumer;
 pub use context::{SUBJECT_HEADER, envelope, request_context};
 pub use db::{Arg, Db, DbInbox, Tx};
 pub use error::{Result, ServiceError};
