@@ -127,13 +127,14 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
     let from = Position(args.from.unwrap_or(0));
     let head = log.head().await?;
     let progress = progress_bar(head.0.saturating_sub(from.0));
-    let mut query =
+    let query =
         LogQuery { from, since: args.since, types: args.types, stream, topic: None, limit: 2000 };
+    let mut batches = log.replay(query);
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let mut count = 0u64;
-    loop {
-        let page = log.read_all(&query).await?;
-        let Some(last) = page.last().and_then(|e| e.event.position()) else { break };
+    while let Some(page) = batches.next().await {
+        let page = page?;
+        let Some(last) = page.last().and_then(|e| e.event.position()) else { continue };
         match &bus {
             None => {
                 for event in &page {
@@ -145,7 +146,6 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
         }
         count += page.len() as u64;
         progress.set_position(last.0.saturating_sub(from.0));
-        query.from = last;
     }
     stdout.flush()?;
     progress.finish_and_clear();

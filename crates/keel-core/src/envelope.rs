@@ -315,13 +315,13 @@ impl CloudEvent {
         data: Option<Bytes>,
         extensions: BTreeMap<String, ExtensionValue>,
     ) -> Result<Self> {
-        let extensions = extensions
-            .into_iter()
-            .map(|(name, value)| {
-                let value = normalize_extension(&name, value);
-                (name, value)
-            })
-            .collect();
+        let mut extensions = extensions;
+        for (name, value) in &mut extensions {
+            if let ExtensionValue::String(_) = value {
+                *value =
+                    normalize_extension(name, std::mem::replace(value, ExtensionValue::Integer(0)));
+            }
+        }
         let event =
             Self { id, source, ty, subject, time, datacontenttype, dataschema, data, extensions };
         event.validate()?;

@@ -8,8 +8,10 @@
 //! inserted, a second query in the same transaction tells a version conflict from a
 //! write-order refusal.
 
+use std::sync::OnceLock;
+
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
-use keel_store::stored::new_events;
+use keel_store::stored::{NewEvent, new_events};
 use keel_store::{AppendResult, Result, StoreError};
 use sqlx::{PgConnection, PgPool};
 
@@ -28,7 +30,46 @@ fn expectation(expected: ExpectedVersion) -> &'static str {
     }
 }
 
-fn statement(expected: ExpectedVersion) -> String {
+/// The statement that starts a stream with one event: version 1, unless the stream
+/// exists. The unique `(stream_id, stream_version)` index is the whole check (a
+/// stream's versions start at 1 and have no gaps, so it exists exactly when version 1
+/// does), and there is no earlier event whose writer could be younger, so no head
+/// lookup is needed. `ON CONFLICT DO NOTHING` turns "exists" into an empty result
+/// instead of an error, so the caller's transaction survives a version conflict; a
+/// concurrent creator is waited for, as the index does. The one row cannot be half
+/// inserted, which is why batches do not take this path.
+const START_STREAM: &str = "
+INSERT INTO keel_events (epoch, transaction_id, stream_id, stream_version, event_id, topic,
+                         event_type, source, time, datacontenttype, dataschema, data, extensions)
+SELECT $13::bigint, pg_current_xact_id()::text::bigint, $1, 1, $3::text, $4::text, $5::text,
+       $6::text, $7::timestamptz, $8::text, $9::text, $10::bytea, $11::json
+WHERE $2 > 0 AND $12::bigint >= 0
+ON CONFLICT (stream_id, stream_version) DO NOTHING
+RETURNING position, stream_version";
+
+/// The statement for a batch (`unnest` of one array per column) or, for one event,
+/// with scalar parameters: the same shape, minus building and sorting a set for a
+/// single row.
+fn statement(expected: ExpectedVersion, single: bool) -> String {
+    if single
+        && matches!(
+            expected,
+            ExpectedVersion::NoStream | ExpectedVersion::Exact(StreamVersion::NONE)
+        )
+    {
+        return START_STREAM.to_owned();
+    }
+    let values = if single {
+        "$3::text, $4::text, $5::text, $6::text, $7::timestamptz, $8::text, $9::text, $10::bytea,
+         $11::json FROM meta, head"
+    } else {
+        "e.id, e.topic, e.ty, e.source, e.time, e.ct, e.schema, e.data, e.ext::json
+         FROM meta, head,
+              unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[],
+                     $9::text[], $10::bytea[], $11::text[])
+              WITH ORDINALITY AS e(id, topic, ty, source, time, ct, schema, data, ext, ord)"
+    };
+    let (ord, order) = if single { ("1", "") } else { ("e.ord", "ORDER BY e.ord") };
     format!(
         "WITH meta AS MATERIALIZED (
              SELECT $13::bigint AS epoch, pg_current_xact_id()::text::bigint AS xid),
@@ -41,17 +82,36 @@ fn statement(expected: ExpectedVersion) -> String {
                             WHERE (last.epoch, last.transaction_id) > (meta.epoch, meta.xid)) AS younger)
          INSERT INTO keel_events (epoch, transaction_id, stream_id, stream_version, event_id, topic,
                                   event_type, source, time, datacontenttype, dataschema, data, extensions)
-         SELECT meta.epoch, meta.xid, $1, head.base + e.ord, e.id, e.topic, e.ty, e.source, e.time,
-                e.ct, e.schema, e.data, e.ext::json
-         FROM meta, head,
-              unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[],
-                     $9::text[], $10::bytea[], $11::text[])
-              WITH ORDINALITY AS e(id, topic, ty, source, time, ct, schema, data, ext, ord)
+         SELECT meta.epoch, meta.xid, $1, head.base + {ord}, {values}
          WHERE NOT head.younger AND {} AND $2 > 0 AND $12::bigint >= 0
-         ORDER BY e.ord
+         {order}
          RETURNING position, stream_version",
         expectation(expected)
     )
+}
+
+/// Every statement, built once: [`ExpectedVersion`]'s four shapes, batch and single.
+fn cached_statement(expected: ExpectedVersion, single: bool) -> &'static str {
+    static STATEMENTS: OnceLock<Vec<String>> = OnceLock::new();
+    let shapes = [
+        ExpectedVersion::Any,
+        ExpectedVersion::NoStream,
+        ExpectedVersion::Exact(StreamVersion(1)),
+        ExpectedVersion::StreamExists,
+    ];
+    let statements = STATEMENTS.get_or_init(|| {
+        shapes
+            .iter()
+            .flat_map(|shape| [statement(*shape, false), statement(*shape, true)])
+            .collect()
+    });
+    let shape = match expected {
+        ExpectedVersion::Any => 0,
+        ExpectedVersion::NoStream | ExpectedVersion::Exact(StreamVersion::NONE) => 1,
+        ExpectedVersion::Exact(_) => 2,
+        ExpectedVersion::StreamExists => 3,
+    };
+    &statements[shape * 2 + usize::from(single)]
 }
 
 /// The stream's head: its version and whether a younger transaction wrote it.
@@ -78,42 +138,57 @@ async fn attempt(
     let rows = new_events(stream, events)?;
     let count = i64::try_from(rows.len())
         .map_err(|_| StoreError::InvalidEvent("too many events".into()))?;
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut topics = Vec::with_capacity(rows.len());
-    let mut types = Vec::with_capacity(rows.len());
-    let mut sources = Vec::with_capacity(rows.len());
-    let mut times = Vec::with_capacity(rows.len());
-    let mut content_types = Vec::with_capacity(rows.len());
-    let mut schemas = Vec::with_capacity(rows.len());
-    let mut datas = Vec::with_capacity(rows.len());
-    let mut extensions = Vec::with_capacity(rows.len());
-    for row in rows {
-        ids.push(row.event_id);
-        topics.push(row.topic);
-        types.push(row.event_type);
-        sources.push(row.source);
-        times.push(row.time);
-        content_types.push(row.datacontenttype);
-        schemas.push(row.dataschema);
-        datas.push(row.data);
-        extensions.push(row.extensions);
-    }
-    let sql = statement(expected);
-    let query = sqlx::query_as::<_, (i64, i64)>(&sql)
-        .bind(stream.as_str())
-        .bind(count)
-        .bind(&ids)
-        .bind(&topics)
-        .bind(&types)
-        .bind(&sources)
-        .bind(&times)
-        .bind(&content_types)
-        .bind(&schemas)
-        .bind(&datas)
-        .bind(&extensions);
     let exact = match expected {
         ExpectedVersion::Exact(v) => i64::try_from(v.0).unwrap_or(i64::MAX),
         _ => 0,
+    };
+    let query = match <[NewEvent; 1]>::try_from(rows) {
+        Ok([row]) => sqlx::query_as::<_, (i64, i64)>(cached_statement(expected, true))
+            .bind(stream.as_str())
+            .bind(count)
+            .bind(row.event_id)
+            .bind(row.topic)
+            .bind(row.event_type)
+            .bind(row.source)
+            .bind(row.time)
+            .bind(row.datacontenttype)
+            .bind(row.dataschema)
+            .bind(row.data)
+            .bind(row.extensions),
+        Err(rows) => {
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut topics = Vec::with_capacity(rows.len());
+            let mut types = Vec::with_capacity(rows.len());
+            let mut sources = Vec::with_capacity(rows.len());
+            let mut times = Vec::with_capacity(rows.len());
+            let mut content_types = Vec::with_capacity(rows.len());
+            let mut schemas = Vec::with_capacity(rows.len());
+            let mut datas = Vec::with_capacity(rows.len());
+            let mut extensions = Vec::with_capacity(rows.len());
+            for row in rows {
+                ids.push(row.event_id);
+                topics.push(row.topic);
+                types.push(row.event_type);
+                sources.push(row.source);
+                times.push(row.time);
+                content_types.push(row.datacontenttype);
+                schemas.push(row.dataschema);
+                datas.push(row.data);
+                extensions.push(row.extensions);
+            }
+            sqlx::query_as::<_, (i64, i64)>(cached_statement(expected, false))
+                .bind(stream.as_str())
+                .bind(count)
+                .bind(ids)
+                .bind(topics)
+                .bind(types)
+                .bind(sources)
+                .bind(times)
+                .bind(content_types)
+                .bind(schemas)
+                .bind(datas)
+                .bind(extensions)
+        }
     };
     let query = query.bind(exact).bind(epoch);
     let inserted = match query.fetch_all(&mut *conn).await {
@@ -128,7 +203,7 @@ async fn attempt(
             if db.is_unique_violation() && db.constraint() == Some("keel_events_event_id_key") =>
         {
             return Err(StoreError::DuplicateEvent {
-                id: ids.first().cloned().unwrap_or_default(),
+                id: events.first().map(|e| e.id().to_owned()).unwrap_or_default(),
             });
         }
         Err(error) => return Err(error.into()),

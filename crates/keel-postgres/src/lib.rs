@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
 use keel_store::{
     AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, Result,
@@ -237,6 +238,10 @@ impl EventLog for PgEventLog {
 
     async fn read_all(&self, query: &LogQuery) -> Result<Vec<LogEvent>> {
         read::all(&self.inner.pool, query).await
+    }
+
+    fn replay(&self, query: LogQuery) -> BoxStream<'_, Result<Vec<LogEvent>>> {
+        read::replay(self.inner.pool.clone(), query)
     }
 
     async fn head(&self) -> Result<Position> {

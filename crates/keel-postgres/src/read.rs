@@ -1,11 +1,13 @@
 //! Reading: rows to envelopes, and the read queries.
 
 use chrono::{DateTime, Utc};
+use futures::stream::{BoxStream, StreamExt};
 use keel_core::{CloudEvent, Position, StreamId, StreamVersion};
 use keel_store::stored::StoredEvent;
 use keel_store::{Cursor, Direction, LogEvent, LogFilter, LogQuery, Page, Result};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
+use tokio::sync::mpsc;
 
 /// The columns every read selects, in [`decode`]'s order.
 const COLUMNS: &str = "position, epoch, transaction_id, stream_id, stream_version, event_id, topic,
@@ -74,8 +76,9 @@ pub(crate) async fn stream(
     rows.iter().map(|row| decode(row).map(|e| e.event)).collect()
 }
 
-pub(crate) async fn all(pool: &PgPool, query: &LogQuery) -> Result<Vec<LogEvent>> {
-    let sql = format!(
+/// The global log in position order after `$1`, filtered; `$6` limits it (NULL: no limit).
+fn all_sql() -> String {
+    format!(
         "SELECT {COLUMNS} FROM keel_events
          WHERE position > $1
            AND ($2::timestamptz IS NULL OR time >= $2)
@@ -83,17 +86,73 @@ pub(crate) async fn all(pool: &PgPool, query: &LogQuery) -> Result<Vec<LogEvent>
            AND ($4::text IS NULL OR stream_id = $4)
            AND ($5::text IS NULL OR topic = $5)
          ORDER BY position LIMIT $6"
-    );
-    let rows = sqlx::query(&sql)
+    )
+}
+
+fn all_query<'q>(
+    sql: &'q str,
+    query: &'q LogQuery,
+    limit: Option<i64>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
         .bind(signed(query.from.0))
         .bind(query.since)
         .bind(&query.types)
         .bind(query.stream.as_ref().map(StreamId::as_str))
         .bind(query.topic.as_deref())
-        .bind(limit(query.limit))
-        .fetch_all(pool)
-        .await?;
+        .bind(limit)
+}
+
+pub(crate) async fn all(pool: &PgPool, query: &LogQuery) -> Result<Vec<LogEvent>> {
+    let sql = all_sql();
+    let rows = all_query(&sql, query, Some(limit(query.limit))).fetch_all(pool).await?;
     rows.iter().map(decode).collect()
+}
+
+/// How many batches each stage of a replay may run ahead of the next.
+const REPLAY_AHEAD: usize = 2;
+
+/// A replay as one streaming query instead of pages, in a pipeline of two tasks: one
+/// receives rows from the server while the other decodes the previous batch, and the
+/// caller handles the batch before that. On a small machine the server, the
+/// receiving and the decoding then each keep a core busy instead of taking turns.
+pub(crate) fn replay(pool: PgPool, query: LogQuery) -> BoxStream<'static, Result<Vec<LogEvent>>> {
+    let batch = query.limit.clamp(1, 10_000);
+    let (rows_tx, mut rows_rx) = mpsc::channel::<Result<Vec<PgRow>>>(REPLAY_AHEAD);
+    let (events_tx, mut events_rx) = mpsc::channel::<Result<Vec<LogEvent>>>(REPLAY_AHEAD);
+    tokio::spawn(async move {
+        let sql = all_sql();
+        let mut rows = all_query(&sql, &query, None).fetch(&pool);
+        let mut buffer = Vec::with_capacity(batch);
+        while let Some(row) = rows.next().await {
+            match row {
+                Ok(row) => buffer.push(row),
+                Err(error) => {
+                    let _ = rows_tx.send(Err(error.into())).await;
+                    return;
+                }
+            }
+            if buffer.len() == batch {
+                let full = std::mem::replace(&mut buffer, Vec::with_capacity(batch));
+                if rows_tx.send(Ok(full)).await.is_err() {
+                    return; // the replay was dropped
+                }
+            }
+        }
+        if !buffer.is_empty() {
+            let _ = rows_tx.send(Ok(buffer)).await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(rows) = rows_rx.recv().await {
+            let events = rows.and_then(|rows| rows.iter().map(decode).collect::<Result<Vec<_>>>());
+            let failed = events.is_err();
+            if events_tx.send(events).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    futures::stream::poll_fn(move |cx| events_rx.poll_recv(cx)).boxed()
 }
 
 /// Reads after `cursor` in subscription order, only rows whose writer's transaction is

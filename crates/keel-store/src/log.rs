@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::stream::{BoxStream, StreamExt};
 use keel_core::envelope::ext;
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
 use serde::{Deserialize, Serialize};
@@ -192,6 +193,25 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// A page of the global log in position order.
     async fn read_all(&self, query: &LogQuery) -> Result<Vec<LogEvent>>;
+
+    /// Every event matching `query` in position order, in batches of about
+    /// `query.limit`: what `keel replay` and rebuilds read. Events appended while the
+    /// replay runs may or may not be included. The default pages through
+    /// [`EventLog::read_all`]; a store with a faster bulk read overrides it.
+    fn replay(&self, query: LogQuery) -> BoxStream<'_, Result<Vec<LogEvent>>> {
+        futures::stream::try_unfold(Some(query), move |query| async move {
+            let Some(mut query) = query else { return Ok(None) };
+            let page = self.read_all(&query).await?;
+            match page.last().and_then(|e| e.event.position()) {
+                Some(last) => {
+                    query.from = last;
+                    Ok(Some((page, Some(query))))
+                }
+                None => Ok(None),
+            }
+        })
+        .boxed()
+    }
 
     /// The highest position in the log.
     async fn head(&self) -> Result<Position>;

@@ -49,6 +49,7 @@ macro_rules! store_conformance {
             reads_streams_forward_and_backward,
             reads_the_log_from_a_position_and_from_a_time,
             ten_thousand_event_batch,
+            replay_streams_the_log_in_position_order,
             unknown_types_come_back_as_raw_envelopes,
             subscription_from_a_position,
             checkpoints_and_leases,
@@ -542,6 +543,69 @@ pub async fn ten_thousand_event_batch<F: StoreFactory>(f: &F) {
     let last =
         log.read_stream(&s, StreamVersion(u64::MAX), Direction::Backward, 1).await.expect("read");
     assert_eq!(last[0].id(), events[9_999].id());
+}
+
+/// What a replay with `query` yields, flattened, keeping only `streams`' events.
+async fn replayed(log: &dyn EventLog, query: LogQuery, streams: &[&StreamId]) -> Vec<LogEvent> {
+    let limit = query.limit;
+    let mut batches = log.replay(query);
+    let mut events = Vec::new();
+    while let Some(batch) = batches.next().await {
+        let batch = batch.expect("replay");
+        assert!(!batch.is_empty(), "a replay yields no empty batch");
+        assert!(batch.len() <= limit.max(1), "a batch holds at most `limit` events");
+        events.extend(batch);
+    }
+    events.retain(|e| streams.iter().any(|s| e.event.subject() == Some(s.as_str())));
+    events
+}
+
+fn ids(events: &[LogEvent]) -> Vec<String> {
+    events.iter().map(|e| e.event.id().to_owned()).collect()
+}
+
+pub async fn replay_streams_the_log_in_position_order<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let (a, b) = (stream(&unique("replay-a")), stream(&unique("replay-b")));
+    let (mut appended, mut b_events) = (Vec::new(), Vec::new());
+    for round in 0..5_u64 {
+        let batch: Vec<CloudEvent> = (0..round + 1).map(|n| numbered(round * 10 + n)).collect();
+        log.append(&a, ExpectedVersion::Any, &batch).await.expect("append a");
+        appended.extend(batch);
+        let single = numbered(100 + round);
+        log.append(&b, ExpectedVersion::Any, std::slice::from_ref(&single))
+            .await
+            .expect("append b");
+        appended.push(single.clone());
+        b_events.push(single);
+    }
+    let everything = LogQuery { limit: 4, ..LogQuery::default() };
+    let all = replayed(&*log, everything, &[&a, &b]).await;
+    assert_eq!(ids(&all), ids_of(&appended), "every event, in append (= position) order");
+    let positions: Vec<Position> = all.iter().filter_map(|e| e.event.position()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions increase: {positions:?}");
+    assert!(all.iter().all(|e| e.topic == "replay"), "the stream category is the topic");
+
+    let from = LogQuery { from: positions[5], limit: 2, ..LogQuery::default() };
+    assert_eq!(ids(&replayed(&*log, from, &[&a, &b]).await), ids_of(&appended[6..]));
+    let only_b = LogQuery { stream: Some(b.clone()), limit: 100, ..LogQuery::default() };
+    assert_eq!(ids(&replayed(&*log, only_b, &[&b]).await), ids_of(&b_events));
+    let other_type = LogQuery { types: vec!["keel.test.other".into()], ..LogQuery::default() };
+    assert!(replayed(&*log, other_type, &[&a, &b]).await.is_empty());
+
+    // A replay dropped half-way leaves the log usable.
+    let mut abandoned = log.replay(LogQuery { limit: 1, ..LogQuery::default() });
+    assert!(abandoned.next().await.is_some());
+    drop(abandoned);
+    for _ in 0..3 {
+        log.append(&b, ExpectedVersion::Any, &[numbered(999)]).await.expect("append after");
+        let again = LogQuery { stream: Some(b.clone()), ..LogQuery::default() };
+        assert!(!replayed(&*log, again, &[&b]).await.is_empty());
+    }
+}
+
+fn ids_of(events: &[CloudEvent]) -> Vec<String> {
+    events.iter().map(|e| e.id().to_owned()).collect()
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize, keel_core::Event)]
