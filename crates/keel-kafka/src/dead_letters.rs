@@ -106,7 +106,7 @@ async fn live_letters(
                     .map(|t| t.with_timezone(&Utc))
                     .or_else(|| record.timestamp.and_then(DateTime::from_timestamp_millis))
                     .unwrap_or_default(),
-                payload: record.payload.clone(),
+                payload: record.decode(),
             };
             live.push(Letter { letter, record });
         }

@@ -208,8 +208,10 @@ impl Publisher for KafkaBus {
         }
         self.inner.topics.ensure(&[(topic, self.inner.config.partitions)]).await?;
         // Encoded one by one as they are handed to librdkafka, which meanwhile sends.
-        let records = events.iter().map(|e| std::borrow::Cow::Owned(wire::encode(e)));
-        self.inner.producer.send_each(topic, events.len(), records).await?;
+        self.inner
+            .producer
+            .send_each(topic, events.len(), events.iter().map(wire::outgoing))
+            .await?;
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 
 use crate::config::KafkaConfig;
 use crate::error::{from_code, from_kafka};
-use crate::wire::OutRecord;
+use crate::wire::{OutRecord, Outgoing};
 
 /// The bus's one producer (librdkafka producers are meant to be shared).
 pub(crate) struct Producer {
@@ -38,7 +38,7 @@ impl Producer {
         topic: &str,
         records: &[OutRecord],
     ) -> Result<(), BusError> {
-        self.send_each(topic, records.len(), records.iter().map(std::borrow::Cow::Borrowed)).await
+        self.send_each(topic, records.len(), records.iter().map(OutRecord::outgoing)).await
     }
 
     /// Like [`Producer::send_all`], with records made one at a time as they are sent,
@@ -47,18 +47,18 @@ impl Producer {
         &self,
         topic: &str,
         count: usize,
-        records: impl Iterator<Item = std::borrow::Cow<'r, OutRecord>>,
+        records: impl Iterator<Item = Outgoing<'r>>,
     ) -> Result<(), BusError> {
         let mut pending: std::collections::VecDeque<DeliveryFuture> =
             std::collections::VecDeque::with_capacity(count);
         for record in records {
             let mut future_record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(topic).payload(record.value.as_ref());
-            if let Some(key) = &record.key {
-                future_record = future_record.key(key.as_ref());
+                FutureRecord::to(topic).payload(record.value);
+            if let Some(key) = record.key {
+                future_record = future_record.key(key);
             }
-            if !record.headers.is_empty() {
-                future_record = future_record.headers(record.kafka_headers());
+            if let Some(headers) = record.headers {
+                future_record = future_record.headers(headers);
             }
             loop {
                 match self.inner.send_result(future_record) {

@@ -77,7 +77,7 @@ impl KafkaReplay {
                         partition: r.partition,
                         offset: r.offset,
                         timestamp: r.timestamp.and_then(DateTime::from_timestamp_millis),
-                        payload: r.payload,
+                        payload: r.decode(),
                     })
                     .collect()
             })

@@ -145,17 +145,26 @@ impl Shared {
         lock(&self.state)
     }
 
-    fn wants(&self, payload: &Payload) -> bool {
-        match payload {
-            Payload::Event(event) => {
-                self.types.is_empty() || self.types.iter().any(|t| t == event.ty())
-            }
+    /// Whether the subscription takes the record: every type it asked for, and every
+    /// record that does not decode (it goes to dead-letter with the reason). Decodes
+    /// only records whose type header does not already say they are wanted.
+    fn wants(&self, record: &InRecord) -> bool {
+        let wanted = |ty: &str| self.types.iter().any(|t| t == ty);
+        if self.types.is_empty() || record.binary_event_type().is_some_and(wanted) {
+            return true;
+        }
+        match record.decode() {
+            Payload::Event(event) => wanted(event.ty()),
             Payload::Undecodable(_) => true,
         }
     }
 
-    /// Picks the next record to hand out, or when to look again.
-    fn take(self: &Arc<Self>, state: &mut State) -> Result<Delivery, Option<Instant>> {
+    /// Picks the next record to hand out (with its settle handle and attempt), or when
+    /// to look again. The caller decodes it after letting go of the lock.
+    fn take(
+        self: &Arc<Self>,
+        state: &mut State,
+    ) -> Result<(Arc<InRecord>, KafkaSettle, u32), Option<Instant>> {
         if state.in_flight >= self.prefetch {
             return Err(None);
         }
@@ -210,10 +219,15 @@ impl Shared {
         entry.status = Status::InFlight;
         state.in_flight += 1;
         let record = Arc::clone(&entry.record);
-        let payload = record.payload.clone();
-        let settle =
-            KafkaSettle { shared: Arc::clone(self), tp, epoch, attempt, record, done: false };
-        Ok(Delivery::new(payload, attempt, Box::new(settle)))
+        let settle = KafkaSettle {
+            shared: Arc::clone(self),
+            tp,
+            epoch,
+            attempt,
+            record: Arc::clone(&record),
+            done: false,
+        };
+        Ok((record, settle, attempt))
     }
 
     /// Records how a delivery ended: `None` = done, `Some(delay)` = hand it out again
@@ -685,14 +699,8 @@ impl Worker {
 
     fn queue(&mut self, record: InRecord) {
         let tp: Tp = (Arc::from(record.topic.as_str()), record.partition);
-        let wanted = self.shared.wants(&record.payload);
-        let key = match &record.payload {
-            Payload::Event(event) => event
-                .partition_key()
-                .map(|k| Bytes::copy_from_slice(k.as_bytes()))
-                .or_else(|| record.key.clone()),
-            Payload::Undecodable(_) => record.key.clone(),
-        };
+        let wanted = self.shared.wants(&record);
+        let key = record.ordering_key();
         let mut state = self.shared.lock();
         let Some(part) = state.partitions.get_mut(&tp) else { return };
         if part.phase != Phase::Active || record.offset < part.next_offset {
@@ -883,15 +891,18 @@ impl Subscription for KafkaSubscription {
     async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
         loop {
             let notified = self.shared.ready.notified();
-            let wake = {
+            let taken = {
                 let mut state = self.shared.lock();
                 if state.closing || state.finished {
                     return None;
                 }
-                match self.shared.take(&mut state) {
-                    Ok(delivery) => return Some(Ok(delivery)),
-                    Err(wake) => wake,
+                self.shared.take(&mut state)
+            };
+            let wake = match taken {
+                Ok((record, settle, attempt)) => {
+                    return Some(Ok(Delivery::new(record.decode(), attempt, Box::new(settle))));
                 }
+                Err(wake) => wake,
             };
             match wake {
                 Some(at) => {

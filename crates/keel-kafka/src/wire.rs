@@ -9,11 +9,15 @@
 
 use bytes::Bytes;
 use keel_core::codec::{self, Binding};
-use keel_core::{CloudEvent, Payload, RawMessage};
+use keel_core::{CloudEvent, ExtensionValue, Payload, RawMessage};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message as _, OwnedHeaders};
 
 /// The header carrying the data content type (the Kafka binding's name for it).
 pub const CONTENT_TYPE: &str = "content-type";
+
+/// The binary-mode headers of the `type` and `partitionkey` attributes.
+const TYPE_HEADER: &str = "ce_type";
+const PARTITION_KEY_HEADER: &str = "ce_partitionkey";
 
 /// Headers Keel adds to a record it moves to a dead-letter topic.
 pub mod dlq {
@@ -62,6 +66,12 @@ pub(crate) struct OutRecord {
 }
 
 impl OutRecord {
+    /// The record to send, borrowing this one's key and value.
+    pub(crate) fn outgoing(&self) -> Outgoing<'_> {
+        let headers = (!self.headers.is_empty()).then(|| self.kafka_headers());
+        Outgoing { key: self.key.as_deref(), headers, value: &self.value }
+    }
+
     /// rdkafka's header list.
     pub(crate) fn kafka_headers(&self) -> OwnedHeaders {
         let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
@@ -72,7 +82,9 @@ impl OutRecord {
     }
 }
 
-/// Lays an event out as a binary-mode record.
+/// Lays an event out as a binary-mode record through `keel_core::codec` (the reference
+/// [`outgoing`] is tested against).
+#[cfg(test)]
 pub(crate) fn encode(event: &CloudEvent) -> OutRecord {
     let binary = codec::to_binary(event, Binding::Kafka);
     let mut headers: Vec<(String, Bytes)> =
@@ -84,6 +96,55 @@ pub(crate) fn encode(event: &CloudEvent) -> OutRecord {
         key: event.partition_key().map(|k| Bytes::copy_from_slice(k.as_bytes())),
         headers,
         value: binary.body,
+    }
+}
+
+/// A record to send, borrowing its key and value.
+pub(crate) struct Outgoing<'r> {
+    pub(crate) key: Option<&'r [u8]>,
+    pub(crate) headers: Option<OwnedHeaders>,
+    pub(crate) value: &'r [u8],
+}
+
+/// What [`encode`] makes of `event`, written straight into librdkafka's header list:
+/// the hot path of publishing, without building the intermediate strings (a test
+/// checks both give the same headers).
+pub(crate) fn outgoing(event: &CloudEvent) -> Outgoing<'_> {
+    let mut headers = OwnedHeaders::new_with_capacity(8 + event.extensions().len());
+    let mut add = |key: &str, value: &[u8]| {
+        headers = std::mem::replace(&mut headers, OwnedHeaders::new_with_capacity(0))
+            .insert(Header { key, value: Some(value) });
+    };
+    add("ce_specversion", event.specversion().as_bytes());
+    add("ce_id", event.id().as_bytes());
+    add("ce_source", event.source().as_bytes());
+    add("ce_type", event.ty().as_bytes());
+    if let Some(subject) = event.subject() {
+        add("ce_subject", subject.as_bytes());
+    }
+    if let Some(time) = event.time_rfc3339() {
+        add("ce_time", time.as_bytes());
+    }
+    if let Some(schema) = event.dataschema() {
+        add("ce_dataschema", schema.as_bytes());
+    }
+    let mut name = String::with_capacity(32);
+    for (extension, value) in event.extensions() {
+        name.clear();
+        name.push_str("ce_");
+        name.push_str(extension);
+        match value {
+            ExtensionValue::String(text) => add(&name, text.as_bytes()),
+            other => add(&name, other.to_string().as_bytes()),
+        }
+    }
+    if let Some(content_type) = event.datacontenttype() {
+        add(CONTENT_TYPE, content_type.as_bytes());
+    }
+    Outgoing {
+        key: event.partition_key().map(str::as_bytes),
+        headers: Some(headers),
+        value: event.data().map_or(&[], |data| data.as_ref()),
     }
 }
 
@@ -99,11 +160,11 @@ pub(crate) struct InRecord {
     pub(crate) value: Bytes,
     /// Milliseconds since the epoch, when the broker gave one.
     pub(crate) timestamp: Option<i64>,
-    pub(crate) payload: Payload,
 }
 
 impl InRecord {
-    /// Copies a consumed message and decodes it.
+    /// Copies a consumed message. Decoding waits for [`InRecord::decode`], so that a
+    /// consumer's polling thread only copies and the subscriber's task decodes.
     pub(crate) fn from_message(message: &BorrowedMessage<'_>) -> Self {
         let headers: Vec<(String, Bytes)> = message
             .headers()
@@ -117,7 +178,6 @@ impl InRecord {
             })
             .unwrap_or_default();
         let value = message.payload().map(Bytes::copy_from_slice).unwrap_or_default();
-        let payload = decode(&headers, value.clone());
         Self {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -126,8 +186,27 @@ impl InRecord {
             headers,
             value,
             timestamp: message.timestamp().to_millis(),
-            payload,
         }
+    }
+
+    /// The event, or why the record is not one.
+    pub(crate) fn decode(&self) -> Payload {
+        decode(&self.headers, self.value.clone())
+    }
+
+    /// What orders the record among its partition's: the `partitionkey` attribute of a
+    /// binary-mode event, else the record key (which Keel's encoder sets to the same).
+    pub(crate) fn ordering_key(&self) -> Option<Bytes> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(PARTITION_KEY_HEADER))
+            .map(|(_, v)| v.clone())
+            .or_else(|| self.key.clone())
+    }
+
+    /// The event type of a binary-mode event, read from its header without decoding.
+    pub(crate) fn binary_event_type(&self) -> Option<&str> {
+        self.header(TYPE_HEADER)
     }
 
     /// The value of the first header named `name`, as text.
@@ -187,6 +266,34 @@ mod tests {
         assert_eq!(back.id(), event.id());
         assert_eq!(back.partition_key(), Some("order-7"));
         assert_eq!(back.data(), event.data());
+    }
+
+    fn pairs(headers: &OwnedHeaders) -> Vec<(String, Vec<u8>)> {
+        headers
+            .iter()
+            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn the_publishing_fast_path_writes_what_encode_does() {
+        let full = CloudEvent::builder("t.happened", "/s")
+            .subject("order-7")
+            .partition_key("order-7")
+            .extension(ext::STREAM_VERSION, 3_i64)
+            .extension("flag", true)
+            .dataschema("https://example.com/schema")
+            .data("application/json", r#"{"a":1}"#)
+            .build()
+            .expect("valid");
+        let bare = CloudEvent::rebuild("id-1", "t", "/s").build().expect("valid");
+        for event in [full, bare] {
+            let record = encode(&event);
+            let fast = outgoing(&event);
+            assert_eq!(pairs(&fast.headers.expect("headers")), pairs(&record.kafka_headers()));
+            assert_eq!(fast.key, record.key.as_deref());
+            assert_eq!(fast.value, record.value.as_ref());
+        }
     }
 
     #[test]
