@@ -39,6 +39,10 @@ pub enum Command {
         /// `--route /api=http://127.0.0.1:3000` (repeatable).
         #[arg(long = "route", value_name = "PREFIX=URL")]
         routes: Vec<String>,
+        /// Worker threads, each a single-threaded runtime with its own SO_REUSEPORT
+        /// listener and upstream connections (nginx's worker model). Default: one per CPU.
+        #[arg(long)]
+        workers: Option<std::num::NonZeroUsize>,
     },
     /// Serve the event log over HTTP (`/api/events`: pages, streams, live SSE tail) and
     /// register it as the `events` service.
@@ -189,8 +193,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = commands::Output { json: cli.json };
     match cli.command {
         Command::Up => crate::up::up(&config).await,
-        Command::Gateway { config: file, listen, routes } => {
-            commands::gateway(&config, file.as_deref(), listen, &routes).await
+        Command::Gateway { config: file, listen, routes, workers } => {
+            commands::gateway(&config, file.as_deref(), listen, &routes, workers).await
         }
         Command::Events { listen, advertise_host } => {
             commands::events(&config, listen, advertise_host).await

@@ -361,8 +361,9 @@ pub async fn gateway(
     file: Option<&std::path::Path>,
     listen: Option<String>,
     routes: &[String],
+    workers: Option<std::num::NonZeroUsize>,
 ) -> anyhow::Result<()> {
-    use keel_gateway::{AuthConfig, Gateway, GatewayConfig};
+    use keel_gateway::{AuthConfig, Gateway, GatewayConfig, PerCoreListeners};
 
     let mut gateway_config = match file {
         Some(path) => GatewayConfig::from_file(path)?,
@@ -390,11 +391,18 @@ pub async fn gateway(
         keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
     let gateway = Gateway::new(gateway_config, registry)?;
     gateway.set_metrics_handle(keel_telemetry::prometheus().clone());
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    // One single-threaded runtime per CPU, as nginx's `worker_processes auto`.
+    let workers = workers
+        .or_else(|| std::thread::available_parallelism().ok())
+        .unwrap_or(std::num::NonZeroUsize::MIN);
+    let listeners = PerCoreListeners::bind(addr, workers)
         .with_context(|| format!("binding the gateway to {addr}"))?;
-    eprintln!("keel gateway listening on http://{}", listener.local_addr()?);
-    gateway.serve(listener, shutdown_signal()).await?;
+    eprintln!(
+        "keel gateway listening on http://{} ({} workers)",
+        listeners.local_addr(),
+        listeners.workers()
+    );
+    gateway.serve_per_core(listeners, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -7,7 +7,10 @@
 //!
 //! `cargo bench -p keel-gateway --bench proxy`; tune with KEEL_BENCH_DURATION (seconds,
 //! default 10), KEEL_BENCH_CONNECTIONS (default 64), KEEL_BENCH_THREADS (default 2),
-//! KEEL_BENCH_GATEWAY_THREADS (default: the number of CPUs, as nginx's `auto`).
+//! KEEL_BENCH_GATEWAY_THREADS (default: the number of CPUs, as nginx's `auto`; also the
+//! number of per-core workers), KEEL_BENCH_SKIP_MT (leave out the multi-thread row).
+//! The CPU/request column is user + system time of the target's threads (or nginx's
+//! worker processes) during the measured run, from /proc, over the requests served.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -22,8 +25,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use keel_gateway::{Gateway, GatewayConfig};
+use keel_gateway::{Gateway, GatewayConfig, PerCoreListeners};
 use tokio::net::TcpListener;
+
+// As the `keel` binary, so that the per-core row measures what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The names of `Gateway::serve_per_core`'s worker threads start with this.
+const PER_CORE_THREAD: &str = "keel-gw-";
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -67,26 +77,17 @@ fn main() {
         addr
     });
 
-    // Experiment: one single-threaded gateway per CPU, each with its own pool, behind
-    // SO_REUSEPORT listeners on one port (nginx's worker model).
-    let per_core_addr = free_port();
-    let mut per_core_threads = Vec::new();
-    for _ in 0..cpus {
-        let route = format!("/=http://{upstream_addr}");
-        per_core_threads.push(std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let config = GatewayConfig::static_routes(&[&route]).unwrap();
-                let gateway = Gateway::without_registry(config).unwrap();
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket.set_reuseport(true).unwrap();
-                socket.set_reuseaddr(true).unwrap();
-                socket.bind(per_core_addr).unwrap();
-                let listener = socket.listen(1024).unwrap();
-                let _ = gateway.serve(listener, std::future::pending()).await;
-            });
-        }));
-    }
+    // The shipped per-core model (`keel gateway`): one single-threaded runtime per
+    // CPU behind SO_REUSEPORT listeners on one port (nginx's worker model).
+    let per_core_addr = gateway_rt.block_on(async {
+        let config = GatewayConfig::static_routes(&[&format!("/=http://{upstream_addr}")]).unwrap();
+        let gateway = Gateway::without_registry(config).unwrap();
+        let workers = std::num::NonZeroUsize::new(gateway_threads.max(1)).unwrap();
+        let listeners = PerCoreListeners::bind("127.0.0.1:0".parse().unwrap(), workers).unwrap();
+        let addr = listeners.local_addr();
+        tokio::spawn(gateway.serve_per_core(listeners, std::future::pending()));
+        addr
+    });
     wait_for(per_core_addr);
 
     let nginx = Nginx::start(upstream_addr);
@@ -94,31 +95,43 @@ fn main() {
     println!(
         "wrk -t{threads} -c{connections} -d{duration}s, {cpus} CPUs, gateway runtime {gateway_threads} threads, nginx worker_processes auto"
     );
+    // What each target's CPU time is charged to: the bench's own threads by name, or
+    // nginx's worker processes.
     let targets = [
-        ("direct (upstream)", upstream_addr),
-        ("nginx", nginx.addr),
-        ("keel gateway", gateway_addr),
-        ("keel gateway, per-core runtimes", per_core_addr),
+        ("direct (upstream)", upstream_addr, Cpu::Threads("upstream")),
+        ("nginx", nginx.addr, Cpu::ChildrenOf(nginx.child.id())),
+        ("keel gateway", gateway_addr, Cpu::Threads("gateway")),
+        ("keel gateway, per-core runtimes", per_core_addr, Cpu::Threads(PER_CORE_THREAD)),
     ];
+    // KEEL_BENCH_SKIP_MT=1 leaves out the multi-thread gateway row (faster A/B runs).
+    let skip_mt = std::env::var_os("KEEL_BENCH_SKIP_MT").is_some();
     let mut results = Vec::new();
-    for (name, addr) in targets {
+    for (name, addr, cpu) in targets {
+        if skip_mt && name == "keel gateway" {
+            continue;
+        }
         let url = format!("http://{addr}/bench/path?q=1");
         // Warm up pools and caches, then measure.
         let _ = wrk(&url, threads, connections, 2);
-        let result = wrk(&url, threads, connections, duration);
+        let before = cpu.ticks();
+        let mut result = wrk(&url, threads, connections, duration);
+        let ticks = cpu.ticks().saturating_sub(before);
+        // /proc counts in USER_HZ ticks, 100 per second on Linux.
+        result.cpu_us_per_request = ticks as f64 * 10_000.0 / result.requests.max(1) as f64;
         results.push((name, result));
     }
     drop(nginx);
 
     println!();
-    println!("| target | requests/s | p50 | p99 | non-2xx |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| target | requests/s | p50 | p99 | CPU/request | non-2xx |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for (name, r) in &results {
         println!(
-            "| {name} | {:.0} | {} | {} | {} |",
+            "| {name} | {:.0} | {} | {} | {:.1} us | {} |",
             r.rps,
             fmt_latency(r.p50_us),
             fmt_latency(r.p99_us),
+            r.cpu_us_per_request,
             r.non_2xx
         );
     }
@@ -126,11 +139,63 @@ fn main() {
     println!();
     for (name, keel) in &results[2..] {
         println!(
-            "{name} / nginx: requests/s x{:.2}, p99 x{:.2} (lower is better)",
+            "{name} / nginx: requests/s x{:.2}, p99 x{:.2}, CPU/request x{:.2} (lower is better)",
             keel.rps / nginx.rps.max(1.0),
-            keel.p99_us / nginx.p99_us.max(1.0)
+            keel.p99_us / nginx.p99_us.max(1.0),
+            keel.cpu_us_per_request / nginx.cpu_us_per_request.max(0.001)
         );
     }
+}
+
+/// Where a target's CPU time is counted.
+enum Cpu {
+    /// This process's threads whose name starts with the given prefix.
+    Threads(&'static str),
+    /// The processes whose parent is the given one (nginx's workers).
+    ChildrenOf(u32),
+}
+
+impl Cpu {
+    /// User plus system time so far, in ticks.
+    fn ticks(&self) -> u64 {
+        match self {
+            Cpu::Threads(prefix) => std::fs::read_dir("/proc/self/task")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+                .filter_map(|stat| {
+                    parse_stat(&stat).filter(|s| s.comm.starts_with(prefix)).map(|s| s.ticks)
+                })
+                .sum(),
+            Cpu::ChildrenOf(parent) => std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|proc| std::fs::read_to_string(proc.path().join("stat")).ok())
+                .filter_map(|stat| parse_stat(&stat).filter(|s| s.ppid == *parent).map(|s| s.ticks))
+                .sum(),
+        }
+    }
+}
+
+struct Stat<'a> {
+    comm: &'a str,
+    ppid: u32,
+    ticks: u64,
+}
+
+/// `pid (comm) state ppid ... utime stime ...` (proc(5)); comm may hold spaces.
+fn parse_stat(stat: &str) -> Option<Stat<'_>> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = &stat[open + 1..close];
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // fields[0] is the state (field 3), so field n is fields[n - 3].
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Stat { comm, ppid, ticks: utime + stime })
 }
 
 fn runtime(threads: usize, name: &str) -> tokio::runtime::Runtime {
@@ -247,6 +312,8 @@ struct WrkResult {
     p50_us: f64,
     p99_us: f64,
     non_2xx: u64,
+    requests: u64,
+    cpu_us_per_request: f64,
 }
 
 fn wrk(url: &str, threads: u64, connections: u64, seconds: u64) -> WrkResult {
@@ -273,6 +340,7 @@ fn parse_wrk(text: &str) -> WrkResult {
             }
             Some("50%") => result.p50_us = words.next().map(parse_duration_us).unwrap_or(0.0),
             Some("99%") => result.p99_us = words.next().map(parse_duration_us).unwrap_or(0.0),
+            Some(n) if line.contains(" requests in ") => result.requests = n.parse().unwrap_or(0),
             Some("Non-2xx") => {
                 result.non_2xx = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0)
             }

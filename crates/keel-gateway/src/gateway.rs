@@ -1,6 +1,7 @@
 //! [`Gateway`]: the compiled configuration, served on a listener (hyper HTTP/1.1 with
-//! keep-alive, TCP_NODELAY, graceful shutdown) or mounted as an axum router, plus the
-//! admin endpoints under `/_keel`.
+//! keep-alive, TCP_NODELAY, graceful shutdown), on one single-threaded runtime per
+//! core behind `SO_REUSEPORT` ([`Gateway::serve_per_core`]), or mounted as an axum
+//! router, plus the admin endpoints under `/_keel`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,7 +28,7 @@ use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use crate::auth::Authenticator;
 use crate::config::{ADMIN_PREFIX, CorsConfig, GatewayConfig};
 use crate::error::ConfigError;
-use crate::proxy::{Shared, problem};
+use crate::proxy::{Downstream, HttpClient, Shared, problem};
 use crate::route::{Route, RouteTable};
 
 /// How long in-flight requests may take to finish once shutdown starts.
@@ -101,14 +102,8 @@ impl Gateway {
             };
             routes.push(Route::new(route, endpoints, config.max_body_bytes));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         let inner = Arc::new(Inner {
-            shared: Shared { routes: RouteTable::new(routes), auth, client },
+            shared: Shared { routes: RouteTable::new(routes), auth, client: http_client() },
             cors,
             metrics,
         });
@@ -128,12 +123,23 @@ impl Gateway {
     /// `peer` is the client address, for `X-Forwarded-For` and per-IP rate limits.
     pub async fn handle(&self, req: Request<Body>, peer: Option<SocketAddr>) -> Response<Body> {
         let path = req.uri().path();
-        if path.starts_with(ADMIN_PREFIX)
-            && matches!(path.as_bytes().get(ADMIN_PREFIX.len()), None | Some(b'/'))
-        {
+        if is_admin(path) {
             return self.admin(&req);
         }
-        self.inner.shared.proxy(req, peer).await
+        let downstream = Downstream {
+            peer,
+            peer_ip: peer.and_then(Downstream::ip_header),
+            client: self.inner.shared.client.clone(),
+        };
+        self.inner.shared.proxy(req, &downstream).await
+    }
+
+    /// [`Gateway::handle`] for a connection the gateway serves itself.
+    async fn handle_from(&self, req: Request<Body>, downstream: &Downstream) -> Response<Body> {
+        if is_admin(req.uri().path()) {
+            return self.admin(&req);
+        }
+        self.inner.shared.proxy(req, downstream).await
     }
 
     /// The gateway as an axum router (for `keel up`); serve it with
@@ -154,10 +160,97 @@ impl Gateway {
     }
 
     /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then lets in-flight
-    /// requests finish (up to 10 s).
+    /// requests finish (up to 10 s). Runs on the caller's runtime, with the gateway's
+    /// shared upstream connection pool.
     pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send,
+    {
+        let client = self.inner.shared.client.clone();
+        self.serve_with(listener, client, shutdown).await;
+        Ok(())
+    }
+
+    /// Serves like [`Gateway::serve`], in nginx's worker model: each of `listeners`
+    /// gets an OS thread of its own running a single-threaded tokio runtime, with its
+    /// own upstream connection pool, so a request never leaves the thread that
+    /// accepted its connection (no cross-thread wake-ups, no shared pool lock). Routes,
+    /// breakers, rate limits and metrics stay shared. When `shutdown` completes every
+    /// worker stops accepting and lets its in-flight requests finish (up to 10 s);
+    /// this returns once all have stopped. If a worker cannot start, the others are
+    /// stopped and its error is returned.
+    ///
+    /// Dropping the returned future before it completes also stops the workers (they
+    /// still drain their in-flight requests).
+    pub async fn serve_per_core<F>(
+        self,
+        listeners: PerCoreListeners,
+        shutdown: F,
+    ) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        let workers = listeners.listeners.len();
+        for (i, listener) in listeners.listeners.into_iter().enumerate() {
+            let gateway = self.clone();
+            let mut stopped = stopped.clone();
+            let done_tx = done_tx.clone();
+            let spawned =
+                std::thread::Builder::new().name(format!("keel-gw-{i}")).spawn(move || {
+                    let result = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .and_then(|runtime| {
+                            runtime.block_on(async move {
+                                let listener = TcpListener::from_std(listener)?;
+                                // `Err` means the sender is gone: stop as well.
+                                let stop = async move {
+                                    let _ = stopped.wait_for(|stop| *stop).await;
+                                };
+                                gateway.serve_with(listener, http_client(), stop).await;
+                                Ok(())
+                            })
+                        });
+                    let _ = done_tx.send(result);
+                });
+            if let Err(e) = spawned {
+                let _ = stop.send(true);
+                return Err(e);
+            }
+        }
+        drop(done_tx);
+        let mut first_error = None;
+        let mut finished = 0;
+        tokio::pin!(shutdown);
+        // Workers end early only when they fail to start; one failing stops all.
+        tokio::select! {
+            () = &mut shutdown => {}
+            Some(result) = done.recv() => {
+                finished += 1;
+                first_error = result.err();
+            }
+        }
+        let _ = stop.send(true);
+        while finished < workers {
+            let Some(result) = done.recv().await else { break };
+            finished += 1;
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The accept loop of one runtime: every connection's requests go upstream
+    /// through `client`.
+    async fn serve_with<F>(self, listener: TcpListener, client: HttpClient, shutdown: F)
+    where
+        F: Future<Output = ()>,
     {
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
@@ -176,7 +269,8 @@ impl Gateway {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let connection = http.serve_connection(TokioIo::new(stream), self.connection_service(peer));
+                    let service = self.connection_service(peer, client.clone());
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
                         if let Err(e) = connection.await {
@@ -193,16 +287,19 @@ impl Gateway {
                 "gateway shutdown: in-flight requests still running after {DRAIN_TIMEOUT:?}"
             );
         }
-        Ok(())
     }
 
     fn connection_service(
         &self,
         peer: SocketAddr,
+        client: HttpClient,
     ) -> TowerToHyperService<
         tower::util::Either<tower_http::cors::Cors<ConnectionService>, ConnectionService>,
     > {
-        let service = ConnectionService { gateway: self.clone(), peer };
+        let service = ConnectionService {
+            gateway: self.clone(),
+            downstream: Arc::new(Downstream::new(peer, client)),
+        };
         let service = match &self.inner.cors {
             Some(cors) => tower::util::Either::Left(tower::Layer::layer(cors, service)),
             None => tower::util::Either::Right(service),
@@ -242,16 +339,17 @@ impl Gateway {
     }
 }
 
-/// The per-connection service: the gateway plus the client's address.
+/// The per-connection service: the gateway, the client's address and the upstream
+/// pool of the runtime serving the connection.
 #[derive(Clone)]
 pub struct ConnectionService {
     gateway: Gateway,
-    peer: SocketAddr,
+    downstream: Arc<Downstream>,
 }
 
 impl std::fmt::Debug for ConnectionService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectionService").field("peer", &self.peer).finish()
+        f.debug_struct("ConnectionService").field("peer", &self.downstream.peer).finish()
     }
 }
 
@@ -270,9 +368,76 @@ impl tower::Service<Request<Incoming>> for ConnectionService {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let gateway = self.gateway.clone();
-        let peer = self.peer;
-        Box::pin(async move { Ok(gateway.handle(req.map(Body::new), Some(peer)).await) })
+        let downstream = self.downstream.clone();
+        Box::pin(async move { Ok(gateway.handle_from(req.map(Body::new), &downstream).await) })
     }
+}
+
+fn is_admin(path: &str) -> bool {
+    path.starts_with(ADMIN_PREFIX)
+        && matches!(path.as_bytes().get(ADMIN_PREFIX.len()), None | Some(b'/'))
+}
+
+/// Listening sockets for [`Gateway::serve_per_core`]: one per worker, all bound to
+/// one address with `SO_REUSEPORT`, so that the kernel spreads new connections over
+/// them (on Linux; elsewhere `SO_REUSEPORT` does not balance, so one socket is bound).
+#[derive(Debug)]
+pub struct PerCoreListeners {
+    listeners: Vec<std::net::TcpListener>,
+    local_addr: SocketAddr,
+}
+
+impl PerCoreListeners {
+    /// Binds `workers` sockets to `addr` (port 0 picks one port for all of them).
+    pub fn bind(addr: SocketAddr, workers: std::num::NonZeroUsize) -> std::io::Result<Self> {
+        let workers = if cfg!(target_os = "linux") { workers.get() } else { 1 };
+        // SO_REUSEPORT would let this gateway quietly share a port another process
+        // (say, a gateway started twice) already listens on; a plain bind first turns
+        // that into the usual "address in use" error.
+        if addr.port() != 0 {
+            drop(std::net::TcpListener::bind(addr)?);
+        }
+        let first = reuseport_listener(addr)?;
+        let local_addr = first.local_addr()?;
+        let mut listeners = Vec::with_capacity(workers);
+        listeners.push(first);
+        for _ in 1..workers {
+            listeners.push(reuseport_listener(local_addr)?);
+        }
+        Ok(Self { listeners, local_addr })
+    }
+
+    /// The address the sockets listen on (with the port picked when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// How many workers will serve.
+    pub fn workers(&self) -> usize {
+        self.listeners.len()
+    }
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio's `TcpListener::bind`: a restart can bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// The upstream client: HTTP/1.1 with keep-alive, one pool per instance of it.
+fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Response<Body> {

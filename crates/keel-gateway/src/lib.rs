@@ -19,7 +19,8 @@
 //! - `route.rs`: the compiled route table (longest prefix), per-route pools, rate
 //!   limiters and metric handles.
 //! - `proxy.rs`: one proxied request: checks, header rewriting, the upstream call.
-//! - `gateway.rs`: [`Gateway`]: build, serve on a listener or as an axum router, admin.
+//! - `gateway.rs`: [`Gateway`]: build, serve on a listener, per core
+//!   ([`PerCoreListeners`]) or as an axum router, admin.
 
 mod auth;
 mod config;
@@ -33,5 +34,5 @@ pub use config::{
     GatewayConfig, JwtKeyConfig, RateLimitConfig, RouteConfig,
 };
 pub use error::{ConfigError, Result};
-pub use gateway::{ConnectionService, Gateway};
+pub use gateway::{ConnectionService, Gateway, PerCoreListeners};
 pub use proxy::{REQUEST_ID_HEADER, SUBJECT_HEADER};

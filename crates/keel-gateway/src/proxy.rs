@@ -2,6 +2,7 @@
 //! then the upstream call with its timeout, retries and breaker reports. Bodies pass
 //! through as streams both ways; nothing here reads or re-encodes them.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -44,6 +45,25 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// Where a request came from: the client's address (its IP already as an
+/// `X-Forwarded-For` value, made once per connection) and the upstream client of the
+/// runtime serving the connection.
+pub(crate) struct Downstream {
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) peer_ip: Option<HeaderValue>,
+    pub(crate) client: HttpClient,
+}
+
+impl Downstream {
+    pub(crate) fn new(peer: SocketAddr, client: HttpClient) -> Self {
+        Self { peer: Some(peer), peer_ip: Self::ip_header(peer), client }
+    }
+
+    pub(crate) fn ip_header(peer: SocketAddr) -> Option<HeaderValue> {
+        HeaderValue::try_from(peer.ip().to_string()).ok()
+    }
+}
+
 /// What a request needs from the gateway, shared by every connection.
 pub(crate) struct Shared {
     pub(crate) routes: RouteTable,
@@ -55,14 +75,14 @@ impl Shared {
     pub(crate) async fn proxy(
         &self,
         req: Request<Body>,
-        peer: Option<SocketAddr>,
+        downstream: &Downstream,
     ) -> Response<Body> {
         let Some(route) = self.routes.find(req.uri().path()) else {
             return problem(StatusCode::NOT_FOUND, "no route matches this path");
         };
         let started = Instant::now();
         let request_id = request_id(req.headers());
-        let mut response = self.forward(route, req, peer, &request_id).await;
+        let mut response = self.forward(route, req, downstream, &request_id).await;
         response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
         route.metrics.record(response.status().as_u16(), started.elapsed());
         response
@@ -72,9 +92,10 @@ impl Shared {
         &self,
         route: &Route,
         req: Request<Body>,
-        peer: Option<SocketAddr>,
+        downstream: &Downstream,
         request_id: &HeaderValue,
     ) -> Response<Body> {
+        let peer = downstream.peer;
         let (mut parts, body) = req.into_parts();
         if !route.allows(&parts.method) {
             let mut response =
@@ -135,7 +156,12 @@ impl Shared {
             }
         }
 
-        rewrite_request_headers(&mut parts.headers, peer, subject_value, request_id);
+        rewrite_request_headers(
+            &mut parts.headers,
+            downstream.peer_ip.as_ref(),
+            subject_value,
+            request_id,
+        );
         let body = if content_length.is_none() && !body.is_end_stream() {
             Body::new(Limited::new(
                 body,
@@ -145,12 +171,8 @@ impl Shared {
             body
         };
 
-        let mut path_and_query = String::with_capacity(parts.uri.path().len() + 64);
-        path_and_query.push_str(route.upstream_path(parts.uri.path()));
-        if let Some(query) = parts.uri.query() {
-            path_and_query.push('?');
-            path_and_query.push_str(query);
-        }
+        let path = route.upstream_path(parts.uri.path());
+        let query = parts.uri.query();
         let replayable = route.config.retries > 0
             && matches!(
                 parts.method,
@@ -178,9 +200,15 @@ impl Shared {
             if attempt < attempts {
                 tried.push(pick.base_url().to_owned());
             }
-            let mut url = String::with_capacity(pick.base_url().len() + path_and_query.len());
-            url.push_str(pick.base_url().trim_end_matches('/'));
-            url.push_str(&path_and_query);
+            let base = pick.base_url().trim_end_matches('/');
+            let mut url =
+                String::with_capacity(base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+            url.push_str(base);
+            url.push_str(path);
+            if let Some(query) = query {
+                url.push('?');
+                url.push_str(query);
+            }
             let Ok(uri) = Uri::try_from(url) else {
                 return problem(StatusCode::BAD_REQUEST, "the request path cannot be forwarded");
             };
@@ -190,7 +218,8 @@ impl Shared {
             *upstream_req.version_mut() = Version::HTTP_11;
             *upstream_req.headers_mut() =
                 if attempt < attempts { headers.clone() } else { std::mem::take(&mut headers) };
-            match tokio::time::timeout(route.timeout, self.client.request(upstream_req)).await {
+            match tokio::time::timeout(route.timeout, downstream.client.request(upstream_req)).await
+            {
                 Ok(Ok(response)) => {
                     if response.status().is_server_error() {
                         pick.failure();
@@ -275,7 +304,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// stripping so that no `Connection` trick can remove them.
 fn rewrite_request_headers(
     headers: &mut HeaderMap,
-    peer: Option<SocketAddr>,
+    peer_ip: Option<&HeaderValue>,
     subject: Option<HeaderValue>,
     request_id: &HeaderValue,
 ) {
@@ -287,13 +316,18 @@ fn rewrite_request_headers(
     if let Some(subject) = subject {
         headers.insert(SUBJECT_HEADER, subject);
     }
-    if let Some(peer) = peer {
-        let ip = peer.ip().to_string();
+    if let Some(ip) = peer_ip {
         let forwarded = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(previous) if !previous.trim().is_empty() => format!("{previous}, {ip}"),
-            _ => ip,
+            Some(previous) if !previous.trim().is_empty() => {
+                let mut list = Vec::with_capacity(previous.len() + 2 + ip.len());
+                list.extend_from_slice(previous.as_bytes());
+                list.extend_from_slice(b", ");
+                list.extend_from_slice(ip.as_bytes());
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(list)).ok()
+            }
+            _ => Some(ip.clone()),
         };
-        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        if let Some(value) = forwarded {
             headers.insert(X_FORWARDED_FOR, value);
         }
     }
@@ -312,21 +346,27 @@ fn next_traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
     // fastrand, not uuid's OS randomness: ids need to be unique, not secret, and
     // this runs on every request.
     let span = fastrand::u64(1..);
-    let text = match incoming
+    // Formatted on the stack: the header value is then the only allocation.
+    let mut text = [0u8; TRACEPARENT_LEN];
+    let written = match incoming
         .and_then(|v| v.to_str().ok())
         .and_then(|v| keel_core::TraceContext::parse(v).ok())
     {
-        Some(parent) => format!(
+        Some(parent) => write!(
+            &mut text[..],
             "00-{}-{span:016x}-{}",
             parent.trace_id(),
             if parent.sampled() { "01" } else { "00" }
         ),
-        None => format!("00-{:032x}-{span:016x}-01", fastrand::u128(1..)),
+        None => write!(&mut text[..], "00-{:032x}-{span:016x}-01", fastrand::u128(1..)),
     };
-    HeaderValue::from_str(&text).unwrap_or_else(|_| {
+    written.ok().and_then(|()| HeaderValue::from_bytes(&text).ok()).unwrap_or_else(|| {
         HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
     })
 }
+
+/// `00-` + 32 hex digits + `-` + 16 hex digits + `-` + 2 hex digits.
+const TRACEPARENT_LEN: usize = 55;
 
 /// The client's request id when it is short and printable, a new UUID otherwise.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -371,7 +411,7 @@ mod tests {
         let id = HeaderValue::from_static("rid");
         rewrite_request_headers(
             &mut headers,
-            Some(([10, 0, 0, 1], 5).into()),
+            Downstream::ip_header(([10, 0, 0, 1], 5).into()).as_ref(),
             Some(HeaderValue::from_static("alice")),
             &id,
         );

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{CHUNK, client, closed_port_url, gateway, json, pattern, problem, raw, upstream};
-use keel_gateway::{CorsConfig, Gateway, GatewayConfig, RouteConfig};
+use keel_gateway::{CorsConfig, Gateway, GatewayConfig, PerCoreListeners, RouteConfig};
 use keel_registry::{InProcessRegistry, Instance, Registration, Registry};
 
 fn route(prefix: &str, url: &str) -> RouteConfig {
@@ -132,6 +132,60 @@ async fn the_first_download_chunk_reaches_the_client_before_the_upstream_finishe
     up.seen.release_download.notify_one();
     assert_eq!(response.chunk().await.unwrap().as_deref(), Some(&b"second"[..]));
     assert!(response.chunk().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn per_core_workers_answer_and_drain_in_flight_requests_on_shutdown() {
+    let up = upstream().await;
+    let gateway =
+        Gateway::without_registry(GatewayConfig::default().route(route("/s", &up.url()))).unwrap();
+    let workers = std::num::NonZeroUsize::new(3).unwrap();
+    let listeners = PerCoreListeners::bind("127.0.0.1:0".parse().unwrap(), workers).unwrap();
+    if cfg!(target_os = "linux") {
+        assert_eq!(listeners.workers(), 3);
+    }
+    let addr = listeners.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(gateway.serve_per_core(listeners, async {
+        let _ = stopped.await;
+    }));
+
+    // A new client (so a new connection) per request: the kernel spreads them.
+    for i in 0..12 {
+        let response = client().get(format!("http://{addr}/s/n/{i}?q={i}")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = json(response).await;
+        assert_eq!(body["path"], format!("/s/n/{i}"));
+        assert_eq!(body["headers"]["x-forwarded-for"][0], "127.0.0.1");
+    }
+
+    // A download in flight when shutdown starts still finishes.
+    let mut response = client().get(format!("http://{addr}/s/stream-down")).send().await.unwrap();
+    assert_eq!(response.chunk().await.unwrap().as_deref(), Some(&b"first;"[..]));
+    stop.send(()).unwrap();
+    // The listeners close first: wait until a new connection is refused.
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    up.seen.release_download.notify_one();
+    assert_eq!(response.chunk().await.unwrap().as_deref(), Some(&b"second"[..]));
+    assert!(response.chunk().await.unwrap().is_none());
+    served.await.unwrap().unwrap();
+}
+
+#[test]
+fn per_core_listeners_refuse_a_port_already_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let workers = std::num::NonZeroUsize::new(2).unwrap();
+    let error = PerCoreListeners::bind(addr, workers).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+    drop(taken);
+    let listeners = PerCoreListeners::bind(addr, workers).unwrap();
+    // A second gateway on the same port is refused too, not quietly let in.
+    let error = PerCoreListeners::bind(addr, workers).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+    drop(listeners);
 }
 
 #[tokio::test]
