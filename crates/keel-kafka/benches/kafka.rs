@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Environment: `KEEL_TEST_KAFKA_BROKERS` (default `127.0.0.1:9092`),
-//! `KEEL_BENCH_MESSAGES` (default 50000), `KEEL_BENCH_ROUNDS` (default 2; the best
+//! `KEEL_BENCH_MESSAGES` (default 50000), `KEEL_BENCH_ROUNDS` (default 3; the best
 //! round of each side is reported; the sides take turns going first, because Tansu
 //! slows down as it holds more data).
 //!
@@ -207,7 +207,7 @@ fn rate(n: usize, elapsed: Duration) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n = env_or("KEEL_BENCH_MESSAGES", 50_000);
-    let rounds = env_or("KEEL_BENCH_ROUNDS", 2).max(1);
+    let rounds = env_or("KEEL_BENCH_ROUNDS", 3).max(1);
     let mut config = KafkaConfig::new(brokers());
     config.partitions = 8;
     let bus = KafkaBus::new(config).expect("bus");
@@ -242,19 +242,23 @@ async fn main() {
         }
     }
     let topic = consume_topic.expect("a topic to consume");
-    let (mut raw_con, mut keel_con) = (0.0_f64, 0.0_f64);
+    let (mut raw_rounds, mut keel_rounds) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         for side in if round % 2 == 0 { [false, true] } else { [true, false] } {
             if side {
-                keel_con = keel_con.max(rate(n, keel_consume(&bus, &topic, n).await));
+                keel_rounds.push(rate(n, keel_consume(&bus, &topic, n).await));
             } else {
                 let t = topic.clone();
                 let raw =
                     tokio::task::spawn_blocking(move || raw_consume(&t, n)).await.expect("raw");
-                raw_con = raw_con.max(rate(n, raw));
+                raw_rounds.push(rate(n, raw));
             }
         }
     }
+    let best = |rounds: &[f64]| rounds.iter().copied().fold(0.0_f64, f64::max);
+    let (raw_con, keel_con) = (best(&raw_rounds), best(&keel_rounds));
+    let show = |rounds: &[f64]| rounds.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>();
+    println!("consume rounds (msg/s): Keel {:?}, raw {:?}", show(&keel_rounds), show(&raw_rounds));
     println!();
     println!(
         "| {:<8} | {:>14} | {:>18} | {:>10} |",
