@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::CHANNEL;
 
 /// The least time between two notifications.
-pub(crate) const NOTIFY_INTERVAL: Duration = Duration::from_millis(2);
+pub(crate) const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Aborts its task when dropped (the log owns its background tasks).
 pub(crate) struct TaskGuard(JoinHandle<()>);
