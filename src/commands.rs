@@ -389,8 +389,11 @@ pub async fn gateway(
     let addr = gateway_config.listen_addr()?;
     let registry =
         keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
+    // Keel's recorder first: the gateway would install its own otherwise, and Keel's
+    // would then warn that it cannot be installed.
+    let metrics = keel_telemetry::prometheus().clone();
     let gateway = Gateway::new(gateway_config, registry)?;
-    gateway.set_metrics_handle(keel_telemetry::prometheus().clone());
+    gateway.set_metrics_handle(metrics);
     // One single-threaded runtime per CPU, as nginx's `worker_processes auto`.
     let workers = workers
         .or_else(|| std::thread::available_parallelism().ok())

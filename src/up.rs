@@ -61,10 +61,12 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
     let relay =
         if brokered { Some(start_relay(config, &db, bus.clone(), RELAY).await?) } else { None };
 
+    // One recorder for the process, installed before the gateway (which would install
+    // its own otherwise): /_keel/metrics shows the services', the bus's and the
+    // relay's series beside the gateway's.
+    let metrics = keel_telemetry::prometheus().clone();
     let gateway = Gateway::new(gateway_config(config), registry.clone())?;
-    // One recorder for the process: /_keel/metrics shows the services', the bus's and
-    // the relay's series beside the gateway's.
-    gateway.set_metrics_handle(keel_telemetry::prometheus().clone());
+    gateway.set_metrics_handle(metrics);
     let listener = tokio::net::TcpListener::bind(config.gateway_addr).await.with_context(|| {
         format!("binding the gateway to {} (KEEL_GATEWAY_ADDR)", config.gateway_addr)
     })?;
