@@ -5,11 +5,14 @@
 //!   [`bus_conformance!`] in a test file; every case then runs as its own test.
 //! - [`store`]: the store suite. A store crate implements [`store::StoreFactory`] and
 //!   calls [`store_conformance!`]; the cases include the ordering traps of DESIGN 2.2.
+//! - [`projections`]: the projection and inbox suite for SQL stores
+//!   ([`projection_conformance!`]).
 //! - [`util`]: helpers the cases share (unique names, polling waits, sample events).
 //!
 //! Cases assert on what arrives, never on how fast: waits poll with generous deadlines
 //! that only a lost message runs into.
 
 pub mod bus;
+pub mod projections;
 pub mod store;
 pub mod util;

@@ -1,0 +1,224 @@
+//! The projection and inbox suite: a read model rebuilt by replay equals the live one,
+//! and the transactional inbox applies a redelivered event once (also across a crash
+//! between the handler's commit and the ack). Each SQL store runs it through
+//! [`projection_conformance!`], with its own dialect for the two statements that
+//! differ.
+
+/// Expands to the projection and inbox cases for one SQL store.
+///
+/// - `db`: the sqlx database (`sqlx::Postgres`, `sqlx::Sqlite`);
+/// - `log`: the store's event log type, and `fresh_log`: an expression making a new,
+///   empty one;
+/// - `inbox`: the store's inbox type (`new(pool)`);
+/// - `upsert`: counts one event of stream `$1`/`?` at version `$2`/`?` into the
+///   `counts (stream_id, events, last_version)` table;
+/// - `insert_effect`: inserts event id `$1`/`?` into `effects (event_id)`.
+///
+/// The calling crate needs `async-trait`, `keel-bus`, `keel-core`, `keel-memory`,
+/// `keel-store`, `serde_json`, `sqlx`, `tokio` and `tower` (its dev-dependencies).
+#[macro_export]
+macro_rules! projection_conformance {
+    (
+        db: $db:ty,
+        log: $log:ty,
+        fresh_log: $fresh_log:expr,
+        inbox: $inbox:ty,
+        upsert: $upsert:literal,
+        insert_effect: $insert_effect:literal $(,)?
+    ) => {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
+
+        use async_trait::async_trait;
+        use keel_bus::layer::inbox_fn;
+        use keel_bus::{Consumer, HandlerError, Message};
+        use keel_core::{CloudEvent, ExpectedVersion, StreamId, SubscriptionSpec};
+        use keel_store::{EventLog, Projection, ProjectionRunner, SqlEventLog};
+        use $crate::util::{eventually, eventually_async, unique};
+
+        /// Events per stream, as a read model.
+        struct Counts;
+
+        #[async_trait]
+        impl Projection<$db> for Counts {
+            fn name(&self) -> &str {
+                "counts"
+            }
+
+            async fn apply(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+                event: &CloudEvent,
+            ) -> Result<(), HandlerError> {
+                sqlx::query($upsert)
+                    .bind(event.subject().unwrap_or_default())
+                    .bind(event.stream_version().map_or(0, |v| i64::try_from(v.0).unwrap_or(0)))
+                    .execute(conn)
+                    .await
+                    .map_err(HandlerError::transient)?;
+                Ok(())
+            }
+
+            async fn reset(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+            ) -> Result<(), HandlerError> {
+                sqlx::query("DELETE FROM counts").execute(conn).await.map_err(HandlerError::transient)?;
+                Ok(())
+            }
+        }
+
+        async fn counts(log: &$log) -> Vec<(String, i64, i64)> {
+            sqlx::query_as("SELECT stream_id, events, last_version FROM counts ORDER BY stream_id")
+                .fetch_all(SqlEventLog::pool(log))
+                .await
+                .expect("read model")
+        }
+
+        fn event(n: u32) -> CloudEvent {
+            CloudEvent::builder("keel.test.n", "/keel/test")
+                .json_data(&serde_json::json!({ "n": n }))
+                .expect("json")
+                .build()
+                .expect("valid")
+        }
+
+        #[tokio::test]
+        async fn a_rebuilt_read_model_equals_the_live_one() {
+            let log = Arc::new($fresh_log);
+            sqlx::query("CREATE TABLE counts (stream_id TEXT PRIMARY KEY, events BIGINT NOT NULL, last_version BIGINT NOT NULL)")
+                .execute(SqlEventLog::pool(&*log))
+                .await
+                .expect("table");
+            let runner = Arc::new(ProjectionRunner::new(log.clone(), Arc::new(Counts)));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let live = {
+                let runner = runner.clone();
+                tokio::spawn(async move {
+                    runner
+                        .run(async move {
+                            let _ = stopped.await;
+                        })
+                        .await
+                })
+            };
+            let streams: Vec<StreamId> =
+                (0..6).map(|_| StreamId::new(unique("order")).expect("valid")).collect();
+            for n in 0..30 {
+                let s = &streams[n % streams.len()];
+                log.append(s, ExpectedVersion::Any, &[event(u32::try_from(n).unwrap_or(0))])
+                    .await
+                    .expect("append");
+            }
+            eventually_async("the live projection to apply 30 events", || async {
+                counts(&log).await.iter().map(|(_, n, _)| n).sum::<i64>() == 30
+            })
+            .await;
+            let _ = stop.send(());
+            live.await.expect("task").expect("runner");
+            let live_model = counts(&log).await;
+            assert_eq!(live_model.len(), 6);
+            assert!(
+                live_model.iter().all(|(_, events, last)| events == last),
+                "each stream counted once, in order"
+            );
+
+            let mut reports = Vec::new();
+            let applied = runner.rebuild(|p| reports.push(p)).await.expect("rebuild");
+            assert_eq!(applied, 30);
+            assert_eq!(counts(&log).await, live_model, "rebuilt equals live");
+            assert_eq!(reports.first().map(|p| p.applied), Some(0));
+            assert_eq!(reports.last().map(|p| (p.applied, p.total)), Some((30, 30)));
+
+            // The checkpoint moved with the read model: catching up again applies nothing.
+            assert_eq!(runner.catch_up().await.expect("catch up"), 0);
+        }
+
+        #[tokio::test]
+        async fn a_redelivered_event_is_applied_once() {
+            let log = $fresh_log;
+            let pool = SqlEventLog::pool(&log).clone();
+            sqlx::query("CREATE TABLE effects (event_id TEXT NOT NULL)")
+                .execute(&pool)
+                .await
+                .expect("table");
+            let inbox = Arc::new(<$inbox>::new(pool.clone()));
+            let calls = Arc::new(AtomicUsize::new(0));
+            let counter = calls.clone();
+            let handler = inbox_fn(
+                inbox.clone(),
+                move |message: Message, mut tx: sqlx::Transaction<'static, $db>| {
+                    let counter = counter.clone();
+                    async move {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        sqlx::query($insert_effect)
+                            .bind(message.event().id())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(HandlerError::transient)?;
+                        Ok(tx)
+                    }
+                },
+            );
+
+            let bus = Arc::new(keel_memory::MemoryBus::new());
+            let topic = unique("inbox");
+            // 1. The same event delivered twice.
+            let twice = event(1);
+            let consumer = Consumer::new(bus.clone(), SubscriptionSpec::new(&topic, "g"))
+                .start(handler.clone())
+                .await
+                .expect("subscribe");
+            keel_core::Publisher::publish(&*bus, &topic, std::slice::from_ref(&twice))
+                .await
+                .expect("publish");
+            keel_core::Publisher::publish(&*bus, &topic, std::slice::from_ref(&twice))
+                .await
+                .expect("publish");
+            eventually("the first delivery", || calls.load(Ordering::SeqCst) >= 1).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            consumer.stop().await.expect("stop");
+            assert!(inbox.contains("g", twice.id()).await.expect("inbox"));
+
+            // 2. A crash between the handler's commit and the ack: the handler's transaction
+            // commits, then the consumer dies without acknowledging.
+            let crashed = event(2);
+            let mut subscription =
+                keel_core::Subscriber::subscribe(&*bus, SubscriptionSpec::new(&topic, "g"))
+                    .await
+                    .expect("subscribe");
+            keel_core::Publisher::publish(&*bus, &topic, std::slice::from_ref(&crashed))
+                .await
+                .expect("publish");
+            let delivery = subscription.next().await.expect("open").expect("delivery");
+            let message = Message::new(
+                delivery.event().expect("event").clone(),
+                1,
+                topic.as_str().into(),
+                "g".into(),
+            );
+            tower::ServiceExt::oneshot(handler.clone(), message).await.expect("handler commits");
+            drop(delivery);
+            drop(subscription);
+            // Redelivered to a new member, which finds it in the inbox.
+            let consumer = Consumer::new(bus.clone(), SubscriptionSpec::new(&topic, "g"))
+                .start(handler)
+                .await
+                .expect("subscribe");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            consumer.stop().await.expect("stop");
+
+            let effects: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT event_id, count(*) FROM effects GROUP BY event_id ORDER BY event_id",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("effects");
+            let mut expected = vec![(twice.id().to_owned(), 1), (crashed.id().to_owned(), 1)];
+            expected.sort();
+            assert_eq!(effects, expected, "each event applied exactly once");
+            assert_eq!(calls.load(Ordering::SeqCst), 2, "duplicates never reach the handler");
+        }
+    };
+}
