@@ -116,14 +116,26 @@ const REPLAY_AHEAD: usize = 2;
 /// receives rows from the server while the other decodes the previous batch, and the
 /// caller handles the batch before that. On a small machine the server, the
 /// receiving and the decoding then each keep a core busy instead of taking turns.
+///
+/// The replay holds one pooled connection (and its query's snapshot) until it ends. A
+/// replay dropped half-way closes that connection instead of returning it to the
+/// pool, which would otherwise first read the rest of the result.
 pub(crate) fn replay(pool: PgPool, query: LogQuery) -> BoxStream<'static, Result<Vec<LogEvent>>> {
     let batch = query.limit.clamp(1, 10_000);
     let (rows_tx, mut rows_rx) = mpsc::channel::<Result<Vec<PgRow>>>(REPLAY_AHEAD);
     let (events_tx, mut events_rx) = mpsc::channel::<Result<Vec<LogEvent>>>(REPLAY_AHEAD);
     tokio::spawn(async move {
+        let mut conn = match pool.acquire().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                let _ = rows_tx.send(Err(error.into())).await;
+                return;
+            }
+        };
         let sql = all_sql();
-        let mut rows = all_query(&sql, &query, None).fetch(&pool);
+        let mut rows = all_query(&sql, &query, None).fetch(&mut *conn);
         let mut buffer = Vec::with_capacity(batch);
+        let mut abandoned = false;
         while let Some(row) = rows.next().await {
             match row {
                 Ok(row) => buffer.push(row),
@@ -135,11 +147,15 @@ pub(crate) fn replay(pool: PgPool, query: LogQuery) -> BoxStream<'static, Result
             if buffer.len() == batch {
                 let full = std::mem::replace(&mut buffer, Vec::with_capacity(batch));
                 if rows_tx.send(Ok(full)).await.is_err() {
-                    return; // the replay was dropped
+                    abandoned = true; // the replay was dropped
+                    break;
                 }
             }
         }
-        if !buffer.is_empty() {
+        drop(rows);
+        if abandoned {
+            conn.close_on_drop();
+        } else if !buffer.is_empty() {
             let _ = rows_tx.send(Ok(buffer)).await;
         }
     });
