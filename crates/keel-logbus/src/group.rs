@@ -2,26 +2,23 @@
 //! not settled yet, in which order it may hand it out, what its members hold, and how
 //! far its durable cursor may move.
 //!
-//! Messages wait in *lanes*, one per partition key (a message without a key is a lane
-//! of its own). Only the head of a lane is handed out, and the lane stays busy until
-//! that head is settled (acked, dead-lettered, or nacked and its delay has passed):
-//! that keeps order per key. `ready` lists the lanes whose head can go now. The same
-//! design as `keel-memory`'s groups, fed from the log instead of a topic buffer.
+//! The order (lanes per partition key, the ready queue, nack delays, prefetch per
+//! member) is [`keel_lanes::Lanes`], as in `keel-memory`'s groups; this file keeps what
+//! is particular to a group fed from the log: generations, the read-ahead bound, retried
+//! dead letters, and the committed cursor.
 //!
 //! Every event read gets an *offset* (a counter of this activation); `done` says which
 //! offsets from `low` on are settled, and `committed` is the log cursor of the end of
 //! the settled prefix: the only place the durable checkpoint may move to.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_core::bus::{DeadLetterId, Payload};
+use keel_lanes::Lanes;
 use keel_store::Cursor;
 use tokio::time::Instant;
-
-/// Stand-in deadline for a nack delay too large to add to the clock.
-const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
 /// Where a message came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,50 +33,15 @@ pub(crate) enum Origin {
 struct Entry {
     payload: Arc<Payload>,
     origin: Origin,
-    attempts: u32,
     size: usize,
 }
 
-impl Entry {
-    fn key(&self) -> Option<&str> {
-        match &*self.payload {
-            Payload::Event(event) => event.partition_key(),
-            Payload::Undecodable(_) => None,
-        }
+/// The partition key of a message: its lane.
+fn key(payload: &Payload) -> Option<&str> {
+    match payload {
+        Payload::Event(event) => event.partition_key(),
+        Payload::Undecodable(_) => None,
     }
-}
-
-#[derive(Debug)]
-struct Lane {
-    key: Arc<str>,
-    queue: VecDeque<Entry>,
-    /// The previous head is out (in flight or waiting for its nack delay).
-    busy: bool,
-}
-
-#[derive(Debug)]
-enum Slot {
-    Lane(Arc<str>),
-    Solo(Entry),
-}
-
-#[derive(Debug)]
-struct Parked {
-    entry: Entry,
-    key: Option<Arc<str>>,
-}
-
-#[derive(Debug)]
-struct InFlight {
-    entry: Entry,
-    key: Option<Arc<str>>,
-    member: u64,
-}
-
-#[derive(Debug)]
-struct Member {
-    prefetch: usize,
-    deliveries: HashSet<u64>,
 }
 
 /// What [`Group::take`] found for a member.
@@ -116,12 +78,7 @@ pub(crate) struct Group {
     low: u64,
     done: VecDeque<(Cursor, bool)>,
     committed: Cursor,
-    lanes: HashMap<Arc<str>, Lane>,
-    ready: VecDeque<Slot>,
-    parked: BTreeMap<(Instant, u64), Parked>,
-    in_flight: HashMap<u64, InFlight>,
-    members: HashMap<u64, Member>,
-    next_id: u64,
+    lanes: Lanes<Entry>,
     /// Messages read and not settled, and their data size.
     unsettled: usize,
     bytes: usize,
@@ -141,12 +98,7 @@ impl Group {
             low: 0,
             done: VecDeque::new(),
             committed: Cursor::START,
-            lanes: HashMap::new(),
-            ready: VecDeque::new(),
-            parked: BTreeMap::new(),
-            in_flight: HashMap::new(),
-            members: HashMap::new(),
-            next_id: 0,
+            lanes: Lanes::new(),
             unsettled: 0,
             bytes: 0,
             letters: HashSet::new(),
@@ -173,12 +125,6 @@ impl Group {
         self.low = 0;
         self.done.clear();
         self.lanes.clear();
-        self.ready.clear();
-        self.parked.clear();
-        self.in_flight.clear();
-        for member in self.members.values_mut() {
-            member.deliveries.clear();
-        }
         self.unsettled = 0;
         self.bytes = 0;
         self.letters.clear();
@@ -208,8 +154,7 @@ impl Group {
         if self.bytes >= max_bytes {
             return 0;
         }
-        let prefetch: usize = self.members.values().map(|m| m.prefetch).sum();
-        prefetch.saturating_mul(2).max(min).saturating_sub(self.unsettled)
+        self.lanes.prefetch().saturating_mul(2).max(min).saturating_sub(self.unsettled)
     }
 
     /// Takes in an event read from the log at `cursor` (in log order).
@@ -218,12 +163,11 @@ impl Group {
         self.done.push_back((cursor, false));
         self.unsettled += 1;
         self.bytes += size;
-        self.enqueue(Entry {
-            payload: Arc::new(payload),
-            origin: Origin::Log(offset),
-            attempts: 0,
-            size,
-        });
+        let payload = Arc::new(payload);
+        self.lanes.push(
+            key(&payload),
+            Entry { payload: Arc::clone(&payload), origin: Origin::Log(offset), size },
+        );
     }
 
     /// Records that the log up to `cursor` holds nothing more for the group (filtered
@@ -244,12 +188,11 @@ impl Group {
         let size = payload_size(&payload);
         self.unsettled += 1;
         self.bytes += size;
-        self.enqueue(Entry {
-            payload: Arc::new(payload),
-            origin: Origin::Letter(id),
-            attempts: 0,
-            size,
-        });
+        let payload = Arc::new(payload);
+        self.lanes.push(
+            key(&payload),
+            Entry { payload: Arc::clone(&payload), origin: Origin::Letter(id), size },
+        );
     }
 
     fn advance(&mut self) {
@@ -270,91 +213,30 @@ impl Group {
         self.advance();
     }
 
-    fn enqueue(&mut self, entry: Entry) {
-        let Some(key) = entry.key() else {
-            self.ready.push_back(Slot::Solo(entry));
-            return;
-        };
-        if let Some(lane) = self.lanes.get_mut(key) {
-            lane.queue.push_back(entry);
-            if !lane.busy && lane.queue.len() == 1 {
-                self.ready.push_back(Slot::Lane(Arc::clone(&lane.key)));
-            }
-        } else {
-            let key: Arc<str> = Arc::from(key);
-            let lane = Lane { key: Arc::clone(&key), queue: VecDeque::from([entry]), busy: false };
-            self.lanes.insert(Arc::clone(&key), lane);
-            self.ready.push_back(Slot::Lane(key));
-        }
-    }
-
-    fn requeue(&mut self, entry: Entry, key: Option<Arc<str>>) {
-        let Some(key) = key else {
-            self.ready.push_back(Slot::Solo(entry));
-            return;
-        };
-        match self.lanes.get_mut(&key) {
-            Some(lane) => {
-                lane.queue.push_front(entry);
-                lane.busy = false;
-            }
-            None => {
-                let lane =
-                    Lane { key: Arc::clone(&key), queue: VecDeque::from([entry]), busy: false };
-                self.lanes.insert(Arc::clone(&key), lane);
-            }
-        }
-        self.ready.push_back(Slot::Lane(key));
-    }
-
-    fn finish(&mut self, entry: Entry, key: Option<Arc<str>>) {
+    /// The message is settled (its lane is freed already): count it out and free its
+    /// offset or its letter.
+    fn finish(&mut self, entry: &Entry) {
         self.unsettled = self.unsettled.saturating_sub(1);
         self.bytes = self.bytes.saturating_sub(entry.size);
-        match entry.origin {
-            Origin::Log(offset) => self.mark_done(offset),
+        match &entry.origin {
+            Origin::Log(offset) => self.mark_done(*offset),
             Origin::Letter(id) => {
-                self.letters.remove(&id);
+                self.letters.remove(id);
             }
         }
-        let Some(key) = key else { return };
-        let Some(lane) = self.lanes.get_mut(&key) else { return };
-        lane.busy = false;
-        if lane.queue.is_empty() {
-            self.lanes.remove(&key);
-        } else {
-            self.ready.push_back(Slot::Lane(key));
-        }
-    }
-
-    /// Makes nacked messages whose delay has passed ready again; whether any.
-    fn unpark(&mut self, now: Instant) -> bool {
-        let mut any = false;
-        while let Some(first) = self.parked.first_entry() {
-            if first.key().0 > now {
-                break;
-            }
-            let Parked { entry, key } = first.remove();
-            self.requeue(entry, key);
-            any = true;
-        }
-        any
     }
 
     pub(crate) fn join(&mut self, member: u64, prefetch: usize) {
-        self.members
-            .insert(member, Member { prefetch: prefetch.max(1), deliveries: HashSet::new() });
+        self.lanes.join(member, prefetch);
         self.empty_since = None;
     }
 
     /// Removes a member and gives back everything it holds.
     pub(crate) fn leave(&mut self, member: u64) {
-        let Some(left) = self.members.remove(&member) else { return };
-        for id in left.deliveries {
-            if let Some(out) = self.in_flight.remove(&id) {
-                self.requeue(out.entry, out.key);
-            }
+        if !self.lanes.leave(member) {
+            return;
         }
-        if self.members.is_empty() {
+        if !self.lanes.has_members() {
             self.empty_since = Some(Instant::now());
         }
     }
@@ -368,74 +250,39 @@ impl Group {
         if self.closed {
             return Take::Gone;
         }
-        self.unpark(Instant::now());
-        let Some(holder) = self.members.get(&member) else { return Take::Gone };
-        if holder.deliveries.len() >= holder.prefetch {
-            return Take::Wait(None);
+        self.lanes.unpark(Instant::now());
+        match self.lanes.take(member) {
+            keel_lanes::Take::Delivery { id, attempt, item } => Take::Delivery {
+                payload: Arc::clone(&item.payload),
+                attempt,
+                id,
+                generation: self.generation,
+            },
+            keel_lanes::Take::Wait(until) => Take::Wait(until),
+            keel_lanes::Take::Gone => Take::Gone,
         }
-        while let Some(slot) = self.ready.pop_front() {
-            let (mut entry, key) = match slot {
-                Slot::Solo(entry) => (entry, None),
-                Slot::Lane(key) => {
-                    let Some(lane) = self.lanes.get_mut(&key) else { continue };
-                    if lane.busy {
-                        continue;
-                    }
-                    let Some(entry) = lane.queue.pop_front() else {
-                        self.lanes.remove(&key);
-                        continue;
-                    };
-                    lane.busy = true;
-                    (entry, Some(key))
-                }
-            };
-            entry.attempts = entry.attempts.saturating_add(1);
-            let id = self.next_id;
-            self.next_id += 1;
-            let payload = Arc::clone(&entry.payload);
-            let attempt = entry.attempts;
-            self.in_flight.insert(id, InFlight { entry, key, member });
-            if let Some(holder) = self.members.get_mut(&member) {
-                holder.deliveries.insert(id);
-            }
-            return Take::Delivery { payload, attempt, id, generation: self.generation };
-        }
-        Take::Wait(self.parked.keys().next().map(|(at, _)| *at))
     }
 
-    fn take_out(&mut self, generation: u64, id: u64) -> Option<InFlight> {
+    /// Takes delivery `id` of `generation` out as settled for good; `None` when it is
+    /// no longer out (given back meanwhile, or of an older generation).
+    fn settle(&mut self, generation: u64, id: u64) -> Option<Entry> {
         if generation != self.generation {
             return None;
         }
-        let out = self.in_flight.remove(&id)?;
-        if let Some(holder) = self.members.get_mut(&out.member) {
-            holder.deliveries.remove(&id);
-        }
-        Some(out)
+        let entry = self.lanes.settle(id)?;
+        self.finish(&entry);
+        Some(entry)
     }
 
     /// Acks a delivery: the origin of a retried letter is returned so its row can be
     /// deleted. `None` when the delivery is no longer out (given back meanwhile).
     pub(crate) fn ack(&mut self, generation: u64, id: u64) -> Option<Origin> {
-        let out = self.take_out(generation, id)?;
-        let origin = out.entry.origin.clone();
-        self.finish(out.entry, out.key);
-        Some(origin)
+        self.settle(generation, id).map(|entry| entry.origin)
     }
 
     /// Gives a delivery back, to go again after `delay`; whether it was out.
     pub(crate) fn nack(&mut self, generation: u64, id: u64, delay: Duration) -> bool {
-        let Some(out) = self.take_out(generation, id) else { return false };
-        if delay.is_zero() {
-            self.requeue(out.entry, out.key);
-        } else {
-            let now = Instant::now();
-            let at = now.checked_add(delay).or_else(|| now.checked_add(FAR_FUTURE)).unwrap_or(now);
-            let seq = self.next_id;
-            self.next_id += 1;
-            self.parked.insert((at, seq), Parked { entry: out.entry, key: out.key });
-        }
-        true
+        generation == self.generation && self.lanes.nack(id, delay, Instant::now())
     }
 
     /// The payload and origin of a delivery about to be dead-lettered (it stays out,
@@ -444,15 +291,13 @@ impl Group {
         if generation != self.generation {
             return None;
         }
-        let out = self.in_flight.get(&id)?;
-        Some(Leaving { payload: Arc::clone(&out.entry.payload), origin: out.entry.origin.clone() })
+        let entry = self.lanes.get(id)?;
+        Some(Leaving { payload: Arc::clone(&entry.payload), origin: entry.origin.clone() })
     }
 
     /// The dead letter is stored: the message is done for the group.
     pub(crate) fn end_dead_letter(&mut self, generation: u64, id: u64) -> bool {
-        let Some(out) = self.take_out(generation, id) else { return false };
-        self.finish(out.entry, out.key);
-        true
+        self.settle(generation, id).is_some()
     }
 }
 

@@ -41,8 +41,9 @@
 //! - [`store`]: [`BusStore`], what the bus needs from a store beyond the event log
 //!   (batch appends, raw rows, the dead-letter table), for SQLite and PostgreSQL.
 //! - `envelope.rs`: published events into the log and back, unchanged.
-//! - `group.rs`: one group's in-process state: key lanes, prefetch, nack delays, the
-//!   settled prefix that bounds the checkpoint.
+//! - `group.rs`: one group's in-process state: its [`keel_lanes::Lanes`] (key lanes,
+//!   prefetch, nack delays), generations, the read-ahead bound, and the settled prefix
+//!   that bounds the checkpoint.
 //! - `feeder.rs`: the task per group that holds its lease and reads the log into it.
 //! - `subscription.rs`: a group member and the settle handle of its deliveries.
 //! - `shared.rs`: what members, settle handles and the feeder share; the registry.

@@ -1,24 +1,20 @@
 //! One consumer group of a topic: which of the topic's messages it still owes, in which
 //! order it may hand them out, what its members hold, and its dead letters.
 //!
-//! Messages are queued in *lanes*: one lane per partition key, and a lane of its own for
-//! every message without a key. Only the head of a lane is ever handed out, and the lane
-//! stays *busy* until that head is settled (acked, dead-lettered, or nacked and its delay
-//! has passed), which is what keeps order per key. `ready` lists the lanes whose head can
-//! be handed out now, so taking a message and settling one are O(1) (O(log n) for nack
-//! delays), never a scan.
+//! The order (key lanes, the ready queue, nack delays, prefetch per member) is
+//! [`keel_lanes::Lanes`]; this file keeps the group's own concerns around it: the type
+//! filter, which log offsets are finished with (so the topic may trim its log), the
+//! dead letters, and waking members.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use keel_core::bus::{BusError, DeadLetter, DeadLetterId, DeadLetterReason, Payload};
+use keel_lanes::Lanes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-/// Stand-in deadline for a nack delay too large to add to the clock.
-const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 
 /// A message as a group holds it.
 #[derive(Debug)]
@@ -27,53 +23,14 @@ struct Entry {
     /// Offset in the topic log; `None` for a dead letter sent back by `retry`, which
     /// belongs to this group alone and so does not hold back trimming of the log.
     offset: Option<u64>,
-    /// How many times it has been handed out.
-    attempts: u32,
 }
 
-impl Entry {
-    fn key(&self) -> Option<&str> {
-        match &*self.msg {
-            Payload::Event(event) => event.partition_key(),
-            Payload::Undecodable(_) => None,
-        }
+/// The partition key of a message: its lane.
+fn key(msg: &Payload) -> Option<&str> {
+    match msg {
+        Payload::Event(event) => event.partition_key(),
+        Payload::Undecodable(_) => None,
     }
-}
-
-#[derive(Debug)]
-struct Lane {
-    key: Arc<str>,
-    queue: VecDeque<Entry>,
-    /// The previous head is out (in flight or waiting for its nack delay).
-    busy: bool,
-}
-
-/// A lane whose head can be handed out now.
-#[derive(Debug)]
-enum Slot {
-    Lane(Arc<str>),
-    /// A message without a partition key: a lane of one, kept out of `lanes`.
-    Solo(Entry),
-}
-
-/// A nacked message waiting for its delay (its lane, if keyed, stays busy meanwhile).
-#[derive(Debug)]
-struct Parked {
-    entry: Entry,
-    key: Option<Arc<str>>,
-}
-
-#[derive(Debug)]
-struct InFlight {
-    entry: Entry,
-    key: Option<Arc<str>>,
-    member: u64,
-}
-
-#[derive(Debug)]
-struct Member {
-    prefetch: usize,
-    deliveries: HashSet<u64>,
 }
 
 /// What [`Group::take`] found for a member.
@@ -106,13 +63,7 @@ pub(crate) struct Group {
     low: u64,
     /// Whether each log offset from `low` on is finished with (the front is always false).
     done: VecDeque<bool>,
-    lanes: HashMap<Arc<str>, Lane>,
-    ready: VecDeque<Slot>,
-    /// Ordered by ready-at instant; the `u64` makes keys unique.
-    parked: BTreeMap<(Instant, u64), Parked>,
-    in_flight: HashMap<u64, InFlight>,
-    members: HashMap<u64, Member>,
-    next_id: u64,
+    lanes: Lanes<Entry>,
     dead: VecDeque<DeadLetter>,
 }
 
@@ -125,12 +76,7 @@ impl Group {
             notify: Arc::new(Notify::new()),
             low,
             done: VecDeque::new(),
-            lanes: HashMap::new(),
-            ready: VecDeque::new(),
-            parked: BTreeMap::new(),
-            in_flight: HashMap::new(),
-            members: HashMap::new(),
-            next_id: 0,
+            lanes: Lanes::new(),
             dead: VecDeque::new(),
         }
     }
@@ -169,7 +115,7 @@ impl Group {
         let wanted = self.wants(msg);
         self.done.push_back(!wanted);
         if wanted {
-            self.enqueue(Entry { msg: Arc::clone(msg), offset: Some(offset), attempts: 0 });
+            self.lanes.push(key(msg), Entry { msg: Arc::clone(msg), offset: Some(offset) });
         }
     }
 
@@ -191,127 +137,37 @@ impl Group {
         self.advance();
     }
 
-    fn enqueue(&mut self, entry: Entry) {
-        let Some(key) = entry.key() else {
-            self.ready.push_back(Slot::Solo(entry));
-            return;
-        };
-        if let Some(lane) = self.lanes.get_mut(key) {
-            lane.queue.push_back(entry);
-            if !lane.busy && lane.queue.len() == 1 {
-                self.ready.push_back(Slot::Lane(Arc::clone(&lane.key)));
-            }
-        } else {
-            let key: Arc<str> = Arc::from(key);
-            let lane = Lane { key: Arc::clone(&key), queue: VecDeque::from([entry]), busy: false };
-            self.lanes.insert(Arc::clone(&key), lane);
-            self.ready.push_back(Slot::Lane(key));
-        }
-    }
-
-    /// Puts a message that was out back at the head of its lane, ready to go again.
-    fn requeue(&mut self, entry: Entry, key: Option<Arc<str>>) {
-        let Some(key) = key else {
-            self.ready.push_back(Slot::Solo(entry));
-            return;
-        };
-        match self.lanes.get_mut(&key) {
-            Some(lane) => {
-                lane.queue.push_front(entry);
-                lane.busy = false;
-            }
-            None => {
-                let lane =
-                    Lane { key: Arc::clone(&key), queue: VecDeque::from([entry]), busy: false };
-                self.lanes.insert(Arc::clone(&key), lane);
-            }
-        }
-        self.ready.push_back(Slot::Lane(key));
-    }
-
-    /// The message is done for this group: free its offset and its lane.
-    fn finish(&mut self, entry: Entry, key: Option<Arc<str>>) {
+    /// The message is done for this group (its lane is freed already): free its offset.
+    fn finish(&mut self, entry: &Entry) {
         if let Some(offset) = entry.offset {
             self.mark_done(offset);
-        }
-        let Some(key) = key else { return };
-        let Some(lane) = self.lanes.get_mut(&key) else { return };
-        lane.busy = false;
-        if lane.queue.is_empty() {
-            self.lanes.remove(&key);
-        } else {
-            self.ready.push_back(Slot::Lane(key));
-        }
-    }
-
-    /// Makes nacked messages whose delay has passed ready again.
-    fn unpark(&mut self, now: Instant) {
-        let mut any = false;
-        while let Some(first) = self.parked.first_entry() {
-            if first.key().0 > now {
-                break;
-            }
-            let Parked { entry, key } = first.remove();
-            self.requeue(entry, key);
-            any = true;
-        }
-        if any {
-            // Other members may have room for what just became ready.
-            self.notify.notify_waiters();
         }
     }
 
     pub(crate) fn join(&mut self, member: u64, prefetch: usize) {
-        self.members
-            .insert(member, Member { prefetch: prefetch.max(1), deliveries: HashSet::new() });
+        self.lanes.join(member, prefetch);
     }
 
     /// Removes a member and gives everything it holds back to the group.
     pub(crate) fn leave(&mut self, member: u64) {
-        let Some(left) = self.members.remove(&member) else { return };
-        for id in left.deliveries {
-            if let Some(out) = self.in_flight.remove(&id) {
-                self.requeue(out.entry, out.key);
-            }
+        if self.lanes.leave(member) {
+            self.notify.notify_waiters();
         }
-        self.notify.notify_waiters();
     }
 
     /// Hands the head of the first ready lane to `member`, if it has room for another.
     pub(crate) fn take(&mut self, member: u64) -> Take {
-        self.unpark(Instant::now());
-        let Some(holder) = self.members.get(&member) else { return Take::Gone };
-        if holder.deliveries.len() >= holder.prefetch {
-            return Take::Wait(None);
+        if self.lanes.unpark(Instant::now()) {
+            // Other members may have room for what just became ready.
+            self.notify.notify_waiters();
         }
-        while let Some(slot) = self.ready.pop_front() {
-            let (mut entry, key) = match slot {
-                Slot::Solo(entry) => (entry, None),
-                Slot::Lane(key) => {
-                    let Some(lane) = self.lanes.get_mut(&key) else { continue };
-                    if lane.busy {
-                        continue;
-                    }
-                    let Some(entry) = lane.queue.pop_front() else {
-                        self.lanes.remove(&key);
-                        continue;
-                    };
-                    lane.busy = true;
-                    (entry, Some(key))
-                }
-            };
-            entry.attempts = entry.attempts.saturating_add(1);
-            let id = self.next_id;
-            self.next_id += 1;
-            let payload = Arc::clone(&entry.msg);
-            let attempt = entry.attempts;
-            self.in_flight.insert(id, InFlight { entry, key, member });
-            if let Some(holder) = self.members.get_mut(&member) {
-                holder.deliveries.insert(id);
+        match self.lanes.take(member) {
+            keel_lanes::Take::Delivery { id, attempt, item } => {
+                Take::Delivery { payload: Arc::clone(&item.msg), attempt, id }
             }
-            return Take::Delivery { payload, attempt, id };
+            keel_lanes::Take::Wait(until) => Take::Wait(until),
+            keel_lanes::Take::Gone => Take::Gone,
         }
-        Take::Wait(self.parked.keys().next().map(|(at, _)| *at))
     }
 
     /// Settles delivery `id`. [`BusError::Closed`] if it is no longer out (its
@@ -322,22 +178,18 @@ impl Group {
         id: u64,
         outcome: Outcome,
     ) -> Result<(), BusError> {
-        let Some(out) = self.in_flight.remove(&id) else { return Err(BusError::Closed) };
-        if let Some(holder) = self.members.get_mut(&out.member) {
-            holder.deliveries.remove(&id);
-        }
         match outcome {
-            Outcome::Ack => self.finish(out.entry, out.key),
-            Outcome::Nack(delay) if delay.is_zero() => self.requeue(out.entry, out.key),
+            Outcome::Ack => {
+                let Some(entry) = self.lanes.settle(id) else { return Err(BusError::Closed) };
+                self.finish(&entry);
+            }
             Outcome::Nack(delay) => {
-                let now = Instant::now();
-                let at =
-                    now.checked_add(delay).or_else(|| now.checked_add(FAR_FUTURE)).unwrap_or(now);
-                let seq = self.next_id;
-                self.next_id += 1;
-                self.parked.insert((at, seq), Parked { entry: out.entry, key: out.key });
+                if !self.lanes.nack(id, delay, Instant::now()) {
+                    return Err(BusError::Closed);
+                }
             }
             Outcome::DeadLetter(reason) => {
+                let Some(entry) = self.lanes.settle(id) else { return Err(BusError::Closed) };
                 self.dead.push_back(DeadLetter {
                     id: DeadLetterId(uuid::Uuid::now_v7().to_string()),
                     topic: topic.to_owned(),
@@ -345,9 +197,9 @@ impl Group {
                     reason: reason.error,
                     attempts: reason.attempts,
                     dead_lettered_at: Utc::now(),
-                    payload: Payload::clone(&out.entry.msg),
+                    payload: Payload::clone(&entry.msg),
                 });
-                self.finish(out.entry, out.key);
+                self.finish(&entry);
             }
         }
         // A lane may be ready, the member has room again, or (nack) a waiting member
@@ -364,7 +216,8 @@ impl Group {
     pub(crate) fn retry(&mut self, id: &DeadLetterId) -> bool {
         let Some(position) = self.dead.iter().position(|d| &d.id == id) else { return false };
         let Some(letter) = self.dead.remove(position) else { return false };
-        self.enqueue(Entry { msg: Arc::new(letter.payload), offset: None, attempts: 0 });
+        let msg = Arc::new(letter.payload);
+        self.lanes.push(key(&msg), Entry { msg: Arc::clone(&msg), offset: None });
         self.notify.notify_waiters();
         true
     }

@@ -9,8 +9,9 @@
 //! - `lib.rs`: [`MemoryBus`], the topic registry, the closed flag and the trait impls.
 //! - `topic.rs`: one topic: the retained log of its messages, trimming, capacity waits,
 //!   and its groups behind one lock.
-//! - `group.rs`: one consumer group: key lanes, the ready queue, nack delays, in-flight
-//!   deliveries per member (prefetch) and the dead letters.
+//! - `group.rs`: one consumer group: the type filter, which log offsets it is done with,
+//!   its dead letters, and its [`keel_lanes::Lanes`] (key lanes, the ready queue, nack
+//!   delays, in-flight deliveries per member with prefetch).
 //! - `subscription.rs`: a group member (`Subscription`) and the settle handle of each
 //!   delivery (`Settle`, and `Drop` as an undelayed nack).
 
