@@ -118,17 +118,8 @@ fn bad_arguments_fail_with_a_clear_message() {
 #[cfg(feature = "integration")]
 #[test]
 fn commands_work_on_postgres() {
-    let admin = std::env::var("KEEL_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("keel_t_cli_{}", uuid_like());
-    let status = Command::new("psql")
-        .args([&admin, "-qc", &format!("CREATE DATABASE {name}")])
-        .status()
-        .expect("psql");
-    assert!(status.success());
-    let (base, _) = admin.rsplit_once('/').expect("database in URL");
     let mut keel = Keel::sqlite();
-    keel.database_url = format!("{base}/{name}");
+    keel.database_url = keel_testkit::postgres::fresh_database_blocking("cli");
     exercise(&keel);
 }
 

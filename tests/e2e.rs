@@ -365,20 +365,6 @@ async fn embedded_default_sqlite_and_the_log_as_bus() {
 }
 
 #[cfg(feature = "integration")]
-fn fresh_postgres() -> String {
-    let admin = std::env::var("KEEL_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("keel_t_e2e_{}", uuid::Uuid::now_v7().simple());
-    let status = Command::new("psql")
-        .args([&admin, "-qc", &format!("CREATE DATABASE {name}")])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
-}
-
-#[cfg(feature = "integration")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_rabbitmq_and_consul() {
     let amqp = std::env::var("KEEL_TEST_AMQP_URL")
@@ -386,7 +372,7 @@ async fn postgres_rabbitmq_and_consul() {
     let consul =
         std::env::var("KEEL_TEST_CONSUL_URL").unwrap_or_else(|_| "http://127.0.0.1:8500".into());
     whole_system(&[
-        ("KEEL_DATABASE_URL", fresh_postgres()),
+        ("KEEL_DATABASE_URL", keel_testkit::postgres::fresh_database("e2e").await),
         ("KEEL_BUS_URL", amqp),
         ("KEEL_CONSUL_URL", consul),
     ])
@@ -399,7 +385,7 @@ async fn postgres_and_kafka() {
     let brokers =
         std::env::var("KEEL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     whole_system(&[
-        ("KEEL_DATABASE_URL", fresh_postgres()),
+        ("KEEL_DATABASE_URL", keel_testkit::postgres::fresh_database("e2e").await),
         ("KEEL_BUS_URL", format!("kafka://{brokers}")),
     ])
     .await;

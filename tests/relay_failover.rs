@@ -19,11 +19,6 @@ use keel_store::EventLog;
 const STREAMS: usize = 8;
 const PER_STREAM: usize = 250;
 
-fn admin_url() -> String {
-    std::env::var("KEEL_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 fn amqp_url() -> String {
     std::env::var("KEEL_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -31,18 +26,6 @@ fn amqp_url() -> String {
 
 fn unique() -> String {
     uuid::Uuid::now_v7().simple().to_string()
-}
-
-fn fresh_database() -> String {
-    let name = format!("keel_t_failover_{}", unique());
-    let status = Command::new("psql")
-        .args([&admin_url(), "-qc", &format!("CREATE DATABASE {name}")])
-        .status()
-        .expect("psql");
-    assert!(status.success(), "CREATE DATABASE failed");
-    let admin = admin_url();
-    let (base, _) = admin.rsplit_once('/').expect("database in URL");
-    format!("{base}/{name}")
 }
 
 /// A `keel relay` process, killed when dropped.
@@ -76,7 +59,7 @@ impl Drop for RelayProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_active_relay_loses_nothing() {
-    let database_url = fresh_database();
+    let database_url = keel_testkit::postgres::fresh_database("failover").await;
     let log = Arc::new(PgEventLog::connect(&database_url, PgOptions::default()).await.unwrap());
     // The stream category is the topic: unique per run.
     let topic = format!("fo{}", &unique()[20..]);

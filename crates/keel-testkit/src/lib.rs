@@ -7,12 +7,14 @@
 //!   calls [`store_conformance!`]; the cases include the ordering traps of DESIGN 2.2.
 //! - [`projections`]: the projection and inbox suite for SQL stores
 //!   ([`projection_conformance!`]).
+//! - [`postgres`]: a fresh PostgreSQL database per test.
 //! - [`util`]: helpers the cases share (unique names, polling waits, sample events).
 //!
 //! Cases assert on what arrives, never on how fast: waits poll with generous deadlines
 //! that only a lost message runs into.
 
 pub mod bus;
+pub mod postgres;
 pub mod projections;
 pub mod store;
 pub mod util;

@@ -1,5 +1,5 @@
-//! The order flow on the real PostgreSQL (127.0.0.1:5432, or `KEEL_TEST_POSTGRES_URL`),
-//! each test in a fresh database: the same code as on SQLite.
+//! The order flow on the real PostgreSQL (`keel_testkit::postgres`: 127.0.0.1:5432, or
+//! `KEEL_TEST_DATABASE_URL`), each test in a fresh database: the same code as on SQLite.
 
 #![cfg(feature = "integration")]
 #![allow(clippy::unwrap_used)]
@@ -11,32 +11,15 @@ use futures::future::join_all;
 use http::StatusCode;
 use keel_services_common::Db;
 use serde_json::json;
-use sqlx::Connection as _;
 
-/// A fresh database on the server: the store on it, and how to drop it.
-async fn fresh_db() -> (Db, String) {
-    let server = std::env::var("KEEL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-    let name = format!("keel_services_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-    let db = Db::connect(&format!("{server}/{name}")).await.unwrap();
-    (db, format!("{server}/postgres|{name}"))
-}
-
-/// Drops the test database (best effort: a failed drop leaves only a stray database).
-async fn drop_db(handle: &str) {
-    let Some((admin, name)) = handle.split_once('|') else { return };
-    if let Ok(mut admin) = sqlx::PgConnection::connect(admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-    }
+/// The store on a fresh database of the test server.
+async fn fresh_db() -> Db {
+    Db::connect(&keel_testkit::postgres::fresh_database("orders").await).await.unwrap()
 }
 
 #[tokio::test]
 async fn orders_are_confirmed_rejected_and_never_oversell_on_postgres() {
-    let (db, handle) = fresh_db().await;
+    let db = fresh_db().await;
     let system = System::on(db, None).await;
     let user = system.user("pg").await;
     let product = system.product(3).await;
@@ -85,5 +68,4 @@ async fn orders_are_confirmed_rejected_and_never_oversell_on_postgres() {
     let bodies: Vec<_> = replies.iter().map(|r| r.body.to_string()).collect();
     assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT], "{bodies:?}");
     system.stop().await;
-    drop_db(&handle).await;
 }

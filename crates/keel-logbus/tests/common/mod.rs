@@ -1,6 +1,5 @@
 //! Test helpers: SQLite databases in temporary directories, fresh PostgreSQL databases
-//! (`keel_t_<uuid>` on `KEEL_TEST_DATABASE_URL`, default
-//! `postgres://postgres@127.0.0.1:5432/postgres`), and conformance factories over them.
+//! (`keel_testkit::postgres`), and conformance factories over them.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -15,7 +14,6 @@ use keel_postgres::{PgEventLog, PgOptions};
 use keel_sqlite::SqliteEventLog;
 use keel_store::SqlEventLog;
 use keel_testkit::bus::BusFactory;
-use sqlx::Connection as _;
 use tokio::sync::OnceCell;
 
 /// Options that make takeovers quick in tests.
@@ -49,23 +47,9 @@ impl SqliteDb {
     }
 }
 
-pub fn admin_url() -> String {
-    std::env::var("KEEL_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 /// Creates an empty PostgreSQL database and returns its URL.
 pub async fn fresh_database() -> String {
-    let admin = admin_url();
-    let name = format!("keel_t_{}", uuid::Uuid::now_v7().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test server");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    let _ = conn.close().await;
-    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
-    format!("{base}/{name}")
+    keel_testkit::postgres::fresh_database("logbus").await
 }
 
 pub async fn pg_log(url: &str) -> Arc<PgEventLog> {
