@@ -110,36 +110,36 @@ pub(crate) struct Outgoing<'r> {
 /// the hot path of publishing, without building the intermediate strings (a test
 /// checks both give the same headers).
 pub(crate) fn outgoing(event: &CloudEvent) -> Outgoing<'_> {
-    let mut headers = OwnedHeaders::new_with_capacity(8 + event.extensions().len());
-    let mut add = |key: &str, value: &[u8]| {
-        headers = std::mem::replace(&mut headers, OwnedHeaders::new_with_capacity(0))
-            .insert(Header { key, value: Some(value) });
+    // `OwnedHeaders::insert` takes the list by value and gives it back.
+    let add = |headers: OwnedHeaders, key: &str, value: &[u8]| {
+        headers.insert(Header { key, value: Some(value) })
     };
-    add("ce_specversion", event.specversion().as_bytes());
-    add("ce_id", event.id().as_bytes());
-    add("ce_source", event.source().as_bytes());
-    add("ce_type", event.ty().as_bytes());
+    let mut headers = OwnedHeaders::new_with_capacity(8 + event.extensions().len());
+    headers = add(headers, "ce_specversion", event.specversion().as_bytes());
+    headers = add(headers, "ce_id", event.id().as_bytes());
+    headers = add(headers, "ce_source", event.source().as_bytes());
+    headers = add(headers, "ce_type", event.ty().as_bytes());
     if let Some(subject) = event.subject() {
-        add("ce_subject", subject.as_bytes());
+        headers = add(headers, "ce_subject", subject.as_bytes());
     }
     if let Some(time) = event.time_rfc3339() {
-        add("ce_time", time.as_bytes());
+        headers = add(headers, "ce_time", time.as_bytes());
     }
     if let Some(schema) = event.dataschema() {
-        add("ce_dataschema", schema.as_bytes());
+        headers = add(headers, "ce_dataschema", schema.as_bytes());
     }
     let mut name = String::with_capacity(32);
     for (extension, value) in event.extensions() {
         name.clear();
         name.push_str("ce_");
         name.push_str(extension);
-        match value {
-            ExtensionValue::String(text) => add(&name, text.as_bytes()),
-            other => add(&name, other.to_string().as_bytes()),
-        }
+        headers = match value {
+            ExtensionValue::String(text) => add(headers, &name, text.as_bytes()),
+            other => add(headers, &name, other.to_string().as_bytes()),
+        };
     }
     if let Some(content_type) = event.datacontenttype() {
-        add(CONTENT_TYPE, content_type.as_bytes());
+        headers = add(headers, CONTENT_TYPE, content_type.as_bytes());
     }
     Outgoing {
         key: event.partition_key().map(str::as_bytes),
