@@ -6,7 +6,8 @@
 use std::io::Read as _;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use keel_testkit::process::{stop_with_sigterm, wait_until_ok};
 
 #[tokio::test]
 async fn keel_gateway_serves_per_core_and_stops_on_sigterm() {
@@ -24,13 +25,7 @@ async fn keel_gateway_serves_per_core_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !http.get(format!("{base}/_keel/health")).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(child.try_wait().unwrap().is_none(), "keel gateway exited early");
-        assert!(Instant::now() < deadline, "keel gateway never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_ok(&mut child, &format!("{base}/_keel/health"), "keel gateway").await;
     for _ in 0..8 {
         // A new connection each time, so both workers get some.
         let response = reqwest::Client::new().get(format!("{base}/api/x")).send().await.unwrap();
@@ -39,19 +34,10 @@ async fn keel_gateway_serves_per_core_and_stops_on_sigterm() {
         assert_eq!(kind, "application/problem+json");
     }
     let metrics =
-        http.get(format!("{base}/_keel/metrics")).send().await.unwrap().text().await.unwrap();
+        reqwest::get(format!("{base}/_keel/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("keel_gateway_requests_total"), "{metrics}");
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "keel gateway did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = stop_with_sigterm(&mut child, "keel gateway").await;
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(status.success(), "keel gateway exited with {status}: {stderr}");

@@ -8,6 +8,7 @@
 //! - [`projections`]: the projection and inbox suite for SQL stores
 //!   ([`projection_conformance!`]).
 //! - [`postgres`]: a fresh PostgreSQL database per test.
+//! - [`process`]: running a Keel binary as its own process (ready, SIGTERM).
 //! - [`util`]: helpers the cases share (unique names, polling waits, sample events).
 //!
 //! Cases assert on what arrives, never on how fast: waits poll with generous deadlines
@@ -15,6 +16,7 @@
 
 pub mod bus;
 pub mod postgres;
+pub mod process;
 pub mod projections;
 pub mod store;
 pub mod util;

@@ -5,7 +5,8 @@
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use keel_testkit::process::{stop_with_sigterm, wait_until_ok};
 
 #[tokio::test]
 async fn runs_alone_and_stops_on_sigterm() {
@@ -23,13 +24,8 @@ async fn runs_alone_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
+    wait_until_ok(&mut child, &format!("{base}/health"), "keel-users").await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !http.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(child.try_wait().unwrap().is_none(), "keel-users exited early");
-        assert!(Instant::now() < deadline, "keel-users never became healthy");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let created = http
         .post(format!("{base}/api/users"))
         .json(&serde_json::json!({ "name": "Alan", "email": "alan@example.com" }))
@@ -44,16 +40,7 @@ async fn runs_alone_and_stops_on_sigterm() {
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("http_requests_total"), "{metrics}");
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "keel-users did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = stop_with_sigterm(&mut child, "keel-users").await;
     assert!(status.success(), "keel-users exited with {status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
