@@ -178,23 +178,28 @@ impl Relay {
                 .map_or(events.len(), |n| start + n);
             let batch: Vec<CloudEvent> =
                 events[start..end].iter().map(|e| e.event.clone()).collect();
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                match self.bus.publish(topic, &batch).await {
-                    Ok(()) => break,
-                    Err(BusError::Unroutable(_)) => {
-                        self.publish_routable(topic, &batch).await;
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::warn!(relay = %self.name, %topic, %error, ?backoff, "publish failed; retrying");
-                        metrics::counter!("keel_relay_publish_failures_total", "relay" => self.name.clone()).increment(1);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(self.options.max_backoff);
-                    }
-                }
+            if self.publish_confirmed(topic, &batch).await.is_err() {
+                self.publish_routable(topic, &batch).await;
             }
             start = end;
+        }
+    }
+
+    /// Publishes `events`, retrying with backoff until the broker confirms them, or
+    /// until it says it cannot route them ([`BusError::Unroutable`], with its reason).
+    async fn publish_confirmed(&self, topic: &str, events: &[CloudEvent]) -> Result<(), String> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.bus.publish(topic, events).await {
+                Ok(()) => return Ok(()),
+                Err(BusError::Unroutable(reason)) => return Err(reason),
+                Err(error) => {
+                    tracing::warn!(relay = %self.name, %topic, %error, ?backoff, "publish failed; retrying");
+                    metrics::counter!("keel_relay_publish_failures_total", "relay" => self.name.clone()).increment(1);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                }
+            }
         }
     }
 
@@ -204,22 +209,10 @@ impl Relay {
     /// may go out twice: delivery is at-least-once.
     async fn publish_routable(&self, topic: &str, batch: &[CloudEvent]) {
         for event in batch {
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                match self.bus.publish(topic, std::slice::from_ref(event)).await {
-                    Ok(()) => break,
-                    Err(BusError::Unroutable(reason)) => {
-                        tracing::debug!(relay = %self.name, %topic, id = event.id(), %reason, "nobody subscribes; skipped");
-                        metrics::counter!("keel_relay_unroutable_total", "relay" => self.name.clone()).increment(1);
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::warn!(relay = %self.name, %topic, %error, ?backoff, "publish failed; retrying");
-                        metrics::counter!("keel_relay_publish_failures_total", "relay" => self.name.clone()).increment(1);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(self.options.max_backoff);
-                    }
-                }
+            if let Err(reason) = self.publish_confirmed(topic, std::slice::from_ref(event)).await {
+                tracing::debug!(relay = %self.name, %topic, id = event.id(), %reason, "nobody subscribes; skipped");
+                metrics::counter!("keel_relay_unroutable_total", "relay" => self.name.clone())
+                    .increment(1);
             }
         }
     }
