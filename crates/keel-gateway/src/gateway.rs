@@ -122,16 +122,12 @@ impl Gateway {
     /// Answers one request (admin endpoint, gateway error or proxied response).
     /// `peer` is the client address, for `X-Forwarded-For` and per-IP rate limits.
     pub async fn handle(&self, req: Request<Body>, peer: Option<SocketAddr>) -> Response<Body> {
-        let path = req.uri().path();
-        if is_admin(path) {
-            return self.admin(&req);
-        }
         let downstream = Downstream {
             peer,
             peer_ip: peer.and_then(Downstream::ip_header),
             client: self.inner.shared.client.clone(),
         };
-        self.inner.shared.proxy(req, &downstream).await
+        self.handle_from(req, &downstream).await
     }
 
     /// [`Gateway::handle`] for a connection the gateway serves itself.
