@@ -74,6 +74,11 @@ impl TraceContext {
         encode_hex(&self.trace_id)
     }
 
+    /// The trace id as its 16 bytes (what [`TraceContext::trace_id`] spells in hex).
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
     pub fn span_id(&self) -> String {
         encode_hex(&self.span_id)
     }
@@ -129,10 +134,11 @@ fn decode_hex(s: &str, out: &mut [u8]) -> Option<()> {
 }
 
 fn encode_hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     s
 }

@@ -14,9 +14,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use keel_client::Endpoints;
@@ -28,8 +26,9 @@ use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use crate::auth::Authenticator;
 use crate::config::{ADMIN_PREFIX, CorsConfig, GatewayConfig};
 use crate::error::ConfigError;
-use crate::proxy::{Downstream, HttpClient, Shared, problem};
+use crate::proxy::{Downstream, Shared, problem};
 use crate::route::{Route, RouteTable};
+use crate::upstream::UpstreamPool;
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,7 +102,7 @@ impl Gateway {
             routes.push(Route::new(route, endpoints, config.max_body_bytes));
         }
         let inner = Arc::new(Inner {
-            shared: Shared { routes: RouteTable::new(routes), auth, client: http_client() },
+            shared: Shared { routes: RouteTable::new(routes), auth, upstream: UpstreamPool::new() },
             cors,
             metrics,
         });
@@ -125,7 +124,7 @@ impl Gateway {
         let downstream = Downstream {
             peer,
             peer_ip: peer.and_then(Downstream::ip_header),
-            client: self.inner.shared.client.clone(),
+            upstream: self.inner.shared.upstream.clone(),
         };
         self.handle_from(req, &downstream).await
     }
@@ -162,8 +161,8 @@ impl Gateway {
     where
         F: Future<Output = ()> + Send,
     {
-        let client = self.inner.shared.client.clone();
-        self.serve_with(listener, client, shutdown).await;
+        let upstream = self.inner.shared.upstream.clone();
+        self.serve_with(listener, upstream, shutdown).await;
         Ok(())
     }
 
@@ -205,7 +204,7 @@ impl Gateway {
                                 let stop = async move {
                                     let _ = stopped.wait_for(|stop| *stop).await;
                                 };
-                                gateway.serve_with(listener, http_client(), stop).await;
+                                gateway.serve_with(listener, UpstreamPool::new(), stop).await;
                                 Ok(())
                             })
                         });
@@ -243,8 +242,8 @@ impl Gateway {
     }
 
     /// The accept loop of one runtime: every connection's requests go upstream
-    /// through `client`.
-    async fn serve_with<F>(self, listener: TcpListener, client: HttpClient, shutdown: F)
+    /// through `upstream`.
+    async fn serve_with<F>(self, listener: TcpListener, upstream: UpstreamPool, shutdown: F)
     where
         F: Future<Output = ()>,
     {
@@ -265,7 +264,7 @@ impl Gateway {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let service = self.connection_service(peer, client.clone());
+                    let service = self.connection_service(peer, upstream.clone());
                     let connection = http.serve_connection(TokioIo::new(stream), service);
                     let connection = graceful.watch(connection);
                     tokio::spawn(async move {
@@ -288,13 +287,13 @@ impl Gateway {
     fn connection_service(
         &self,
         peer: SocketAddr,
-        client: HttpClient,
+        upstream: UpstreamPool,
     ) -> TowerToHyperService<
         tower::util::Either<tower_http::cors::Cors<ConnectionService>, ConnectionService>,
     > {
         let service = ConnectionService {
             gateway: self.clone(),
-            downstream: Arc::new(Downstream::new(peer, client)),
+            downstream: Arc::new(Downstream::new(peer, upstream)),
         };
         let service = match &self.inner.cors {
             Some(cors) => tower::util::Either::Left(tower::Layer::layer(cors, service)),
@@ -424,16 +423,6 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
-}
-
-/// The upstream client: HTTP/1.1 with keep-alive, one pool per instance of it.
-fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Response<Body> {

@@ -19,6 +19,8 @@
 //! - `route.rs`: the compiled route table (longest prefix), per-route pools, rate
 //!   limiters and metric handles.
 //! - `proxy.rs`: one proxied request: checks, header rewriting, the upstream call.
+//! - `upstream.rs`: the upstream HTTP/1.1 client, a keep-alive pool whose connections
+//!   are driven by the requests that use them (no task per connection).
 //! - `gateway.rs`: [`Gateway`]: build, serve on a listener, per core
 //!   ([`PerCoreListeners`]) or as an axum router, admin.
 
@@ -28,6 +30,7 @@ mod error;
 mod gateway;
 mod proxy;
 mod route;
+mod upstream;
 
 pub use config::{
     ADMIN_PREFIX, ApiKeyConfig, AuthConfig, AuthMode, BalanceSetting, BreakerSettings, CorsConfig,

@@ -2,7 +2,6 @@
 //! then the upstream call with its timeout, retries and breaker reports. Bodies pass
 //! through as streams both ways; nothing here reads or re-encodes them.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -12,14 +11,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{LengthLimitError, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use keel_service::Problem;
 
 use crate::auth::{Authenticator, Refusal};
 use crate::route::{ClientKey, Route, RouteTable};
-
-pub(crate) type HttpClient = Client<HttpConnector, Body>;
+use crate::upstream::UpstreamPool;
 
 /// Set by the gateway after authentication; services record it as the actor.
 pub const SUBJECT_HEADER: HeaderName = HeaderName::from_static("x-keel-subject");
@@ -46,17 +42,17 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Where a request came from: the client's address (its IP already as an
-/// `X-Forwarded-For` value, made once per connection) and the upstream client of the
+/// `X-Forwarded-For` value, made once per connection) and the upstream pool of the
 /// runtime serving the connection.
 pub(crate) struct Downstream {
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) peer_ip: Option<HeaderValue>,
-    pub(crate) client: HttpClient,
+    pub(crate) upstream: UpstreamPool,
 }
 
 impl Downstream {
-    pub(crate) fn new(peer: SocketAddr, client: HttpClient) -> Self {
-        Self { peer: Some(peer), peer_ip: Self::ip_header(peer), client }
+    pub(crate) fn new(peer: SocketAddr, upstream: UpstreamPool) -> Self {
+        Self { peer: Some(peer), peer_ip: Self::ip_header(peer), upstream }
     }
 
     pub(crate) fn ip_header(peer: SocketAddr) -> Option<HeaderValue> {
@@ -68,7 +64,7 @@ impl Downstream {
 pub(crate) struct Shared {
     pub(crate) routes: RouteTable,
     pub(crate) auth: Option<Authenticator>,
-    pub(crate) client: HttpClient,
+    pub(crate) upstream: UpstreamPool,
 }
 
 impl Shared {
@@ -171,8 +167,29 @@ impl Shared {
             body
         };
 
+        // The path and query below the instance's base URL: the client's own when the
+        // route keeps the path (no copy, no parse).
         let path = route.upstream_path(parts.uri.path());
-        let query = parts.uri.query();
+        let origin = if path.len() == parts.uri.path().len() {
+            parts.uri.path_and_query().cloned().map_or_else(|| Uri::from_static("/"), Uri::from)
+        } else {
+            let query = parts.uri.query();
+            let mut url = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+            url.push_str(path);
+            if let Some(query) = query {
+                url.push('?');
+                url.push_str(query);
+            }
+            match Uri::try_from(url) {
+                Ok(uri) => uri,
+                Err(_) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "the request path cannot be forwarded",
+                    );
+                }
+            }
+        };
         let replayable = route.config.retries > 0
             && matches!(
                 parts.method,
@@ -182,7 +199,8 @@ impl Shared {
         let attempts = if replayable { 1 + route.config.retries } else { 1 };
         let mut body = Some(body);
         let mut headers = parts.headers;
-        let mut failure = problem(StatusCode::BAD_GATEWAY, "the upstream failed");
+        // Built when the last attempt has failed, not up front: a problem body is JSON.
+        let mut failure = (StatusCode::BAD_GATEWAY, "the upstream failed");
         // Instances already tried, so that a retry goes elsewhere (only kept when retrying).
         let mut tried: Vec<String> = Vec::new();
         for attempt in 1..=attempts {
@@ -195,30 +213,22 @@ impl Shared {
                         "no healthy upstream instance",
                     );
                 }
-                Err(_) => return failure,
+                Err(_) => return problem(failure.0, failure.1),
             };
             if attempt < attempts {
                 tried.push(pick.base_url().to_owned());
             }
-            let base = pick.base_url().trim_end_matches('/');
-            let mut url =
-                String::with_capacity(base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
-            url.push_str(base);
-            url.push_str(path);
-            if let Some(query) = query {
-                url.push('?');
-                url.push_str(query);
-            }
-            let Ok(uri) = Uri::try_from(url) else {
-                return problem(StatusCode::BAD_REQUEST, "the request path cannot be forwarded");
-            };
             let mut upstream_req = Request::new(body.take().unwrap_or_default());
             *upstream_req.method_mut() = parts.method.clone();
-            *upstream_req.uri_mut() = uri;
+            *upstream_req.uri_mut() = origin.clone();
             *upstream_req.version_mut() = Version::HTTP_11;
             *upstream_req.headers_mut() =
                 if attempt < attempts { headers.clone() } else { std::mem::take(&mut headers) };
-            match tokio::time::timeout(route.timeout, downstream.client.request(upstream_req)).await
+            match tokio::time::timeout(
+                route.timeout,
+                downstream.upstream.send(pick.base_url(), upstream_req),
+            )
+            .await
             {
                 Ok(Ok(response)) => {
                     if response.status().is_server_error() {
@@ -240,17 +250,16 @@ impl Shared {
                     }
                     pick.failure();
                     tracing::debug!(route = %route.prefix, error = %e, attempt, "upstream call failed");
-                    failure = problem(StatusCode::BAD_GATEWAY, "the upstream failed");
+                    failure = (StatusCode::BAD_GATEWAY, "the upstream failed");
                 }
                 Err(_) => {
                     pick.failure();
                     tracing::debug!(route = %route.prefix, attempt, "upstream timed out");
-                    failure =
-                        problem(StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time");
+                    failure = (StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time");
                 }
             }
         }
-        failure
+        problem(failure.0, failure.1)
     }
 }
 
@@ -283,6 +292,11 @@ fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One look over the names present (rarely one of these) instead of nine removals
+    // that each hash a name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -345,28 +359,34 @@ fn rewrite_request_headers(
 fn next_traceparent(incoming: Option<&HeaderValue>) -> HeaderValue {
     // fastrand, not uuid's OS randomness: ids need to be unique, not secret, and
     // this runs on every request.
-    let span = fastrand::u64(1..);
-    // Formatted on the stack: the header value is then the only allocation.
-    let mut text = [0u8; TRACEPARENT_LEN];
-    let written = match incoming
+    let (trace_id, sampled) = match incoming
         .and_then(|v| v.to_str().ok())
         .and_then(|v| keel_core::TraceContext::parse(v).ok())
     {
-        Some(parent) => write!(
-            &mut text[..],
-            "00-{}-{span:016x}-{}",
-            parent.trace_id(),
-            if parent.sampled() { "01" } else { "00" }
-        ),
-        None => write!(&mut text[..], "00-{:032x}-{span:016x}-01", fastrand::u128(1..)),
+        Some(parent) => (parent.trace_id_bytes(), parent.sampled()),
+        None => (fastrand::u128(1..).to_be_bytes(), true),
     };
-    written.ok().and_then(|()| HeaderValue::from_bytes(&text).ok()).unwrap_or_else(|| {
+    let span_id = fastrand::u64(1..).to_be_bytes();
+    // Spelled out by hand on the stack: the header value is then the only allocation.
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    hex_into(&mut text[3..35], &trace_id);
+    hex_into(&mut text[36..52], &span_id);
+    if !sampled {
+        text[54] = b'0';
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-01")
     })
 }
 
-/// `00-` + 32 hex digits + `-` + 16 hex digits + `-` + 2 hex digits.
-const TRACEPARENT_LEN: usize = 55;
+/// Lowercase hex of `bytes` into `out` (two digits per byte).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+}
 
 /// The client's request id when it is short and printable, a new UUID otherwise.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -429,7 +449,24 @@ mod tests {
         assert!(next.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(!next.contains("00f067aa0ba902b7"));
         let root = next_traceparent(Some(&HeaderValue::from_static("garbage")));
-        assert!(keel_core::TraceContext::parse(root.to_str().expect("ascii")).is_ok());
+        let root = keel_core::TraceContext::parse(root.to_str().expect("ascii")).expect("valid");
+        assert!(root.sampled());
+        let unsampled =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let next = next_traceparent(Some(&unsampled));
+        let next = keel_core::TraceContext::parse(next.to_str().expect("ascii")).expect("valid");
+        assert_eq!(next.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(!next.sampled());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_without_a_connection_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]
