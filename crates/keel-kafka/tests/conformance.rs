@@ -29,7 +29,12 @@ impl Factory {
 #[async_trait::async_trait]
 impl BusFactory for Factory {
     async fn bus(&self) -> Arc<dyn Bus> {
-        Arc::new(common::bus(&self.group_prefix))
+        let mut config = common::config(&self.group_prefix);
+        // Tansu can leave a crashed member's partition assigned to nobody through a
+        // rejoin (see `KafkaConfig::orphan_timeout`); at the default 20 s, the
+        // watchdog gets two tries within the suite's 60 s patience, at 8 s several.
+        config.orphan_timeout = std::time::Duration::from_secs(8);
+        Arc::new(keel_kafka::KafkaBus::new(config).expect("Kafka bus"))
     }
 
     /// A foreign record: a plain producer, no `ce_` headers.
