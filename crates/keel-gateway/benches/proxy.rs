@@ -10,7 +10,9 @@
 //! KEEL_BENCH_GATEWAY_THREADS (default: the number of CPUs, as nginx's `auto`; also the
 //! number of per-core workers), KEEL_BENCH_SKIP_MT (leave out the multi-thread row).
 //! The CPU/request column is user + system time of the target's threads (or nginx's
-//! worker processes) during the measured run, from /proc, over the requests served.
+//! worker processes) during the measured run, from /proc, over the requests served;
+//! the user and system parts follow in brackets (the kernel's work per request is the
+//! same for every proxy doing the same syscalls, so user time is what tells them apart).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -115,23 +117,28 @@ fn main() {
         let _ = wrk(&url, threads, connections, 2);
         let before = cpu.ticks();
         let mut result = wrk(&url, threads, connections, duration);
-        let ticks = cpu.ticks().saturating_sub(before);
+        let after = cpu.ticks();
         // /proc counts in USER_HZ ticks, 100 per second on Linux.
-        result.cpu_us_per_request = ticks as f64 * 10_000.0 / result.requests.max(1) as f64;
+        let per_request = |ticks: u64| ticks as f64 * 10_000.0 / result.requests.max(1) as f64;
+        result.user_us_per_request = per_request(after.user.saturating_sub(before.user));
+        result.system_us_per_request = per_request(after.system.saturating_sub(before.system));
+        result.cpu_us_per_request = result.user_us_per_request + result.system_us_per_request;
         results.push((name, result));
     }
     drop(nginx);
 
     println!();
-    println!("| target | requests/s | p50 | p99 | CPU/request | non-2xx |");
+    println!("| target | requests/s | p50 | p99 | CPU/request (user + system) | non-2xx |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (name, r) in &results {
         println!(
-            "| {name} | {:.0} | {} | {} | {:.1} us | {} |",
+            "| {name} | {:.0} | {} | {} | {:.1} us ({:.1} + {:.1}) | {} |",
             r.rps,
             fmt_latency(r.p50_us),
             fmt_latency(r.p99_us),
             r.cpu_us_per_request,
+            r.user_us_per_request,
+            r.system_us_per_request,
             r.non_2xx
         );
     }
@@ -156,8 +163,8 @@ enum Cpu {
 }
 
 impl Cpu {
-    /// User plus system time so far, in ticks.
-    fn ticks(&self) -> u64 {
+    /// User and system time so far, in ticks.
+    fn ticks(&self) -> Ticks {
         match self {
             Cpu::Threads(prefix) => std::fs::read_dir("/proc/self/task")
                 .into_iter()
@@ -179,10 +186,25 @@ impl Cpu {
     }
 }
 
+#[derive(Debug, Default, Clone, Copy)]
+struct Ticks {
+    user: u64,
+    system: u64,
+}
+
+impl std::iter::Sum for Ticks {
+    fn sum<I: Iterator<Item = Ticks>>(iter: I) -> Self {
+        iter.fold(Ticks::default(), |a, b| Ticks {
+            user: a.user + b.user,
+            system: a.system + b.system,
+        })
+    }
+}
+
 struct Stat<'a> {
     comm: &'a str,
     ppid: u32,
-    ticks: u64,
+    ticks: Ticks,
 }
 
 /// `pid (comm) state ppid ... utime stime ...` (proc(5)); comm may hold spaces.
@@ -195,7 +217,7 @@ fn parse_stat(stat: &str) -> Option<Stat<'_>> {
     let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Stat { comm, ppid, ticks: utime + stime })
+    Some(Stat { comm, ppid, ticks: Ticks { user: utime, system: stime } })
 }
 
 fn runtime(threads: usize, name: &str) -> tokio::runtime::Runtime {
@@ -314,6 +336,8 @@ struct WrkResult {
     non_2xx: u64,
     requests: u64,
     cpu_us_per_request: f64,
+    user_us_per_request: f64,
+    system_us_per_request: f64,
 }
 
 fn wrk(url: &str, threads: u64, connections: u64, seconds: u64) -> WrkResult {
