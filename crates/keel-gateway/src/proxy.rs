@@ -170,7 +170,7 @@ impl Shared {
         // The path and query below the instance's base URL: the client's own when the
         // route keeps the path (no copy, no parse).
         let path = route.upstream_path(parts.uri.path());
-        let origin = if path.len() == parts.uri.path().len() {
+        let origin = if path == parts.uri.path() {
             parts.uri.path_and_query().cloned().map_or_else(|| Uri::from_static("/"), Uri::from)
         } else {
             let query = parts.uri.query();

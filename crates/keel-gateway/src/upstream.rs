@@ -69,7 +69,7 @@ struct Idle {
 
 /// One upstream instance, parsed once from its base URL, and its idle connections.
 struct Upstream {
-    base_url: Box<str>,
+    base_url: Arc<str>,
     authority: Authority,
     /// The `Host` header sent to it.
     host: HeaderValue,
@@ -89,7 +89,7 @@ impl Upstream {
         let authority = uri.authority().cloned().ok_or_else(invalid)?;
         let host = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?;
         Ok(Self {
-            base_url: base_url.into(),
+            base_url: Arc::from(base_url),
             authority,
             host,
             base_path: uri.path().trim_end_matches('/').into(),
@@ -108,8 +108,15 @@ impl Upstream {
     }
 }
 
+/// What sending to an instance needs once the pool's lock is released.
+struct Target {
+    base_url: Arc<str>,
+    authority: Authority,
+}
+
 /// Upstreams by base URL. A gateway talks to a handful of instances per worker, so a
-/// list compared by the URL's bytes beats hashing it.
+/// list compared by the URL's bytes beats hashing it. An instance with no idle
+/// connection is forgotten by the next sweep (instances come and go with discovery).
 type Upstreams = Mutex<Vec<Upstream>>;
 
 /// A keep-alive pool of upstream connections, by instance base URL. Cheap to clone.
@@ -152,7 +159,7 @@ impl UpstreamPool {
         base_url: &str,
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let (at, authority, mut pooled) = self.prepare(base_url, &mut req)?;
+        let (Target { base_url, authority }, mut pooled) = self.prepare(base_url, &mut req)?;
         let mut req = Some(req);
         loop {
             let reused = pooled.is_some();
@@ -177,7 +184,7 @@ impl UpstreamPool {
                         body,
                         connection: open.then_some(connection),
                         pool: Arc::downgrade(&self.upstreams),
-                        at,
+                        base_url,
                     }));
                 }
                 Err(mut error) => match error.take_message() {
@@ -185,7 +192,7 @@ impl UpstreamPool {
                     // was written: safe to send again, on another connection.
                     Some(unsent) if reused => {
                         req = Some(unsent);
-                        pooled = self.with_upstream(base_url, |_, u| u.checkout())?;
+                        pooled = self.with_upstream(&base_url, Upstream::checkout)?;
                     }
                     _ => return Err(error.into_error().into()),
                 },
@@ -198,49 +205,63 @@ impl UpstreamPool {
         &self,
         base_url: &str,
         req: &mut Request<Body>,
-    ) -> Result<(usize, Authority, Option<Box<Connection>>), UpstreamError> {
-        self.with_upstream(base_url, |at, upstream| {
+    ) -> Result<(Target, Option<Box<Connection>>), UpstreamError> {
+        self.with_upstream(base_url, |upstream| {
             if !upstream.base_path.is_empty() {
                 let below = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 let full = format!("{}{below}", upstream.base_path);
                 *req.uri_mut() = full.parse().unwrap_or_else(|_| Uri::from_static("/"));
             }
             req.headers_mut().insert(http::header::HOST, upstream.host.clone());
-            (at, upstream.authority.clone(), upstream.checkout())
+            let target = Target {
+                base_url: upstream.base_url.clone(),
+                authority: upstream.authority.clone(),
+            };
+            (target, upstream.checkout())
         })
     }
 
-    /// Runs `f` on the instance at `base_url` (and its place in the list, which does not
-    /// change: instances are never removed), known from now on if it was not.
+    /// Runs `f` on the instance at `base_url`, known from now on if it was not.
     fn with_upstream<T>(
         &self,
         base_url: &str,
-        f: impl FnOnce(usize, &mut Upstream) -> T,
+        f: impl FnOnce(&mut Upstream) -> T,
     ) -> Result<T, UpstreamError> {
-        let mut upstreams = lock(&self.upstreams);
-        let at = match upstreams.iter().position(|u| *u.base_url == *base_url) {
-            Some(at) => at,
-            None => {
-                upstreams.push(Upstream::parse(base_url)?);
-                upstreams.len() - 1
-            }
-        };
-        Ok(f(at, &mut upstreams[at]))
+        with_upstream(&self.upstreams, base_url, f)
     }
+}
+
+fn with_upstream<T>(
+    upstreams: &Upstreams,
+    base_url: &str,
+    f: impl FnOnce(&mut Upstream) -> T,
+) -> Result<T, UpstreamError> {
+    let mut upstreams = lock(upstreams);
+    let at = match upstreams.iter().position(|u| *u.base_url == *base_url) {
+        Some(at) => at,
+        None => {
+            upstreams.push(Upstream::parse(base_url)?);
+            upstreams.len() - 1
+        }
+    };
+    Ok(f(&mut upstreams[at]))
 }
 
 fn lock(upstreams: &Upstreams) -> std::sync::MutexGuard<'_, Vec<Upstream>> {
     upstreams.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Closes the idle connections that expired or that the upstream closed.
-/// Instances stay known when they have no idle connection (a handful per route).
+/// Closes the idle connections that expired or that the upstream closed, and forgets
+/// the instances left with none (a connection coming back later makes its instance
+/// known again).
 fn sweep(upstreams: &Upstreams) {
-    for upstream in lock(upstreams).iter_mut() {
+    let mut upstreams = lock(upstreams);
+    for upstream in upstreams.iter_mut() {
         upstream.idle.retain_mut(|entry| {
             entry.since.elapsed() < IDLE_TIMEOUT && entry.connection.is_reusable()
         });
     }
+    upstreams.retain(|upstream| !upstream.idle.is_empty());
 }
 
 async fn connect(authority: &Authority) -> Result<Connection, UpstreamError> {
@@ -260,13 +281,12 @@ pub(crate) struct UpstreamBody {
     body: Incoming,
     connection: Option<Box<Connection>>,
     pool: Weak<Upstreams>,
-    /// The instance's place in the pool's list.
-    at: usize,
+    base_url: Arc<str>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody").field("at", &self.at).finish_non_exhaustive()
+        f.debug_struct("UpstreamBody").field("base_url", &self.base_url).finish_non_exhaustive()
     }
 }
 
@@ -311,11 +331,11 @@ impl Drop for UpstreamBody {
         if !connection.sender.is_ready() {
             return;
         }
-        if let Some(upstream) = lock(&pool).get_mut(self.at)
-            && upstream.idle.len() < MAX_IDLE_PER_UPSTREAM
-        {
-            upstream.idle.push(Idle { connection, since: Instant::now() });
-        }
+        let _ = with_upstream(&pool, &self.base_url, |upstream| {
+            if upstream.idle.len() < MAX_IDLE_PER_UPSTREAM {
+                upstream.idle.push(Idle { connection, since: Instant::now() });
+            }
+        });
     }
 }
 
@@ -394,6 +414,21 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(body_of(&pool, &url).await, "hello");
         }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_instance_the_sweep_forgot_takes_its_connection_back() {
+        let (url, accepted) = upstream(HELLO, After::KeepAlive).await;
+        let pool = UpstreamPool::new();
+        let body = pool.send(&url, get()).await.expect("response").into_body();
+        // The only connection is in use: the sweep forgets the instance...
+        sweep(&pool.upstreams);
+        assert!(lock(&pool.upstreams).is_empty());
+        // ...and the connection coming back makes it known again.
+        assert_eq!(body.collect().await.expect("body").to_bytes(), "hello");
+        assert_eq!(lock(&pool.upstreams).len(), 1);
+        assert_eq!(body_of(&pool, &url).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
