@@ -24,8 +24,9 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// An idle connection older than this is closed (upstreams commonly time out idle
-/// keep-alive connections after 60-120 s; closing first avoids sending into a close).
+/// An idle connection older than this is closed. One an upstream times out sooner is
+/// seen closed when it is taken out of the pool, or, if its close crosses the request
+/// on the wire before anything was written, the request goes out on a new connection.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// At most this many idle connections are kept per upstream.
 const MAX_IDLE_PER_UPSTREAM: usize = 1024;
