@@ -15,7 +15,7 @@ use keel_service::Problem;
 
 use crate::auth::{Authenticator, Refusal};
 use crate::route::{ClientKey, Route, RouteTable};
-use crate::upstream::UpstreamPool;
+use crate::upstream::{UpstreamError, UpstreamPool};
 
 /// Set by the gateway after authentication; services record it as the actor.
 pub const SUBJECT_HEADER: HeaderName = HeaderName::from_static("x-keel-subject");
@@ -196,17 +196,18 @@ impl Shared {
                 Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
             )
             && body.is_end_stream();
-        let attempts = if replayable { 1 + route.config.retries } else { 1 };
+        // Retries after the request went out: idempotent methods with no body only.
+        let mut retries_left = if replayable { route.config.retries } else { 0 };
         let mut body = Some(body);
         let mut headers = parts.headers;
         // Built when the last attempt has failed, not up front: a problem body is JSON.
         let mut failure = (StatusCode::BAD_GATEWAY, "the upstream failed");
-        // Instances already tried, so that a retry goes elsewhere (only kept when retrying).
+        // Instances already tried, so that another attempt goes elsewhere.
         let mut tried: Vec<String> = Vec::new();
-        for attempt in 1..=attempts {
+        loop {
             let pick = match route.endpoints.pick_excluding(&tried) {
                 Ok(pick) => pick,
-                Err(e) if attempt == 1 => {
+                Err(e) if tried.is_empty() => {
                     tracing::debug!(route = %route.prefix, error = %e, "no upstream instance");
                     return problem(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -215,27 +216,27 @@ impl Shared {
                 }
                 Err(_) => return problem(failure.0, failure.1),
             };
-            if attempt < attempts {
-                tried.push(pick.base_url().to_owned());
-            }
-            let mut upstream_req = Request::new(body.take().unwrap_or_default());
-            *upstream_req.method_mut() = parts.method.clone();
-            *upstream_req.uri_mut() = origin.clone();
-            *upstream_req.version_mut() = Version::HTTP_11;
-            *upstream_req.headers_mut() =
-                if attempt < attempts { headers.clone() } else { std::mem::take(&mut headers) };
-            match tokio::time::timeout(
-                route.timeout,
-                downstream.upstream.send(pick.base_url(), upstream_req),
-            )
-            .await
-            {
+            let attempt = async {
+                let lease =
+                    downstream.upstream.lease(pick.base_url()).await.map_err(Failed::Unsent)?;
+                let mut upstream_req = Request::new(body.take().unwrap_or_default());
+                *upstream_req.method_mut() = parts.method.clone();
+                *upstream_req.uri_mut() = origin.clone();
+                *upstream_req.version_mut() = Version::HTTP_11;
+                *upstream_req.headers_mut() =
+                    if retries_left > 0 { headers.clone() } else { std::mem::take(&mut headers) };
+                lease.send(upstream_req).await.map_err(Failed::Sent)
+            };
+            match tokio::time::timeout(route.timeout, attempt).await {
                 Ok(Ok(response)) => {
                     if response.status().is_server_error() {
-                        pick.failure();
-                        if attempt < attempts {
+                        if retries_left > 0 {
+                            retries_left -= 1;
+                            tried.push(pick.base_url().to_owned());
+                            pick.failure();
                             continue;
                         }
+                        pick.failure();
                     } else {
                         pick.success();
                     }
@@ -243,24 +244,44 @@ impl Shared {
                     strip_hop_by_hop(&mut parts.headers);
                     return Response::from_parts(parts, Body::new(body));
                 }
-                Ok(Err(e)) => {
+                Ok(Err(Failed::Unsent(e))) => {
+                    // No connection, so nothing went out: another instance may take the
+                    // request whatever its method (as nginx's `proxy_next_upstream error`).
+                    tracing::debug!(route = %route.prefix, error = %e, "upstream unreachable");
+                    failure = (StatusCode::BAD_GATEWAY, "the upstream failed");
+                    tried.push(pick.base_url().to_owned());
+                    pick.failure();
+                    continue;
+                }
+                Ok(Err(Failed::Sent(e))) => {
                     if is_length_limit(&e) {
                         // The client sent too much; the upstream did nothing wrong.
                         return too_large(route.max_body_bytes);
                     }
-                    pick.failure();
-                    tracing::debug!(route = %route.prefix, error = %e, attempt, "upstream call failed");
+                    tracing::debug!(route = %route.prefix, error = %e, "upstream call failed");
                     failure = (StatusCode::BAD_GATEWAY, "the upstream failed");
                 }
                 Err(_) => {
-                    pick.failure();
-                    tracing::debug!(route = %route.prefix, attempt, "upstream timed out");
+                    tracing::debug!(route = %route.prefix, "upstream timed out");
                     failure = (StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time");
                 }
             }
+            // The request went out (or may have) and failed.
+            if retries_left == 0 {
+                pick.failure();
+                return problem(failure.0, failure.1);
+            }
+            retries_left -= 1;
+            tried.push(pick.base_url().to_owned());
+            pick.failure();
         }
-        problem(failure.0, failure.1)
     }
+}
+
+/// How an attempt failed: before the request went out, or after.
+enum Failed {
+    Unsent(UpstreamError),
+    Sent(UpstreamError),
 }
 
 pub(crate) fn problem(status: StatusCode, detail: &'static str) -> Response<Body> {

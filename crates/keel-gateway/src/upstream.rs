@@ -76,7 +76,7 @@ struct Upstream {
     host: HeaderValue,
     /// The base URL's path without its trailing `/` (usually empty), put before every
     /// request's path.
-    base_path: Box<str>,
+    base_path: Arc<str>,
     idle: Vec<Idle>,
 }
 
@@ -113,6 +113,8 @@ impl Upstream {
 struct Target {
     base_url: Arc<str>,
     authority: Authority,
+    host: HeaderValue,
+    base_path: Arc<str>,
 }
 
 /// Upstreams by base URL. A gateway talks to a handful of instances per worker, so a
@@ -150,24 +152,63 @@ impl UpstreamPool {
         pool
     }
 
-    /// Sends `req` to the instance at `base_url` (`http://host:port`, maybe with a
-    /// path) over a pooled connection or a new one. `req`'s URI is the origin form
-    /// (path and query) below the base URL; its `Host` header is set to the
-    /// instance's. The response body carries the connection and puts it back in the
-    /// pool when it ends.
-    pub(crate) async fn send(
+    /// A connection to the instance at `base_url` (`http://host:port`, maybe with a
+    /// path): an idle one from the pool, or a new one. An error here means nothing was
+    /// sent, so the caller may send its request to another instance, whatever its
+    /// method.
+    pub(crate) async fn lease(&self, base_url: &str) -> Result<Lease<'_>, UpstreamError> {
+        let (target, pooled) = self.with_upstream(base_url, |upstream| {
+            let target = Target {
+                base_url: upstream.base_url.clone(),
+                authority: upstream.authority.clone(),
+                host: upstream.host.clone(),
+                base_path: upstream.base_path.clone(),
+            };
+            (target, upstream.checkout())
+        })?;
+        let (connection, reused) = match pooled {
+            Some(connection) => (connection, true),
+            None => (Box::new(connect(&target.authority).await?), false),
+        };
+        Ok(Lease { pool: self, target, connection, reused })
+    }
+
+    /// Runs `f` on the instance at `base_url`, known from now on if it was not.
+    fn with_upstream<T>(
         &self,
         base_url: &str,
+        f: impl FnOnce(&mut Upstream) -> T,
+    ) -> Result<T, UpstreamError> {
+        with_upstream(&self.upstreams, base_url, f)
+    }
+}
+
+/// A connection to one instance, ready for one request.
+pub(crate) struct Lease<'a> {
+    pool: &'a UpstreamPool,
+    target: Target,
+    connection: Box<Connection>,
+    /// Taken from the pool, so possibly closed by the upstream in the meantime.
+    reused: bool,
+}
+
+impl Lease<'_> {
+    /// Sends `req`, whose URI is the origin form (path and query) below the instance's
+    /// base URL; its `Host` header is set to the instance's. The response body carries
+    /// the connection and puts it back in the pool when it ends.
+    pub(crate) async fn send(
+        self,
         mut req: Request<Body>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let (Target { base_url, authority }, mut pooled) = self.prepare(base_url, &mut req)?;
+        let Lease { pool, target, mut connection, mut reused } = self;
+        if !target.base_path.is_empty() {
+            let below = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let full = format!("{}{below}", target.base_path);
+            *req.uri_mut() = full.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        }
+        req.headers_mut().insert(http::header::HOST, target.host);
         let mut req = Some(req);
         loop {
-            let reused = pooled.is_some();
-            let mut connection = match pooled.take() {
-                Some(connection) => connection,
-                None => Box::new(connect(&authority).await?),
-            };
             let Some(request) = req.take() else { unreachable!("a request is sent once") };
             let mut response = std::pin::pin!(connection.sender.try_send_request(request));
             let mut open = true;
@@ -184,8 +225,8 @@ impl UpstreamPool {
                     return Ok(response.map(|body| UpstreamBody {
                         body,
                         connection: open.then_some(connection),
-                        pool: Arc::downgrade(&self.upstreams),
-                        base_url,
+                        pool: Arc::downgrade(&pool.upstreams),
+                        base_url: target.base_url,
                     }));
                 }
                 Err(mut error) => match error.take_message() {
@@ -193,42 +234,17 @@ impl UpstreamPool {
                     // was written: safe to send again, on another connection.
                     Some(unsent) if reused => {
                         req = Some(unsent);
-                        pooled = self.with_upstream(&base_url, Upstream::checkout)?;
+                        let pooled = pool.with_upstream(&target.base_url, Upstream::checkout)?;
+                        reused = pooled.is_some();
+                        connection = match pooled {
+                            Some(connection) => connection,
+                            None => Box::new(connect(&target.authority).await?),
+                        };
                     }
                     _ => return Err(error.into_error().into()),
                 },
             }
         }
-    }
-
-    /// Points `req` at the instance and takes an idle connection to it, if any.
-    fn prepare(
-        &self,
-        base_url: &str,
-        req: &mut Request<Body>,
-    ) -> Result<(Target, Option<Box<Connection>>), UpstreamError> {
-        self.with_upstream(base_url, |upstream| {
-            if !upstream.base_path.is_empty() {
-                let below = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                let full = format!("{}{below}", upstream.base_path);
-                *req.uri_mut() = full.parse().unwrap_or_else(|_| Uri::from_static("/"));
-            }
-            req.headers_mut().insert(http::header::HOST, upstream.host.clone());
-            let target = Target {
-                base_url: upstream.base_url.clone(),
-                authority: upstream.authority.clone(),
-            };
-            (target, upstream.checkout())
-        })
-    }
-
-    /// Runs `f` on the instance at `base_url`, known from now on if it was not.
-    fn with_upstream<T>(
-        &self,
-        base_url: &str,
-        f: impl FnOnce(&mut Upstream) -> T,
-    ) -> Result<T, UpstreamError> {
-        with_upstream(&self.upstreams, base_url, f)
     }
 }
 
@@ -401,8 +417,16 @@ mod tests {
         Request::get("/x").body(Body::empty()).expect("request")
     }
 
+    async fn send(
+        pool: &UpstreamPool,
+        url: &str,
+        req: Request<Body>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        pool.lease(url).await?.send(req).await
+    }
+
     async fn body_of(pool: &UpstreamPool, url: &str) -> Bytes {
-        let response = pool.send(url, get()).await.expect("response");
+        let response = send(pool, url, get()).await.expect("response");
         response.into_body().collect().await.expect("body").to_bytes()
     }
 
@@ -422,7 +446,7 @@ mod tests {
     async fn an_instance_the_sweep_forgot_takes_its_connection_back() {
         let (url, accepted) = upstream(HELLO, After::KeepAlive).await;
         let pool = UpstreamPool::new();
-        let body = pool.send(&url, get()).await.expect("response").into_body();
+        let body = send(&pool, &url, get()).await.expect("response").into_body();
         // The only connection is in use: the sweep forgets the instance...
         sweep(&pool.upstreams);
         assert!(lock(&pool.upstreams).is_empty());
@@ -460,11 +484,11 @@ mod tests {
         let response = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
         let (url, accepted) = upstream(response, After::KeepAlive).await;
         let pool = UpstreamPool::new();
-        let mut body = pool.send(&url, get()).await.expect("response").into_body();
+        let mut body = send(&pool, &url, get()).await.expect("response").into_body();
         let first = body.frame().await.expect("a frame").expect("data");
         assert_eq!(first.into_data().expect("data"), "hello");
         drop(body);
-        let mut second = pool.send(&url, get()).await.expect("response").into_body();
+        let mut second = send(&pool, &url, get()).await.expect("response").into_body();
         assert_eq!(
             second.frame().await.expect("a frame").expect("data").into_data().expect("data"),
             "hello"
@@ -485,7 +509,7 @@ mod tests {
                 chunk
             });
         let upload = Request::post("/x").body(Body::from_stream(endless)).expect("request");
-        let response = pool.send(&url, upload).await.expect("response");
+        let response = send(&pool, &url, upload).await.expect("response");
         assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "hello");
         // Closed at once, not parked in the pool holding the client's body.
         tokio::time::timeout(Duration::from_secs(2), let_go)
@@ -501,7 +525,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         drop(listener);
-        let error = UpstreamPool::new().send(&url, get()).await.expect_err("nothing listens");
+        let error = send(&UpstreamPool::new(), &url, get()).await.expect_err("nothing listens");
         assert!(matches!(error, UpstreamError::Connect(_)), "{error:?}");
     }
 
@@ -525,7 +549,8 @@ mod tests {
             .header("host", "client.example")
             .body(Body::empty())
             .expect("request");
-        let response = UpstreamPool::new().send(&base_url(addr), request).await.expect("response");
+        let response =
+            send(&UpstreamPool::new(), &base_url(addr), request).await.expect("response");
         assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "hello");
         server.await.expect("server").to_ascii_lowercase()
     }
@@ -555,7 +580,7 @@ mod tests {
     #[tokio::test]
     async fn a_base_url_that_is_not_http_is_an_error() {
         for bad in ["https://127.0.0.1:1", "127.0.0.1:1", "http://127.0.0.1:1/?q"] {
-            let error = UpstreamPool::new().send(bad, get()).await.expect_err(bad);
+            let error = send(&UpstreamPool::new(), bad, get()).await.expect_err(bad);
             assert!(matches!(error, UpstreamError::BaseUrl(_)), "{bad}: {error:?}");
         }
     }

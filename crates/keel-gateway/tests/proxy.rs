@@ -392,6 +392,28 @@ async fn idempotent_requests_are_retried_on_another_instance() {
 }
 
 #[tokio::test]
+async fn any_method_goes_to_another_instance_when_one_cannot_be_reached() {
+    // No retries configured, and POST with a body: still, a refused connection means
+    // nothing was sent, so the request goes to the live instance.
+    let up = upstream().await;
+    let dead = closed_port_url().await;
+    let config = GatewayConfig::default()
+        .route(RouteConfig::to_upstreams("/r", vec![dead, up.url()]).breaker(1000, 60_000));
+    let gw = gateway(config).await;
+    for n in 0..8 {
+        let response = client()
+            .post(format!("{gw}/r/mirror"))
+            .body(format!("order {n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "request {n}");
+        assert_eq!(response.text().await.unwrap(), format!("order {n}"), "the body went along");
+    }
+    assert_eq!(up.seen.requests.lock().unwrap().len(), 8, "each request reached the live one once");
+}
+
+#[tokio::test]
 async fn service_routes_follow_the_registry() {
     let up = upstream().await;
     let registry = InProcessRegistry::new();
