@@ -166,10 +166,7 @@ impl UpstreamPool {
             };
             (target, upstream.checkout())
         })?;
-        let (connection, reused) = match pooled {
-            Some(connection) => (connection, true),
-            None => (Box::new(connect(&target.authority).await?), false),
-        };
+        let (connection, reused) = pooled_or_new(pooled, &target.authority).await?;
         Ok(Lease { pool: self, target, connection, reused })
     }
 
@@ -207,10 +204,8 @@ impl Lease<'_> {
             *req.uri_mut() = full.parse().unwrap_or_else(|_| Uri::from_static("/"));
         }
         req.headers_mut().insert(http::header::HOST, target.host);
-        let mut req = Some(req);
         loop {
-            let Some(request) = req.take() else { unreachable!("a request is sent once") };
-            let mut response = std::pin::pin!(connection.sender.try_send_request(request));
+            let mut response = std::pin::pin!(connection.sender.try_send_request(req));
             let mut open = true;
             let outcome = poll_fn(|cx| {
                 if open && connection.drive(cx) {
@@ -233,13 +228,9 @@ impl Lease<'_> {
                     // A pooled connection the upstream had closed, before anything
                     // was written: safe to send again, on another connection.
                     Some(unsent) if reused => {
-                        req = Some(unsent);
+                        req = unsent;
                         let pooled = pool.with_upstream(&target.base_url, Upstream::checkout)?;
-                        reused = pooled.is_some();
-                        connection = match pooled {
-                            Some(connection) => connection,
-                            None => Box::new(connect(&target.authority).await?),
-                        };
+                        (connection, reused) = pooled_or_new(pooled, &target.authority).await?;
                     }
                     _ => return Err(error.into_error().into()),
                 },
@@ -279,6 +270,18 @@ fn sweep(upstreams: &Upstreams) {
         });
     }
     upstreams.retain(|upstream| !upstream.idle.is_empty());
+}
+
+/// The pooled connection if there is one (`true`: it may have been closed meanwhile),
+/// or a new one.
+async fn pooled_or_new(
+    pooled: Option<Box<Connection>>,
+    authority: &Authority,
+) -> Result<(Box<Connection>, bool), UpstreamError> {
+    match pooled {
+        Some(connection) => Ok((connection, true)),
+        None => Ok((Box::new(connect(authority).await?), false)),
+    }
 }
 
 async fn connect(authority: &Authority) -> Result<Connection, UpstreamError> {
@@ -342,9 +345,11 @@ impl Drop for UpstreamBody {
         let (Some(connection), Some(pool)) = (self.connection.take(), self.pool.upgrade()) else {
             return;
         };
-        // A connection that cannot take the next request yet (say, one still busy with
-        // a request body the upstream answered early) is closed, not parked in the
-        // pool, where nothing would drive it.
+        // A connection that cannot take the next request yet is closed, not parked in
+        // the pool where nothing would drive it. (The case in mind, a request body the
+        // upstream answered early, hyper already ends by closing the connection, as
+        // `a_connection_still_sending_its_request_body_is_not_pooled` sees; this is
+        // the cheap guard for any other.)
         if !connection.sender.is_ready() {
             return;
         }
@@ -360,11 +365,11 @@ impl Drop for UpstreamBody {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use std::net::SocketAddr;
+
     use futures::StreamExt as _;
     use http_body_util::BodyExt as _;
-    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
     use tokio::net::TcpListener;
 
     use super::*;
