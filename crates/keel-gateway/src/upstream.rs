@@ -4,9 +4,10 @@
 //! body hands the connection back to the pool when it ends.
 //!
 //! Why not hyper-util's pooled client: it runs every connection in a task of its own,
-//! hands each request and response across to it, and spawns one more task per request
-//! to put the connection back when the body ends. With one runtime per core all of
-//! that is bookkeeping without a purpose (docs/benchmarks-gateway.md, fourth pass).
+//! hands each request and response across to it, and, for every response whose body
+//! is still to stream, spawns one more task to put the connection back when it ends.
+//! With one runtime per core all of that is bookkeeping without a purpose
+//! (docs/benchmarks-gateway.md, fourth pass).
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
