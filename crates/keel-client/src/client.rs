@@ -25,6 +25,8 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Who the call is made on behalf of.
 pub const SUBJECT: HeaderName = HeaderName::from_static("x-keel-subject");
+/// The caller's signed identity (see `keel_service::identity`), forwarded as it came.
+pub(crate) const IDENTITY: HeaderName = HeaderName::from_static("x-keel-identity");
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -293,7 +295,8 @@ pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 /// Adds `traceparent` (a child span of the current trace), `tracestate`,
-/// `x-request-id` (the correlation id) and `x-keel-subject` (the actor) from
+/// `x-request-id` (the correlation id), `x-keel-subject` (the actor) and
+/// `x-keel-identity` (the caller's signed identity, which services verify) from
 /// [`keel_bus::layer::current_context`], leaving any the caller set.
 fn propagate_context(headers: &mut HeaderMap) {
     let Some(context) = keel_bus::layer::current_context() else { return };
@@ -312,4 +315,5 @@ fn propagate_context(headers: &mut HeaderMap) {
     }
     set(REQUEST_ID, context.correlation_id);
     set(SUBJECT, context.actor);
+    set(IDENTITY, context.credentials);
 }

@@ -121,6 +121,7 @@ async fn answer(
         "traceparent": header("traceparent"),
         "x-request-id": header("x-request-id"),
         "x-keel-subject": header("x-keel-subject"),
+        "x-keel-identity": header("x-keel-identity"),
     }))
     .into_response()
 }
@@ -345,6 +346,7 @@ async fn trace_request_id_and_subject_are_propagated() {
         correlation_id: Some("req-42".into()),
         causation_id: None,
         actor: Some("user-7".into()),
+        credentials: Some("signed-identity".into()),
     };
     let echo: Value = with_context(context.clone(), client.get_json("/echo")).await.unwrap();
     let traceparent = TraceContext::parse(echo["traceparent"].as_str().unwrap()).unwrap();
@@ -352,6 +354,7 @@ async fn trace_request_id_and_subject_are_propagated() {
     assert_ne!(traceparent.span_id(), trace.span_id(), "a child span");
     assert_eq!(echo["x-request-id"], "req-42");
     assert_eq!(echo["x-keel-subject"], "user-7");
+    assert_eq!(echo["x-keel-identity"], "signed-identity");
 
     // Headers the caller set win.
     let mut own = request(Method::GET, "/echo");

@@ -10,6 +10,9 @@
 //! # Layout
 //!
 //! - `service.rs`: [`ServiceConfig`], [`Service`] (the bootstrap), [`RunningService`].
+//! - [`identity`]: who a request acts for: the gateway's signed [`Identity`]
+//!   (`x-keel-identity`), verified with the [`IdentityKey`], handed to handlers as a
+//!   [`Caller`] that answers the authorization questions (owner or admin).
 //! - `readiness.rs`: [`Readiness`], the named checks behind `/ready`.
 //! - `problem.rs`: [`Problem`], RFC 9457 `application/problem+json` error responses.
 //! - `json.rs`: [`Json`], the JSON extractor whose rejections name the field.
@@ -18,6 +21,7 @@
 //! - `metrics.rs`: the process-wide Prometheus recorder ([`prometheus`]) and the
 //!   request counter and latency histogram.
 
+pub mod identity;
 mod json;
 mod metrics;
 mod middleware;
@@ -27,6 +31,7 @@ mod service;
 
 use std::net::SocketAddr;
 
+pub use identity::{Caller, Denied, IDENTITY_HEADER, Identity, IdentityKey};
 pub use json::Json;
 pub use metrics::{HTTP_REQUEST_DURATION, HTTP_REQUESTS, prometheus};
 pub use middleware::{REQUEST_ID, SUBJECT};

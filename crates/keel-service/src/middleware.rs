@@ -14,11 +14,13 @@ use tower_http::request_id::{MakeRequestId, RequestId};
 use tracing::Instrument as _;
 
 use crate::Problem;
+use crate::identity::{Caller, IDENTITY_HEADER, Identity, IdentityKey};
 use crate::problem::PROBLEM_JSON;
 
 /// The request id header, taken from the request or generated.
 pub const REQUEST_ID: &str = "x-request-id";
-/// The header naming who the request acts for (set by the gateway after authentication).
+/// The header naming who the request acts for in the open mode (no identity key); with
+/// a key, services read the signed [`IDENTITY_HEADER`] instead.
 pub const SUBJECT: &str = "x-keel-subject";
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
@@ -44,10 +46,48 @@ pub(crate) fn server_span(headers: &HeaderMap) -> TraceContext {
     }
 }
 
-/// A `tracing` span per request and the [`EventContext`] its handler runs in
-/// (trace, correlation id = request id, actor = `x-keel-subject`); the response
-/// carries the server span's `traceparent`.
-pub(crate) async fn trace(request: Request, next: Next) -> Response {
+/// Who the request acts for. With a key, the verified `x-keel-identity` (a bad one is
+/// 401) and never `x-keel-subject`; without one, `x-keel-subject` at its word.
+/// The error is the answer's status and detail.
+fn caller(key: Option<&IdentityKey>, headers: &HeaderMap) -> Result<Caller, (StatusCode, String)> {
+    let text = |name: &str| {
+        headers.get(name).map(|v| {
+            v.to_str().map(str::trim).map_err(|_| {
+                (StatusCode::BAD_REQUEST, format!("the {name} header is not visible ASCII"))
+            })
+        })
+    };
+    match key {
+        Some(key) => match text(IDENTITY_HEADER).transpose()? {
+            None => Ok(Caller::anonymous(true)),
+            Some(token) => match key.verify(token) {
+                Ok(identity) => Ok(Caller::verified(identity, token.to_owned())),
+                Err(error) => {
+                    Err((StatusCode::UNAUTHORIZED, format!("{IDENTITY_HEADER}: {error}")))
+                }
+            },
+        },
+        None => match text(SUBJECT).transpose()?.filter(|s| !s.is_empty()) {
+            None => Ok(Caller::unverified(None)),
+            Some(subject) => Identity::new(subject)
+                .map(|identity| Caller::unverified(Some(identity)))
+                .map_err(|error| (StatusCode::BAD_REQUEST, format!("{SUBJECT}: {error}"))),
+        },
+    }
+}
+
+/// Who is calling ([`Caller`], in the request's extensions), a `tracing` span per
+/// request and the [`EventContext`] its handler runs in (trace, correlation id =
+/// request id, actor = the caller's subject); the response carries the server span's
+/// `traceparent`.
+pub(crate) async fn trace(key: Option<IdentityKey>, mut request: Request, next: Next) -> Response {
+    let caller = match caller(key.as_ref(), request.headers()) {
+        Ok(caller) => caller,
+        Err((status, detail)) => return Problem::new(status).with_detail(detail).into_response(),
+    };
+    let actor = caller.subject().map(str::to_owned);
+    let credentials = caller.token().map(str::to_owned);
+    request.extensions_mut().insert(caller);
     let headers = request.headers();
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let request_id = text(REQUEST_ID);
@@ -73,7 +113,8 @@ pub(crate) async fn trace(request: Request, next: Next) -> Response {
         trace: Some(trace.clone()),
         correlation_id: request_id,
         causation_id: None,
-        actor: text(SUBJECT),
+        actor,
+        credentials,
     };
     let mut response = with_context(context, next.run(request)).instrument(span.clone()).await;
     span.record("status", response.status().as_u16());

@@ -19,6 +19,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
+use crate::identity::IdentityKey;
 use crate::middleware::{self, MakeUuidV7, REQUEST_ID};
 use crate::{Problem, Readiness, ServiceError, metrics};
 
@@ -43,6 +44,9 @@ pub struct ServiceConfig {
     pub deregister_critical_after: Duration,
     pub tags: Vec<String>,
     pub meta: BTreeMap<String, String>,
+    /// Verifies the gateway's signed identities (see [`crate::identity`]); `None` is
+    /// the open mode, where `x-keel-subject` is taken at its word.
+    pub identity: Option<IdentityKey>,
 }
 
 impl ServiceConfig {
@@ -67,6 +71,7 @@ impl ServiceConfig {
             deregister_critical_after: Duration::from_secs(60),
             tags: Vec::new(),
             meta: BTreeMap::new(),
+            identity: None,
         }
     }
 }
@@ -301,6 +306,7 @@ fn app(
             }),
         );
     let name = config.name.clone();
+    let identity = config.identity.clone();
     let request_id = HeaderName::from_static(REQUEST_ID);
     // Layers run outside-in from the last one added.
     kit.merge(router)
@@ -311,7 +317,9 @@ fn app(
         .layer(axum::middleware::from_fn(move |request, next| {
             metrics::record(name.clone(), request, next)
         }))
-        .layer(axum::middleware::from_fn(middleware::trace))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            middleware::trace(identity.clone(), request, next)
+        }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeUuidV7))
 }

@@ -123,6 +123,39 @@ async fn trace_context_is_continued_and_reaches_the_handler() {
 }
 
 #[tokio::test]
+async fn with_an_identity_key_only_signed_identities_are_believed() {
+    use keel_service::{Identity, IdentityKey};
+    let key = IdentityKey::derive_from_jwt_secret("a-secret-of-sixteen-bytes");
+    let mut config = config(registry());
+    config.identity = Some(key.clone());
+    let h = start(config, Readiness::new()).await;
+    let context = |headers: &[(&str, &str)]| {
+        let mut request = h.client.get(format!("{}/context", h.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+
+    // A bare subject header reaching the port directly is not an identity.
+    let response = context(&[("x-keel-subject", "mallory")]).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["actor"], Value::Null);
+
+    // The gateway's signed identity is.
+    let token = key.sign(&Identity::new("alice").unwrap());
+    let response =
+        context(&[("x-keel-identity", &token), ("x-keel-subject", "mallory")]).await.unwrap();
+    assert_eq!(response.json::<Value>().await.unwrap()["actor"], "alice");
+
+    // One signed with another key is refused.
+    let forged = IdentityKey::derive_from_jwt_secret("guessed-secret-0000")
+        .sign(&Identity::new("alice").unwrap());
+    let body = problem(context(&[("x-keel-identity", &forged)]).await.unwrap(), 401).await;
+    assert!(body["detail"].as_str().unwrap().contains("x-keel-identity"), "{body}");
+}
+
+#[tokio::test]
 async fn every_error_is_problem_json() {
     let h = start(config(registry()), Readiness::new()).await;
     let url = |path: &str| format!("{}{path}", h.base);

@@ -21,6 +21,9 @@ pub struct EventContext {
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
     pub actor: Option<String>,
+    /// The caller's signed identity token (`x-keel-identity`), forwarded on calls to
+    /// other services; never stored on events.
+    pub credentials: Option<String>,
 }
 
 impl EventContext {
@@ -33,6 +36,7 @@ impl EventContext {
             correlation_id: Some(event.correlation_id().unwrap_or(event.id()).to_owned()),
             causation_id: Some(event.id().to_owned()),
             actor: event.actor().map(str::to_owned),
+            credentials: None,
         }
     }
 
