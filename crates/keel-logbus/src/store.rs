@@ -1,13 +1,12 @@
-//! What the log bus needs from a store beyond [`EventLog`]: publishing a batch in one
-//! transaction, reading a row that does not decode, and the dead-letter table
-//! (`keel_bus_dead_letters`, migration `20261127000003_keel_bus.sql`). Implemented for
-//! [`SqliteEventLog`] and [`PgEventLog`].
+//! What the log bus needs from a store beyond [`EventLog`]: reading a row that does not
+//! decode, and the dead-letter table (`keel_bus_dead_letters`, migration
+//! `20261127000003_keel_bus.sql`). Implemented for [`SqliteEventLog`] and
+//! [`PgEventLog`].
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use keel_core::bus::{DeadLetter, DeadLetterId, Payload, RawMessage};
-use keel_core::{CloudEvent, ExpectedVersion, StreamId};
 use keel_postgres::PgEventLog;
 use keel_sqlite::SqliteEventLog;
 use keel_store::{Cursor, EventLog, Result, SqlEventLog, StoreError};
@@ -35,10 +34,6 @@ pub struct NewDeadLetter {
 /// The store seam of the log bus. Object safe: the bus keeps an `Arc<dyn BusStore>`.
 #[async_trait]
 pub trait BusStore: EventLog {
-    /// Appends every `(stream, events)` run in one transaction (each with
-    /// [`ExpectedVersion::Any`]) and wakes subscribers after the commit.
-    async fn append_batch(&self, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()>;
-
     /// The row at `position`, read column by column without building an envelope.
     async fn raw_row(&self, position: i64) -> Result<Option<RawRow>>;
 
@@ -65,16 +60,6 @@ pub trait BusStore: EventLog {
 
     /// Deletes the letters of a group at rest; how many.
     async fn purge_dead_letters(&self, topic: &str, group: &str) -> Result<u64>;
-}
-
-async fn append_batch<L: SqlEventLog>(log: &L, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()> {
-    let mut tx = log.begin().await?;
-    for (stream, events) in runs {
-        log.append_in(&mut tx, stream, ExpectedVersion::Any, events).await?;
-    }
-    tx.commit().await?;
-    log.notify_appended();
-    Ok(())
 }
 
 /// The columns of a dead letter as stored.
@@ -227,10 +212,6 @@ const LETTER_COLUMNS: &str = "id, topic, group_name, reason, attempts, dead_lett
 
 #[async_trait]
 impl BusStore for SqliteEventLog {
-    async fn append_batch(&self, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()> {
-        append_batch(self, runs).await
-    }
-
     async fn raw_row(&self, position: i64) -> Result<Option<RawRow>> {
         let row = sqlx::query(
             "SELECT position, stream_id, stream_version, event_id, topic, event_type, source,
@@ -365,10 +346,6 @@ impl BusStore for SqliteEventLog {
 
 #[async_trait]
 impl BusStore for PgEventLog {
-    async fn append_batch(&self, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()> {
-        append_batch(self, runs).await
-    }
-
     async fn raw_row(&self, position: i64) -> Result<Option<RawRow>> {
         let row = sqlx::query(
             "SELECT position, epoch, transaction_id, stream_id, stream_version::text, event_id,
