@@ -13,9 +13,11 @@
 //!   a settled (acked or dead-lettered) prefix, so whatever was not settled before a
 //!   crash is delivered again. Competing members in one process share the group's
 //!   deliveries, in order per partition key, with bounded prefetch, nack delays and
-//!   attempt counts; across processes the store's lease lets one process feed a group
-//!   at a time, and another takes over when it dies. A new group starts at the
-//!   beginning of the log ([`keel_core::StartFrom::Earliest`]) or at its end;
+//!   attempt counts that go on across crashes (tables `keel_bus_read_marks` and
+//!   `keel_bus_attempts`, migration `20261206130011_keel_bus_attempts.sql`); across
+//!   processes the store's lease lets one process feed a group at a time, and another
+//!   takes over when it dies. A new group starts at the beginning of the log
+//!   ([`keel_core::StartFrom::Earliest`]) or at its end;
 //! - dead letters are rows of `keel_bus_dead_letters` (migration
 //!   `20261127000003_keel_bus.sql`); rows of the log that do not decode are
 //!   dead-lettered at once with the reason.
@@ -40,11 +42,11 @@
 //! - `lib.rs`: [`LogBus`], [`LogBusOptions`], [`open`], and the `Publisher`,
 //!   `Subscriber` and `DeadLetters` implementations.
 //! - [`store`]: [`BusStore`], what the bus needs from a store beyond the event log
-//!   (raw rows, the dead-letter table), for SQLite and PostgreSQL.
+//!   (raw rows, the dead-letter table, stored attempts), for SQLite and PostgreSQL.
 //! - `envelope.rs`: published events into the log and back, unchanged.
 //! - `group.rs`: one group's in-process state: its [`keel_lanes::Lanes`] (key lanes,
-//!   prefetch, nack delays), generations, the read-ahead bound, and the settled prefix
-//!   that bounds the checkpoint.
+//!   prefetch, nack delays), generations, the read-ahead bound, the settled prefix
+//!   that bounds the checkpoint, attempts across crashes, and retried letters.
 //! - `feeder.rs`: the task per group that holds its lease and reads the log into it.
 //! - `subscription.rs`: a group member and the settle handle of its deliveries.
 //! - `shared.rs`: what members, settle handles and the feeder share; the registry.
@@ -116,7 +118,8 @@ impl Default for LogBusOptions {
 }
 
 /// Opens the log bus over `log` with default options; fails if the store lacks the
-/// log bus's table (migration `20261127000003_keel_bus`).
+/// log bus's tables (migrations `20261127000003_keel_bus` and
+/// `20261206130011_keel_bus_attempts`).
 pub async fn open<L: BusStore>(log: Arc<L>) -> Result<LogBus<L>> {
     LogBus::open(log, LogBusOptions::default()).await
 }
@@ -158,10 +161,11 @@ impl<L> fmt::Debug for LogBus<L> {
 }
 
 impl<L: BusStore> LogBus<L> {
-    /// Opens the log bus over `log`; fails if the store lacks the log bus's table.
+    /// Opens the log bus over `log`; fails if the store lacks the log bus's tables.
     pub async fn open(log: Arc<L>, options: LogBusOptions) -> Result<Self> {
         let store: Arc<dyn BusStore> = log.clone();
         store.dead_letters("keel", "keel", false, 1).await.map_err(store::explain)?;
+        store.attempts("keel", keel_store::Cursor::START).await.map_err(store::explain)?;
         let (shutdown, _) = watch::channel(false);
         Ok(Self {
             inner: Arc::new(Inner {
