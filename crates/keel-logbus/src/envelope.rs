@@ -2,11 +2,14 @@
 //!
 //! The log owns some attributes of what it stores: `subject` is the stream, `position`
 //! and `streamversion` are set when reading, `time` is kept to the microsecond, event
-//! ids are unique. A subscriber must receive a published event exactly as it was
-//! published, so [`to_log`] records what the log would change in one extension,
-//! [`MARKER`] (a small JSON object), and [`from_log`] puts it back. Events that
-//! services append to the log themselves carry no marker and are delivered as the
-//! log has them (with their position and stream version), as the relay would.
+//! ids are unique. A published event goes into the stream of its publish, never into
+//! the stream its subject names (that may be an aggregate's, whose versions a bus
+//! publish must not touch). A subscriber must receive a published event exactly as it
+//! was published, so [`to_log`] records what the log would change, the subject
+//! included, in one extension, [`MARKER`] (a small JSON object), and [`from_log`] puts
+//! it back. Events that services append to the log themselves carry no marker and are
+//! delivered as the log has them (with their position and stream version), as the
+//! relay would.
 
 use chrono::{DateTime, SecondsFormat, Timelike as _, Utc};
 use keel_core::envelope::ext;
@@ -19,7 +22,11 @@ pub const MARKER: &str = "keelbus";
 /// What the log changed, to be undone on delivery. Short names: it is stored per event.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 struct Restore {
-    /// The event had no subject (the stream was made up for it).
+    /// The event's subject (the row's stream is its publish's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s: Option<String>,
+    /// The event had no subject. Rows written before `s` existed have neither when
+    /// the subject was the row's stream.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     ns: bool,
     /// The event had no time.
@@ -49,16 +56,17 @@ fn integer(event: &CloudEvent, name: &str) -> Option<i64> {
     }
 }
 
-/// The stream and the envelope to append for `event` published to `topic`.
-/// `fresh_id`: store it under a new row id (its own id is already in the log).
-/// `batch_stream`: the stream of events without a subject.
+/// The envelope to append to `stream`, the publish's own stream, for `event`
+/// published to `topic`. `fresh_id`: store it under a new row id (its own id is
+/// already in the log).
 pub(crate) fn to_log(
     topic: &str,
     event: &CloudEvent,
-    batch_stream: &StreamId,
+    stream: &StreamId,
     fresh_id: bool,
-) -> Result<(StreamId, CloudEvent), DecodeError> {
+) -> Result<CloudEvent, DecodeError> {
     let restore = Restore {
+        s: event.subject().map(str::to_owned),
         ns: event.subject().is_none(),
         nt: event.time().is_none(),
         t: event.time().filter(|t| t.nanosecond() % 1000 != 0).map(rfc3339),
@@ -66,10 +74,6 @@ pub(crate) fn to_log(
         v: integer(event, ext::STREAM_VERSION),
         o: event.extension(ext::TOPIC).map(ToString::to_string),
         i: fresh_id.then(|| event.id().to_owned()),
-    };
-    let stream = match event.subject() {
-        Some(subject) => StreamId::new(subject)?,
-        None => batch_stream.clone(),
     };
     let id = if fresh_id { uuid::Uuid::now_v7().to_string() } else { event.id().to_owned() };
     let mut builder = CloudEvent::rebuild(id, event.ty(), event.source())
@@ -87,8 +91,7 @@ pub(crate) fn to_log(
         }
     }
     let marker = serde_json::to_string(&restore).map_err(DecodeError::Json)?;
-    let stored = builder.extension(ext::TOPIC, topic).extension(MARKER, marker).build()?;
-    Ok((stream, stored))
+    builder.extension(ext::TOPIC, topic).extension(MARKER, marker).build()
 }
 
 fn rfc3339(time: DateTime<Utc>) -> String {
@@ -105,9 +108,12 @@ pub(crate) fn from_log(event: CloudEvent) -> CloudEvent {
     let id = restore.i.clone().unwrap_or_else(|| event.id().to_owned());
     let mut builder = CloudEvent::rebuild(id, event.ty(), event.source())
         .content(event.datacontenttype().map(str::to_owned), event.data().cloned());
-    if !restore.ns
-        && let Some(subject) = event.subject()
-    {
+    let subject = match &restore.s {
+        Some(subject) => Some(subject.as_str()),
+        None if restore.ns => None,
+        None => event.subject(),
+    };
+    if let Some(subject) = subject {
         builder = builder.subject(subject);
     }
     let time = match &restore.t {
@@ -152,13 +158,14 @@ mod tests {
     use super::*;
 
     fn stored_and_read(topic: &str, event: &CloudEvent, fresh: bool) -> CloudEvent {
-        let batch = StreamId::new(format!("{topic}-batch")).unwrap();
-        let (stream, mut stored) = to_log(topic, event, &batch, fresh).unwrap();
-        // What a store does: drops `topic` into a column, truncates time, sets these.
+        let stream = StreamId::new(format!("{topic}-batch")).unwrap();
+        let mut stored = to_log(topic, event, &stream, fresh).unwrap();
+        // What a store does: drops `topic` into a column, sets the subject to the
+        // stream, truncates time, sets these.
         stored.remove_extension(ext::TOPIC);
+        stored.set_subject(stream.as_str());
         stored.set_position(keel_core::Position(99));
         stored.set_stream_version(keel_core::StreamVersion(3));
-        assert_eq!(stored.subject(), Some(stream.as_str()));
         from_log(stored)
     }
 
@@ -174,6 +181,19 @@ mod tests {
         assert_eq!(stored_and_read("orders", &event, true), event);
         let keyed = CloudEvent::builder("t", "/s").subject("order-1").no_time().build().unwrap();
         assert_eq!(stored_and_read("orders", &keyed, false), keyed);
+    }
+
+    #[test]
+    fn rows_published_before_subjects_were_kept_apart_read_as_before() {
+        // Such a row's stream was the event's subject, and its marker has no `s`.
+        let mut stored = CloudEvent::builder("t", "/s")
+            .subject("order-1")
+            .extension(MARKER, r#"{"nt":true}"#)
+            .build()
+            .unwrap();
+        stored.set_position(keel_core::Position(4));
+        let expected = CloudEvent::rebuild(stored.id(), "t", "/s").subject("order-1").build();
+        assert_eq!(from_log(stored), expected.unwrap());
     }
 
     #[test]

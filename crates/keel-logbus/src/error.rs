@@ -13,7 +13,7 @@ pub enum Error {
     /// The store failed (or is not migrated for the log bus).
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// An event cannot go into the log (its subject is not a valid stream id).
+    /// An event cannot go into the log as it is (it makes no valid envelope).
     #[error("the event cannot be stored: {0}")]
     Event(#[from] DecodeError),
 }

@@ -1,13 +1,15 @@
 //! The feeder: one task per consumer group in this process that reads the log for it.
 //!
 //! It waits for the group's lease (one process feeds a group at a time; another takes
-//! over when the holder dies or lets go), starts from the group's checkpoint, reads
-//! the group's topic in subscription order into the group's lanes (no further ahead
-//! than its read-ahead window), stores the checkpoint as the settled prefix grows,
-//! picks up retried dead letters, and dead-letters rows that do not decode. It wakes
-//! on the store's change notifications, on settles, and polls as a fallback. It lets
-//! the group go when the bus is dropped, or when the group has had no members here for
-//! [`LogBusOptions::idle_release`].
+//! over when the holder dies or lets go), starts from the group's checkpoint and the
+//! attempts stored after it, reads the group's topic in subscription order into the
+//! group's lanes (no further ahead than its read-ahead window), stores the checkpoint
+//! as the settled prefix grows and its read mark before a page can be handed out (one
+//! transaction for both), picks up retried dead letters, and dead-letters rows that do
+//! not decode. It wakes on the store's change notifications, on settles, and polls as
+//! a fallback. It lets the group go when the bus is dropped, or when the group has had
+//! no members here for [`LogBusOptions::idle_release`], storing what it knows of
+//! attempts and clearing its read mark (see `group.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,9 +23,9 @@ use tokio::time::Instant;
 
 use crate::LogBusOptions;
 use crate::envelope;
-use crate::group::payload_size;
+use crate::group::{Stopped, payload_size};
 use crate::shared::{GroupShared, Registry};
-use crate::store::NewDeadLetter;
+use crate::store::{Attempts, NewDeadLetter, Progress, ReadMark};
 
 enum Ended {
     /// The bus was dropped, or the group retired.
@@ -88,7 +90,7 @@ pub(crate) async fn run(
                 _ = shutdown.changed() => {}
             }
         };
-        let start = match start_cursor(&group).await {
+        let (start, attempts) = match start(&group).await {
             Ok(start) => start,
             Err(error) => {
                 tracing::warn!(group = %group.name, %error, "could not read the group's checkpoint");
@@ -98,14 +100,22 @@ pub(crate) async fn run(
             }
         };
         tracing::debug!(group = %group.name, %start, "feeding the consumer group");
-        group.lock().activate(start);
+        let marked = attempts.read_mark;
+        group.lock().activate(start, attempts);
         group.letters_due.store(true, Ordering::SeqCst);
-        let mut feeder = Feeder { group: &group, options, read: start, flushed: start, lease };
+        let mut feeder =
+            Feeder { group: &group, options, read: start, flushed: start, marked, lease };
         let ended = feeder.feed(&registry, &mut shutdown).await;
+        if let Ended::Done = ended {
+            close(&group);
+            let stopped = group.lock().take_stopped();
+            if let Some(stopped) = stopped {
+                feeder.stop(stopped).await;
+            }
+        }
         let Feeder { lease, .. } = feeder;
         match ended {
             Ended::Done => {
-                close(&group);
                 lease.release().await;
                 return;
             }
@@ -117,6 +127,12 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Where the group starts, and what is stored of its attempts.
+async fn start(group: &GroupShared) -> Result<(Cursor, Attempts), StoreError> {
+    let cursor = start_cursor(group).await?;
+    Ok((cursor, group.store.attempts(&group.name, cursor).await?))
 }
 
 async fn start_cursor(group: &GroupShared) -> Result<Cursor, StoreError> {
@@ -141,6 +157,8 @@ struct Feeder<'a> {
     read: Cursor,
     /// The checkpoint as stored.
     flushed: Cursor,
+    /// The read mark as stored.
+    marked: Option<Cursor>,
     lease: Box<dyn Lease>,
 }
 
@@ -153,12 +171,7 @@ impl Feeder<'_> {
         let mut renewed = Instant::now();
         let mut letters_read: Option<Instant> = None;
         loop {
-            if is_shutdown(shutdown) {
-                self.flush().await;
-                return Ended::Done;
-            }
-            if try_retire(registry, group, options.idle_release) {
-                self.flush().await;
+            if is_shutdown(shutdown) || try_retire(registry, group, options.idle_release) {
                 return Ended::Done;
             }
             if renewed.elapsed() >= options.lease_renew {
@@ -167,7 +180,6 @@ impl Feeder<'_> {
                 }
                 renewed = Instant::now();
             }
-            self.flush().await;
             if group.letters_due.swap(false, Ordering::SeqCst)
                 || letters_read.is_none_or(|at| at.elapsed() >= options.poll_interval)
             {
@@ -181,18 +193,15 @@ impl Feeder<'_> {
             let filter =
                 LogFilter { topic: Some(group.topic.clone()), types, ..LogFilter::default() };
             let mut more = false;
+            let mut page = None;
             if room > 0 {
                 let limit = room.min(options.batch_size);
                 // Marked before reading, so an append during the read wakes us.
                 changes.borrow_and_update();
                 match group.store.read_after(self.read, &filter, limit).await {
-                    Ok(page) => {
-                        let count = page.events.len();
-                        self.take_in(page.events, page.next);
-                        if count > 0 {
-                            retry = None;
-                        }
-                        more = count >= limit;
+                    Ok(read) => {
+                        more = read.events.len() >= limit;
+                        page = Some(read);
                     }
                     Err(StoreError::Decode { .. }) => match self.skip_bad_row(&filter).await {
                         Ok(()) => more = true,
@@ -203,10 +212,29 @@ impl Feeder<'_> {
                     },
                     Err(error) => {
                         tracing::warn!(group = %group.name, %error, "reading the log failed; retrying");
+                        self.save_checkpoint().await;
                         self.pause(shutdown).await;
                         continue;
                     }
                 }
+            }
+            // One transaction stores the checkpoint if the settled prefix grew and the
+            // read mark of the page about to be handed out.
+            let last = page.as_ref().and_then(|p| p.events.last()).map(|e| e.cursor);
+            if let Err(error) = self.save(last).await {
+                if last.is_some() {
+                    // Nothing is handed out unmarked: the page is read again.
+                    tracing::warn!(group = %group.name, %error, "could not store the read mark; retrying");
+                    self.pause(shutdown).await;
+                    continue;
+                }
+                tracing::warn!(group = %group.name, %error, "could not store the checkpoint");
+            }
+            if let Some(page) = page {
+                if !page.events.is_empty() {
+                    retry = None;
+                }
+                self.take_in(page.events, page.next);
             }
             if more {
                 tokio::task::yield_now().await;
@@ -265,6 +293,7 @@ impl Feeder<'_> {
             match group.store.read_after(self.read, filter, 1).await {
                 Ok(page) => {
                     let done = page.events.is_empty();
+                    self.save(page.events.last().map(|e| e.cursor)).await?;
                     self.take_in(page.events, page.next);
                     if done {
                         return Ok(());
@@ -297,33 +326,59 @@ impl Feeder<'_> {
         }
     }
 
-    /// Stores the checkpoint if the settled prefix grew.
-    async fn flush(&mut self) {
+    /// Stores, in one transaction, the checkpoint if the settled prefix grew and the
+    /// read mark if `read` (the last event about to be handed out) is past it.
+    async fn save(&mut self, read: Option<Cursor>) -> Result<(), StoreError> {
         let committed = self.group.lock().committed();
-        if committed <= self.flushed {
-            return;
+        let checkpoint = (committed > self.flushed).then_some(committed);
+        let mark = read.filter(|read| self.marked.is_none_or(|marked| *read > marked));
+        if checkpoint.is_none() && mark.is_none() {
+            return Ok(());
         }
-        match self.group.store.save_checkpoint(&self.group.name, committed).await {
-            Ok(()) => self.flushed = committed,
-            Err(error) => {
-                tracing::warn!(group = %self.group.name, %error, "could not store the checkpoint")
-            }
+        let read_mark = mark.map_or(ReadMark::Keep, ReadMark::Set);
+        let progress = Progress { checkpoint, read_mark, attempts: Vec::new() };
+        self.group.store.save_progress(&self.group.name, &progress).await?;
+        if let Some(checkpoint) = checkpoint {
+            self.flushed = checkpoint;
+            self.group.lock().forget_records_up_to(checkpoint);
+        }
+        if mark.is_some() {
+            self.marked = mark;
+        }
+        Ok(())
+    }
+
+    /// Stores the checkpoint if the settled prefix grew, as far as the store lets it.
+    async fn save_checkpoint(&mut self) {
+        if let Err(error) = self.save(None).await {
+            tracing::warn!(group = %self.group.name, %error, "could not store the checkpoint");
+        }
+    }
+
+    /// A clean stop: stores the checkpoint and the attempts known here, and clears the
+    /// read mark unless it covers events this activation never read.
+    async fn stop(&mut self, stopped: Stopped) {
+        let checkpoint = (stopped.committed > self.flushed).then_some(stopped.committed);
+        let read_mark = if stopped.window.is_some_and(|window| window > self.read) {
+            ReadMark::Keep
+        } else {
+            ReadMark::Clear
+        };
+        let progress = Progress { checkpoint, read_mark, attempts: stopped.attempts };
+        if let Err(error) = self.group.store.save_progress(&self.group.name, &progress).await {
+            tracing::warn!(group = %self.group.name, %error, "could not store the group's progress as it stopped");
         }
     }
 
     /// Takes in the group's dead letters that were sent back for another try.
     async fn load_letters(&mut self) {
         let group = self.group;
+        let load = group.lock().begin_letter_load();
         match group.store.dead_letters(&group.topic, &group.group, true, 1000).await {
-            Ok(letters) if letters.is_empty() => {}
             Ok(letters) => {
-                {
-                    let mut state = group.lock();
-                    for letter in letters {
-                        state.push_letter(letter.id, letter.payload);
-                    }
+                if group.lock().push_letters(load, letters) {
+                    group.members.notify_waiters();
                 }
-                group.members.notify_waiters();
             }
             Err(error) => {
                 tracing::warn!(group = %group.name, %error, "could not read retried dead letters")

@@ -3,8 +3,9 @@
 //!
 //! [`LogBus`] implements the bus traits of `keel_core::bus` over a SQL event log
 //! ([`keel_sqlite::SqliteEventLog`] or [`keel_postgres::PgEventLog`]):
-//! - publishing appends to the log (one transaction per batch) and returns once it is
-//!   committed; events that services append to the log in their own transactions are
+//! - publishing appends to the log (one transaction per batch, into a stream of the
+//!   batch's own, whatever the events' subjects) and returns once it is committed;
+//!   events that services append to the log in their own transactions are
 //!   delivered the same way, on the topic the log records for them (their `topic`
 //!   extension, else their stream's category), with no relay in between;
 //! - a consumer group (topic and group name) is a durable subscription on the log: its
@@ -12,9 +13,11 @@
 //!   a settled (acked or dead-lettered) prefix, so whatever was not settled before a
 //!   crash is delivered again. Competing members in one process share the group's
 //!   deliveries, in order per partition key, with bounded prefetch, nack delays and
-//!   attempt counts; across processes the store's lease lets one process feed a group
-//!   at a time, and another takes over when it dies. A new group starts at the
-//!   beginning of the log ([`keel_core::StartFrom::Earliest`]) or at its end;
+//!   attempt counts that go on across crashes (tables `keel_bus_read_marks` and
+//!   `keel_bus_attempts`, migration `20261206130011_keel_bus_attempts.sql`); across
+//!   processes the store's lease lets one process feed a group at a time, and another
+//!   takes over when it dies. A new group starts at the beginning of the log
+//!   ([`keel_core::StartFrom::Earliest`]) or at its end;
 //! - dead letters are rows of `keel_bus_dead_letters` (migration
 //!   `20261127000003_keel_bus.sql`); rows of the log that do not decode are
 //!   dead-lettered at once with the reason.
@@ -39,11 +42,11 @@
 //! - `lib.rs`: [`LogBus`], [`LogBusOptions`], [`open`], and the `Publisher`,
 //!   `Subscriber` and `DeadLetters` implementations.
 //! - [`store`]: [`BusStore`], what the bus needs from a store beyond the event log
-//!   (batch appends, raw rows, the dead-letter table), for SQLite and PostgreSQL.
+//!   (raw rows, the dead-letter table, stored attempts), for SQLite and PostgreSQL.
 //! - `envelope.rs`: published events into the log and back, unchanged.
 //! - `group.rs`: one group's in-process state: its [`keel_lanes::Lanes`] (key lanes,
-//!   prefetch, nack delays), generations, the read-ahead bound, and the settled prefix
-//!   that bounds the checkpoint.
+//!   prefetch, nack delays), generations, the read-ahead bound, the settled prefix
+//!   that bounds the checkpoint, attempts across crashes, and retried letters.
 //! - `feeder.rs`: the task per group that holds its lease and reads the log into it.
 //! - `subscription.rs`: a group member and the settle handle of its deliveries.
 //! - `shared.rs`: what members, settle handles and the feeder share; the registry.
@@ -67,7 +70,7 @@ use keel_core::bus::{
     BusError, DeadLetter, DeadLetterId, DeadLetters, Publisher, Subscriber, Subscription,
     SubscriptionSpec, validate_group, validate_topic,
 };
-use keel_core::{CloudEvent, StreamId};
+use keel_core::{CloudEvent, ExpectedVersion, StreamId};
 use keel_store::StoreError;
 use tokio::sync::watch;
 
@@ -115,7 +118,8 @@ impl Default for LogBusOptions {
 }
 
 /// Opens the log bus over `log` with default options; fails if the store lacks the
-/// log bus's table (migration `20261127000003_keel_bus`).
+/// log bus's tables (migrations `20261127000003_keel_bus` and
+/// `20261206130011_keel_bus_attempts`).
 pub async fn open<L: BusStore>(log: Arc<L>) -> Result<LogBus<L>> {
     LogBus::open(log, LogBusOptions::default()).await
 }
@@ -157,10 +161,11 @@ impl<L> fmt::Debug for LogBus<L> {
 }
 
 impl<L: BusStore> LogBus<L> {
-    /// Opens the log bus over `log`; fails if the store lacks the log bus's table.
+    /// Opens the log bus over `log`; fails if the store lacks the log bus's tables.
     pub async fn open(log: Arc<L>, options: LogBusOptions) -> Result<Self> {
         let store: Arc<dyn BusStore> = log.clone();
         store.dead_letters("keel", "keel", false, 1).await.map_err(store::explain)?;
+        store.attempts("keel", keel_store::Cursor::START).await.map_err(store::explain)?;
         let (shutdown, _) = watch::channel(false);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -179,29 +184,29 @@ impl<L: BusStore> LogBus<L> {
         &self.inner.log
     }
 
-    /// Appends a published batch, turning it into log rows; see [`envelope`].
+    /// Appends a published batch, turning it into log rows (see [`envelope`]), into a
+    /// stream of its own, `<topic>-<uuid>`: never into the stream an event's subject
+    /// names, which may be an aggregate's. One stream per batch: one per event would
+    /// fill the stream index, one per topic would make concurrent publishers race for
+    /// its versions.
     async fn append(&self, topic: &str, events: &[CloudEvent]) -> Result<()> {
-        // Events without a subject share one stream per batch: a stream of their own
-        // each would fill the stream index, one per topic would make concurrent
-        // publishers race for its versions.
-        let batch = StreamId::new(format!("{topic}-{}", uuid::Uuid::now_v7().simple()))?;
+        let stream = StreamId::new(format!("{topic}-{}", uuid::Uuid::now_v7().simple()))?;
         let mut fresh = false;
         let mut backoff = Duration::from_millis(2);
         let mut attempts = 0;
         loop {
-            let mut runs: Vec<(StreamId, Vec<CloudEvent>)> = Vec::new();
-            for event in events {
-                let (stream, stored) = envelope::to_log(topic, event, &batch, fresh)?;
-                match runs.last_mut() {
-                    Some((last, run)) if *last == stream => run.push(stored),
-                    _ => runs.push((stream, vec![stored])),
-                }
-            }
-            match self.inner.store.append_batch(&runs).await {
-                Ok(()) => return Ok(()),
+            let stored = events
+                .iter()
+                .map(|event| envelope::to_log(topic, event, &stream, fresh))
+                .collect::<Result<Vec<_>, _>>()?;
+            match self.inner.store.append(&stream, ExpectedVersion::NoStream, &stored).await {
+                Ok(_) => return Ok(()),
                 // Publishing an event that is in the log already (a replay, a
                 // redelivery passed on): store it under a new row id.
                 Err(StoreError::DuplicateEvent { .. }) if !fresh => fresh = true,
+                // Nobody else knows the stream: it exists because an earlier try
+                // committed although it reported an error.
+                Err(StoreError::VersionConflict { .. }) if attempts > 0 => return Ok(()),
                 Err(error) if error.is_retryable() && attempts < 20 => {
                     attempts += 1;
                     tokio::time::sleep(backoff).await;

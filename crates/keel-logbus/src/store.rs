@@ -1,13 +1,14 @@
-//! What the log bus needs from a store beyond [`EventLog`]: publishing a batch in one
-//! transaction, reading a row that does not decode, and the dead-letter table
-//! (`keel_bus_dead_letters`, migration `20261127000003_keel_bus.sql`). Implemented for
-//! [`SqliteEventLog`] and [`PgEventLog`].
+//! What the log bus needs from a store beyond [`EventLog`]: reading a row that does not
+//! decode, the dead-letter table (`keel_bus_dead_letters`, migration
+//! `20261127000003_keel_bus.sql`), and the delivery attempts that must survive a crash
+//! (`keel_bus_read_marks` and `keel_bus_attempts`, migration
+//! `20261206130011_keel_bus_attempts.sql`). Implemented for [`SqliteEventLog`] and
+//! [`PgEventLog`].
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use keel_core::bus::{DeadLetter, DeadLetterId, Payload, RawMessage};
-use keel_core::{CloudEvent, ExpectedVersion, StreamId};
 use keel_postgres::PgEventLog;
 use keel_sqlite::SqliteEventLog;
 use keel_store::{Cursor, EventLog, Result, SqlEventLog, StoreError};
@@ -32,12 +33,44 @@ pub struct NewDeadLetter {
     pub payload: Payload,
 }
 
+/// What is stored about a consumer group's delivery attempts (see the log bus's
+/// `group.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attempts {
+    /// How far the process that fed the group last had read, unless it stopped cleanly.
+    pub read_mark: Option<Cursor>,
+    /// The highest attempt at which each event may have been handed out, where it was
+    /// a redelivery (or known at a clean stop).
+    pub recorded: Vec<(Cursor, u32)>,
+}
+
+/// What to do with a group's read mark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadMark {
+    #[default]
+    Keep,
+    Set(Cursor),
+    Clear,
+}
+
+/// A consumer group's progress, stored in one transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The new checkpoint; attempt records up to it are deleted with it.
+    pub checkpoint: Option<Cursor>,
+    pub read_mark: ReadMark,
+    /// Attempt numbers to record (a stored higher one stays).
+    pub attempts: Vec<(Cursor, u32)>,
+}
+
 /// The store seam of the log bus. Object safe: the bus keeps an `Arc<dyn BusStore>`.
 #[async_trait]
 pub trait BusStore: EventLog {
-    /// Appends every `(stream, events)` run in one transaction (each with
-    /// [`ExpectedVersion::Any`]) and wakes subscribers after the commit.
-    async fn append_batch(&self, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()>;
+    /// The read mark of group `name` and the attempts recorded after `after`.
+    async fn attempts(&self, name: &str, after: Cursor) -> Result<Attempts>;
+
+    /// Stores the progress of group `name` in one transaction.
+    async fn save_progress(&self, name: &str, progress: &Progress) -> Result<()>;
 
     /// The row at `position`, read column by column without building an envelope.
     async fn raw_row(&self, position: i64) -> Result<Option<RawRow>>;
@@ -65,16 +98,6 @@ pub trait BusStore: EventLog {
 
     /// Deletes the letters of a group at rest; how many.
     async fn purge_dead_letters(&self, topic: &str, group: &str) -> Result<u64>;
-}
-
-async fn append_batch<L: SqlEventLog>(log: &L, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()> {
-    let mut tx = log.begin().await?;
-    for (stream, events) in runs {
-        log.append_in(&mut tx, stream, ExpectedVersion::Any, events).await?;
-    }
-    tx.commit().await?;
-    log.notify_appended();
-    Ok(())
 }
 
 /// The columns of a dead letter as stored.
@@ -157,6 +180,10 @@ fn attempts_of(value: i64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
 
+fn sqlite_cursor(position: i64) -> Cursor {
+    Cursor { epoch: 0, txid: 0, position }
+}
+
 fn decode_letter(row: &impl LetterRow) -> Result<DeadLetter> {
     Ok(DeadLetter {
         id: DeadLetterId(row.text("id")?),
@@ -227,8 +254,72 @@ const LETTER_COLUMNS: &str = "id, topic, group_name, reason, attempts, dead_lett
 
 #[async_trait]
 impl BusStore for SqliteEventLog {
-    async fn append_batch(&self, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()> {
-        append_batch(self, runs).await
+    async fn attempts(&self, name: &str, after: Cursor) -> Result<Attempts> {
+        let read_mark: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM keel_bus_read_marks WHERE name = ?")
+                .bind(name)
+                .fetch_optional(self.pool())
+                .await?;
+        let recorded: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT position, attempts FROM keel_bus_attempts
+             WHERE name = ? AND position > ? ORDER BY position",
+        )
+        .bind(name)
+        .bind(after.position)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Attempts {
+            read_mark: read_mark.map(sqlite_cursor),
+            recorded: recorded
+                .into_iter()
+                .map(|(position, attempts)| (sqlite_cursor(position), attempts_of(attempts)))
+                .collect(),
+        })
+    }
+
+    async fn save_progress(&self, name: &str, progress: &Progress) -> Result<()> {
+        let mut tx = self.begin().await?;
+        if let Some(checkpoint) = progress.checkpoint {
+            self.save_checkpoint_in(&mut tx, name, checkpoint).await?;
+            sqlx::query("DELETE FROM keel_bus_attempts WHERE name = ? AND position <= ?")
+                .bind(name)
+                .bind(checkpoint.position)
+                .execute(&mut *tx)
+                .await?;
+        }
+        match progress.read_mark {
+            ReadMark::Keep => {}
+            ReadMark::Set(mark) => {
+                sqlx::query(
+                    "INSERT INTO keel_bus_read_marks (name, position) VALUES (?, ?)
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                )
+                .bind(name)
+                .bind(mark.position)
+                .execute(&mut *tx)
+                .await?;
+            }
+            ReadMark::Clear => {
+                sqlx::query("DELETE FROM keel_bus_read_marks WHERE name = ?")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for (at, attempts) in &progress.attempts {
+            sqlx::query(
+                "INSERT INTO keel_bus_attempts (name, position, attempts) VALUES (?, ?, ?)
+                 ON CONFLICT (name, position)
+                 DO UPDATE SET attempts = max(attempts, excluded.attempts)",
+            )
+            .bind(name)
+            .bind(at.position)
+            .bind(i64::from(*attempts))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn raw_row(&self, position: i64) -> Result<Option<RawRow>> {
@@ -365,8 +456,90 @@ impl BusStore for SqliteEventLog {
 
 #[async_trait]
 impl BusStore for PgEventLog {
-    async fn append_batch(&self, runs: &[(StreamId, Vec<CloudEvent>)]) -> Result<()> {
-        append_batch(self, runs).await
+    async fn attempts(&self, name: &str, after: Cursor) -> Result<Attempts> {
+        let read_mark: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT epoch, transaction_id, position FROM keel_bus_read_marks WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await?;
+        let recorded: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT epoch, transaction_id, position, attempts FROM keel_bus_attempts
+             WHERE name = $1 AND (epoch, transaction_id, position) > ($2, $3, $4)
+             ORDER BY epoch, transaction_id, position",
+        )
+        .bind(name)
+        .bind(after.epoch)
+        .bind(after.txid)
+        .bind(after.position)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Attempts {
+            read_mark: read_mark.map(|(epoch, txid, position)| Cursor { epoch, txid, position }),
+            recorded: recorded
+                .into_iter()
+                .map(|(epoch, txid, position, attempts)| {
+                    (Cursor { epoch, txid, position }, attempts_of(attempts))
+                })
+                .collect(),
+        })
+    }
+
+    async fn save_progress(&self, name: &str, progress: &Progress) -> Result<()> {
+        let mut tx = self.begin().await?;
+        if let Some(checkpoint) = progress.checkpoint {
+            self.save_checkpoint_in(&mut tx, name, checkpoint).await?;
+            sqlx::query(
+                "DELETE FROM keel_bus_attempts
+                 WHERE name = $1 AND (epoch, transaction_id, position) <= ($2, $3, $4)",
+            )
+            .bind(name)
+            .bind(checkpoint.epoch)
+            .bind(checkpoint.txid)
+            .bind(checkpoint.position)
+            .execute(&mut *tx)
+            .await?;
+        }
+        match progress.read_mark {
+            ReadMark::Keep => {}
+            ReadMark::Set(mark) => {
+                sqlx::query(
+                    "INSERT INTO keel_bus_read_marks (name, epoch, transaction_id, position)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch,
+                         transaction_id = excluded.transaction_id, position = excluded.position",
+                )
+                .bind(name)
+                .bind(mark.epoch)
+                .bind(mark.txid)
+                .bind(mark.position)
+                .execute(&mut *tx)
+                .await?;
+            }
+            ReadMark::Clear => {
+                sqlx::query("DELETE FROM keel_bus_read_marks WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for (at, attempts) in &progress.attempts {
+            sqlx::query(
+                "INSERT INTO keel_bus_attempts (name, epoch, transaction_id, position, attempts)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (name, epoch, transaction_id, position)
+                 DO UPDATE SET attempts = GREATEST(keel_bus_attempts.attempts, excluded.attempts)",
+            )
+            .bind(name)
+            .bind(at.epoch)
+            .bind(at.txid)
+            .bind(at.position)
+            .bind(i64::from(*attempts))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn raw_row(&self, position: i64) -> Result<Option<RawRow>> {
@@ -502,14 +675,16 @@ impl BusStore for PgEventLog {
 
 /// Maps a missing table to a message that says what to do.
 pub(crate) fn explain(error: StoreError) -> StoreError {
-    match &error {
-        StoreError::Database(sqlx::Error::Database(db))
-            if db.message().contains("keel_bus_dead_letters") =>
-        {
-            StoreError::Config(format!(
-                "{error}: the log bus needs migration 20261127000003_keel_bus (run `keel migrate`)"
-            ))
-        }
-        _ => error,
-    }
+    let StoreError::Database(sqlx::Error::Database(db)) = &error else { return error };
+    let message = db.message();
+    let migration = if message.contains("keel_bus_dead_letters") {
+        "20261127000003_keel_bus"
+    } else if message.contains("keel_bus_read_marks") || message.contains("keel_bus_attempts") {
+        "20261206130011_keel_bus_attempts"
+    } else {
+        return error;
+    };
+    StoreError::Config(format!(
+        "{error}: the log bus needs migration {migration} (run `keel migrate`)"
+    ))
 }

@@ -8,11 +8,12 @@ use async_trait::async_trait;
 use keel_core::bus::{
     BusError, DeadLetterId, DeadLetterReason, Delivery, Payload, Settle, Subscription,
 };
+use keel_store::Cursor;
 
 use crate::error::Error;
 use crate::group::{Origin, Take};
 use crate::shared::GroupShared;
-use crate::store::NewDeadLetter;
+use crate::store::{NewDeadLetter, Progress};
 
 #[derive(Debug)]
 pub(crate) struct LogSubscription {
@@ -45,11 +46,15 @@ impl Subscription for LogSubscription {
             notified.as_mut().enable();
             let taken = group.lock().take(self.member);
             let deadline = match taken {
-                Take::Delivery { payload, attempt, id, generation } => {
+                Take::Delivery { payload, attempt, id, generation, record } => {
                     // The feeder may read more now that this one is out.
                     group.feeder.notify_one();
+                    // From here on, dropping the delivery gives it back.
                     let settle =
                         LogSettle { group: Arc::clone(&group), id, generation, settled: false };
+                    if let Some(cursor) = record {
+                        record_attempt(&group, generation, cursor, attempt).await;
+                    }
                     let payload = Payload::clone(&payload);
                     return Some(Ok(Delivery::new(payload, attempt, Box::new(settle))));
                 }
@@ -71,6 +76,19 @@ impl Subscription for LogSubscription {
     async fn close(self: Box<Self>) -> Result<(), BusError> {
         drop(self);
         Ok(())
+    }
+}
+
+/// Stores the attempt of a redelivery before the handler gets it, so that a crash in
+/// the handler counts (see `group.rs`). A failure is logged and the delivery goes
+/// ahead: a crash during this one attempt would then not be counted.
+async fn record_attempt(group: &GroupShared, generation: u64, cursor: Cursor, attempt: u32) {
+    let progress = Progress { attempts: vec![(cursor, attempt)], ..Progress::default() };
+    match group.store.save_progress(&group.name, &progress).await {
+        Ok(()) => group.lock().recorded_attempt(generation, cursor, attempt),
+        Err(error) => {
+            tracing::warn!(group = %group.name, %error, attempt, "could not store a redelivery's attempt")
+        }
     }
 }
 
@@ -113,14 +131,17 @@ impl Settle for LogSettle {
         self.wake();
         match origin {
             None => Err(gone()),
-            Some(Origin::Log(_)) => {
+            Some(Origin::Log { .. }) => {
                 metrics::counter!("keel_logbus_acked_total", "topic" => self.group.topic.clone(), "group" => self.group.group.clone()).increment(1);
                 Ok(())
             }
             Some(Origin::Letter(id)) => {
                 // The retried letter is done: its row goes (a crash before this gives
-                // it to the group once more).
-                self.group.store.delete_dead_letter(&id).await.map_err(Error::from)?;
+                // it to the group once more). Until the group hears how that went,
+                // loads of the retrying letters leave it out.
+                let mut written = LetterWritten { group: &self.group, id, stored: false };
+                self.group.store.delete_dead_letter(&written.id).await.map_err(Error::from)?;
+                written.stored = true;
                 Ok(())
             }
         }
@@ -142,7 +163,7 @@ impl Settle for LogSettle {
         // Stored first: the cursor may move past the message only once its letter is
         // durable. On error the delivery stays out, and dropping it gives it back.
         let stored = match &leaving.origin {
-            Origin::Log(_) => {
+            Origin::Log { .. } => {
                 let letter = NewDeadLetter {
                     id: DeadLetterId(uuid::Uuid::now_v7().to_string()),
                     topic: self.group.topic.clone(),
@@ -165,5 +186,19 @@ impl Settle for LogSettle {
         self.wake();
         metrics::counter!("keel_logbus_dead_lettered_total", "topic" => self.group.topic.clone(), "group" => self.group.group.clone()).increment(1);
         Ok(())
+    }
+}
+
+/// Tells the group whether a settled letter's row was written, when dropped: also if
+/// the settle is dropped halfway (then as not written, so the letter may come again).
+struct LetterWritten<'a> {
+    group: &'a GroupShared,
+    id: DeadLetterId,
+    stored: bool,
+}
+
+impl Drop for LetterWritten<'_> {
+    fn drop(&mut self) {
+        self.group.lock().letter_written(&self.id, self.stored);
     }
 }

@@ -7,11 +7,15 @@
 //! append load the wake-ups cost a few hundred small transactions a second instead of
 //! one per append (which measurably slowed appends: 0.72x raw instead of 0.83x with
 //! 8 clients), at the price of up to that interval of extra latency for subscribers in
-//! other processes. An idle log notifies at once.
+//! other processes. An idle log notifies at once. A notification that fails (the
+//! connection broke, the server restarts) is sent again, with backoff, until it goes
+//! through: the appends it announces are committed, and subscribers elsewhere would
+//! otherwise wait for their poll.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_bus::Backoff;
 use keel_store::Result;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -22,6 +26,14 @@ use crate::CHANNEL;
 
 /// The least time between two notifications.
 pub(crate) const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How long a failed notification waits before it is sent again.
+const RESEND: Backoff = Backoff {
+    initial: Duration::from_millis(50),
+    max: Duration::from_secs(2),
+    multiplier: 2.0,
+    jitter: true,
+};
 
 /// Aborts its task when dropped (the log owns its background tasks).
 pub(crate) struct TaskGuard(JoinHandle<()>);
@@ -45,16 +57,15 @@ impl Notifier {
         let task = tokio::spawn(async move {
             loop {
                 waiting.notified().await;
-                let sent =
-                    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&pool).await;
-                let pause = match sent {
-                    Ok(_) => NOTIFY_INTERVAL,
-                    Err(error) => {
-                        tracing::debug!(%error, "could not send the append notification");
-                        Duration::from_millis(200)
-                    }
-                };
-                tokio::time::sleep(pause).await;
+                let mut failures = 0;
+                while let Err(error) =
+                    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&pool).await
+                {
+                    failures += 1;
+                    tracing::debug!(%error, failures, "could not send the append notification; sending it again");
+                    tokio::time::sleep(RESEND.delay(failures)).await;
+                }
+                tokio::time::sleep(NOTIFY_INTERVAL).await;
             }
         });
         Self { poke, _task: TaskGuard(task) }
