@@ -162,7 +162,7 @@ impl Feeder<'_> {
                 return Ended::Done;
             }
             if renewed.elapsed() >= options.lease_renew {
-                if !self.lease.is_held().await {
+                if !self.lease.renew().await {
                     return Ended::LeaseLost;
                 }
                 renewed = Instant::now();

@@ -1,6 +1,8 @@
 //! Leases as session-level advisory locks, held on a dedicated connection: when the
 //! holder dies its connection closes and PostgreSQL releases the lock at once.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use keel_store::{Lease, Result};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -9,6 +11,9 @@ struct AdvisoryLease {
     name: String,
     conn: Option<PgConnection>,
 }
+
+/// How often the holder checks the connection.
+const RENEW_INTERVAL: Duration = Duration::from_secs(2);
 
 const KEY: &str = "hashtextextended('keel.lease.' || $1, 0)";
 
@@ -28,7 +33,7 @@ pub(crate) async fn try_lease(pool: &PgPool, name: &str) -> Result<Option<Box<dy
 
 #[async_trait]
 impl Lease for AdvisoryLease {
-    async fn is_held(&mut self) -> bool {
+    async fn renew(&mut self) -> bool {
         let Some(conn) = self.conn.as_mut() else { return false };
         if conn.ping().await.is_ok() {
             return true;
@@ -36,6 +41,10 @@ impl Lease for AdvisoryLease {
         tracing::warn!(lease = %self.name, "lost the connection holding the lease");
         self.conn = None;
         false
+    }
+
+    fn renew_interval(&self) -> Duration {
+        RENEW_INTERVAL
     }
 
     async fn release(mut self: Box<Self>) {

@@ -356,6 +356,45 @@ impl SqlEventLog for PgEventLog {
         save_checkpoint(conn, name, cursor).await
     }
 
+    async fn move_checkpoint_in(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+        from: Option<Cursor>,
+        to: Cursor,
+    ) -> Result<()> {
+        let moved = match from {
+            None => sqlx::query(
+                "INSERT INTO keel_checkpoints (name, epoch, transaction_id, position, updated_at)
+                 VALUES ($1, $2, $3, $4, now())
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(to.epoch)
+            .bind(to.txid)
+            .bind(to.position),
+            Some(from) => sqlx::query(
+                "UPDATE keel_checkpoints
+                 SET epoch = $2, transaction_id = $3, position = $4, updated_at = now()
+                 WHERE name = $1 AND (epoch, transaction_id, position) = ($5, $6, $7)",
+            )
+            .bind(name)
+            .bind(to.epoch)
+            .bind(to.txid)
+            .bind(to.position)
+            .bind(from.epoch)
+            .bind(from.txid)
+            .bind(from.position),
+        }
+        .execute(&mut *conn)
+        .await?;
+        if moved.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::CheckpointMoved { name: name.to_owned() })
+        }
+    }
+
     async fn delete_checkpoint_in(&self, conn: &mut PgConnection, name: &str) -> Result<()> {
         sqlx::query("DELETE FROM keel_checkpoints WHERE name = $1")
             .bind(name)

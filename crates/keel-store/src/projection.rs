@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use futures::StreamExt as _;
 use keel_bus::HandlerError;
 use keel_core::{CloudEvent, Position};
+use tokio::sync::watch;
 
 use crate::error::{Result, StoreError};
 use crate::log::{Cursor, EventLog, LogFilter, Page};
@@ -49,6 +50,7 @@ pub struct ProjectionRunner<L, P> {
     log: Arc<L>,
     projection: Arc<P>,
     options: SubscribeOptions,
+    active: watch::Sender<bool>,
 }
 
 impl<L, P> std::fmt::Debug for ProjectionRunner<L, P> {
@@ -64,7 +66,7 @@ where
     for<'c> &'c mut <L::Db as sqlx::Database>::Connection: sqlx::Executor<'c, Database = L::Db>,
 {
     pub fn new(log: Arc<L>, projection: Arc<P>) -> Self {
-        Self { log, projection, options: SubscribeOptions::default() }
+        Self { log, projection, options: SubscribeOptions::default(), active: watch::Sender::new(false) }
     }
 
     #[must_use]
@@ -80,6 +82,12 @@ where
 
     fn key(&self) -> String {
         Self::checkpoint_name(self.projection.name())
+    }
+
+    /// Whether [`ProjectionRunner::run`] holds the lease and applies events now (not
+    /// standing by).
+    pub fn is_active(&self) -> bool {
+        *self.active.borrow()
     }
 
     /// Follows the log until `shutdown`, as the only runner of this projection across
@@ -99,13 +107,15 @@ where
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         };
+        self.active.send_replace(true);
         let mut ignore = |_| {};
         let result = tokio::select! {
             biased;
             () = &mut shutdown => Ok(()),
             result = self.follow(false, &mut ignore) => result.map(|_| ()),
         };
-        let _ = lease.is_held().await;
+        self.active.send_replace(false);
+        let _ = lease.renew().await;
         lease.release().await;
         result
     }
