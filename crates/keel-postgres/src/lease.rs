@@ -1,5 +1,11 @@
 //! Leases as session-level advisory locks, held on a dedicated connection: when the
 //! holder dies its connection closes and PostgreSQL releases the lock at once.
+//!
+//! The lock is lost with its connection (terminated, network failure), and another
+//! process may take it at once; the holder finds out when it renews (a ping on the
+//! connection, which the holder's timer runs every [`RENEW_INTERVAL`] whether or not it
+//! reads anything). A ping that does not answer within [`PING_TIMEOUT`] counts as a
+//! lost connection: better to stand by than to go on beside a new holder.
 
 use std::time::Duration;
 
@@ -14,6 +20,9 @@ struct AdvisoryLease {
 
 /// How often the holder checks the connection.
 const RENEW_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a check waits for the server.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 const KEY: &str = "hashtextextended('keel.lease.' || $1, 0)";
 
@@ -35,10 +44,15 @@ pub(crate) async fn try_lease(pool: &PgPool, name: &str) -> Result<Option<Box<dy
 impl Lease for AdvisoryLease {
     async fn renew(&mut self) -> bool {
         let Some(conn) = self.conn.as_mut() else { return false };
-        if conn.ping().await.is_ok() {
-            return true;
+        match tokio::time::timeout(PING_TIMEOUT, conn.ping()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(error)) => {
+                tracing::warn!(lease = %self.name, %error, "lost the connection holding the lease");
+            }
+            Err(_) => {
+                tracing::warn!(lease = %self.name, "the connection holding the lease does not answer; giving the lease up");
+            }
         }
-        tracing::warn!(lease = %self.name, "lost the connection holding the lease");
         self.conn = None;
         false
     }

@@ -12,7 +12,8 @@
 //!   implementations.
 //! - [`append`]: appends with optimistic concurrency.
 //! - [`read`]: row decoding and read queries.
-//! - [`lease`]: leases as rows with an expiry, renewed while held.
+//! - [`lease`]: leases as rows with an expiry, renewed while held (and kept through a
+//!   busy database until they expire).
 //! - [`inbox`]: [`SqliteInbox`], the transactional inbox for `keel_bus`.
 
 pub mod append;
