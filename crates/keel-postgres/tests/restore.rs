@@ -126,7 +126,8 @@ async fn current_xid(url: &str) -> i64 {
 
 /// The server of `KEEL_TEST_DATABASE_URL` (`None`) or a throwaway cluster's port.
 fn port_args(port: Option<u16>) -> Vec<String> {
-    let mut args = vec!["-h".to_owned(), "127.0.0.1".to_owned(), "-U".to_owned(), "postgres".to_owned()];
+    let mut args =
+        vec!["-h".to_owned(), "127.0.0.1".to_owned(), "-U".to_owned(), "postgres".to_owned()];
     if let Some(port) = port {
         args.extend(["-p".to_owned(), port.to_string()]);
     }
@@ -286,7 +287,8 @@ async fn a_restore_back_into_a_cluster_registered_before_moves_above_every_epoch
     let back_url = keel_testkit::postgres::fresh_database("failback").await;
     let back_db = back_url.rsplit('/').next().expect("db name").to_owned();
     restore_database(None, &back_db, &dump, false);
-    let back = Arc::new(PgEventLog::connect(&back_url, PgOptions::default()).await.expect("connect"));
+    let back =
+        Arc::new(PgEventLog::connect(&back_url, PgOptions::default()).await.expect("connect"));
     let from = back.checkpoint("relay:main").await.expect("load").expect("restored checkpoint");
     assert_eq!(from, checkpoint);
 

@@ -99,11 +99,12 @@ impl Lease for RowLease {
             return self.lose();
         }
         let sent = Instant::now();
-        let renewal = sqlx::query("UPDATE keel_leases SET expires_at = ? WHERE name = ? AND owner = ?")
-            .bind(now_millis().saturating_add(millis(self.ttl)))
-            .bind(&self.name)
-            .bind(&self.owner)
-            .execute(&self.pool);
+        let renewal =
+            sqlx::query("UPDATE keel_leases SET expires_at = ? WHERE name = ? AND owner = ?")
+                .bind(now_millis().saturating_add(millis(self.ttl)))
+                .bind(&self.name)
+                .bind(&self.owner)
+                .execute(&self.pool);
         match tokio::time::timeout_at(self.held_until, renewal).await {
             Ok(Ok(done)) if done.rows_affected() == 1 => {
                 self.held_until = sent + self.ttl - margin(self.ttl);
@@ -146,8 +147,11 @@ impl Drop for RowLease {
         }
         // Without a runtime (a dropped runtime's tasks), the row simply expires.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (pool, name, owner) =
-                (self.pool.clone(), std::mem::take(&mut self.name), std::mem::take(&mut self.owner));
+            let (pool, name, owner) = (
+                self.pool.clone(),
+                std::mem::take(&mut self.name),
+                std::mem::take(&mut self.owner),
+            );
             runtime.spawn(async move { delete(&pool, &name, &owner).await });
         }
     }

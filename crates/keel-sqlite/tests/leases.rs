@@ -26,7 +26,8 @@ async fn log_with_busy_timeout(url: &str, busy: Duration) -> SqliteEventLog {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(busy);
-    let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.expect("pool");
+    let pool =
+        SqlitePoolOptions::new().max_connections(4).connect_with(options).await.expect("pool");
     SqliteEventLog::from_pool(pool).await.expect("open")
 }
 

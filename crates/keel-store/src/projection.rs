@@ -94,7 +94,12 @@ where
     for<'c> &'c mut <L::Db as sqlx::Database>::Connection: sqlx::Executor<'c, Database = L::Db>,
 {
     pub fn new(log: Arc<L>, projection: Arc<P>) -> Self {
-        Self { log, projection, options: SubscribeOptions::default(), active: watch::Sender::new(false) }
+        Self {
+            log,
+            projection,
+            options: SubscribeOptions::default(),
+            active: watch::Sender::new(false),
+        }
     }
 
     #[must_use]
@@ -261,7 +266,12 @@ where
 
     /// One transaction: every event of the page, then the checkpoint, moved from
     /// `stored` (where this runner left it) to the page's last event.
-    async fn apply_page(&self, key: &str, stored: Option<Cursor>, page: &Page) -> Result<(), PageError> {
+    async fn apply_page(
+        &self,
+        key: &str,
+        stored: Option<Cursor>,
+        page: &Page,
+    ) -> Result<(), PageError> {
         let failed = |e: StoreError| PageError::Failed(e.to_string());
         let Some(last) = page.events.last() else { return Ok(()) };
         let mut tx = self.log.begin().await.map_err(failed)?;

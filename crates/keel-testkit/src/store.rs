@@ -709,15 +709,18 @@ pub async fn checkpoints_and_leases<F: StoreFactory>(f: &F) {
 pub async fn checkpoints_compare_and_set<F: StoreFactory>(f: &F) {
     let log = f.log().await;
     let name = unique("projection");
-    log.append(&stream(&unique("cas")), ExpectedVersion::Any, &[numbered(1), numbered(2), numbered(3)])
-        .await
-        .expect("append");
+    log.append(
+        &stream(&unique("cas")),
+        ExpectedVersion::Any,
+        &[numbered(1), numbered(2), numbered(3)],
+    )
+    .await
+    .expect("append");
     let first = read_some(&*log, Cursor::START).await.events[0].cursor;
     let second = read_some(&*log, first).await.events[0].cursor;
     let third = read_some(&*log, second).await.events[0].cursor;
-    let moved = |result: keel_store::Result<()>| {
-        matches!(result, Err(StoreError::CheckpointMoved { .. }))
-    };
+    let moved =
+        |result: keel_store::Result<()>| matches!(result, Err(StoreError::CheckpointMoved { .. }));
 
     let mut tx = log.begin().await.expect("begin");
     log.move_checkpoint_in(&mut tx, &name, None, first).await.expect("from nothing stored");
