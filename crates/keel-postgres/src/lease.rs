@@ -2,10 +2,10 @@
 //! holder dies its connection closes and PostgreSQL releases the lock at once.
 //!
 //! The lock is lost with its connection (terminated, network failure), and another
-//! process may take it at once; the holder finds out when it renews (a ping on the
-//! connection, which the holder's timer runs every `RENEW_INTERVAL` (2 s) whether or not it
-//! reads anything). A ping that does not answer within `PING_TIMEOUT` (5 s) counts as a
-//! lost connection: better to stand by than to go on beside a new holder.
+//! process may take it at once; the holder finds out when it renews: a ping on the
+//! connection, which the holder's timer runs every `RENEW_INTERVAL` (2 s) whether or
+//! not it reads anything. A ping that gets no answer within `PING_TIMEOUT` (5 s) counts
+//! as a lost connection: better to stand by than to go on beside a new holder.
 
 use std::time::Duration;
 
