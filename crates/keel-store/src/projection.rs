@@ -132,12 +132,16 @@ where
         let key = self.key();
         loop {
             let mut lease = loop {
-                match self.log.try_lease(&key).await {
-                    Ok(Some(lease)) => break lease,
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(projection = %key, %error, "could not ask for the lease")
-                    }
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    lease = self.log.try_lease(&key) => match lease {
+                        Ok(Some(lease)) => break lease,
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::warn!(projection = %key, %error, "could not ask for the lease")
+                        }
+                    },
                 }
                 tokio::select! {
                     biased;
