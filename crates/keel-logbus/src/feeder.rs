@@ -169,13 +169,15 @@ impl Feeder<'_> {
         let mut changes = group.store.changes();
         let mut retry: Option<Duration> = None;
         let mut renewed = Instant::now();
+        // As often as the options say, and at least as often as the lease needs.
+        let renew_every = options.lease_renew.min(self.lease.renew_interval());
         let mut letters_read: Option<Instant> = None;
         loop {
             if is_shutdown(shutdown) || try_retire(registry, group, options.idle_release) {
                 return Ended::Done;
             }
-            if renewed.elapsed() >= options.lease_renew {
-                if !self.lease.is_held().await {
+            if renewed.elapsed() >= renew_every {
+                if !self.lease.renew().await {
                     return Ended::LeaseLost;
                 }
                 renewed = Instant::now();
@@ -242,7 +244,7 @@ impl Feeder<'_> {
             }
             let wait = retry
                 .unwrap_or(options.poll_interval)
-                .min(options.lease_renew.saturating_sub(renewed.elapsed()))
+                .min(renew_every.saturating_sub(renewed.elapsed()))
                 .max(Duration::from_millis(1));
             let notified = tokio::select! {
                 biased;

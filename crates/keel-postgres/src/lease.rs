@@ -1,5 +1,13 @@
 //! Leases as session-level advisory locks, held on a dedicated connection: when the
 //! holder dies its connection closes and PostgreSQL releases the lock at once.
+//!
+//! The lock is lost with its connection (terminated, network failure), and another
+//! process may take it at once; the holder finds out when it renews: a ping on the
+//! connection, which the holder's timer runs every `RENEW_INTERVAL` (2 s) whether or
+//! not it reads anything. A ping that gets no answer within `PING_TIMEOUT` (5 s) counts
+//! as a lost connection: better to stand by than to go on beside a new holder.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_store::{Lease, Result};
@@ -9,6 +17,12 @@ struct AdvisoryLease {
     name: String,
     conn: Option<PgConnection>,
 }
+
+/// How often the holder checks the connection.
+const RENEW_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a check waits for the server.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 const KEY: &str = "hashtextextended('keel.lease.' || $1, 0)";
 
@@ -28,14 +42,23 @@ pub(crate) async fn try_lease(pool: &PgPool, name: &str) -> Result<Option<Box<dy
 
 #[async_trait]
 impl Lease for AdvisoryLease {
-    async fn is_held(&mut self) -> bool {
+    async fn renew(&mut self) -> bool {
         let Some(conn) = self.conn.as_mut() else { return false };
-        if conn.ping().await.is_ok() {
-            return true;
+        match tokio::time::timeout(PING_TIMEOUT, conn.ping()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(error)) => {
+                tracing::warn!(lease = %self.name, %error, "lost the connection holding the lease");
+            }
+            Err(_) => {
+                tracing::warn!(lease = %self.name, "the connection holding the lease does not answer; giving the lease up");
+            }
         }
-        tracing::warn!(lease = %self.name, "lost the connection holding the lease");
         self.conn = None;
         false
+    }
+
+    fn renew_interval(&self) -> Duration {
+        RENEW_INTERVAL
     }
 
     async fn release(mut self: Box<Self>) {

@@ -10,7 +10,9 @@
 //! by `(epoch, transaction id, position)` (DESIGN 2.2). Appends that would make a
 //! stream's later version sort before an earlier one are refused as a retryable
 //! [`keel_store::StoreError::WriteOrder`]. The epoch grows when the database is
-//! restored into another cluster, whose transaction ids start lower.
+//! restored into another cluster, whose transaction ids start lower, and again when it
+//! is restored back into a cluster it lived in before (always above every epoch in
+//! the log).
 //!
 //! Layout:
 //! - `lib.rs`: [`PgEventLog`]: connecting, migrating, registering the epoch, and the
@@ -168,18 +170,31 @@ async fn system_identifier(conn: &mut PgConnection) -> Result<String, sqlx::Erro
         .await
 }
 
-/// Registers this cluster in `keel_epochs` (a new epoch after a restore into another
-/// cluster) and returns its epoch.
+/// Registers this cluster in `keel_epochs` and returns its epoch.
+///
+/// A cluster gets a new epoch, above every epoch in the log, when the database comes
+/// into it by a restore: the first time it sees the database, and again when the
+/// database comes back after living in another cluster (fail-back). Then a higher
+/// epoch is registered or written anywhere in the log than the cluster's own: its old
+/// epoch would sort everything it appends now before what the other cluster wrote.
+/// The cluster's row moves to the new epoch (its old events keep theirs).
 async fn register_epoch(pool: &PgPool) -> Result<i64> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('keel_epochs', 0))")
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "INSERT INTO keel_epochs (system_identifier, epoch)
+        "WITH top AS (
+             SELECT GREATEST((SELECT max(epoch) FROM keel_epochs),
+                             (SELECT max(epoch) FROM keel_events),
+                             (SELECT max(epoch) FROM keel_checkpoints)) AS epoch)
+         INSERT INTO keel_epochs (system_identifier, epoch)
          SELECT (SELECT system_identifier::text FROM pg_control_system()),
-                COALESCE((SELECT max(epoch) FROM keel_epochs), -1) + 1
-         ON CONFLICT (system_identifier) DO NOTHING",
+                COALESCE(top.epoch, -1) + 1
+         FROM top
+         ON CONFLICT (system_identifier) DO UPDATE
+         SET epoch = excluded.epoch, registered_at = now()
+         WHERE keel_epochs.epoch < excluded.epoch - 1",
     )
     .execute(&mut *tx)
     .await?;
@@ -354,6 +369,45 @@ impl SqlEventLog for PgEventLog {
         cursor: Cursor,
     ) -> Result<()> {
         save_checkpoint(conn, name, cursor).await
+    }
+
+    async fn move_checkpoint_in(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+        from: Option<Cursor>,
+        to: Cursor,
+    ) -> Result<()> {
+        let moved = match from {
+            None => sqlx::query(
+                "INSERT INTO keel_checkpoints (name, epoch, transaction_id, position, updated_at)
+                 VALUES ($1, $2, $3, $4, now())
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(to.epoch)
+            .bind(to.txid)
+            .bind(to.position),
+            Some(from) => sqlx::query(
+                "UPDATE keel_checkpoints
+                 SET epoch = $2, transaction_id = $3, position = $4, updated_at = now()
+                 WHERE name = $1 AND (epoch, transaction_id, position) = ($5, $6, $7)",
+            )
+            .bind(name)
+            .bind(to.epoch)
+            .bind(to.txid)
+            .bind(to.position)
+            .bind(from.epoch)
+            .bind(from.txid)
+            .bind(from.position),
+        }
+        .execute(&mut *conn)
+        .await?;
+        if moved.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::CheckpointMoved { name: name.to_owned() })
+        }
     }
 
     async fn delete_checkpoint_in(&self, conn: &mut PgConnection, name: &str) -> Result<()> {

@@ -12,7 +12,8 @@
 //!   implementations.
 //! - [`append`]: appends with optimistic concurrency.
 //! - [`read`]: row decoding and read queries.
-//! - [`lease`]: leases as rows with an expiry, renewed while held.
+//! - [`lease`]: leases as rows with an expiry, renewed while held (and kept through a
+//!   busy database until they expire).
 //! - [`inbox`]: [`SqliteInbox`], the transactional inbox for `keel_bus`.
 
 pub mod append;
@@ -50,6 +51,7 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 #[derive(Clone)]
 pub struct SqliteEventLog {
     inner: Arc<Inner>,
+    lease_ttl: Duration,
 }
 
 struct Inner {
@@ -59,7 +61,7 @@ struct Inner {
 
 impl std::fmt::Debug for SqliteEventLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteEventLog").finish_non_exhaustive()
+        f.debug_struct("SqliteEventLog").field("lease_ttl", &self.lease_ttl).finish_non_exhaustive()
     }
 }
 
@@ -91,7 +93,16 @@ impl SqliteEventLog {
     pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
         migrator().run(&pool).await?;
         let (changes, _) = watch::channel(0u64);
-        Ok(Self { inner: Arc::new(Inner { pool, changes }) })
+        Ok(Self { inner: Arc::new(Inner { pool, changes }), lease_ttl: lease::DEFAULT_TTL })
+    }
+
+    /// How long a lease taken through this handle stays valid when its holder stops
+    /// renewing it (default 15 s): how long a crashed holder's relay, projection or
+    /// consumer group waits before another process takes over.
+    #[must_use]
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
     }
 
     fn appended(&self) {
@@ -201,7 +212,7 @@ impl EventLog for SqliteEventLog {
     }
 
     async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>> {
-        lease::try_lease(&self.inner.pool, name).await
+        lease::try_lease(&self.inner.pool, name, self.lease_ttl).await
     }
 }
 
@@ -246,6 +257,40 @@ impl SqlEventLog for SqliteEventLog {
         cursor: Cursor,
     ) -> Result<()> {
         save_checkpoint(conn, name, cursor).await
+    }
+
+    async fn move_checkpoint_in(
+        &self,
+        conn: &mut SqliteConnection,
+        name: &str,
+        from: Option<Cursor>,
+        to: Cursor,
+    ) -> Result<()> {
+        let now = Utc::now().to_rfc3339();
+        let moved = match from {
+            None => sqlx::query(
+                "INSERT INTO keel_checkpoints (name, position, updated_at) VALUES (?, ?, ?)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(to.position)
+            .bind(now),
+            Some(from) => sqlx::query(
+                "UPDATE keel_checkpoints SET position = ?, updated_at = ?
+                 WHERE name = ? AND position = ?",
+            )
+            .bind(to.position)
+            .bind(now)
+            .bind(name)
+            .bind(from.position),
+        }
+        .execute(&mut *conn)
+        .await?;
+        if moved.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::CheckpointMoved { name: name.to_owned() })
+        }
     }
 
     async fn delete_checkpoint_in(&self, conn: &mut SqliteConnection, name: &str) -> Result<()> {

@@ -47,6 +47,11 @@ pub enum StoreError {
     /// A lease (relay, projection) is held by another process.
     #[error("`{0}` is held by another process")]
     LeaseHeld(String),
+    /// A checkpoint was not where its writer last stored it: another writer (a second
+    /// runner of the same projection, a rebuild) moved it meanwhile. The writer's
+    /// transaction must be rolled back, and the writer stop.
+    #[error("checkpoint `{name}` was moved by another writer")]
+    CheckpointMoved { name: String },
     /// The database reported an error.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

@@ -18,7 +18,9 @@
 //!   bus, waits for the broker's confirmation, then stores its checkpoint; one active
 //!   relay per name through the store's lease.
 //! - [`projection`]: read models fed from the log with the read-model change and the
-//!   checkpoint in one transaction; rebuild by replay, with progress.
+//!   checkpoint in one transaction; one active runner per projection (its lease renewed
+//!   while it runs, each page's checkpoint a compare-and-set); rebuild by replay, with
+//!   progress.
 
 pub mod error;
 pub mod log;

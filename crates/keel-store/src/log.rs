@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -151,11 +152,37 @@ pub struct AppendResult {
     pub positions: Vec<Position>,
 }
 
-/// An exclusive lease on a name across processes (one active relay per relay name).
+/// An exclusive lease on a name across processes: one active relay, projection runner
+/// or log-bus group feeder per name.
+///
+/// The holder renews it at least every [`Lease::renew_interval`] while it works (or
+/// runs [`Lease::keep`] beside its work) and stops working as soon as a renewal says
+/// the lease is lost. [`Lease::release`] gives it up at once; a lease dropped without
+/// it is given up as soon as the store can (PostgreSQL: its connection closes; SQLite:
+/// a delete in the background).
 #[async_trait]
 pub trait Lease: Send {
-    /// Whether the lease is still held (renewing it where the store needs that).
-    async fn is_held(&mut self) -> bool;
+    /// Renews the lease where the store needs that (SQLite moves its expiry on) and
+    /// checks it (PostgreSQL: the connection holding the lock is alive), and says
+    /// whether it is still held. A renewal that cannot reach the database (busy,
+    /// connection trouble) says "held" until the lease would really have expired.
+    /// Once it says "lost" it always does.
+    async fn renew(&mut self) -> bool;
+
+    /// How often the holder renews: well within the lease's expiry, and often enough
+    /// that a lost lease is noticed soon.
+    fn renew_interval(&self) -> Duration;
+
+    /// Renews the lease every [`Lease::renew_interval`] and completes when it is lost:
+    /// for a holder to run beside its work (`tokio::select!`) and stop the work then.
+    async fn keep(&mut self) {
+        loop {
+            tokio::time::sleep(self.renew_interval()).await;
+            if !self.renew().await {
+                return;
+            }
+        }
+    }
 
     /// Gives the lease up.
     async fn release(self: Box<Self>);

@@ -1,5 +1,12 @@
 //! Projections: read models fed from the log, each change committed with its
 //! checkpoint in one transaction, so a crash never applies an event twice or skips one.
+//!
+//! One runner per projection is active across processes: [`ProjectionRunner::run`]
+//! holds the store's lease, renews it while it applies, and stands by again when it is
+//! lost. The lease alone cannot rule out an overlap (a holder notices a loss only at its
+//! next renewal), so every page's checkpoint write is also a compare-and-set from the
+//! cursor the runner last stored: a page whose checkpoint someone else moved meanwhile
+//! (another runner, a rebuild) is rolled back whole, and its runner stops.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,6 +16,7 @@ use async_trait::async_trait;
 use futures::StreamExt as _;
 use keel_bus::HandlerError;
 use keel_core::{CloudEvent, Position};
+use tokio::sync::watch;
 
 use crate::error::{Result, StoreError};
 use crate::log::{Cursor, EventLog, LogFilter, Page};
@@ -44,17 +52,39 @@ pub struct RebuildProgress {
     pub total: u64,
 }
 
+/// How often a standby runner asks for the lease.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
 /// Runs a projection. See the module docs.
 pub struct ProjectionRunner<L, P> {
     log: Arc<L>,
     projection: Arc<P>,
     options: SubscribeOptions,
+    active: watch::Sender<bool>,
 }
 
 impl<L, P> std::fmt::Debug for ProjectionRunner<L, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProjectionRunner").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("ProjectionRunner")
+            .field("options", &self.options)
+            .field("active", &*self.active.borrow())
+            .finish_non_exhaustive()
     }
+}
+
+/// Why a runner's active phase ended.
+enum Ended {
+    Shutdown,
+    LeaseLost,
+    Failed(StoreError),
+}
+
+/// Why a page was not applied.
+enum PageError {
+    /// The checkpoint is not where this runner stored it: another writer is active.
+    Moved(StoreError),
+    /// The projection or the database failed; the page may succeed when tried again.
+    Failed(String),
 }
 
 impl<L, P> ProjectionRunner<L, P>
@@ -64,7 +94,12 @@ where
     for<'c> &'c mut <L::Db as sqlx::Database>::Connection: sqlx::Executor<'c, Database = L::Db>,
 {
     pub fn new(log: Arc<L>, projection: Arc<P>) -> Self {
-        Self { log, projection, options: SubscribeOptions::default() }
+        Self {
+            log,
+            projection,
+            options: SubscribeOptions::default(),
+            active: watch::Sender::new(false),
+        }
     }
 
     #[must_use]
@@ -82,36 +117,76 @@ where
         Self::checkpoint_name(self.projection.name())
     }
 
+    /// Whether [`ProjectionRunner::run`] holds the lease and applies events now (not
+    /// standing by).
+    pub fn is_active(&self) -> bool {
+        *self.active.borrow()
+    }
+
     /// Follows the log until `shutdown`, as the only runner of this projection across
-    /// processes (standby while another holds the lease).
+    /// processes: stands by while another holds the lease, renews the lease while
+    /// applying, and stands by again when the lease is lost or another writer moved
+    /// the checkpoint. Failures are logged and retried; it returns at `shutdown`.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
         let key = self.key();
-        let mut lease = loop {
+        loop {
+            let mut lease = loop {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    lease = self.log.try_lease(&key) => match lease {
+                        Ok(Some(lease)) => break lease,
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::warn!(projection = %key, %error, "could not ask for the lease")
+                        }
+                    },
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(STANDBY_POLL) => {}
+                }
+            };
+            tracing::info!(projection = %key, "projection runner is active");
+            self.active.send_replace(true);
+            let mut ignore = |_| {};
+            let ended = tokio::select! {
+                biased;
+                () = &mut shutdown => Ended::Shutdown,
+                () = lease.keep() => Ended::LeaseLost,
+                result = self.follow(false, &mut ignore) => match result {
+                    Ok(_) => Ended::Shutdown,
+                    Err(error) => Ended::Failed(error),
+                },
+            };
+            self.active.send_replace(false);
+            lease.release().await;
+            match ended {
+                Ended::Shutdown => return Ok(()),
+                Ended::LeaseLost => {
+                    tracing::warn!(projection = %key, "lost the projection's lease; standing by");
+                }
+                Ended::Failed(error @ StoreError::CheckpointMoved { .. }) => {
+                    tracing::warn!(projection = %key, %error, "another runner is active; standing by");
+                }
+                Ended::Failed(error) => {
+                    tracing::warn!(projection = %key, %error, "projection runner failed; retrying");
+                }
+            }
             tokio::select! {
                 biased;
                 () = &mut shutdown => return Ok(()),
-                lease = self.log.try_lease(&key) => match lease {
-                    Ok(Some(lease)) => break lease,
-                    Ok(None) => {}
-                    Err(error) => tracing::warn!(projection = %key, %error, "could not ask for the lease"),
-                },
+                () = tokio::time::sleep(STANDBY_POLL) => {}
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        };
-        let mut ignore = |_| {};
-        let result = tokio::select! {
-            biased;
-            () = &mut shutdown => Ok(()),
-            result = self.follow(false, &mut ignore) => result.map(|_| ()),
-        };
-        let _ = lease.is_held().await;
-        lease.release().await;
-        result
+        }
     }
 
     /// Applies everything up to now and returns how many events it applied. The
-    /// caller must make sure no other runner of this projection is active.
+    /// caller should make sure no other runner of this projection is active; if one
+    /// is, the checkpoint's compare-and-set stops this call with
+    /// [`StoreError::CheckpointMoved`] rather than apply a page twice.
     pub async fn catch_up(&self) -> Result<u64> {
         let mut ignore = |_| {};
         self.follow(true, &mut ignore).await
@@ -119,13 +194,14 @@ where
 
     /// Resets the read model and its checkpoint in one transaction, then replays the
     /// whole log into it, reporting progress. Fails with [`StoreError::LeaseHeld`]
-    /// while a runner of this projection is active elsewhere.
+    /// while a runner of this projection is active elsewhere (or if the lease, renewed
+    /// meanwhile, is lost).
     pub async fn rebuild(&self, mut progress: impl FnMut(RebuildProgress) + Send) -> Result<u64> {
         let key = self.key();
-        let Some(lease) = self.log.try_lease(&key).await? else {
+        let Some(mut lease) = self.log.try_lease(&key).await? else {
             return Err(StoreError::LeaseHeld(key));
         };
-        let result = async {
+        let work = async {
             let mut tx = self.log.begin().await?;
             self.projection
                 .reset(&mut tx)
@@ -138,8 +214,12 @@ where
             let mut report =
                 |applied| progress(RebuildProgress { applied, total: total.max(applied) });
             self.follow(true, &mut report).await
-        }
-        .await;
+        };
+        let result = tokio::select! {
+            biased;
+            () = lease.keep() => Err(StoreError::LeaseHeld(key.clone())),
+            result = work => result,
+        };
         lease.release().await;
         result
     }
@@ -150,7 +230,8 @@ where
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<u64> {
         let key = self.key();
-        let from = self.log.checkpoint(&key).await?.unwrap_or(Cursor::START);
+        let mut stored = self.log.checkpoint(&key).await?;
+        let from = stored.unwrap_or(Cursor::START);
         let options = SubscribeOptions { stop_when_caught_up, ..self.options };
         let log: Arc<dyn EventLog> = self.log.clone();
         let mut pages = subscribe(log, from, self.projection.filter(), options);
@@ -165,15 +246,19 @@ where
             };
             let mut backoff = Duration::from_millis(50);
             loop {
-                match self.apply_page(&key, &page).await {
+                match self.apply_page(&key, stored, &page).await {
                     Ok(()) => break,
-                    Err(error) => {
+                    Err(PageError::Moved(error)) => return Err(error),
+                    Err(PageError::Failed(error)) => {
                         tracing::error!(projection = %key, %error, ?backoff, "projection failed; retrying the page");
                         metrics::counter!("keel_projection_failures_total", "projection" => key.clone()).increment(1);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
                 }
+            }
+            if let Some(last) = page.events.last() {
+                stored = Some(last.cursor);
             }
             applied += page.events.len() as u64;
             metrics::counter!("keel_projection_applied_total", "projection" => key.clone())
@@ -183,17 +268,27 @@ where
         Ok(applied)
     }
 
-    /// One transaction: every event of the page, then the checkpoint.
-    async fn apply_page(&self, key: &str, page: &Page) -> Result<(), String> {
+    /// One transaction: every event of the page, then the checkpoint, moved from
+    /// `stored` (where this runner left it) to the page's last event.
+    async fn apply_page(
+        &self,
+        key: &str,
+        stored: Option<Cursor>,
+        page: &Page,
+    ) -> Result<(), PageError> {
+        let failed = |e: StoreError| PageError::Failed(e.to_string());
         let Some(last) = page.events.last() else { return Ok(()) };
-        let mut tx = self.log.begin().await.map_err(|e| e.to_string())?;
+        let mut tx = self.log.begin().await.map_err(failed)?;
         for event in &page.events {
-            self.projection
-                .apply(&mut tx, &event.event)
-                .await
-                .map_err(|e| format!("event {} at {}: {e}", event.event.id(), event.cursor))?;
+            self.projection.apply(&mut tx, &event.event).await.map_err(|e| {
+                PageError::Failed(format!("event {} at {}: {e}", event.event.id(), event.cursor))
+            })?;
         }
-        self.log.save_checkpoint_in(&mut tx, key, last.cursor).await.map_err(|e| e.to_string())?;
-        tx.commit().await.map_err(|e| e.to_string())
+        match self.log.move_checkpoint_in(&mut tx, key, stored, last.cursor).await {
+            Ok(()) => {}
+            Err(error @ StoreError::CheckpointMoved { .. }) => return Err(PageError::Moved(error)),
+            Err(error) => return Err(failed(error)),
+        }
+        tx.commit().await.map_err(|e| failed(e.into()))
     }
 }

@@ -141,7 +141,7 @@ impl Relay {
             };
             let Some(page) = page else { break Ended::Shutdown };
             let page = page?;
-            if !lease.is_held().await {
+            if !lease.renew().await {
                 break Ended::LeaseLost;
             }
             let Some(last) = page.events.last().map(|e| e.cursor) else { continue };

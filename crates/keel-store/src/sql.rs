@@ -37,6 +37,20 @@ pub trait SqlEventLog: EventLog {
         cursor: Cursor,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Moves a checkpoint inside the caller's transaction from `from`, where the caller
+    /// last stored it (`None`: no checkpoint stored), to `to`: a compare-and-set. Fails
+    /// with [`crate::StoreError::CheckpointMoved`] if another writer moved it
+    /// meanwhile; the caller then rolls back. On PostgreSQL a concurrent mover's
+    /// transaction is waited for, so of two writers moving from the same cursor only
+    /// one commits.
+    fn move_checkpoint_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        name: &str,
+        from: Option<Cursor>,
+        to: Cursor,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Deletes a checkpoint inside the caller's transaction.
     fn delete_checkpoint_in(
         &self,

@@ -1,8 +1,9 @@
-//! The projection and inbox suite: a read model rebuilt by replay equals the live one,
-//! and the transactional inbox applies a redelivered event once (also across a crash
+//! The projection and inbox suite: a read model rebuilt by replay equals the live one;
+//! one runner per projection is active (it keeps its lease while it runs, stops when the
+//! lease is lost, and a page whose checkpoint another writer moved is rolled back); and
+//! the transactional inbox applies a redelivered event once (also across a crash
 //! between the handler's commit and the ack). Each SQL store runs it through
-//! [`projection_conformance!`], with its own dialect for the two statements that
-//! differ.
+//! [`projection_conformance!`], with its own dialect for the statements that differ.
 
 /// Expands to the projection and inbox cases for one SQL store.
 ///
@@ -12,7 +13,10 @@
 /// - `inbox`: the store's inbox type (`new(pool)`);
 /// - `upsert`: counts one event of stream `$1`/`?` at version `$2`/`?` into the
 ///   `counts (stream_id, events, last_version)` table;
-/// - `insert_effect`: inserts event id `$1`/`?` into `effects (event_id)`.
+/// - `insert_effect`: inserts event id `$1`/`?` into `effects (event_id)`;
+/// - `break_lease`: an async fn `(&log, name)` that takes the lease `name` away from its
+///   holder without the holder's doing, as a stall past the lease's expiry (SQLite) or
+///   a lost connection (PostgreSQL) would.
 ///
 /// The calling crate needs `async-trait`, `keel-bus`, `keel-core`, `keel-memory`,
 /// `keel-store`, `serde_json`, `sqlx`, `tokio` and `tower` (its dev-dependencies).
@@ -24,7 +28,8 @@ macro_rules! projection_conformance {
         fresh_log: $fresh_log:expr,
         inbox: $inbox:ty,
         upsert: $upsert:literal,
-        insert_effect: $insert_effect:literal $(,)?
+        insert_effect: $insert_effect:literal,
+        break_lease: $break_lease:path $(,)?
     ) => {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +39,10 @@ macro_rules! projection_conformance {
         use keel_bus::layer::inbox_fn;
         use keel_bus::{Consumer, HandlerError, Message};
         use keel_core::{CloudEvent, ExpectedVersion, StreamId, SubscriptionSpec};
-        use keel_store::{EventLog, Projection, ProjectionRunner, SqlEventLog};
+        use keel_store::{
+            Cursor, EventLog, Projection, ProjectionRunner, SqlEventLog, StoreError,
+            SubscribeOptions,
+        };
         use $crate::util::{eventually, eventually_async, unique};
 
         /// Events per stream, as a read model.
@@ -67,6 +75,82 @@ macro_rules! projection_conformance {
                 sqlx::query("DELETE FROM counts").execute(conn).await.map_err(HandlerError::transient)?;
                 Ok(())
             }
+        }
+
+        /// [`Counts`], whose first apply moves the checkpoint inside the runner's
+        /// transaction, as another runner committing a page meanwhile would have.
+        struct MovedUnderIt {
+            log: Arc<$log>,
+            moved: std::sync::atomic::AtomicBool,
+        }
+
+        #[async_trait]
+        impl Projection<$db> for MovedUnderIt {
+            fn name(&self) -> &str {
+                "counts"
+            }
+
+            async fn apply(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+                event: &CloudEvent,
+            ) -> Result<(), HandlerError> {
+                if !self.moved.swap(true, Ordering::SeqCst) {
+                    let elsewhere = Cursor { epoch: 0, txid: 0, position: 1_000_000 };
+                    self.log
+                        .save_checkpoint_in(&mut *conn, &counts_key(), elsewhere)
+                        .await
+                        .map_err(HandlerError::transient)?;
+                }
+                Counts.apply(conn, event).await
+            }
+
+            async fn reset(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+            ) -> Result<(), HandlerError> {
+                Counts.reset(conn).await
+            }
+        }
+
+        fn counts_key() -> String {
+            ProjectionRunner::<$log, Counts>::checkpoint_name("counts")
+        }
+
+        async fn counts_table(log: &$log) {
+            sqlx::query("CREATE TABLE counts (stream_id TEXT PRIMARY KEY, events BIGINT NOT NULL, last_version BIGINT NOT NULL)")
+                .execute(SqlEventLog::pool(log))
+                .await
+                .expect("table");
+        }
+
+        /// Runs `runner` in a task until the returned sender fires (or is dropped).
+        fn spawn_runner(
+            runner: &Arc<ProjectionRunner<$log, Counts>>,
+        ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<keel_store::Result<()>>) {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let runner = runner.clone();
+            let task = tokio::spawn(async move {
+                runner
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
+            (stop, task)
+        }
+
+        async fn append_round(log: &$log, streams: &[StreamId], events: usize) {
+            for n in 0..events {
+                let s = &streams[n % streams.len()];
+                log.append(s, ExpectedVersion::Any, &[event(u32::try_from(n).unwrap_or(0))])
+                    .await
+                    .expect("append");
+            }
+        }
+
+        async fn counted(log: &$log) -> i64 {
+            counts(log).await.iter().map(|(_, n, _)| n).sum::<i64>()
         }
 
         async fn counts(log: &$log) -> Vec<(String, i64, i64)> {
@@ -133,6 +217,92 @@ macro_rules! projection_conformance {
 
             // The checkpoint moved with the read model: catching up again applies nothing.
             assert_eq!(runner.catch_up().await.expect("catch up"), 0);
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_page_whose_checkpoint_was_moved_meanwhile_is_rolled_back() {
+            let log = Arc::new($fresh_log);
+            counts_table(&log).await;
+            let streams = [StreamId::new(unique("order")).expect("valid")];
+            append_round(&log, &streams, 5).await;
+            let projection = MovedUnderIt { log: log.clone(), moved: Default::default() };
+            let runner = ProjectionRunner::new(log.clone(), Arc::new(projection));
+            let result = runner.catch_up().await;
+            assert!(
+                matches!(result, Err(StoreError::CheckpointMoved { .. })),
+                "the runner stops at a checkpoint another writer moved: {result:?}"
+            );
+            assert!(counts(&log).await.is_empty(), "the page is rolled back whole");
+            assert_eq!(log.checkpoint(&counts_key()).await.expect("load"), None);
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_running_projection_keeps_its_lease() {
+            let log = Arc::new($fresh_log);
+            counts_table(&log).await;
+            let runner = Arc::new(ProjectionRunner::new(log.clone(), Arc::new(Counts)));
+            let (stop, task) = spawn_runner(&runner);
+            eventually("the runner to be active", || runner.is_active()).await;
+            // Idle for longer than an unrenewed lease lasts.
+            let probe = log.try_lease(&unique("probe")).await.expect("lease").expect("free");
+            let renew_interval = probe.renew_interval();
+            probe.release().await;
+            tokio::time::sleep(renew_interval * 4).await;
+            let rebuild = ProjectionRunner::new(log.clone(), Arc::new(Counts)).rebuild(|_| {}).await;
+            assert!(
+                matches!(rebuild, Err(StoreError::LeaseHeld(_))),
+                "no rebuild beside the active runner: {rebuild:?}"
+            );
+            assert!(runner.is_active());
+            let _ = stop.send(());
+            task.await.expect("task").expect("runner");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_runner_that_loses_its_lease_stops_until_it_gets_it_back() {
+            let log = Arc::new($fresh_log);
+            counts_table(&log).await;
+            let streams: Vec<StreamId> =
+                (0..3).map(|_| StreamId::new(unique("order")).expect("valid")).collect();
+            let options = SubscribeOptions {
+                poll_interval: Duration::from_millis(50),
+                ..SubscribeOptions::default()
+            };
+            let runner =
+                Arc::new(ProjectionRunner::new(log.clone(), Arc::new(Counts)).options(options));
+            let (stop, task) = spawn_runner(&runner);
+            eventually("the runner to be active", || runner.is_active()).await;
+            append_round(&log, &streams, 9).await;
+            eventually_async("the runner to apply 9 events", || async { counted(&log).await == 9 })
+                .await;
+
+            // The lease is lost, and another process takes it. No event is appended:
+            // the runner must notice on its own.
+            $break_lease(&*log, &counts_key()).await;
+            let deadline = tokio::time::Instant::now() + $crate::util::PATIENCE;
+            let other = loop {
+                if let Some(lease) = log.try_lease(&counts_key()).await.expect("lease") {
+                    break lease;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "nobody else got the lease");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            eventually("the runner to notice that it lost its lease", || !runner.is_active())
+                .await;
+            append_round(&log, &streams, 9).await;
+
+            // The other process goes away: the runner takes over again and applies
+            // everything once, in order.
+            other.release().await;
+            eventually("the runner to be active again", || runner.is_active()).await;
+            eventually_async("the runner to apply 18 events", || async { counted(&log).await == 18 })
+                .await;
+            assert!(
+                counts(&log).await.iter().all(|(_, events, last)| events == last),
+                "each event applied once, in order"
+            );
+            let _ = stop.send(());
+            task.await.expect("task").expect("runner");
         }
 
         #[tokio::test]

@@ -53,6 +53,7 @@ macro_rules! store_conformance {
             unknown_types_come_back_as_raw_envelopes,
             subscription_from_a_position,
             checkpoints_and_leases,
+            checkpoints_compare_and_set,
             duplicate_event_ids_are_refused,
             relay_publishes_the_log_in_order,
             relay_fails_over_to_a_standby
@@ -694,12 +695,64 @@ pub async fn checkpoints_and_leases<F: StoreFactory>(f: &F) {
     );
 
     let mut lease = log.try_lease(&name).await.expect("lease").expect("free");
-    assert!(lease.is_held().await);
+    assert!(lease.renew().await);
+    assert!(lease.renew_interval() > Duration::ZERO);
     assert!(log.try_lease(&name).await.expect("lease").is_none(), "exclusive");
     assert!(log.try_lease(&unique("other")).await.expect("lease").is_some(), "per name");
     lease.release().await;
     let again = log.try_lease(&name).await.expect("lease");
     assert!(again.is_some(), "free again after release");
+}
+
+/// `move_checkpoint_in` moves a checkpoint only from where the caller says it is; of
+/// two writers moving it from the same place at the same time, one commits.
+pub async fn checkpoints_compare_and_set<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let name = unique("projection");
+    log.append(
+        &stream(&unique("cas")),
+        ExpectedVersion::Any,
+        &[numbered(1), numbered(2), numbered(3)],
+    )
+    .await
+    .expect("append");
+    let first = read_some(&*log, Cursor::START).await.events[0].cursor;
+    let second = read_some(&*log, first).await.events[0].cursor;
+    let third = read_some(&*log, second).await.events[0].cursor;
+    let moved =
+        |result: keel_store::Result<()>| matches!(result, Err(StoreError::CheckpointMoved { .. }));
+
+    let mut tx = log.begin().await.expect("begin");
+    log.move_checkpoint_in(&mut tx, &name, None, first).await.expect("from nothing stored");
+    tx.commit().await.expect("commit");
+    assert_eq!(log.checkpoint(&name).await.expect("load"), Some(first));
+    let mut tx = log.begin().await.expect("begin");
+    assert!(moved(log.move_checkpoint_in(&mut tx, &name, None, second).await), "it exists");
+    assert!(
+        moved(log.move_checkpoint_in(&mut tx, &name, Some(second), third).await),
+        "it is not there"
+    );
+    tx.rollback().await.expect("rollback");
+
+    // Two writers from `first`: the second waits for the first and finds it moved.
+    let mut tx = log.begin().await.expect("begin");
+    log.move_checkpoint_in(&mut tx, &name, Some(first), second).await.expect("first writer");
+    let racer = {
+        let log = log.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let mut tx = log.begin().await.expect("begin");
+            let result = log.move_checkpoint_in(&mut tx, &name, Some(first), third).await;
+            if result.is_ok() {
+                tx.commit().await.expect("commit");
+            }
+            result
+        })
+    };
+    tx.commit().await.expect("commit");
+    let raced = racer.await.expect("task");
+    assert!(moved(raced), "the second writer is refused");
+    assert_eq!(log.checkpoint(&name).await.expect("load"), Some(second));
 }
 
 pub async fn duplicate_event_ids_are_refused<F: StoreFactory>(f: &F) {
