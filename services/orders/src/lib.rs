@@ -21,7 +21,8 @@
 //!   the same process), both asking on behalf of the caller.
 //! - `error.rs`: [`Error`].
 //! - `main.rs`: the binary: the service alone on `KEEL_DATABASE_URL`, listening on
-//!   `KEEL_ORDERS_ADDR`, asking `KEEL_USERS_URL` and `KEEL_PRODUCTS_URL`.
+//!   `KEEL_LISTEN_ADDR`, finding users and products through the registry, verifying
+//!   identities with the key of `KEEL_IDENTITY_SECRET` or `KEEL_JWT_SECRET`.
 
 // `keel_service::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.

@@ -13,7 +13,8 @@
 //!   store's inbox (consumer group [`STOCK_GROUP`]): stock changes, reservation rows,
 //!   the answering event and the processed mark in one transaction.
 //! - `main.rs`: the binary: the service alone on `KEEL_DATABASE_URL`, listening on
-//!   `KEEL_PRODUCTS_ADDR`.
+//!   `KEEL_LISTEN_ADDR`, verifying identities with the key of `KEEL_IDENTITY_SECRET`
+//!   or `KEEL_JWT_SECRET`.
 
 // `keel_service::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.

@@ -13,7 +13,8 @@
 //! - `orders.rs`: the `users_orders` read model, fed by `order.*` events through the
 //!   store's inbox (consumer group [`ORDERS_GROUP`]).
 //! - `main.rs`: the binary: the service alone on `KEEL_DATABASE_URL`, listening on
-//!   `KEEL_USERS_ADDR`.
+//!   `KEEL_LISTEN_ADDR`, verifying identities with the key of `KEEL_IDENTITY_SECRET`
+//!   or `KEEL_JWT_SECRET`.
 
 // `keel_service::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.
