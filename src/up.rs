@@ -42,8 +42,7 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
     let users_state = keel_users::AppState::new(db.clone()).with_idempotency_ttl(ttl);
     let products_state = keel_products::AppState::new(db.clone()).with_idempotency_ttl(ttl);
     let directory = Arc::new(keel_orders::DiscoveryDirectory::new(registry.clone()));
-    let orders_state =
-        keel_orders::AppState::new(db.clone(), directory).with_idempotency_ttl(ttl);
+    let orders_state = keel_orders::AppState::new(db.clone(), directory).with_idempotency_ttl(ttl);
 
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut services = Vec::new();

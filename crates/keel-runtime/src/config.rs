@@ -144,19 +144,19 @@ impl Config {
         if identity_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(error("KEEL_IDENTITY_SECRET", "the secret must be at least 16 bytes"));
         }
-        let idempotency_ttl = match pick("KEEL_IDEMPOTENCY_TTL_SECS", from_file.idempotency_ttl_secs)
-        {
-            None => DEFAULT_IDEMPOTENCY_TTL,
-            Some(text) => match text.trim().parse::<u64>() {
-                Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
-                _ => {
-                    return Err(error(
-                        "KEEL_IDEMPOTENCY_TTL_SECS",
-                        format!("`{text}` is not a whole number of seconds above 0"),
-                    ));
-                }
-            },
-        };
+        let idempotency_ttl =
+            match pick("KEEL_IDEMPOTENCY_TTL_SECS", from_file.idempotency_ttl_secs) {
+                None => DEFAULT_IDEMPOTENCY_TTL,
+                Some(text) => match text.trim().parse::<u64>() {
+                    Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
+                    _ => {
+                        return Err(error(
+                            "KEEL_IDEMPOTENCY_TTL_SECS",
+                            format!("`{text}` is not a whole number of seconds above 0"),
+                        ));
+                    }
+                },
+            };
         let listen = pick("KEEL_LISTEN_ADDR", from_file.listen_addr)
             .unwrap_or_else(|| DEFAULT_LISTEN_ADDR.into());
         let listen_addr = listen
@@ -225,8 +225,8 @@ mod tests {
     }
 
     #[test]
-    fn the_identity_key_is_its_own_secret_or_derived_from_the_jwt_secret()
-    -> Result<(), ConfigError> {
+    fn the_identity_key_is_its_own_secret_or_derived_from_the_jwt_secret() -> Result<(), ConfigError>
+    {
         use keel_service::{Identity, IdentityKey};
         let nowhere = Path::new("/nonexistent/keel.toml");
         let alice = Identity::new("alice").expect("a subject");
@@ -254,8 +254,7 @@ mod tests {
         let nowhere = Path::new("/nonexistent/keel.toml");
         let config = Config::from_sources(nowhere, env(&[]))?;
         assert_eq!(config.idempotency_ttl, std::time::Duration::from_secs(86_400));
-        let config =
-            Config::from_sources(nowhere, env(&[("KEEL_IDEMPOTENCY_TTL_SECS", "3600")]))?;
+        let config = Config::from_sources(nowhere, env(&[("KEEL_IDEMPOTENCY_TTL_SECS", "3600")]))?;
         assert_eq!(config.idempotency_ttl, std::time::Duration::from_secs(3600));
         Ok(())
     }

@@ -58,8 +58,7 @@ fn check_media_type(headers: &http::HeaderMap) -> Result<(), Problem> {
             .with_detail(detail)
             .with_field("Content-Type", "must be application/json (UTF-8)")
     };
-    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok())
-    else {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return Err(unsupported(
             "expected a request body with content type application/json".to_owned(),
         ));
@@ -107,18 +106,19 @@ pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
 #[allow(clippy::result_large_err)]
 fn strict_value(body: &[u8]) -> Result<Value, Problem> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize::<_, Strict>(&mut deserializer).map_err(|error| {
-        let pointer = pointer(error.path());
-        let inner = error.into_inner();
-        let message = without_position(&inner);
-        if inner.is_data() {
-            invalid(pointer, message)
-        } else {
-            Problem::new(StatusCode::BAD_REQUEST)
-                .with_detail(format!("the body is not valid JSON: {message}"))
-                .with_field(if pointer.is_empty() { "/" } else { &pointer }, message.clone())
-        }
-    })?;
+    let value =
+        serde_path_to_error::deserialize::<_, Strict>(&mut deserializer).map_err(|error| {
+            let pointer = pointer(error.path());
+            let inner = error.into_inner();
+            let message = without_position(&inner);
+            if inner.is_data() {
+                invalid(pointer, message)
+            } else {
+                Problem::new(StatusCode::BAD_REQUEST)
+                    .with_detail(format!("the body is not valid JSON: {message}"))
+                    .with_field(if pointer.is_empty() { "/" } else { &pointer }, message.clone())
+            }
+        })?;
     deserializer.end().map_err(|e| {
         Problem::new(StatusCode::BAD_REQUEST)
             .with_detail(format!("the body is not valid JSON: {}", without_position(&e)))

@@ -256,7 +256,10 @@ impl Idempotency {
         let every = (self.ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(900));
         let next = now.saturating_add(i64::try_from(every.as_secs()).unwrap_or(i64::MAX));
         if now < due
-            || self.next_purge.compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed).is_err()
+            || self
+                .next_purge
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
         {
             return;
         }

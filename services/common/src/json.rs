@@ -187,7 +187,11 @@ impl<'a> Fields<'a> {
     /// when a check asked for it (its value is that check's business) or for something
     /// inside it (then its members and elements are looked at in turn).
     fn unknown_members(&self, value: &Value, pointer: &str, unknown: &mut Vec<String>) {
-        let inside = |p: &str| self.asked.iter().any(|a| a.len() > p.len() && a.starts_with(p) && a.as_bytes()[p.len()] == b'/');
+        let inside = |p: &str| {
+            self.asked
+                .iter()
+                .any(|a| a.len() > p.len() && a.starts_with(p) && a.as_bytes()[p.len()] == b'/')
+        };
         match value {
             Value::Object(members) => {
                 for (key, member) in members {

@@ -173,7 +173,9 @@ async fn reading_the_log_needs_a_reader_role_when_identities_are_verified() {
 async fn control_characters_in_filters_are_refused() {
     let log = log_with(&[("order-1", "order.placed")]).await;
     let app = behind_kit(&log, None);
-    for uri in ["/api/events?type=%00", "/api/events?stream=order-1%00", "/api/events/live?type=a%0Ab"] {
+    for uri in
+        ["/api/events?type=%00", "/api/events?stream=order-1%00", "/api/events/live?type=a%0Ab"]
+    {
         assert_eq!(status_of(&app, uri, None).await, StatusCode::BAD_REQUEST, "{uri}");
     }
 }

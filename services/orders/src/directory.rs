@@ -10,8 +10,8 @@ use axum::body::Body;
 use http::{HeaderValue, Request, StatusCode};
 use keel_bus::layer::current_context;
 use keel_client::{ClientConfig, ServiceClient};
-use keel_service::{IDENTITY_HEADER, SUBJECT};
 use keel_registry::Registry;
+use keel_service::{IDENTITY_HEADER, SUBJECT};
 use tower::ServiceExt as _;
 
 use crate::error::Error;
@@ -58,8 +58,9 @@ fn exists(status: StatusCode, what: &str) -> Result<bool, Error> {
 fn user_lookup(status: StatusCode, body: &[u8], what: &str) -> Result<UserLookup, Error> {
     match status {
         StatusCode::OK => {
-            let user: serde_json::Value = serde_json::from_slice(body)
-                .map_err(|e| Error::Directory(format!("{what} answered a user that is not JSON: {e}")))?;
+            let user: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+                Error::Directory(format!("{what} answered a user that is not JSON: {e}"))
+            })?;
             Ok(UserLookup::Found { owner: user["owner"].as_str().map(str::to_owned) })
         }
         StatusCode::FORBIDDEN => Ok(UserLookup::Forbidden),

@@ -2,10 +2,10 @@
 //! commands decide which event (if any) comes next.
 
 use keel_core::{CloudEvent, Event, StreamVersion};
+use keel_services_common::Db;
 use keel_services_common::events::{
     OrderCancelled, OrderConfirmed, OrderItem, OrderPlaced, OrderRejected, stream_id, topics,
 };
-use keel_services_common::Db;
 use serde::Serialize;
 use serde_json::{Value, json};
 

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use common::{
-    System, behind_kit, eventually, get, get_with, identity, post, post_with, send,
-};
+use common::{System, behind_kit, eventually, get, get_with, identity, post, post_with, send};
 use futures::future::join_all;
 use http::{Request, StatusCode, header};
 use keel_core::{CloudEvent, ExpectedVersion, Publisher as _, StreamId};
@@ -493,7 +491,8 @@ async fn idempotency_keys_expire_and_are_purged() {
 
     // Once the key has expired it is unused again: the same request is a new product.
     eventually(|| async {
-        let again = post_with(&products, "/api/products", body.clone(), &with_key("kettle-1")).await;
+        let again =
+            post_with(&products, "/api/products", body.clone(), &with_key("kettle-1")).await;
         assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
         (again.body["id"] != first.body["id"]).then_some(())
     })
@@ -502,8 +501,7 @@ async fn idempotency_keys_expire_and_are_purged() {
     eventually(|| async {
         post_with(&products, "/api/products", body.clone(), &with_key("kettle-1")).await;
         let sql = "SELECT COUNT(*) FROM products_idempotency WHERE key = $1";
-        let left: Option<(i64,)> =
-            system.db.fetch_optional(sql, args!["kettle-2"]).await.unwrap();
+        let left: Option<(i64,)> = system.db.fetch_optional(sql, args!["kettle-2"]).await.unwrap();
         (left == Some((0,))).then_some(())
     })
     .await;

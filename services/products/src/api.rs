@@ -36,23 +36,26 @@ pub(crate) async fn create_product(
         return Err(Problem::internal());
     };
     let context = request_context(&headers);
-    state.idempotency.run(&state.db, key.as_ref(), |mut tx| async move {
-        let id = uuid::Uuid::now_v7().to_string();
-        tx.execute(
-            "INSERT INTO products_products (id, name, price_cents, stock, created_at)
+    state
+        .idempotency
+        .run(&state.db, key.as_ref(), |mut tx| async move {
+            let id = uuid::Uuid::now_v7().to_string();
+            tx.execute(
+                "INSERT INTO products_products (id, name, price_cents, stock, created_at)
              VALUES ($1, $2, $3, $4, $5)",
-            args![&id, &name, price_cents, stock, chrono::Utc::now().to_rfc3339()],
-        )
-        .await?;
-        let event =
-            ProductCreated { product_id: id.clone(), name: name.clone(), price_cents, stock };
-        let stream = stream_id(topics::PRODUCT, &id)?;
-        tx.append(&stream, ExpectedVersion::NoStream, &[envelope(&event, SOURCE, &context)?])
+                args![&id, &name, price_cents, stock, chrono::Utc::now().to_rfc3339()],
+            )
             .await?;
-        let body = json!({ "id": id, "name": name, "price_cents": price_cents, "stock": stock });
-        Ok((tx, StatusCode::CREATED, body))
-    })
-    .await
+            let event =
+                ProductCreated { product_id: id.clone(), name: name.clone(), price_cents, stock };
+            let stream = stream_id(topics::PRODUCT, &id)?;
+            tx.append(&stream, ExpectedVersion::NoStream, &[envelope(&event, SOURCE, &context)?])
+                .await?;
+            let body =
+                json!({ "id": id, "name": name, "price_cents": price_cents, "stock": stock });
+            Ok((tx, StatusCode::CREATED, body))
+        })
+        .await
 }
 
 /// `GET /api/products/{id}`: the product with its current stock.

@@ -44,7 +44,10 @@ pub fn app(started: mpsc::UnboundedSender<()>) -> Router {
             }),
         )
         .route("/panic", get(|| async { panic!("boom") as &'static str }))
-        .route("/items/{id}", get(|axum::extract::Path(id): axum::extract::Path<String>| async move { id }))
+        .route(
+            "/items/{id}",
+            get(|axum::extract::Path(id): axum::extract::Path<String>| async move { id }),
+        )
         .route(
             "/context",
             get(|| async {

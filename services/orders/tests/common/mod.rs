@@ -282,8 +282,16 @@ pub async fn hostile_text_is_refused_before_any_store_sees_it(system: &System) {
         ("/api/users", r#"{"name":"A","email":"unknown@example.org","admin":true}"#, "/admin"),
         ("/api/users", r#"{"name":"A\u0001","email":"ctl@example.org"}"#, "/name"),
         ("/api/products", r#"{"name":"\u0000","price_cents":1,"stock":1}"#, "/name"),
-        ("/api/orders", r#"{"user_id":"\u0000","items":[{"product_id":"p","quantity":1}]}"#, "/user_id"),
-        ("/api/orders", r#"{"user_id":"u","items":[{"product_id":"p","quantity":1,"x":1}]}"#, "/items/0/x"),
+        (
+            "/api/orders",
+            r#"{"user_id":"\u0000","items":[{"product_id":"p","quantity":1}]}"#,
+            "/user_id",
+        ),
+        (
+            "/api/orders",
+            r#"{"user_id":"u","items":[{"product_id":"p","quantity":1,"x":1}]}"#,
+            "/items/0/x",
+        ),
     ] {
         let router = match uri {
             "/api/users" => &system.users,
@@ -310,8 +318,7 @@ pub async fn hostile_text_is_refused_before_any_store_sees_it(system: &System) {
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{uri}: {}", reply.body);
         assert!(reply.is_problem(), "{uri}");
     }
-    let reply =
-        post_with(&system.orders, "/api/orders/%00/cancel", json!({}), &by).await;
+    let reply = post_with(&system.orders, "/api/orders/%00/cancel", json!({}), &by).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
     assert_eq!(system.db.log().head().await.unwrap(), head_before, "something was written");
 }
