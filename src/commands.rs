@@ -428,6 +428,7 @@ pub async fn events(
         &db,
         listen,
         Some(&advertise_host),
+        config.identity_key(),
     )
     .await?;
     eprintln!("keel events listening on http://{}", running.local_addr());

@@ -38,10 +38,11 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
         keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
     let (bus, brokered) = system_bus(config, &db).await?;
 
-    let users_state = keel_users::AppState::new(db.clone());
-    let products_state = keel_products::AppState::new(db.clone());
+    let ttl = config.idempotency_ttl;
+    let users_state = keel_users::AppState::new(db.clone()).with_idempotency_ttl(ttl);
+    let products_state = keel_products::AppState::new(db.clone()).with_idempotency_ttl(ttl);
     let directory = Arc::new(keel_orders::DiscoveryDirectory::new(registry.clone()));
-    let orders_state = keel_orders::AppState::new(db.clone(), directory);
+    let orders_state = keel_orders::AppState::new(db.clone(), directory).with_idempotency_ttl(ttl);
 
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut services = Vec::new();
@@ -51,7 +52,9 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
         ("orders", keel_orders::app(orders_state.clone())),
         ("events", keel_events::app(db.log())),
     ] {
-        services.push((name, start_service(name, router, &registry, &db, loopback, None).await?));
+        let identity = config.identity_key();
+        let service = start_service(name, router, &registry, &db, loopback, None, identity);
+        services.push((name, service.await?));
     }
 
     let mut consumers: Vec<ConsumerHandle> = Vec::new();

@@ -7,6 +7,8 @@
 //! | `consul_url` | `KEEL_CONSUL_URL` | unset: in-process registry |
 //! | `gateway_addr` | `KEEL_GATEWAY_ADDR` | `127.0.0.1:8080` |
 //! | `jwt_secret` | `KEEL_JWT_SECRET` | unset: write routes open (warned) |
+//! | `identity_secret` | `KEEL_IDENTITY_SECRET` | unset: derived from `jwt_secret` (the key of the gateway's signed identities; neither set: services believe any caller, warned) |
+//! | `idempotency_ttl_secs` | `KEEL_IDEMPOTENCY_TTL_SECS` | `86400`: how long services remember an `Idempotency-Key` |
 //! | `listen_addr` | `KEEL_LISTEN_ADDR` | `127.0.0.1:0` (a service binary's own listener) |
 //! | `advertise_host` | `KEEL_ADVERTISE_HOST` | the listen IP, or 127.0.0.1 |
 //!
@@ -14,7 +16,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
+use keel_service::IdentityKey;
+use keel_services_common::DEFAULT_IDEMPOTENCY_TTL;
 use serde::Deserialize;
 
 /// The default database: SQLite under `./keel-data`.
@@ -32,6 +37,10 @@ pub struct Config {
     pub consul_url: Option<String>,
     pub gateway_addr: SocketAddr,
     pub jwt_secret: Option<String>,
+    /// The secret of the gateway's signed identities (see [`Config::identity_key`]).
+    pub identity_secret: Option<String>,
+    /// How long services remember an `Idempotency-Key`.
+    pub idempotency_ttl: Duration,
     /// Where a service binary listens.
     pub listen_addr: SocketAddr,
     /// The host other processes reach a service binary by (registered in Consul).
@@ -47,6 +56,8 @@ struct File {
     consul_url: Option<String>,
     gateway_addr: Option<String>,
     jwt_secret: Option<String>,
+    identity_secret: Option<String>,
+    idempotency_ttl_secs: Option<String>,
     listen_addr: Option<String>,
     advertise_host: Option<String>,
 }
@@ -129,6 +140,23 @@ impl Config {
         if jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(error("KEEL_JWT_SECRET", "an HS256 secret must be at least 16 bytes"));
         }
+        let identity_secret = pick("KEEL_IDENTITY_SECRET", from_file.identity_secret);
+        if identity_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(error("KEEL_IDENTITY_SECRET", "the secret must be at least 16 bytes"));
+        }
+        let idempotency_ttl =
+            match pick("KEEL_IDEMPOTENCY_TTL_SECS", from_file.idempotency_ttl_secs) {
+                None => DEFAULT_IDEMPOTENCY_TTL,
+                Some(text) => match text.trim().parse::<u64>() {
+                    Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
+                    _ => {
+                        return Err(error(
+                            "KEEL_IDEMPOTENCY_TTL_SECS",
+                            format!("`{text}` is not a whole number of seconds above 0"),
+                        ));
+                    }
+                },
+            };
         let listen = pick("KEEL_LISTEN_ADDR", from_file.listen_addr)
             .unwrap_or_else(|| DEFAULT_LISTEN_ADDR.into());
         let listen_addr = listen
@@ -141,9 +169,22 @@ impl Config {
             consul_url,
             gateway_addr,
             jwt_secret,
+            identity_secret,
+            idempotency_ttl,
             listen_addr,
             advertise_host,
         })
+    }
+
+    /// The key services verify the gateway's signed identities with (and the gateway
+    /// signs them with): `identity_secret` if set, else derived from `jwt_secret`;
+    /// `None` (the open mode) without either.
+    pub fn identity_key(&self) -> Option<IdentityKey> {
+        match (&self.identity_secret, &self.jwt_secret) {
+            (Some(secret), _) => Some(IdentityKey::from_secret(secret.as_bytes())),
+            (None, Some(jwt_secret)) => Some(IdentityKey::derive_from_jwt_secret(jwt_secret)),
+            (None, None) => None,
+        }
     }
 }
 
@@ -166,18 +207,56 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(&'static [(&'static str, &'static str)], &str); 5] = [
+        let cases: [(&'static [(&'static str, &'static str)], &str); 8] = [
             (&[("KEEL_LISTEN_ADDR", "nowhere")], "KEEL_LISTEN_ADDR"),
             (&[("KEEL_DATABASE_URL", "mysql://x")], "KEEL_DATABASE_URL"),
             (&[("KEEL_BUS_URL", "nats://x")], "KEEL_BUS_URL"),
             (&[("KEEL_GATEWAY_ADDR", "localhost")], "KEEL_GATEWAY_ADDR"),
             (&[("KEEL_JWT_SECRET", "short")], "KEEL_JWT_SECRET"),
+            (&[("KEEL_IDENTITY_SECRET", "short")], "KEEL_IDENTITY_SECRET"),
+            (&[("KEEL_IDEMPOTENCY_TTL_SECS", "a day")], "KEEL_IDEMPOTENCY_TTL_SECS"),
+            (&[("KEEL_IDEMPOTENCY_TTL_SECS", "0")], "KEEL_IDEMPOTENCY_TTL_SECS"),
         ];
         for (pairs, key) in cases {
             let err = Config::from_sources(Path::new("/nonexistent"), env(pairs)).expect_err(key);
             assert_eq!(err.key, key);
             assert!(err.to_string().starts_with(&format!("configuration key `{key}`")), "{err}");
         }
+    }
+
+    #[test]
+    fn the_identity_key_is_its_own_secret_or_derived_from_the_jwt_secret() -> Result<(), ConfigError>
+    {
+        use keel_service::{Identity, IdentityKey};
+        let nowhere = Path::new("/nonexistent/keel.toml");
+        let alice = Identity::new("alice").expect("a subject");
+        assert!(Config::from_sources(nowhere, env(&[]))?.identity_key().is_none());
+
+        const JWT: &str = "a-jwt-secret-of-some-length";
+        let config = Config::from_sources(nowhere, env(&[("KEEL_JWT_SECRET", JWT)]))?;
+        let key = config.identity_key().expect("derived from the JWT secret");
+        let token = IdentityKey::derive_from_jwt_secret(JWT).sign(&alice);
+        assert_eq!(key.verify(&token).ok(), Some(alice.clone()));
+
+        let config = Config::from_sources(
+            nowhere,
+            env(&[("KEEL_JWT_SECRET", JWT), ("KEEL_IDENTITY_SECRET", "its-own-identity-secret")]),
+        )?;
+        let key = config.identity_key().expect("its own");
+        assert!(key.verify(&token).is_err(), "not the derived key");
+        let token = IdentityKey::from_secret(b"its-own-identity-secret").sign(&alice);
+        assert_eq!(key.verify(&token).ok(), Some(alice));
+        Ok(())
+    }
+
+    #[test]
+    fn idempotency_keys_are_kept_a_day_unless_configured() -> Result<(), ConfigError> {
+        let nowhere = Path::new("/nonexistent/keel.toml");
+        let config = Config::from_sources(nowhere, env(&[]))?;
+        assert_eq!(config.idempotency_ttl, std::time::Duration::from_secs(86_400));
+        let config = Config::from_sources(nowhere, env(&[("KEEL_IDEMPOTENCY_TTL_SECS", "3600")]))?;
+        assert_eq!(config.idempotency_ttl, std::time::Duration::from_secs(3600));
+        Ok(())
     }
 
     #[test]

@@ -21,7 +21,7 @@ use axum::Router;
 use keel_bus::ConsumerHandle;
 use keel_core::Bus;
 use keel_registry::Registry;
-use keel_service::{Readiness, RunningService, Service, ServiceConfig};
+use keel_service::{IdentityKey, Readiness, RunningService, Service, ServiceConfig};
 use keel_services_common::Db;
 use keel_store::{Cursor, EventLog, Relay};
 use tokio::sync::oneshot;
@@ -110,7 +110,8 @@ pub async fn start_relay(
 }
 
 /// Puts `router` behind the service kit on `listen`, registered as `name`, ready
-/// while the database answers.
+/// while the database answers, verifying callers' signed identities with `identity`
+/// ([`Config::identity_key`]; `None`, the open mode, is warned about).
 pub async fn start_service(
     name: &str,
     router: Router,
@@ -118,11 +119,20 @@ pub async fn start_service(
     db: &Db,
     listen: SocketAddr,
     advertise_host: Option<&str>,
+    identity: Option<IdentityKey>,
 ) -> anyhow::Result<RunningService> {
     let mut service_config = ServiceConfig::new(name, listen, registry.clone());
     if let Some(host) = advertise_host {
         service_config.advertise_host = host.to_owned();
     }
+    if identity.is_none() {
+        tracing::warn!(
+            service = name,
+            "neither KEEL_IDENTITY_SECRET nor KEEL_JWT_SECRET is set: the service believes \
+             whoever reaches its port (x-keel-subject) and lets anonymous callers write"
+        );
+    }
+    service_config.identity = identity;
     service_config.check_interval = Duration::from_secs(2);
     service_config.shutdown_grace = Duration::from_secs(5);
     let log = db.log();
@@ -161,7 +171,8 @@ impl std::fmt::Debug for ServiceContext {
 }
 
 /// Runs one example service as its own process: reads [`Config`] (`KEEL_DATABASE_URL`,
-/// `KEEL_BUS_URL`, `KEEL_CONSUL_URL`, `KEEL_LISTEN_ADDR`, `KEEL_ADVERTISE_HOST`), sets
+/// `KEEL_BUS_URL`, `KEEL_CONSUL_URL`, `KEEL_LISTEN_ADDR`, `KEEL_ADVERTISE_HOST`, the
+/// identity key from `KEEL_IDENTITY_SECRET` or `KEEL_JWT_SECRET`), sets
 /// up tracing (OTLP export with `OTEL_EXPORTER_OTLP_ENDPOINT`), opens the database,
 /// the bus (without a relay: in a distributed deployment `keel relay` runs alone) and
 /// the registry, builds the service's parts, serves them until Ctrl-C or SIGTERM, then
@@ -193,6 +204,7 @@ where
         &db,
         config.listen_addr,
         config.advertise_host.as_deref(),
+        config.identity_key(),
     )
     .await?;
     println!("{name} listening on http://{}", running.local_addr());

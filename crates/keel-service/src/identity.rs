@@ -280,6 +280,17 @@ impl Caller {
         self.require()?;
         if self.may_act_for(owner) { Ok(()) } else { Err(Denied::Forbidden) }
     }
+
+    /// For what only some callers may do (read the whole event log, say). Open mode:
+    /// passes. Enforced: 401 without an identity, 403 unless it has `role` or is an
+    /// admin.
+    pub fn authorize_role(&self, role: &'static str) -> Result<(), Denied> {
+        match self.require()? {
+            None => Ok(()),
+            Some(identity) if identity.is_admin() || identity.has_role(role) => Ok(()),
+            Some(_) => Err(Denied::MissingRole(role)),
+        }
+    }
 }
 
 /// Why a [`Caller`] may not do something; answers 401 or 403 as problem+json.
@@ -290,13 +301,15 @@ pub enum Denied {
     Unauthenticated,
     #[error("the caller may not act for this resource's owner")]
     Forbidden,
+    #[error("this request needs the `{0}` role (or `admin`)")]
+    MissingRole(&'static str),
 }
 
 impl Denied {
     pub fn status_code(self) -> http::StatusCode {
         match self {
             Self::Unauthenticated => http::StatusCode::UNAUTHORIZED,
-            Self::Forbidden => http::StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::MissingRole(_) => http::StatusCode::FORBIDDEN,
         }
     }
 }
@@ -372,5 +385,23 @@ mod tests {
         assert!(Caller::anonymous(false).may_act_for(Some("alice")));
         assert_eq!(bob.authorize_for(Some("alice")), Err(Denied::Forbidden));
         assert_eq!(Caller::anonymous(true).authorize_for(None), Err(Denied::Unauthenticated));
+    }
+
+    #[test]
+    fn a_role_or_admin_is_needed_where_a_role_is_asked_for() {
+        let reader = Caller::verified(
+            Identity::new("tool").unwrap().with_roles(["events:read"]).unwrap(),
+            String::new(),
+        );
+        let bob = Caller::verified(Identity::new("bob").unwrap(), String::new());
+        let root = Caller::verified(
+            Identity::new("root").unwrap().with_roles(["admin"]).unwrap(),
+            String::new(),
+        );
+        assert_eq!(reader.authorize_role("events:read"), Ok(()));
+        assert_eq!(root.authorize_role("events:read"), Ok(()));
+        assert_eq!(bob.authorize_role("events:read"), Err(Denied::MissingRole("events:read")));
+        assert_eq!(Caller::anonymous(true).authorize_role("x"), Err(Denied::Unauthenticated));
+        assert_eq!(Caller::anonymous(false).authorize_role("x"), Ok(()));
     }
 }

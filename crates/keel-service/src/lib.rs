@@ -15,11 +15,13 @@
 //!   [`Caller`] that answers the authorization questions (owner or admin).
 //! - `readiness.rs`: [`Readiness`], the named checks behind `/ready`.
 //! - `problem.rs`: [`Problem`], RFC 9457 `application/problem+json` error responses.
-//! - `json.rs`: [`Json`], the JSON extractor whose rejections name the field.
-//! - `middleware.rs`: request id, trace context, problem+json for the errors axum and
-//!   tower-http produce, panics as 500.
+//! - `json.rs`: [`Json`], the strict JSON extractor (UTF-8 only, no duplicate
+//!   members, no NUL in text) whose rejections name the field.
+//! - `middleware.rs`: request id, trace context and the [`Caller`], problem+json for
+//!   the errors axum and tower-http produce, control characters in paths and queries
+//!   refused, panics as 500.
 //! - `metrics.rs`: the process-wide Prometheus recorder ([`prometheus`]) and the
-//!   request counter and latency histogram.
+//!   request counter and latency histogram, labelled from closed sets.
 
 pub mod identity;
 mod json;

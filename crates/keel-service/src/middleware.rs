@@ -128,6 +128,35 @@ pub(crate) async fn trace(key: Option<IdentityKey>, mut request: Request, next: 
     response
 }
 
+/// Refuses control characters (NUL above all: PostgreSQL cannot store it in text, and
+/// no id or filter needs one) in the percent-decoded path and query, with a 400 naming
+/// the path or the query parameter: one check, before any handler or store of any
+/// service sees them.
+pub(crate) async fn input_hygiene(request: Request, next: Next) -> Response {
+    match control_characters(request.uri()) {
+        Some(problem) => problem.into_response(),
+        None => next.run(request).await,
+    }
+}
+
+fn control_characters(uri: &http::Uri) -> Option<Problem> {
+    const DETAIL: &str = "must not contain control characters";
+    let has_control = |text: &str| text.chars().any(char::is_control);
+    let path = percent_encoding::percent_decode_str(uri.path()).decode_utf8_lossy();
+    if has_control(&path) {
+        return Some(Problem::invalid_field("path", DETAIL));
+    }
+    for (name, value) in form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+        if has_control(&name) {
+            return Some(Problem::invalid_field("query", format!("parameter names {DETAIL}")));
+        }
+        if has_control(&value) {
+            return Some(Problem::invalid_field(name.into_owned(), DETAIL));
+        }
+    }
+    None
+}
+
 /// Turns the error responses axum and tower-http produce themselves (404 and 405
 /// with empty bodies, text/plain rejections, 413) into problem+json, keeping their
 /// other headers (`Allow`, `Retry-After`). Error responses that already have another

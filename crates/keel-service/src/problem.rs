@@ -91,6 +91,24 @@ impl Problem {
             .with_field(pointer, detail)
     }
 
+    /// 422 naming each field of a well-formed body that is not what the endpoint takes
+    /// (missing, of the wrong type or value, unknown, duplicated).
+    pub fn invalid_body(errors: Vec<ProblemField>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|e| {
+                format!("{} {}", if e.pointer.is_empty() { "body" } else { &e.pointer }, e.detail)
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut problem = Self::new(StatusCode::UNPROCESSABLE_ENTITY)
+            .with_type("https://keel.invalid/problems/validation")
+            .with_title("The request body is invalid")
+            .with_detail(detail);
+        problem.errors = errors;
+        problem
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND).with_detail(detail)
     }

@@ -82,8 +82,10 @@ impl ServiceConfig {
 /// Besides the app's routes it answers `/health` (alive), `/ready` (the readiness
 /// checks; 503 from the start of shutdown), `/metrics` (Prometheus text), and wraps
 /// everything in: request ids (`x-request-id`), trace context (`traceparent` in and
-/// out, a span per request, [`keel_bus::layer::EventContext`] for the handler),
-/// request metrics, problem+json for every error, panics as 500, and the body limit.
+/// out, a span per request, [`keel_bus::layer::EventContext`] for the handler), the
+/// caller's identity ([`crate::Caller`]), request metrics, problem+json for every
+/// error, a 400 for control characters in the path or query, panics as 500, and the
+/// body limit.
 #[derive(Debug)]
 pub struct Service {
     config: ServiceConfig,
@@ -314,6 +316,7 @@ fn app(
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(middleware::problems))
+        .layer(axum::middleware::from_fn(middleware::input_hygiene))
         .layer(axum::middleware::from_fn(move |request, next| {
             metrics::record(name.clone(), request, next)
         }))

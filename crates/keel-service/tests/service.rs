@@ -172,12 +172,12 @@ async fn every_error_is_problem_json() {
 
     let missing = serde_json::json!({"name": "Ada"});
     let body =
-        problem(h.client.post(url("/users")).json(&missing).send().await.unwrap(), 400).await;
+        problem(h.client.post(url("/users")).json(&missing).send().await.unwrap(), 422).await;
     assert_eq!(body["errors"][0]["pointer"], "/email");
     assert!(body["errors"][0]["detail"].as_str().unwrap().contains("missing field `email`"));
 
     let wrong = serde_json::json!({"name": "Ada", "email": "a@b", "age": "old"});
-    let body = problem(h.client.post(url("/users")).json(&wrong).send().await.unwrap(), 400).await;
+    let body = problem(h.client.post(url("/users")).json(&wrong).send().await.unwrap(), 422).await;
     assert_eq!(body["errors"][0]["pointer"], "/age");
 
     let response = h.client.post(url("/users")).body("{}").send().await.unwrap();
@@ -189,6 +189,48 @@ async fn every_error_is_problem_json() {
     let ok = serde_json::json!({"name": "Ada", "email": "a@b"});
     let response = h.client.post(url("/users")).json(&ok).send().await.unwrap();
     assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn control_bytes_in_paths_and_queries_are_a_400_naming_where() {
+    let h = start(config(registry()), Readiness::new()).await;
+    let get = |path: &str| h.client.get(format!("{}{path}", h.base)).send();
+
+    let ok = get("/items/a%20b?type=order.placed").await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "a b");
+    for (path, pointer) in [
+        ("/items/%00", "path"),
+        ("/items/a%0Ab", "path"),
+        ("/items/a?type=%00", "type"),
+        ("/items/a?x=1&stream=a%1Fb", "stream"),
+    ] {
+        let body = problem(get(path).await.unwrap(), 400).await;
+        assert_eq!(body["errors"][0]["pointer"], pointer, "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn metric_labels_come_from_closed_sets() {
+    let registry = registry();
+    let config = config(registry.clone());
+    let name = config.name.clone();
+    let h = start(config, Readiness::new()).await;
+    let invented = format!("FROB{}", uuid::Uuid::now_v7().simple());
+    let method = reqwest::Method::from_bytes(invented.as_bytes()).unwrap();
+    for path in ["/users", "/health", "/nowhere/1", "/nowhere/2"] {
+        let response = h.client.request(method.clone(), format!("{}{path}", h.base)).send().await;
+        assert!(response.unwrap().status().is_client_error());
+    }
+    let text = h.client.get(format!("{}/metrics", h.base)).send().await.unwrap();
+    let text = text.text().await.unwrap();
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{") && l.contains(&name))
+        .collect();
+    assert!(!text.contains(&invented), "an invented method became a label: {ours:?}");
+    assert!(ours.iter().any(|l| l.contains("method=\"other\"")), "{ours:?}");
+    assert!(!text.contains("/nowhere/"), "a raw path became a label: {ours:?}");
 }
 
 #[tokio::test]

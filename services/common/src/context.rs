@@ -6,21 +6,20 @@ use keel_core::{CloudEvent, Event, TraceContext};
 
 use crate::error::{Result, ServiceError};
 
-/// The authenticated subject, set by the gateway after it checked the credentials.
-pub const SUBJECT_HEADER: &str = "x-keel-subject";
+/// The open mode's subject header (see [`keel_service::SUBJECT`]).
+pub const SUBJECT_HEADER: &str = keel_service::SUBJECT;
 
 /// The context of an HTTP request: the task's current context if middleware set one,
-/// completed from the headers: the actor from [`SUBJECT_HEADER`], the trace from
-/// `traceparent` (a child span; a new trace without one), the correlation from
-/// `x-request-id`.
+/// completed from the headers: the trace from `traceparent` (a child span; a new trace
+/// without one), the correlation from `x-request-id`. The actor comes only from the
+/// service kit, which verifies who is calling ([`keel_service::Caller`]): a header
+/// alone never names one, or whoever reaches a service's port could write events in
+/// someone else's name.
 pub fn request_context(headers: &HeaderMap) -> EventContext {
     let header = |name: &str| {
         headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
     };
     let mut context = current_context().unwrap_or_default();
-    if context.actor.is_none() {
-        context.actor = header(SUBJECT_HEADER).map(str::to_owned);
-    }
     if context.trace.is_none() {
         let incoming = header("traceparent").and_then(|t| TraceContext::parse(t).ok());
         let incoming = incoming.map(|t| t.with_state(header("tracestate").map(str::to_owned)));
@@ -55,7 +54,7 @@ mod tests {
     }
 
     #[test]
-    fn the_subject_header_becomes_the_actor_and_the_trace_continues() {
+    fn the_trace_continues_but_a_subject_header_alone_is_no_actor() {
         let mut headers = HeaderMap::new();
         headers.insert(SUBJECT_HEADER, "user-7".parse().unwrap());
         headers.insert(
@@ -64,7 +63,7 @@ mod tests {
         );
         let context = request_context(&headers);
         let event = envelope(&Pinged { id: "1".into() }, "/test", &context).unwrap();
-        assert_eq!(event.actor(), Some("user-7"));
+        assert_eq!(event.actor(), None);
         assert!(event.traceparent().unwrap().contains("0af7651916cd43dd8448eb211c80319c"));
         assert_eq!(event.partition_key(), Some("1"));
     }

@@ -1,8 +1,7 @@
 //! JSON request bodies: the extractor and the field checks.
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
-use bytes::Bytes;
-use http::{StatusCode, header};
+use http::StatusCode;
 use keel_service::{Problem, ProblemField};
 use serde_json::Value;
 
@@ -16,9 +15,10 @@ pub fn body_limit() -> DefaultBodyLimit {
 
 /// A JSON request body as a `serde_json::Value`, for [`Fields`] to check.
 ///
-/// Unlike `axum::Json` it answers every rejection as problem+json: 415 for another
-/// media type, 413 over [`MAX_BODY_BYTES`] (with [`body_limit`]), 400 for bytes that
-/// are not JSON (with the line and column).
+/// It is the kit's strict [`keel_service::Json`] extractor, so every service refuses
+/// the same things, as problem+json: 415 for another media type or a charset other
+/// than UTF-8, 413 over [`MAX_BODY_BYTES`] (with [`body_limit`]), 400 for bytes that
+/// are not JSON, 422 naming the member for a duplicated one or a NUL in a string.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonBody(pub Value);
 
@@ -26,55 +26,32 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|mime| {
-                let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json"
-                    || (mime.starts_with("application/") && mime.ends_with("+json"))
-            })
-            .unwrap_or(false);
-        if !is_json {
-            return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE)
-                .with_detail("the body must be JSON (Content-Type: application/json)")
-                .with_field("Content-Type", "must be application/json"));
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            let status = rejection.status();
-            let problem = Problem::new(status);
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                problem.with_detail(format!("the body is larger than {MAX_BODY_BYTES} bytes"))
-            } else {
-                problem.with_detail(rejection.body_text())
+        match keel_service::Json::<Value>::from_request(req, state).await {
+            Ok(keel_service::Json(value)) => Ok(Self(value)),
+            Err(problem) if problem.status_code() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(problem.with_detail(format!("the body is larger than {MAX_BODY_BYTES} bytes")))
             }
-        })?;
-        let value = serde_json::from_slice(&bytes).map_err(|e| {
-            Problem::new(StatusCode::BAD_REQUEST)
-                .with_detail(format!("the body is not valid JSON: {e}"))
-                .with_field(
-                    "",
-                    format!("not valid JSON at line {} column {}", e.line(), e.column()),
-                )
-        })?;
-        Ok(Self(value))
+            Err(problem) => Err(problem),
+        }
     }
 }
 
 /// Checks the fields of a JSON body, collecting every fault as a JSON pointer and a
-/// reason; [`Fields::finish`] answers them all at once as a 422.
+/// reason; [`Fields::finish`] answers them all at once as a 422. A member no check
+/// asked for is a fault too ("is not a known field"): a misspelt optional field, or
+/// one the client hoped would be honoured (`"admin": true`), is refused, not ignored.
 #[derive(Debug)]
 pub struct Fields<'a> {
     body: &'a Value,
     errors: Vec<ProblemField>,
+    /// The pointers the checks asked for.
+    asked: Vec<String>,
 }
 
 impl<'a> Fields<'a> {
     /// Starts checking `body`, which must be a JSON object.
     pub fn new(body: &'a Value) -> Self {
-        let mut fields = Self { body, errors: Vec::new() };
+        let mut fields = Self { body, errors: Vec::new(), asked: Vec::new() };
         if !body.is_object() {
             fields.invalid("", "the body must be a JSON object");
         }
@@ -92,6 +69,7 @@ impl<'a> Fields<'a> {
     }
 
     fn required(&mut self, pointer: &str) -> Option<&'a Value> {
+        self.asked.push(pointer.to_owned());
         if !self.body.is_object() {
             return None;
         }
@@ -114,6 +92,9 @@ impl<'a> Fields<'a> {
         let s = s.trim();
         if s.is_empty() {
             self.invalid(pointer, "must not be empty");
+            None
+        } else if s.chars().any(char::is_control) {
+            self.invalid(pointer, "must not contain control characters");
             None
         } else if s.chars().count() > max_chars {
             self.invalid(pointer, format!("must be at most {max_chars} characters"));
@@ -186,25 +167,52 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// `Ok` when every check passed, else a 422 naming each faulty field.
-    pub fn finish(self) -> Result<(), Problem> {
+    /// `Ok` when every check passed and the body has no member no check asked for,
+    /// else a 422 naming each faulty field.
+    pub fn finish(mut self) -> Result<(), Problem> {
+        let mut unknown = Vec::new();
+        if self.body.is_object() {
+            self.unknown_members(self.body, "", &mut unknown);
+        }
+        for pointer in unknown {
+            self.invalid(pointer, "is not a known field");
+        }
         if self.errors.is_empty() {
             return Ok(());
         }
-        let detail = self
-            .errors
-            .iter()
-            .map(|e| {
-                format!("{} {}", if e.pointer.is_empty() { "body" } else { &e.pointer }, e.detail)
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY)
-            .with_type("https://keel.invalid/problems/validation")
-            .with_title("The request body is invalid")
-            .with_detail(detail);
-        problem.errors = self.errors;
-        Err(problem)
+        Err(Problem::invalid_body(self.errors))
+    }
+
+    /// Collects the members under `pointer` that no check asked for. A member is known
+    /// when a check asked for it (its value is that check's business) or for something
+    /// inside it (then its members and elements are looked at in turn).
+    fn unknown_members(&self, value: &Value, pointer: &str, unknown: &mut Vec<String>) {
+        let inside = |p: &str| {
+            self.asked
+                .iter()
+                .any(|a| a.len() > p.len() && a.starts_with(p) && a.as_bytes()[p.len()] == b'/')
+        };
+        match value {
+            Value::Object(members) => {
+                for (key, member) in members {
+                    let p = format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"));
+                    if inside(&p) {
+                        self.unknown_members(member, &p, unknown);
+                    } else if !self.asked.contains(&p) {
+                        unknown.push(p);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (n, item) in items.iter().enumerate() {
+                    let p = format!("{pointer}/{n}");
+                    if inside(&p) {
+                        self.unknown_members(item, &p, unknown);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -239,6 +247,37 @@ mod tests {
         assert_eq!(f.array("/items", 1, 5).map(<[Value]>::len), Some(1));
         assert!(f.email("/email").is_some());
         assert!(f.finish().is_ok());
+    }
+
+    #[test]
+    fn members_no_check_asked_for_are_named() {
+        let body = json!({
+            "user_id": "u", "admin": true,
+            "items": [{"product_id": "p", "quantity": 1, "discount": 5}, {"product_id": "q", "quantity": 2}],
+        });
+        let mut f = Fields::new(&body);
+        assert!(f.string("/user_id", 10).is_some());
+        let items = f.array("/items", 1, 5).unwrap();
+        for n in 0..items.len() {
+            assert!(f.string(&format!("/items/{n}/product_id"), 10).is_some());
+            assert!(f.integer(&format!("/items/{n}/quantity"), 1, 10).is_some());
+        }
+        assert_eq!(pointers(f.finish()), ["/admin", "/items/0/discount"]);
+
+        // A value of the wrong shape is its check's fault, not a pile of unknown members.
+        let body = json!({"name": {"first": "A"}});
+        let mut f = Fields::new(&body);
+        assert_eq!(f.string("/name", 10), None);
+        assert_eq!(pointers(f.finish()), ["/name"]);
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_text() {
+        let body = json!({"name": "a\u{1}b", "other": "line\nbreak"});
+        let mut f = Fields::new(&body);
+        assert_eq!(f.string("/name", 10), None);
+        assert_eq!(f.string("/other", 20), None);
+        assert_eq!(pointers(f.finish()), ["/name", "/other"]);
     }
 
     #[test]

@@ -11,16 +11,19 @@
 //!   transaction that runs service queries and appends events), [`Arg`] and [`args!`]
 //!   (query arguments for both dialects), [`DbInbox`] (the store's transactional inbox
 //!   as one `keel_bus` inbox).
-//! - `json.rs`: [`JsonBody`] (the body as a `serde_json::Value`: 415, 413 and 400 as
-//!   problem+json) and [`Fields`] (field checks that collect `errors[].pointer`).
-//! - `context.rs`: [`request_context`] (the actor, trace and correlation of a request)
-//!   and [`envelope`] (a typed event as a stamped CloudEvent).
+//! - `json.rs`: [`JsonBody`] (the body as a `serde_json::Value`, read by the kit's
+//!   strict extractor: 415, 413, 400 and 422 as problem+json) and [`Fields`] (field
+//!   checks that collect `errors[].pointer`, unknown members included).
+//! - `context.rs`: [`request_context`] (the actor, trace and correlation of a request,
+//!   as the kit's middleware set them) and [`envelope`] (a typed event as a stamped
+//!   CloudEvent).
 //! - `events.rs`: the domain events the services exchange, their topics and streams.
 //! - `consumer.rs`: [`start_inbox_consumer`] (an effectively-once subscriber whose
 //!   handler writes in the inbox's transaction). A service binary running alone gets
 //!   its bus from `keel_runtime::system_bus` (the log itself, or `KEEL_BUS_URL`).
-//! - `idempotency.rs`: [`IdempotencyKey`]: the first response to a key, stored in the
-//!   effect's transaction, is the answer to every retry.
+//! - `idempotency.rs`: [`Idempotency`] and [`IdempotencyKey`]: the first response to
+//!   a caller's key, stored in the effect's transaction, is the answer to every retry
+//!   until the key expires; handlers replay before any other check.
 
 // `keel_service::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.
@@ -38,5 +41,5 @@ pub use consumer::start_inbox_consumer;
 pub use context::{SUBJECT_HEADER, envelope, request_context};
 pub use db::{Arg, Db, DbInbox, Tx};
 pub use error::{Result, ServiceError};
-pub use idempotency::{IDEMPOTENCY_HEADER, IdempotencyKey, run_idempotent};
+pub use idempotency::{DEFAULT_IDEMPOTENCY_TTL, IDEMPOTENCY_HEADER, Idempotency, IdempotencyKey};
 pub use json::{Fields, JsonBody, MAX_BODY_BYTES, body_limit};

@@ -3,10 +3,18 @@
 //! - `GET /api/events?from=POSITION&limit=N&type=T&stream=ID`: a page of the global log
 //!   in subscription order, as CloudEvents JSON, with the `next` cursor to ask for the
 //!   following page (`?after=CURSOR`): paging by cursor never skips an event that
-//!   commits late, as paging by position could;
+//!   commits late, as paging by position could. `from` answers only positions above
+//!   it; give it again with `after` to keep that floor on the following pages (on
+//!   PostgreSQL, subscription order is by writer's transaction, so an event at or
+//!   below `from` can still come after the cursor);
 //! - `GET /api/events/streams/{id}?from=VERSION&limit=N&direction=backward`: one stream;
 //! - `GET /api/events/live?from=POSITION`: a live tail as Server-Sent Events (`id:` is
-//!   the cursor, so a reconnecting client resumes with `Last-Event-ID`).
+//!   the cursor, so a reconnecting client resumes with `Last-Event-ID`); without
+//!   `from` it starts after the head, and never shows a position at or below either.
+//!
+//! The log holds names and e-mail addresses: with identities verified (the service
+//! kit's [`Caller`]), every read needs the [`READER_ROLE`] or `admin` (401 without an
+//! identity, 403 without the role).
 //!
 //! # Layout
 //!
@@ -29,13 +37,16 @@ use axum::{Json, Router};
 use futures::{Stream, StreamExt as _};
 use keel_core::codec::to_structured;
 use keel_core::{Position, StreamId, StreamVersion};
-use keel_service::Problem;
+use keel_service::{Caller, Problem};
 use keel_store::{Cursor, Direction, EventLog, LogFilter, StoreError, SubscribeOptions, subscribe};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// The largest page a client may ask for.
 pub const MAX_PAGE: usize = 1000;
+
+/// The role (besides `admin`) that may read the log when identities are verified.
+pub const READER_ROLE: &str = "events:read";
 
 /// The routes, over `log`.
 pub fn app(log: Arc<dyn EventLog>) -> Router {
@@ -58,12 +69,14 @@ struct PageQuery {
 
 async fn page(
     State(log): State<Arc<dyn EventLog>>,
+    caller: Caller,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
+    caller.authorize_role(READER_ROLE)?;
     let Query(query) = query.map_err(|e| Problem::invalid_field("query", e.body_text()))?;
     let limit = limit(query.limit)?;
     let cursor = start(&*log, query.from, query.after.as_deref()).await?;
-    let filter = filter(query.ty, query.stream)?;
+    let filter = filter(query.ty, query.stream, query.from)?;
     let page = log.read_after(cursor, &filter, limit).await.map_err(internal)?;
     let events = page.events.iter().map(|e| raw_json(&e.event)).collect::<Result<Vec<_>, _>>()?;
     let head = log.head().await.map_err(internal)?;
@@ -95,9 +108,11 @@ struct StreamQuery {
 
 async fn stream(
     State(log): State<Arc<dyn EventLog>>,
+    caller: Caller,
     Path(id): Path<String>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
+    caller.authorize_role(READER_ROLE)?;
     let Query(query) = query.map_err(|e| Problem::invalid_field("query", e.body_text()))?;
     let stream = StreamId::new(id).map_err(|e| Problem::invalid_field("id", e.to_string()))?;
     let limit = limit(query.limit)?;
@@ -135,21 +150,28 @@ struct LiveQuery {
 
 async fn live(
     State(log): State<Arc<dyn EventLog>>,
+    caller: Caller,
     headers: HeaderMap,
     query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
+    caller.authorize_role(READER_ROLE)?;
     let Query(query) = query.map_err(|e| Problem::invalid_field("query", e.body_text()))?;
-    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    // Without `from` or `Last-Event-ID`, the tail starts at the head: only new events.
-    let cursor = match (resume, query.from) {
-        (Some(after), _) => start(&*log, None, Some(after)).await?,
-        (None, Some(from)) => start(&*log, Some(from), None).await?,
-        (None, None) => {
-            let head = log.head().await.map_err(internal)?;
-            start(&*log, Some(head.0), None).await?
-        }
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().map_err(|_| Problem::invalid_field("Last-Event-ID", "not a cursor")))
+        .transpose()?;
+    // Without `from` or `Last-Event-ID`, the tail starts after the head: only new
+    // events. The position floor holds for the whole tail (and a resumed one).
+    let from = match (resume, query.from) {
+        (_, Some(from)) => from,
+        (Some(_), None) => 0,
+        (None, None) => log.head().await.map_err(internal)?.0,
     };
-    let filter = filter(query.ty, query.stream)?;
+    let cursor = match resume {
+        Some(after) => parse_cursor(after, "Last-Event-ID")?,
+        None => start(&*log, Some(from), None).await?,
+    };
+    let filter = filter(query.ty, query.stream, (from > 0).then_some(from))?;
     let pages = subscribe(log, cursor, filter, SubscribeOptions::default());
     let events = pages.flat_map(|page| {
         let items: Vec<Result<SseEvent, Infallible>> = match page {
@@ -182,29 +204,46 @@ fn limit(asked: Option<usize>) -> Result<usize, Problem> {
     }
 }
 
-/// Where a read starts: after a cursor a previous page returned, or after a position.
+/// Where a read starts: after a cursor a previous page returned, or just before the
+/// first event above a position (with the position floor of [`filter`]).
 async fn start(
     log: &dyn EventLog,
     from: Option<u64>,
     after: Option<&str>,
 ) -> Result<Cursor, Problem> {
-    match (from, after) {
-        (Some(_), Some(_)) => {
-            Err(Problem::invalid_field("after", "give either `from` or `after`, not both"))
-        }
-        (_, Some(after)) => after
-            .parse::<Cursor>()
-            .map_err(|_| Problem::invalid_field("after", "not a cursor returned by this API")),
-        (from, None) => log.cursor_before(Position(from.unwrap_or(0))).await.map_err(internal),
+    match after {
+        Some(after) => parse_cursor(after, "after"),
+        None => log.cursor_before(Position(from.unwrap_or(0))).await.map_err(internal),
     }
 }
 
-fn filter(ty: Option<String>, stream: Option<String>) -> Result<LogFilter, Problem> {
+/// A cursor this API could have handed out: `epoch.txid.position`, where the epoch
+/// and the transaction id are never negative and the position at least -1 (just
+/// before position 0, as PostgreSQL's `cursor_before` may answer).
+fn parse_cursor(text: &str, field: &str) -> Result<Cursor, Problem> {
+    text.parse::<Cursor>()
+        .ok()
+        .filter(|c| c.epoch >= 0 && c.txid >= 0 && c.position >= -1)
+        .ok_or_else(|| Problem::invalid_field(field, "not a cursor returned by this API"))
+}
+
+/// The filter of a read; `from` keeps positions at or below it out (subscription order
+/// is not position order on PostgreSQL, so the cursor alone does not).
+fn filter(
+    ty: Option<String>,
+    stream: Option<String>,
+    from: Option<u64>,
+) -> Result<LogFilter, Problem> {
     let stream = stream
         .map(StreamId::new)
         .transpose()
         .map_err(|e| Problem::invalid_field("stream", e.to_string()))?;
-    Ok(LogFilter { types: ty.into_iter().collect(), stream, ..LogFilter::default() })
+    Ok(LogFilter {
+        types: ty.into_iter().collect(),
+        stream,
+        after_position: from.map(Position),
+        ..LogFilter::default()
+    })
 }
 
 /// The event as CloudEvents JSON, embedded without re-encoding.

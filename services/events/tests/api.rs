@@ -7,6 +7,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use keel_core::{CloudEvent, ExpectedVersion, StreamId};
+use keel_registry::InProcessRegistry;
+use keel_service::{Identity, IdentityKey, Service, ServiceConfig};
 use keel_sqlite::SqliteEventLog;
 use keel_store::EventLog;
 use tower::ServiceExt as _;
@@ -90,6 +92,9 @@ async fn bad_parameters_name_the_field() {
         ("/api/events?limit=0", "limit"),
         ("/api/events?limit=100000", "limit"),
         ("/api/events?after=nonsense", "after"),
+        ("/api/events?after=-1.-1.-1", "after"),
+        ("/api/events?after=0.0.-2", "after"),
+        ("/api/events?after=0.-1.0", "after"),
         ("/api/events?from=abc", "query"),
         ("/api/events/streams/order-1?direction=sideways", "direction"),
     ] {
@@ -125,4 +130,52 @@ async fn live_tail_streams_new_events_as_server_sent_events() {
     assert!(text.contains("event: order.placed"), "{text}");
     assert!(text.contains("event: order.shipped"), "{text}");
     assert!(text.contains("id: "), "{text}");
+}
+
+/// The events app behind the service kit, as `keel up` serves it.
+fn behind_kit(log: &Arc<dyn EventLog>, identity: Option<IdentityKey>) -> axum::Router {
+    let registry = Arc::new(InProcessRegistry::new());
+    let mut config = ServiceConfig::new("events", ([127, 0, 0, 1], 0).into(), registry);
+    config.identity = identity;
+    Service::new(config).router(keel_events::app(log.clone())).into_router()
+}
+
+async fn status_of(app: &axum::Router, uri: &str, identity: Option<&str>) -> StatusCode {
+    let mut request = Request::get(uri);
+    if let Some(token) = identity {
+        request = request.header("x-keel-identity", token);
+    }
+    app.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn reading_the_log_needs_a_reader_role_when_identities_are_verified() {
+    let log = log_with(&[("order-1", "order.placed")]).await;
+    let key = IdentityKey::derive_from_jwt_secret("the-events-test-secret-01");
+    let app = behind_kit(&log, Some(key.clone()));
+    let sign = |subject: &str, roles: &[&str]| {
+        key.sign(&Identity::new(subject).unwrap().with_roles(roles.iter().copied()).unwrap())
+    };
+    let (bob, reader, admin) =
+        (sign("bob", &[]), sign("tool", &["events:read"]), sign("root", &["admin"]));
+    for uri in ["/api/events", "/api/events/streams/order-1", "/api/events/live?from=0"] {
+        assert_eq!(status_of(&app, uri, None).await, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(status_of(&app, uri, Some(&bob)).await, StatusCode::FORBIDDEN, "{uri}");
+        assert_eq!(status_of(&app, uri, Some(&reader)).await, StatusCode::OK, "{uri}");
+        assert_eq!(status_of(&app, uri, Some(&admin)).await, StatusCode::OK, "{uri}");
+    }
+    // The open mode (no key) reads as before.
+    let open = behind_kit(&log, None);
+    assert_eq!(status_of(&open, "/api/events", None).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn control_characters_in_filters_are_refused() {
+    let log = log_with(&[("order-1", "order.placed")]).await;
+    let app = behind_kit(&log, None);
+    for uri in
+        ["/api/events?type=%00", "/api/events?stream=order-1%00", "/api/events/live?type=a%0Ab"]
+    {
+        assert_eq!(status_of(&app, uri, None).await, StatusCode::BAD_REQUEST, "{uri}");
+    }
 }

@@ -1,4 +1,6 @@
-//! The HTTP handlers.
+//! The HTTP handlers. With identities verified, every write needs a caller; an order
+//! belongs to the subject that placed it, and only it or an admin reads or cancels it
+//! or places orders for its user (see docs/security.md).
 
 use std::collections::BTreeMap;
 
@@ -7,27 +9,33 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
 use keel_core::{ExpectedVersion, StreamVersion};
-use keel_service::Problem;
+use keel_service::{Caller, Denied, Problem, ProblemField};
 use keel_services_common::events::{OrderItem, OrderPlaced, stream_id, topics};
-use keel_services_common::{
-    Fields, IdempotencyKey, JsonBody, envelope, request_context, run_idempotent,
-};
+use keel_services_common::{Fields, IdempotencyKey, JsonBody, envelope, request_context};
 use serde_json::{Value, json};
 
+use crate::directory::UserLookup;
 use crate::order::Order;
 use crate::{AppState, SOURCE};
 
-const IDEMPOTENCY_TABLE: &str = "orders_idempotency";
 const MAX_ITEMS: usize = 100;
 const MAX_QUANTITY: i64 = 1_000_000;
 
 /// `POST /api/orders {"user_id", "items": [{"product_id", "quantity"}]}` -> 202 with
-/// `"id"` and `"status": "pending"`; the stock reservation decides the rest.
+/// `"id"` and `"status": "pending"`; the stock reservation decides the rest. A retry
+/// with the caller's Idempotency-Key gets the first answer before anything else is
+/// looked at (the users and products services need not answer again).
 pub(crate) async fn place_order(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Problem> {
+    caller.require()?;
+    let key = IdempotencyKey::from_request(&headers, &caller, &body)?;
+    if let Some(replayed) = state.idempotency.replay(&state.db, key.as_ref()).await? {
+        return Ok(replayed);
+    }
     let mut fields = Fields::new(&body);
     let user_id = fields.string("/user_id", 100);
     let mut items = Vec::new();
@@ -43,10 +51,16 @@ pub(crate) async fn place_order(
     fields.finish()?;
     let Some(user_id) = user_id else { return Err(Problem::internal()) };
 
-    // The references must name existing things (422 naming each one that does not).
-    let mut fields = Fields::new(&body);
-    if !state.directory.user_exists(&user_id).await? {
-        fields.invalid("/user_id", format!("no user `{user_id}`"));
+    // The references must name existing things (422 naming each one that does not),
+    // and the caller must be the user's owner or an admin (403).
+    let mut missing = Vec::new();
+    match state.directory.user(&user_id).await? {
+        UserLookup::Found { owner } => caller.authorize_for(owner.as_deref())?,
+        UserLookup::Forbidden => return Err(Denied::Forbidden.into()),
+        UserLookup::Missing => missing.push(ProblemField {
+            pointer: "/user_id".to_owned(),
+            detail: format!("no user `{user_id}`"),
+        }),
     }
     let mut known = BTreeMap::new();
     for (n, item) in items.iter().enumerate() {
@@ -59,52 +73,70 @@ pub(crate) async fn place_order(
             }
         };
         if !exists {
-            fields.invalid(
-                format!("/items/{n}/product_id"),
-                format!("no product `{}`", item.product_id),
-            );
+            missing.push(ProblemField {
+                pointer: format!("/items/{n}/product_id"),
+                detail: format!("no product `{}`", item.product_id),
+            });
         }
     }
-    fields.finish()?;
+    if !missing.is_empty() {
+        return Err(Problem::invalid_body(missing));
+    }
 
-    let key = IdempotencyKey::from_request(&headers, &body)?;
     let context = request_context(&headers);
-    run_idempotent(&state.db, IDEMPOTENCY_TABLE, key.as_ref(), |mut tx| async move {
-        let id = uuid::Uuid::now_v7().to_string();
-        let placed = OrderPlaced { order_id: id.clone(), user_id, items };
-        let stream = stream_id(topics::ORDER, &id)?;
-        tx.append(&stream, ExpectedVersion::NoStream, &[envelope(&placed, SOURCE, &context)?])
-            .await?;
-        let body = json!({
-            "id": id,
-            "user_id": placed.user_id,
-            "items": placed.items,
-            "status": "pending",
-        });
-        Ok((tx, StatusCode::ACCEPTED, body))
-    })
-    .await
+    state
+        .idempotency
+        .run(&state.db, key.as_ref(), |mut tx| async move {
+            let id = uuid::Uuid::now_v7().to_string();
+            let placed = OrderPlaced { order_id: id.clone(), user_id, items };
+            let stream = stream_id(topics::ORDER, &id)?;
+            tx.append(&stream, ExpectedVersion::NoStream, &[envelope(&placed, SOURCE, &context)?])
+                .await?;
+            let body = json!({
+                "id": id,
+                "user_id": placed.user_id,
+                "items": placed.items,
+                "status": "pending",
+            });
+            Ok((tx, StatusCode::ACCEPTED, body))
+        })
+        .await
+}
+
+/// Order `id` (404 if there is none) once the caller may act for it (401/403).
+async fn authorized_order(state: &AppState, caller: &Caller, id: &str) -> Result<Order, Problem> {
+    let order = Order::load(&state.db, id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no order `{id}`")))?;
+    caller.authorize_for(order.owner.as_deref())?;
+    Ok(order)
 }
 
 /// `GET /api/orders/{id}`.
 pub(crate) async fn get_order(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let order = Order::load(&state.db, &id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no order `{id}`")))?;
-    Ok(Json(order.to_json()))
+    Ok(Json(authorized_order(&state, &caller, &id).await?.to_json()))
 }
 
 /// `POST /api/orders/{id}/cancel`, optionally with `If-Match: "<version>"` (the
 /// version the caller saw): 200 with the cancelled order; 409 when the order is
-/// already past cancelling, or when another command changed it first.
+/// already past cancelling, or when another command changed it first. A retry with
+/// the same Idempotency-Key gets the first answer (the 200), not the 409 the order's
+/// new state would give.
 pub(crate) async fn cancel_order(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    caller.require()?;
+    let key = IdempotencyKey::from_request(&headers, &caller, &json!({ "cancel": id }))?;
+    if let Some(replayed) = state.idempotency.replay(&state.db, key.as_ref()).await? {
+        return Ok(replayed);
+    }
     let if_match = match headers.get(header::IF_MATCH) {
         None => None,
         Some(value) => {
@@ -119,9 +151,7 @@ pub(crate) async fn cancel_order(
             Some(StreamVersion(version))
         }
     };
-    let order = Order::load(&state.db, &id)
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no order `{id}`")))?;
+    let order = authorized_order(&state, &caller, &id).await?;
     let expected = if_match.unwrap_or(order.version);
     if expected != order.version {
         return Err(Problem::conflict(format!(
@@ -131,16 +161,17 @@ pub(crate) async fn cancel_order(
         .with_type("https://keel.invalid/problems/version-conflict"));
     }
     let cancelled = order.cancel().map_err(Problem::conflict)?;
-    let key = IdempotencyKey::from_request(&headers, &json!({ "cancel": id }))?;
     let context = request_context(&headers);
-    run_idempotent(&state.db, IDEMPOTENCY_TABLE, key.as_ref(), |mut tx| async move {
-        let stream = stream_id(topics::ORDER, &id)?;
-        let event = envelope(&cancelled, SOURCE, &context)?;
-        let appended = tx.append(&stream, ExpectedVersion::Exact(expected), &[event]).await?;
-        let mut order = order;
-        order.status = crate::order::OrderStatus::Cancelled;
-        order.version = appended.version;
-        Ok((tx, StatusCode::OK, order.to_json()))
-    })
-    .await
+    state
+        .idempotency
+        .run(&state.db, key.as_ref(), |mut tx| async move {
+            let stream = stream_id(topics::ORDER, &id)?;
+            let event = envelope(&cancelled, SOURCE, &context)?;
+            let appended = tx.append(&stream, ExpectedVersion::Exact(expected), &[event]).await?;
+            let mut order = order;
+            order.status = crate::order::OrderStatus::Cancelled;
+            order.version = appended.version;
+            Ok((tx, StatusCode::OK, order.to_json()))
+        })
+        .await
 }

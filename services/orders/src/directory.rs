@@ -1,4 +1,5 @@
-//! Whether users and products exist: the orders service asks their owners.
+//! Whether users and products exist, and whether the caller may act for a user: the
+//! orders service asks the services that own them, on behalf of the caller.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,17 +7,32 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
-use http::{Request, StatusCode};
+use http::{HeaderValue, Request, StatusCode};
+use keel_bus::layer::current_context;
 use keel_client::{ClientConfig, ServiceClient};
 use keel_registry::Registry;
+use keel_service::{IDENTITY_HEADER, SUBJECT};
 use tower::ServiceExt as _;
 
 use crate::error::Error;
 
+/// What the users service says about a user, asked on behalf of the caller (whose
+/// identity travels with the question).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserLookup {
+    /// It exists, the caller may act for it, and it belongs to `owner` (`None`: it was
+    /// registered in the open mode).
+    Found { owner: Option<String> },
+    /// There is no such user.
+    Missing,
+    /// It exists, but the caller may not act for it (403).
+    Forbidden,
+}
+
 /// Looks up users and products (`dyn`-safe: the implementation is chosen at start-up).
 #[async_trait]
 pub trait Directory: Send + Sync + 'static {
-    async fn user_exists(&self, id: &str) -> Result<bool, Error>;
+    async fn user(&self, id: &str) -> Result<UserLookup, Error>;
     async fn product_exists(&self, id: &str) -> Result<bool, Error>;
 }
 
@@ -33,6 +49,22 @@ fn exists(status: StatusCode, what: &str) -> Result<bool, Error> {
     match status {
         StatusCode::OK => Ok(true),
         StatusCode::NOT_FOUND => Ok(false),
+        other => Err(Error::Directory(format!("{what} answered {other}"))),
+    }
+}
+
+/// The users service's answer to `GET /api/users/{id}` as a [`UserLookup`]; anything
+/// but 200, 403 and 404 is a failed lookup.
+fn user_lookup(status: StatusCode, body: &[u8], what: &str) -> Result<UserLookup, Error> {
+    match status {
+        StatusCode::OK => {
+            let user: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+                Error::Directory(format!("{what} answered a user that is not JSON: {e}"))
+            })?;
+            Ok(UserLookup::Found { owner: user["owner"].as_str().map(str::to_owned) })
+        }
+        StatusCode::FORBIDDEN => Ok(UserLookup::Forbidden),
+        StatusCode::NOT_FOUND => Ok(UserLookup::Missing),
         other => Err(Error::Directory(format!("{what} answered {other}"))),
     }
 }
@@ -56,33 +88,37 @@ impl DiscoveryDirectory {
         }
     }
 
-    async fn get(client: &ServiceClient, path: String) -> Result<StatusCode, Error> {
+    /// keel-client forwards the caller's identity from the request's context.
+    async fn get(
+        client: &ServiceClient,
+        path: String,
+    ) -> Result<http::Response<bytes::Bytes>, Error> {
         let request = Request::get(path)
             .body(bytes::Bytes::new())
             .map_err(|e| Error::Directory(e.to_string()))?;
-        let response = client
+        client
             .send(request)
             .await
-            .map_err(|e| Error::Directory(format!("the {} service: {e}", client.service())))?;
-        Ok(response.status())
+            .map_err(|e| Error::Directory(format!("the {} service: {e}", client.service())))
     }
 }
 
 #[async_trait]
 impl Directory for DiscoveryDirectory {
-    async fn user_exists(&self, id: &str) -> Result<bool, Error> {
+    async fn user(&self, id: &str) -> Result<UserLookup, Error> {
         if !plain_id(id) {
-            return Ok(false);
+            return Ok(UserLookup::Missing);
         }
-        exists(Self::get(&self.users, format!("/api/users/{id}")).await?, "the users service")
+        let response = Self::get(&self.users, format!("/api/users/{id}")).await?;
+        user_lookup(response.status(), response.body(), "the users service")
     }
 
     async fn product_exists(&self, id: &str) -> Result<bool, Error> {
         if !plain_id(id) {
             return Ok(false);
         }
-        let status = Self::get(&self.products, format!("/api/products/{id}")).await?;
-        exists(status, "the products service")
+        let response = Self::get(&self.products, format!("/api/products/{id}")).await?;
+        exists(response.status(), "the products service")
     }
 }
 
@@ -99,29 +135,45 @@ impl RouterDirectory {
         Self { users, products }
     }
 
-    async fn get(router: &Router, uri: String) -> Result<StatusCode, Error> {
-        let request =
-            Request::get(uri).body(Body::empty()).map_err(|e| Error::Directory(e.to_string()))?;
+    /// Asks with the caller's identity from the request's context, as keel-client does
+    /// over the network: the signed identity, or in the open mode the subject.
+    async fn get(router: &Router, uri: String) -> Result<(StatusCode, bytes::Bytes), Error> {
+        let mut request = Request::get(uri);
+        if let Some(context) = current_context() {
+            let identity = context.credentials.map(|token| (IDENTITY_HEADER, token));
+            let subject = context.actor.map(|actor| (SUBJECT, actor));
+            if let Some((name, value)) = identity.or(subject)
+                && let Ok(value) = HeaderValue::try_from(value)
+            {
+                request = request.header(name, value);
+            }
+        }
+        let request = request.body(Body::empty()).map_err(|e| Error::Directory(e.to_string()))?;
         let response =
             router.clone().oneshot(request).await.map_err(|e| Error::Directory(e.to_string()))?;
-        Ok(response.status())
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1024 * 1024)
+            .await
+            .map_err(|e| Error::Directory(e.to_string()))?;
+        Ok((status, body))
     }
 }
 
 #[async_trait]
 impl Directory for RouterDirectory {
-    async fn user_exists(&self, id: &str) -> Result<bool, Error> {
+    async fn user(&self, id: &str) -> Result<UserLookup, Error> {
         if !plain_id(id) {
-            return Ok(false);
+            return Ok(UserLookup::Missing);
         }
-        exists(Self::get(&self.users, format!("/api/users/{id}")).await?, "the users router")
+        let (status, body) = Self::get(&self.users, format!("/api/users/{id}")).await?;
+        user_lookup(status, &body, "the users router")
     }
 
     async fn product_exists(&self, id: &str) -> Result<bool, Error> {
         if !plain_id(id) {
             return Ok(false);
         }
-        let status = Self::get(&self.products, format!("/api/products/{id}")).await?;
+        let (status, _) = Self::get(&self.products, format!("/api/products/{id}")).await?;
         exists(status, "the products router")
     }
 }

@@ -1,6 +1,7 @@
 //! The orders service's errors.
 
 use http::StatusCode;
+use keel_bus::HandlerError;
 use keel_service::Problem;
 use keel_services_common::ServiceError;
 
@@ -11,6 +12,10 @@ pub enum Error {
     /// The users or products service could not be asked (down, timed out, odd answer).
     #[error("directory lookup failed: {0}")]
     Directory(String),
+    /// An order's stream holds an event that does not fold into an order (written by
+    /// hand, say with `keel publish`): the message names the stream and the event.
+    #[error("{0}")]
+    Unreadable(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -24,7 +29,25 @@ impl From<Error> for Problem {
                     .with_detail("the users or products service cannot be reached; retry later")
                     .with_retry_after(1)
             }
+            // The order's current state cannot be made out: a conflict with the state
+            // of the resource, which the answer names, rather than a bare 500.
+            Error::Unreadable(detail) => {
+                tracing::error!(%detail, "an order stream cannot be read");
+                Problem::conflict(detail)
+                    .with_type("https://keel.invalid/problems/unreadable-stream")
+                    .with_title("The order's event stream cannot be read")
+            }
             Error::Service(error) => error.into(),
+        }
+    }
+}
+
+impl From<Error> for HandlerError {
+    /// An unreadable stream stays unreadable: dead-letter the message at once.
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Service(error) => error.into(),
+            other => HandlerError::permanent(other),
         }
     }
 }

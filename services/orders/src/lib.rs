@@ -10,15 +10,19 @@
 //! - `lib.rs`: [`AppState`], [`migrate`], [`app`] (the axum router) and
 //!   [`start_consumers`].
 //! - `api.rs`: the HTTP handlers: `POST /api/orders`, `GET /api/orders/{id}`,
-//!   `POST /api/orders/{id}/cancel`.
-//! - `order.rs`: the [`Order`] aggregate: fold and command rules.
+//!   `POST /api/orders/{id}/cancel`. An order belongs to the subject that placed it.
+//! - `order.rs`: the [`Order`] aggregate: fold (an event that does not fit is
+//!   [`Error::Unreadable`], naming it) and command rules.
 //! - `status.rs`: confirms or rejects pending orders from `stock.*` events (consumer
 //!   group [`STATUS_GROUP`], through the store's inbox).
-//! - `directory.rs`: [`Directory`], with [`DiscoveryDirectory`] (the services found through the registry)
-//!   and [`RouterDirectory`] (their routers in the same process).
+//! - `directory.rs`: [`Directory`] (does a product exist; a [`UserLookup`]: does a
+//!   user exist and may the caller act for it), with [`DiscoveryDirectory`] (the
+//!   services found through the registry) and [`RouterDirectory`] (their routers in
+//!   the same process), both asking on behalf of the caller.
 //! - `error.rs`: [`Error`].
 //! - `main.rs`: the binary: the service alone on `KEEL_DATABASE_URL`, listening on
-//!   `KEEL_ORDERS_ADDR`, asking `KEEL_USERS_URL` and `KEEL_PRODUCTS_URL`.
+//!   `KEEL_LISTEN_ADDR`, finding users and products through the registry, verifying
+//!   identities with the key of `KEEL_IDENTITY_SECRET` or `KEEL_JWT_SECRET`.
 
 // `keel_service::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.
@@ -36,9 +40,9 @@ use axum::Router;
 use axum::routing::{get, post};
 use keel_bus::ConsumerHandle;
 use keel_core::{BusError, Subscriber};
-use keel_services_common::{Db, body_limit};
+use keel_services_common::{Db, Idempotency, body_limit};
 
-pub use directory::{Directory, DiscoveryDirectory, RouterDirectory};
+pub use directory::{Directory, DiscoveryDirectory, RouterDirectory, UserLookup};
 pub use error::Error;
 pub use order::{Order, OrderStatus};
 pub use status::STATUS_GROUP;
@@ -51,17 +55,29 @@ pub const SOURCE: &str = "/services/orders";
 pub struct AppState {
     pub db: Db,
     pub directory: Arc<dyn Directory>,
+    pub idempotency: Idempotency,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("db", &self.db).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("db", &self.db)
+            .field("idempotency", &self.idempotency)
+            .finish_non_exhaustive()
     }
 }
 
 impl AppState {
+    /// Idempotency keys remembered for [`keel_services_common::DEFAULT_IDEMPOTENCY_TTL`].
     pub fn new(db: Db, directory: Arc<dyn Directory>) -> Self {
-        Self { db, directory }
+        Self { db, directory, idempotency: Idempotency::new("orders_idempotency") }
+    }
+
+    /// The same, remembering idempotency keys for `ttl`.
+    #[must_use]
+    pub fn with_idempotency_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.idempotency = self.idempotency.with_ttl(ttl);
+        self
     }
 }
 

@@ -13,7 +13,8 @@ async fn main() -> anyhow::Result<()> {
     run_service("orders", |context| async move {
         migrate(&context.db).await?;
         let directory = Arc::new(DiscoveryDirectory::new(context.registry.clone()));
-        let state = AppState::new(context.db.clone(), directory);
+        let state = AppState::new(context.db.clone(), directory)
+            .with_idempotency_ttl(context.config.idempotency_ttl);
         let consumers = start_consumers(&state, context.bus.clone()).await?;
         Ok(ServiceParts { router: app(state), consumers })
     })

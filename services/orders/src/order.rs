@@ -2,12 +2,14 @@
 //! commands decide which event (if any) comes next.
 
 use keel_core::{CloudEvent, Event, StreamVersion};
+use keel_services_common::Db;
 use keel_services_common::events::{
     OrderCancelled, OrderConfirmed, OrderItem, OrderPlaced, OrderRejected, stream_id, topics,
 };
-use keel_services_common::{Db, ServiceError};
 use serde::Serialize;
 use serde_json::{Value, json};
+
+use crate::error::Error;
 
 /// Where an order stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -40,20 +42,31 @@ pub struct Order {
     pub status: OrderStatus,
     /// Why it was rejected.
     pub reason: Option<String>,
+    /// The subject that placed it (the `order.placed` event's actor); `None` when
+    /// placed in the open mode without one.
+    pub owner: Option<String>,
     /// The stream version the state was folded up to (the next append expects it).
     pub version: StreamVersion,
 }
 
 impl Order {
-    /// The order of a stream's events; `None` for an empty stream.
-    pub fn from_events(events: &[CloudEvent]) -> Result<Option<Self>, ServiceError> {
+    /// The order of a stream's events; `None` for an empty stream. An event that does
+    /// not fold into an order is [`Error::Unreadable`], naming the stream and the event.
+    pub fn from_events(events: &[CloudEvent]) -> Result<Option<Self>, Error> {
         let mut order: Option<Self> = None;
         for (n, event) in events.iter().enumerate() {
             let version = event
                 .stream_version()
                 .unwrap_or(StreamVersion(u64::try_from(n).unwrap_or(u64::MAX) + 1));
-            let decode = |e: keel_core::DecodeError| ServiceError::Event(e.to_string());
             let ty = event.ty();
+            let unreadable = |why: &dyn std::fmt::Display| {
+                Error::Unreadable(format!(
+                    "stream {}: event {} ({ty}, version {version}) {why}",
+                    event.subject().unwrap_or("?"),
+                    event.id(),
+                ))
+            };
+            let decode = |e: keel_core::DecodeError| unreadable(&format!("cannot be read: {e}"));
             if ty == OrderPlaced::TYPE && order.is_none() {
                 let placed: OrderPlaced = event.decode().map_err(decode)?;
                 order = Some(Self {
@@ -62,14 +75,13 @@ impl Order {
                     items: placed.items,
                     status: OrderStatus::Pending,
                     reason: None,
+                    owner: event.actor().map(str::to_owned),
                     version,
                 });
                 continue;
             }
             let Some(o) = order.as_mut() else {
-                return Err(ServiceError::Event(format!(
-                    "event {ty} at version {version} comes before the order was placed"
-                )));
+                return Err(unreadable(&"comes before the order was placed"));
             };
             if ty == OrderConfirmed::TYPE {
                 o.status = OrderStatus::Confirmed;
@@ -80,16 +92,15 @@ impl Order {
             } else if ty == OrderCancelled::TYPE {
                 o.status = OrderStatus::Cancelled;
             } else {
-                return Err(ServiceError::Event(format!(
-                    "event {ty} at version {version} does not fit the order stream"
-                )));
+                return Err(unreadable(&"does not fit the order stream"));
             }
             o.version = version;
         }
         Ok(order)
     }
+
     /// Loads order `id` from its stream.
-    pub async fn load(db: &Db, id: &str) -> Result<Option<Self>, ServiceError> {
+    pub async fn load(db: &Db, id: &str) -> Result<Option<Self>, Error> {
         let Ok(stream) = stream_id(topics::ORDER, id) else { return Ok(None) };
         Self::from_events(&db.read_stream(&stream).await?)
     }
@@ -178,6 +189,16 @@ mod tests {
     fn an_empty_stream_is_no_order_and_a_stray_event_is_an_error() {
         assert_eq!(Order::from_events(&[]).unwrap(), None);
         let stray = at(&OrderConfirmed { order_id: "o".into() }, 1);
-        assert!(Order::from_events(&[stray]).is_err());
+        let id = stray.id().to_owned();
+        let error = Order::from_events(&[stray]).unwrap_err();
+        assert!(matches!(&error, Error::Unreadable(why) if why.contains(&id)), "{error}");
+    }
+
+    #[test]
+    fn the_subject_that_placed_it_owns_it() {
+        let mut event = placed();
+        event.set_extension(keel_core::envelope::ext::ACTOR, "alice").unwrap();
+        assert_eq!(Order::from_events(&[event]).unwrap().unwrap().owner.as_deref(), Some("alice"));
+        assert_eq!(Order::from_events(&[placed()]).unwrap().unwrap().owner, None);
     }
 }

@@ -69,3 +69,17 @@ async fn orders_are_confirmed_rejected_and_never_oversell_on_postgres() {
     assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT], "{bodies:?}");
     system.stop().await;
 }
+
+#[tokio::test]
+async fn hostile_text_is_refused_on_postgres() {
+    let system = System::on(fresh_db().await, None).await;
+    common::hostile_text_is_refused_before_any_store_sees_it(&system).await;
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_sign_ups_with_one_email_on_postgres() {
+    let system = System::on(fresh_db().await, None).await;
+    common::concurrent_sign_ups_with_one_email(&system).await;
+    system.stop().await;
+}

@@ -7,12 +7,14 @@
 //!
 //! - `lib.rs`: [`AppState`], [`migrate`], [`app`] (the axum router) and
 //!   [`start_consumers`].
-//! - `api.rs`: the HTTP handlers: `POST /api/products`, `GET /api/products/{id}`.
+//! - `api.rs`: the HTTP handlers: `POST /api/products` (an authenticated caller when
+//!   identities are verified), `GET /api/products/{id}` (the catalogue is public).
 //! - `stock.rs`: reservations, fed by `order.placed` and `order.cancelled` through the
 //!   store's inbox (consumer group [`STOCK_GROUP`]): stock changes, reservation rows,
 //!   the answering event and the processed mark in one transaction.
 //! - `main.rs`: the binary: the service alone on `KEEL_DATABASE_URL`, listening on
-//!   `KEEL_PRODUCTS_ADDR`.
+//!   `KEEL_LISTEN_ADDR`, verifying identities with the key of `KEEL_IDENTITY_SECRET`
+//!   or `KEEL_JWT_SECRET`.
 
 // `keel_service::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.
@@ -27,7 +29,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use keel_bus::ConsumerHandle;
 use keel_core::{BusError, Subscriber};
-use keel_services_common::{Db, body_limit};
+use keel_services_common::{Db, Idempotency, body_limit};
 
 pub use stock::STOCK_GROUP;
 
@@ -38,11 +40,20 @@ pub const SOURCE: &str = "/services/products";
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub db: Db,
+    pub idempotency: Idempotency,
 }
 
 impl AppState {
+    /// Idempotency keys remembered for [`keel_services_common::DEFAULT_IDEMPOTENCY_TTL`].
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, idempotency: Idempotency::new("products_idempotency") }
+    }
+
+    /// The same, remembering idempotency keys for `ttl`.
+    #[must_use]
+    pub fn with_idempotency_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.idempotency = self.idempotency.with_ttl(ttl);
+        self
     }
 }
 

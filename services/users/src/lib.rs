@@ -7,11 +7,14 @@
 //! - `lib.rs`: [`AppState`], [`migrate`], [`app`] (the axum router) and
 //!   [`start_consumers`].
 //! - `api.rs`: the HTTP handlers: `POST /api/users`, `GET /api/users/{id}`,
-//!   `GET /api/users/{id}/orders`.
+//!   `GET /api/users/{id}/orders` (paged). A user belongs to the subject that
+//!   registered it: with identities verified, only that subject or an admin reads it
+//!   and its orders (and places orders for it, in the orders service).
 //! - `orders.rs`: the `users_orders` read model, fed by `order.*` events through the
 //!   store's inbox (consumer group [`ORDERS_GROUP`]).
 //! - `main.rs`: the binary: the service alone on `KEEL_DATABASE_URL`, listening on
-//!   `KEEL_USERS_ADDR`.
+//!   `KEEL_LISTEN_ADDR`, verifying identities with the key of `KEEL_IDENTITY_SECRET`
+//!   or `KEEL_JWT_SECRET`.
 
 // `keel_service::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.
@@ -26,8 +29,9 @@ use axum::Router;
 use axum::routing::{get, post};
 use keel_bus::ConsumerHandle;
 use keel_core::{BusError, Subscriber};
-use keel_services_common::{Db, body_limit};
+use keel_services_common::{Db, Idempotency, body_limit};
 
+pub use api::{DEFAULT_ORDERS_PAGE, MAX_ORDERS_PAGE};
 pub use orders::{ORDERS_GROUP, rebuild as rebuild_orders};
 
 /// The CloudEvents `source` of the events this service writes.
@@ -37,11 +41,20 @@ pub const SOURCE: &str = "/services/users";
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub db: Db,
+    pub idempotency: Idempotency,
 }
 
 impl AppState {
+    /// Idempotency keys remembered for [`keel_services_common::DEFAULT_IDEMPOTENCY_TTL`].
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, idempotency: Idempotency::new("users_idempotency") }
+    }
+
+    /// The same, remembering idempotency keys for `ttl`.
+    #[must_use]
+    pub fn with_idempotency_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.idempotency = self.idempotency.with_ttl(ttl);
+        self
     }
 }
 

@@ -9,7 +9,8 @@ use keel_users::{AppState, app, migrate, start_consumers};
 async fn main() -> anyhow::Result<()> {
     run_service("users", |context| async move {
         migrate(&context.db).await?;
-        let state = AppState::new(context.db.clone());
+        let state =
+            AppState::new(context.db.clone()).with_idempotency_ttl(context.config.idempotency_ttl);
         let consumers = start_consumers(&state, context.bus.clone()).await?;
         Ok(ServiceParts { router: app(state), consumers })
     })

@@ -22,7 +22,8 @@ pub struct NewUser {
 }
 
 /// `POST /users` (JSON), `GET /slow` (tells `started`, then answers after 300 ms),
-/// `GET /panic`, `GET /context` (the handler's `keel_bus` context).
+/// `GET /panic`, `GET /context` (the handler's `keel_bus` context), `GET /items/{id}`
+/// (echoes the id).
 pub fn app(started: mpsc::UnboundedSender<()>) -> Router {
     Router::new()
         .route(
@@ -43,6 +44,10 @@ pub fn app(started: mpsc::UnboundedSender<()>) -> Router {
             }),
         )
         .route("/panic", get(|| async { panic!("boom") as &'static str }))
+        .route(
+            "/items/{id}",
+            get(|axum::extract::Path(id): axum::extract::Path<String>| async move { id }),
+        )
         .route(
             "/context",
             get(|| async {
