@@ -1,8 +1,8 @@
 #![cfg(feature = "integration")]
 //! The bus conformance suite against the real RabbitMQ (`KEEL_TEST_AMQP_URL`, by
 //! default 127.0.0.1:5672). Every case uses its own topics, so its own exchanges and
-//! queues. `broker_restarts_lose_nothing` stops and starts the broker; the test
-//! script runs it alone, after the rest.
+//! queues. The `broker_restarts_*` cases stop and start the broker; the test script
+//! runs them alone, after the rest.
 
 mod common;
 
@@ -28,20 +28,17 @@ impl BusFactory for Factory {
         topic: &str,
         content_type: &str,
         body: Bytes,
-    ) -> Option<Result<(), BusError>> {
+    ) -> Result<(), BusError> {
         let properties = BasicProperties::default().with_content_type(content_type.into());
-        Some(common::plain_publish(topic, "foreign.message", properties, body).await)
+        common::plain_publish(topic, "foreign.message", properties, body).await
     }
 
-    /// A queue only holds what was published after it was bound.
-    fn retains_history(&self) -> bool {
-        false
-    }
-
-    async fn restart_broker(&self) -> bool {
+    async fn restart_broker(&self) {
         common::restart_broker().await;
-        true
     }
 }
 
-keel_testkit::bus_conformance!(Factory);
+keel_testkit::bus_conformance!(Factory; skip {
+    late_group_receives_earlier_messages:
+        "a RabbitMQ queue only holds what was published after it was bound",
+});

@@ -10,8 +10,14 @@
 //! | transient error, attempts left | nack with backoff (the broker redelivers) |
 //! | transient error on the last attempt, or permanent error | dead-letter with the error |
 //! | message did not decode | dead-letter at once |
-//! | handler panicked | treated as a transient error |
+//! | handler panicked (in `poll_ready`, in `call` before it returns its future, or in the future) | treated as a transient error |
+//!
+//! A panic while settling (a backend fault) drops the delivery unsettled, which gives
+//! it back to the group; it is logged and the consumer goes on. Should a worker still
+//! end while the consumer runs, the consumer stops and ends with an error, never with
+//! `Ok(())`.
 
+use std::any::Any;
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -251,14 +257,20 @@ where
         tokio::select! {
             biased;
             () = &mut shutdown => break,
+            // Fails only if the worker ended; the delivery, dropped, goes back to the group.
             sent = lanes[lane].send(delivery) => if sent.is_err() { break },
         }
     }
     drop(lanes);
+    let mut outcome = Ok(());
     for worker in workers {
-        let _ = worker.await;
+        if let Err(error) = worker.await {
+            tracing::error!(%error, topic = %labels.topic, group = %labels.group, "a consumer worker died");
+            outcome = Err(BusError::Backend(format!("a consumer worker died: {error}").into()));
+        }
     }
-    subscription.close().await
+    let closed = subscription.close().await;
+    outcome.and(closed)
 }
 
 fn lane_of(key: &str, lanes: usize) -> usize {
@@ -288,34 +300,55 @@ where
     S::Future: Send,
 {
     while let Some(delivery) = deliveries.recv().await {
-        let (payload, attempt, settle) = delivery.into_parts();
-        let Payload::Event(event) = payload else { continue };
-        let message = Message::new(event, attempt, labels.topic.clone(), labels.group.clone());
-        let result = call(&mut handler, message).await;
-        settle_outcome(settle, attempt, result, &labels).await;
+        let handled =
+            AssertUnwindSafe(handle(&mut handler, delivery, &labels)).catch_unwind().await;
+        if let Err(panic) = handled {
+            settle_panicked(&labels, &*panic);
+        }
     }
 }
 
-/// Calls the handler, turning a panic into a transient error.
+/// Handles one delivery and settles it.
+async fn handle<S>(handler: &mut S, delivery: Delivery, labels: &Labels)
+where
+    S: Service<Message, Response = (), Error = HandlerError>,
+{
+    let (payload, attempt, settle) = delivery.into_parts();
+    let Payload::Event(event) = payload else { return };
+    let message = Message::new(event, attempt, labels.topic.clone(), labels.group.clone());
+    let result = call(handler, message).await;
+    settle_outcome(settle, attempt, result, labels).await;
+}
+
+/// Calls the handler, turning a panic anywhere in it (in `poll_ready`, in `call` before
+/// it returns its future, or in the future) into a transient error.
 async fn call<R, S>(handler: &mut S, request: R) -> Result<(), HandlerError>
 where
     S: Service<R, Response = (), Error = HandlerError>,
 {
-    let ready = match handler.ready().await {
-        Ok(ready) => ready,
-        Err(error) => return Err(error),
-    };
-    match AssertUnwindSafe(ready.call(request)).catch_unwind().await {
-        Ok(result) => result,
-        Err(panic) => {
-            let text = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "handler panicked".to_owned());
-            Err(HandlerError::transient(format!("handler panicked: {text}")))
-        }
-    }
+    let called = async { handler.ready().await?.call(request).await };
+    AssertUnwindSafe(called).catch_unwind().await.unwrap_or_else(|panic| {
+        Err(HandlerError::transient(format!("handler panicked: {}", panic_text(&*panic))))
+    })
+}
+
+/// Logs a panic that escaped a handler call (so it came from settling, a backend
+/// fault). The delivery was dropped unsettled, which gives it back to the group.
+fn settle_panicked(labels: &Labels, panic: &(dyn Any + Send)) {
+    tracing::error!(
+        panic = panic_text(panic),
+        topic = %labels.topic,
+        group = %labels.group,
+        "panic while settling; the delivery goes back to the group"
+    );
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 async fn settle_outcome(
@@ -406,7 +439,19 @@ where
     subscription.close().await
 }
 
+/// Handles one batch and settles it; a panic while settling is logged (the unsettled
+/// deliveries go back to the group) and the consumer goes on.
 async fn handle_batch<S>(handler: &mut S, pending: Vec<Delivery>, labels: &Labels)
+where
+    S: Service<Vec<Message>, Response = (), Error = HandlerError>,
+{
+    let handled = AssertUnwindSafe(run_batch(handler, pending, labels)).catch_unwind().await;
+    if let Err(panic) = handled {
+        settle_panicked(labels, &*panic);
+    }
+}
+
+async fn run_batch<S>(handler: &mut S, pending: Vec<Delivery>, labels: &Labels)
 where
     S: Service<Vec<Message>, Response = (), Error = HandlerError>,
 {

@@ -18,8 +18,8 @@
 //!   consumer's redelivery policy.
 //! - [`consumer`]: [`Consumer`], which runs a handler for a consumer group: ordered
 //!   concurrency per partition key, batches, ack after success, nack with backoff,
-//!   dead-letter after the last attempt (or at once for undecodable messages), clean
-//!   shutdown.
+//!   dead-letter after the last attempt (or at once for undecodable messages), a
+//!   handler panic counted as a transient failure, clean shutdown.
 //! - [`publisher`]: [`EventPublisher`], which publishes typed events with the current
 //!   trace context.
 

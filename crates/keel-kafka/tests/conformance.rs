@@ -1,5 +1,8 @@
 //! The bus conformance suite against the real broker (Tansu on 127.0.0.1:9092, or
 //! `KEEL_TEST_KAFKA_BROKERS`). Every case uses its own topics and groups.
+//! The `broker_restarts_*` cases are skipped (see the reasons below); run with
+//! `--run-ignored`, they restart the broker at `KEEL_TEST_KAFKA_BROKERS` (every other
+//! test on it loses its data).
 
 #![cfg(feature = "integration")]
 
@@ -43,7 +46,7 @@ impl BusFactory for Factory {
         topic: &str,
         content_type: &str,
         body: Bytes,
-    ) -> Option<Result<(), BusError>> {
+    ) -> Result<(), BusError> {
         let producer = common::raw_producer();
         common::send_raw(
             &producer,
@@ -53,12 +56,22 @@ impl BusFactory for Factory {
             &body,
         )
         .await;
-        Some(Ok(()))
+        Ok(())
     }
 
-    fn retains_history(&self) -> bool {
-        true
+    /// Stops Tansu and starts it again as it was started (`common::restart_broker`).
+    async fn restart_broker(&self) {
+        common::restart_broker().await;
     }
 }
 
-keel_testkit::bus_conformance!(Factory::new());
+keel_testkit::bus_conformance!(Factory::new(); skip {
+    broker_restarts_lose_nothing: "Tansu runs with in-memory storage: a restart drops every \
+        record, so a message confirmed but not yet consumed is lost by the broker and the \
+        case would pass or fail by timing",
+    broker_restarts_then_consumption_resumes: "Tansu runs with in-memory storage: it comes \
+        back from a restart as an empty cluster (no topics, no offsets), which a Kafka \
+        deployment never sees; run anyway (--run-ignored), publishes time out because \
+        keel-kafka creates a topic once per process, and librdkafka 2.12.1 may crash \
+        (SIGSEGV in rd_kafka_metadata_update_op)",
+});

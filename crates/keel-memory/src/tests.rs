@@ -332,10 +332,11 @@ async fn bad_names_are_config_errors() {
 }
 
 #[tokio::test]
-async fn ten_thousand_messages_go_through_quickly() {
+/// Through a topic whose capacity makes the publisher wait, in order per key. How
+/// fast is for `benches/memory.rs` to print, not for a test to assert.
+async fn ten_thousand_messages_go_through_in_order_per_key() {
     let bus = MemoryBus::with_capacity(1_000);
     let mut sub = subscribe(&bus, SubscriptionSpec::new("t", "g").prefetch(64)).await;
-    let started = Instant::now();
     let producer = tokio::spawn({
         let bus = bus.clone();
         async move {
@@ -357,8 +358,6 @@ async fn ten_thousand_messages_go_through_quickly() {
         d.ack().await.expect("ack");
     }
     producer.await.expect("producer");
-    let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

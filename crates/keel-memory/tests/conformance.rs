@@ -22,7 +22,7 @@ impl BusFactory for Memory {
         topic: &str,
         content_type: &str,
         body: Bytes,
-    ) -> Option<Result<(), BusError>> {
+    ) -> Result<(), BusError> {
         // What a foreign producer's message looks like after a failed decode.
         let error = keel_core::codec::from_message(
             keel_core::codec::Binding::Amqp,
@@ -39,8 +39,11 @@ impl BusFactory for Memory {
             body,
             error,
         };
-        Some(self.0.publish_raw(topic, raw))
+        self.0.publish_raw(topic, raw)
     }
 }
 
-keel_testkit::bus_conformance!(Memory(MemoryBus::new()));
+keel_testkit::bus_conformance!(Memory(MemoryBus::new()); skip {
+    broker_restarts_lose_nothing: "the in-process bus has no broker to restart",
+    broker_restarts_then_consumption_resumes: "the in-process bus has no broker to restart",
+});

@@ -148,3 +148,92 @@ impl RawRecord {
         self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 }
+
+/// Restarts the Kafka-protocol broker at [`brokers`] (the first address): stops the
+/// process listening on its port (SIGTERM, then SIGKILL if it lingers), starts the same
+/// program with the same arguments again (for the test broker, what
+/// `scripts/services.sh` runs: `tansu broker --listener-url tcp://127.0.0.1:9092
+/// --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/`),
+/// output to where the old one wrote, in a process group of its own so that it
+/// outlives the test, and waits until the port answers.
+///
+/// Tansu's storage is in memory: the restarted broker has no records, topics or
+/// committed offsets.
+pub async fn restart_broker() {
+    let address = brokers().split(',').next().expect("a broker address").trim().to_owned();
+    let port = address.rsplit(':').next().expect("host:port").to_owned();
+    let pid = listener_pid(&port);
+    let program = std::fs::read_link(format!("/proc/{pid}/exe")).expect("the broker's program");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the broker's arguments");
+    let args: Vec<String> = nul_separated(&cmdline).skip(1).collect();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("the broker's environment");
+    let env: Vec<(String, String)> = nul_separated(&environ)
+        .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let output = std::fs::read_link(format!("/proc/{pid}/fd/1"))
+        .ok()
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| "/dev/null".into());
+    signal("TERM", pid);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listening(&port).is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            signal("KILL", pid);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = |path: &std::path::Path| {
+        std::fs::OpenOptions::new().append(true).open(path).expect("the broker's log")
+    };
+    {
+        use std::os::unix::process::CommandExt as _;
+        #[allow(clippy::zombie_processes, reason = "the broker outlives the test")]
+        let _broker = std::process::Command::new(&program)
+            .args(&args)
+            .env_clear()
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .stdout(log(&output))
+            .stderr(log(&output))
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} {args:?}: {e}", program.display()));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broker did not come back on {address}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The id of the process listening on TCP `port`.
+fn listener_pid(port: &str) -> u32 {
+    listening(port).unwrap_or_else(|| panic!("no process listens on port {port}"))
+}
+
+/// The id of the process listening on TCP `port`, if any (from `ss`).
+fn listening(port: &str) -> Option<u32> {
+    let out = std::process::Command::new("ss")
+        .args(["-Hltnp", &format!("sport = :{port}")])
+        .output()
+        .expect("run ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rest = text.split("pid=").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// The strings of a `/proc` file such as `cmdline` or `environ`.
+fn nul_separated(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
+    bytes
+        .split(|b| *b == 0)
+        .filter(|part| !part.is_empty())
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+}
+
+fn signal(name: &str, pid: u32) {
+    let _ =
+        std::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status();
+}

@@ -88,7 +88,7 @@ impl BusFactory for SqliteFactory {
         topic: &str,
         content_type: &str,
         body: Bytes,
-    ) -> Option<Result<(), BusError>> {
+    ) -> Result<(), BusError> {
         let log = self.log().await;
         let now = chrono::Utc::now();
         sqlx::query(
@@ -108,7 +108,7 @@ impl BusFactory for SqliteFactory {
         .await
         .expect("insert a foreign row");
         log.notify_appended();
-        Some(Ok(()))
+        Ok(())
     }
 }
 
@@ -138,7 +138,7 @@ impl BusFactory for PgFactory {
         topic: &str,
         content_type: &str,
         body: Bytes,
-    ) -> Option<Result<(), BusError>> {
+    ) -> Result<(), BusError> {
         let log = self.log().await;
         sqlx::query(
             "INSERT INTO keel_events (epoch, transaction_id, stream_id, stream_version, event_id,
@@ -156,6 +156,6 @@ impl BusFactory for PgFactory {
         .await
         .expect("insert a foreign row");
         log.notify_appended();
-        Some(Ok(()))
+        Ok(())
     }
 }
