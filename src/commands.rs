@@ -653,7 +653,9 @@ async fn relay_dlq(
         }
         DlqAction::Retry { id, .. } => {
             let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
-                anyhow::anyhow!("keel dlq retry --relay needs KEEL_BUS_URL (the bus the relay publishes to)")
+                anyhow::anyhow!(
+                    "keel dlq retry --relay needs KEEL_BUS_URL (the bus the relay publishes to)"
+                )
             })?;
             let retried = relay_dlq::retry(&*log, &*bus, relay, position(&id)?).await;
             keel_core::Publisher::close(&*bus).await?;

@@ -2,7 +2,8 @@
 //! relay dead letter and the relay goes on (Kafka on Tansu: a record over the size
 //! limit; RabbitMQ: an event type longer than a routing key), and a RabbitMQ group
 //! created after events were published gets them by a backfill from the log
-//! (`keel replay --into group:TOPIC:GROUP`) while the other groups get nothing twice.
+//! (`keel replay --into group:TOPIC:GROUP`) while the other groups get nothing twice;
+//! the same backfill on Kafka goes through the group's retry topic.
 #![cfg(feature = "integration")]
 #![allow(clippy::unwrap_used)]
 
@@ -263,4 +264,31 @@ async fn a_rabbitmq_group_created_later_is_backfilled_from_the_log() {
     for group in [early, late, since] {
         group.close().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_group_is_backfilled_through_its_retry_topic() {
+    let (log, _) = sqlite().await;
+    let topic = unique("backfillk");
+    let stream = format!("{topic}-1");
+    let mut events = Vec::new();
+    for n in 1..=3 {
+        events.push(append(&*log, &stream, event("relay.early", n, 10)).await);
+    }
+    let mut config = KafkaConfig::from_url(&format!("kafka://{}", kafka_brokers())).unwrap();
+    config.group_prefix = unique("relay-");
+    config.partitions = 1;
+    let bus = KafkaBus::new(config).unwrap();
+    // Kafka keeps what a topic had; these events never went to the topic at all.
+    let mut other = bus.subscribe(SubscriptionSpec::new(&topic, "other")).await.unwrap();
+    let mut late = bus.subscribe(SubscriptionSpec::new(&topic, "late")).await.unwrap();
+    let mut spec = keel_store::GroupBackfill::new(&topic, "late");
+    spec.from = Position(1);
+    let done = keel_store::backfill_group(&*log, &bus, &spec, |_| {}).await.unwrap();
+    assert_eq!(done.published, 2);
+    assert_eq!(ids(&receive(&mut late, 2).await), ids(&events[1..]), "in log order");
+    nothing_more(&mut late, "the backfilled group").await;
+    nothing_more(&mut other, "the other group").await;
+    late.close().await.unwrap();
+    other.close().await.unwrap();
 }

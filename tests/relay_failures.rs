@@ -14,7 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use keel_core::{BusError, CloudEvent, ExpectedVersion, Position, Publisher, StreamId, StreamVersion};
+use keel_core::{
+    BusError, CloudEvent, ExpectedVersion, Position, Publisher, StreamId, StreamVersion,
+};
 use keel_sqlite::SqliteEventLog;
 use keel_store::{
     AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, Relay,
@@ -465,8 +467,7 @@ async fn errors_about_the_bus_are_retried_and_never_dead_lettered() {
         BusError::Closed,
     ]);
     let running = Running::start(log.clone(), bus.clone(), &relay);
-    wait_for("the relay to get through the failures", PATIENCE, || caught_up(&*log, &relay))
-        .await;
+    wait_for("the relay to get through the failures", PATIENCE, || caught_up(&*log, &relay)).await;
     assert_eq!(bus.errors_left(), 0);
     let ids: Vec<String> = events.iter().map(|e| e.id().to_owned()).collect();
     assert_eq!(bus.first_arrivals(), ids, "every event, in order");
@@ -614,11 +615,7 @@ fn keel_json(database_url: &str, bus_url: Option<&str>, args: &[&str]) -> serde_
     let mut all = args.to_vec();
     all.push("--json");
     let output = keel(database_url, bus_url, &all);
-    assert!(
-        output.status.success(),
-        "keel {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "keel {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
 }
 

@@ -497,6 +497,20 @@ mod tests {
     }
 
     #[test]
+    fn a_backfill_goes_to_the_queue_and_keeps_the_type_as_the_original_key() {
+        let event = CloudEvent::builder("order.placed", "/s").build().expect("valid");
+        let queue: ShortString = "keel.orders:billing".into();
+        let message = encode_to_queue(&"".into(), &queue, &event).expect("encodes");
+        assert_eq!(message.exchange.as_str(), "");
+        assert_eq!(message.routing_key, queue);
+        assert_eq!(text_header(&message.properties, ROUTING_KEY).as_deref(), Some("order.placed"));
+        let Payload::Event(decoded) = decode(&message.properties, message.body) else {
+            panic!("decodes")
+        };
+        assert_eq!(decoded.id(), event.id());
+    }
+
+    #[test]
     fn overlong_names_are_errors_not_panics() {
         let event = CloudEvent::builder("t".repeat(300), "/s").build().expect("valid");
         let err = encode(&"keel.t".into(), &event).expect_err("too long");

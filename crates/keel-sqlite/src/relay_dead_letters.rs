@@ -65,12 +65,11 @@ pub(crate) async fn list(
 }
 
 pub(crate) async fn delete(pool: &SqlitePool, relay: &str, position: Position) -> Result<bool> {
-    let done =
-        sqlx::query("DELETE FROM keel_relay_dead_letters WHERE relay = ? AND position = ?")
-            .bind(relay)
-            .bind(signed(position))
-            .execute(pool)
-            .await?;
+    let done = sqlx::query("DELETE FROM keel_relay_dead_letters WHERE relay = ? AND position = ?")
+        .bind(relay)
+        .bind(signed(position))
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected() > 0)
 }
 
