@@ -132,9 +132,10 @@ impl Relay {
         }
     }
 
-    /// The active phase; the lease is released however it ends (an error included),
-    /// so the relay, or a standby, can take over at once instead of waiting for the
-    /// lease to expire.
+    /// The active phase; the lease is released however it returns (an error
+    /// included), so the relay, or a standby, takes over at once instead of waiting for
+    /// the lease to expire. Only a `run` future dropped mid-phase (as a killed process)
+    /// leaves the lease to expire, as the failover tests expect.
     async fn relay(
         &self,
         mut lease: Box<dyn Lease>,
