@@ -86,7 +86,9 @@ pub enum Command {
         /// Only events of this stream.
         #[arg(long)]
         stream: Option<String>,
-        /// `stdout`, `bus` (KEEL_BUS_URL) or `projection:NAME`.
+        /// `stdout`, `bus` (KEEL_BUS_URL: every group), `group:TOPIC:GROUP` (one
+        /// consumer group of KEEL_BUS_URL only: backfill a group created after the
+        /// events were published) or `projection:NAME`.
         #[arg(long, default_value = "stdout")]
         into: String,
         /// Where to read: `log` (the event log), or `kafka:TOPIC` to read a topic of
@@ -117,7 +119,8 @@ pub enum Command {
         #[command(subcommand)]
         action: ProjectionAction,
     },
-    /// Inspect and retry dead letters of a consumer group (KEEL_BUS_URL).
+    /// Inspect and retry dead letters of a consumer group (KEEL_BUS_URL), or of a
+    /// relay (`--relay NAME`: events the bus could never take, kept in the store).
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
@@ -132,39 +135,45 @@ pub enum ProjectionAction {
     Rebuild { name: String },
 }
 
+/// Whose dead letters: a consumer group's, or a relay's.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DlqTarget {
+    #[arg(long, required_unless_present = "relay")]
+    pub topic: Option<String>,
+    #[arg(long, required_unless_present = "relay")]
+    pub group: Option<String>,
+    /// A relay's dead letters (events the bus could never take) instead of a
+    /// group's; their ids are log positions.
+    #[arg(long, conflicts_with_all = ["topic", "group"])]
+    pub relay: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DlqAction {
-    /// List dead letters of a group.
+    /// List dead letters of a group or relay.
     List {
-        #[arg(long)]
-        topic: String,
-        #[arg(long)]
-        group: String,
+        #[command(flatten)]
+        target: DlqTarget,
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
     /// Show one dead letter in full.
     Show {
         id: String,
-        #[arg(long)]
-        topic: String,
-        #[arg(long)]
-        group: String,
+        #[command(flatten)]
+        target: DlqTarget,
     },
-    /// Send a dead letter back to its group.
+    /// Send a dead letter back to its group (a relay's: publish its event again
+    /// through KEEL_BUS_URL, then delete the record).
     Retry {
         id: String,
-        #[arg(long)]
-        topic: String,
-        #[arg(long)]
-        group: String,
+        #[command(flatten)]
+        target: DlqTarget,
     },
-    /// Delete every dead letter of a group.
+    /// Delete every dead letter of a group or relay.
     Purge {
-        #[arg(long)]
-        topic: String,
-        #[arg(long)]
-        group: String,
+        #[command(flatten)]
+        target: DlqTarget,
     },
 }
 

@@ -9,7 +9,7 @@ use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_core::codec::to_structured;
 use keel_core::{CloudEvent, DeadLetterId, ExpectedVersion, Payload, Position, StreamId};
-use keel_store::{LogEvent, LogFilter, LogQuery, SubscribeOptions, subscribe};
+use keel_store::{GroupBackfill, LogEvent, LogFilter, LogQuery, SubscribeOptions, subscribe};
 use serde_json::json;
 
 use crate::backends::{Store, open_bus};
@@ -114,12 +114,17 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
         }
         return projections_rebuild(config, out, name).await;
     }
+    if let Some(target) = args.into.strip_prefix("group:") {
+        return replay_into_group(config, out, target, &args).await;
+    }
     let bus = match args.into.as_str() {
         "stdout" => None,
         "bus" => Some(open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
             anyhow::anyhow!("--into bus needs KEEL_BUS_URL: without it the log itself is the bus, and subscribers already read it")
         })?),
-        other => bail!("--into `{other}`: expected stdout, bus or projection:NAME"),
+        other => {
+            bail!("--into `{other}`: expected stdout, bus or projection:NAME, or group:TOPIC:GROUP")
+        }
     };
     let stream = args.stream.map(StreamId::new).transpose().context("--stream")?;
     let store = Store::open(&config.database_url).await?;
@@ -157,6 +162,59 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
             eprintln!("replayed {count} event(s)");
         }
     }
+    Ok(())
+}
+
+/// `keel replay --into group:TOPIC:GROUP`: backfills one consumer group of the bus
+/// from the log (see `keel_store::backfill`), without the other groups getting the
+/// events again.
+async fn replay_into_group(
+    config: &Config,
+    out: Output,
+    target: &str,
+    args: &ReplayArgs,
+) -> anyhow::Result<()> {
+    let Some((topic, group)) = target.split_once(':') else {
+        bail!("--into group:{target}: expected group:TOPIC:GROUP");
+    };
+    let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "--into group:{target} needs KEEL_BUS_URL: with the log itself as the bus, a group reads the log and misses nothing"
+        )
+    })?;
+    let store = Store::open(&config.database_url).await?;
+    let log = store.log();
+    let mut spec = GroupBackfill::new(topic, group);
+    spec.from = Position(args.from.unwrap_or(0));
+    spec.since = args.since;
+    spec.types.clone_from(&args.types);
+    spec.stream = args.stream.clone().map(StreamId::new).transpose().context("--stream")?;
+    let head = log.head().await?;
+    let bar = progress_bar(head.0.saturating_sub(spec.from.0));
+    let mut reached = spec.from;
+    let done = keel_store::backfill_group(&*log, &*bus, &spec, |progress| {
+        reached = progress.position;
+        bar.set_position(progress.position.0.saturating_sub(spec.from.0));
+    })
+    .await;
+    bar.finish_and_clear();
+    keel_core::Publisher::close(&*bus).await?;
+    let done = done.with_context(|| {
+        format!(
+            "backfilling {topic}/{group} stopped after position {reached}; \
+             run again with --from {reached} to go on"
+        )
+    })?;
+    let value = json!({
+        "replayed": done.published, "into": args.into, "topic": topic, "group": group,
+        "position": done.position.0,
+    });
+    out.emit(&value, || {
+        format!(
+            "replayed {} event(s) of {topic} into group {group} (up to position {})",
+            done.published, done.position
+        )
+    });
     Ok(())
 }
 
@@ -285,6 +343,7 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         (None, Store::Sqlite(log)) => Some(Arc::new(keel_logbus::open(log.clone()).await?)),
         (None, Store::Postgres(log)) => Some(Arc::new(keel_logbus::open(log.clone()).await?)),
     };
+    let relay_dead_letters = log.relay_dead_letters(None, usize::MAX).await?;
     let mut checkpoints = Vec::new();
     for (name, cursor, updated) in log.checkpoints().await? {
         let behind = log.count_after(cursor, Position(u64::MAX)).await?;
@@ -298,6 +357,10 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         {
             row["dead_letters"] = json!(bus.list(topic, group, usize::MAX).await?.len());
         }
+        if let Some(("relay", relay)) = name.split_once(':') {
+            let dead = relay_dead_letters.iter().filter(|l| l.relay == relay).count();
+            row["dead_letters"] = json!(dead);
+        }
         checkpoints.push(row);
     }
     let value = json!({
@@ -305,6 +368,7 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         "bus": config.bus_url.clone().unwrap_or_else(|| "log (the event log itself)".into()),
         "head": head.0,
         "checkpoints": checkpoints,
+        "relay_dead_letters": relay_dead_letters.len(),
     });
     out.emit(&value, || {
         let mut text = format!(
@@ -332,6 +396,13 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
                     c["updated_at"].as_str().unwrap_or_default()
                 ));
             }
+        }
+        if !relay_dead_letters.is_empty() {
+            text.push_str(&format!(
+                "\n{} relay dead letter(s): events the bus could never take \
+                 (keel dlq list --relay NAME)\n",
+                relay_dead_letters.len()
+            ));
         }
         text.trim_end().to_owned()
     });
@@ -462,6 +533,18 @@ pub async fn projections_rebuild(config: &Config, out: Output, name: &str) -> an
 }
 
 pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Result<()> {
+    let target = match &action {
+        DlqAction::List { target, .. }
+        | DlqAction::Show { target, .. }
+        | DlqAction::Retry { target, .. }
+        | DlqAction::Purge { target } => target.clone(),
+    };
+    if let Some(relay) = &target.relay {
+        return relay_dlq(config, out, relay, action).await;
+    }
+    let (Some(topic), Some(group)) = (target.topic, target.group) else {
+        bail!("keel dlq needs --topic and --group (a consumer group's), or --relay NAME");
+    };
     // Dead letters live in the broker, or with the log as the bus, in the store.
     let bus: Arc<dyn keel_core::Bus> = match open_bus(config.bus_url.as_deref()).await? {
         Some(bus) => bus,
@@ -471,7 +554,7 @@ pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Res
         },
     };
     match action {
-        DlqAction::List { topic, group, limit } => {
+        DlqAction::List { limit, .. } => {
             let letters = bus.list(&topic, &group, limit).await?;
             let rows: Vec<serde_json::Value> = letters.iter().map(dead_letter_json).collect();
             out.emit(&json!({ "topic": topic, "group": group, "dead_letters": rows }), || {
@@ -493,7 +576,7 @@ pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Res
                     .join("\n")
             });
         }
-        DlqAction::Show { id, topic, group } => {
+        DlqAction::Show { id, .. } => {
             let letters = bus.list(&topic, &group, usize::MAX).await?;
             let letter = letters
                 .iter()
@@ -502,13 +585,13 @@ pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Res
             let value = dead_letter_json(letter);
             out.emit(&value, || serde_json::to_string_pretty(&value).unwrap_or_default());
         }
-        DlqAction::Retry { id, topic, group } => {
+        DlqAction::Retry { id, .. } => {
             if !bus.retry(&topic, &group, &DeadLetterId(id.clone())).await? {
                 bail!("no dead letter {id} in {topic}/{group}");
             }
             out.emit(&json!({ "retried": id }), || format!("sent {id} back to {topic}/{group}"));
         }
-        DlqAction::Purge { topic, group } => {
+        DlqAction::Purge { .. } => {
             let purged = bus.purge(&topic, &group).await?;
             out.emit(&json!({ "purged": purged }), || {
                 format!("purged {purged} dead letter(s) from {topic}/{group}")
@@ -516,6 +599,98 @@ pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+/// `keel dlq ... --relay NAME`: the relay's dead letters, kept in the store; their ids
+/// are the events' log positions.
+async fn relay_dlq(
+    config: &Config,
+    out: Output,
+    relay: &str,
+    action: DlqAction,
+) -> anyhow::Result<()> {
+    use keel_store::relay_dlq;
+
+    let position = |id: &str| {
+        id.parse::<u64>().map(Position).with_context(|| {
+            format!("`{id}` is not a relay dead letter id (the event's log position)")
+        })
+    };
+    let store = Store::open(&config.database_url).await?;
+    let log = store.log();
+    match action {
+        DlqAction::List { limit, .. } => {
+            let letters = log.relay_dead_letters(Some(relay), limit).await?;
+            let rows: Vec<serde_json::Value> =
+                letters.iter().map(|l| relay_dead_letter_json(l, None)).collect();
+            out.emit(&json!({ "relay": relay, "dead_letters": rows }), || {
+                if letters.is_empty() {
+                    return format!("no dead letters of relay {relay}");
+                }
+                letters
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{}  {}  {}  {}  {}  {}",
+                            l.position,
+                            l.dead_lettered_at.to_rfc3339(),
+                            l.topic,
+                            l.event_type,
+                            l.event_id,
+                            l.reason
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        DlqAction::Show { id, .. } => {
+            let letter = relay_dlq::find(&*log, relay, position(&id)?)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no dead letter {id} of relay {relay}"))?;
+            let event = relay_dlq::event_of(&*log, &letter).await?;
+            let value = relay_dead_letter_json(&letter, Some(&event.event));
+            out.emit(&value, || serde_json::to_string_pretty(&value).unwrap_or_default());
+        }
+        DlqAction::Retry { id, .. } => {
+            let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "keel dlq retry --relay needs KEEL_BUS_URL (the bus the relay publishes to)"
+                )
+            })?;
+            let retried = relay_dlq::retry(&*log, &*bus, relay, position(&id)?).await;
+            keel_core::Publisher::close(&*bus).await?;
+            if !retried.with_context(|| format!("publishing dead letter {id} again"))? {
+                bail!("no dead letter {id} of relay {relay}");
+            }
+            out.emit(&json!({ "retried": id, "relay": relay }), || {
+                format!("published {id} again and removed it from relay {relay}'s dead letters")
+            });
+        }
+        DlqAction::Purge { .. } => {
+            let purged = log.purge_relay_dead_letters(relay).await?;
+            out.emit(&json!({ "purged": purged, "relay": relay }), || {
+                format!("purged {purged} dead letter(s) of relay {relay}")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn relay_dead_letter_json(
+    letter: &keel_store::RelayDeadLetter,
+    event: Option<&CloudEvent>,
+) -> serde_json::Value {
+    let mut value = json!({
+        "id": letter.position.0.to_string(), "relay": letter.relay, "position": letter.position.0,
+        "event_id": letter.event_id, "topic": letter.topic, "type": letter.event_type,
+        "reason": letter.reason, "dead_lettered_at": letter.dead_lettered_at.to_rfc3339(),
+    });
+    if let Some(event) = event {
+        value["message"] =
+            serde_json::from_slice(&to_structured(event)).unwrap_or(serde_json::Value::Null);
+    }
+    value
 }
 
 fn dead_letter_json(letter: &keel_core::DeadLetter) -> serde_json::Value {

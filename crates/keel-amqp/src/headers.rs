@@ -60,9 +60,11 @@ pub(crate) struct Outgoing {
     pub(crate) body: Bytes,
 }
 
+/// `value` as an AMQP short string; a longer one can never be sent, so it makes the
+/// message [`BusError::Unpublishable`].
 pub(crate) fn short(value: &str, what: &str) -> Result<ShortString, BusError> {
     ShortString::try_new(value).map_err(|_| {
-        BusError::Rejected(format!(
+        BusError::Unpublishable(format!(
             "{what} `{}…` is longer than the 255 bytes AMQP allows",
             value.chars().take(40).collect::<String>()
         ))
@@ -94,6 +96,22 @@ pub(crate) fn encode(exchange: &ShortString, event: &CloudEvent) -> Result<Outgo
         properties,
         body: binary.body,
     })
+}
+
+/// `event` for one group's queue through the default exchange (a backfill): as
+/// [`encode`], with the queue as the routing key and the event type kept in
+/// `x-keel-routing-key`, which retries and dead letters take as the original key.
+pub(crate) fn encode_to_queue(
+    default_exchange: &ShortString,
+    queue: &ShortString,
+    event: &CloudEvent,
+) -> Result<Outgoing, BusError> {
+    let mut message = encode(default_exchange, event)?;
+    let mut headers = message.properties.headers().clone().unwrap_or_default();
+    headers.insert(ROUTING_KEY.into(), AMQPValue::LongString(message.routing_key.as_str().into()));
+    message.properties = message.properties.with_headers(headers);
+    message.routing_key = queue.clone();
+    Ok(message)
 }
 
 /// Decodes a received message: binary or structured mode, or undecodable with the
@@ -479,10 +497,24 @@ mod tests {
     }
 
     #[test]
+    fn a_backfill_goes_to_the_queue_and_keeps_the_type_as_the_original_key() {
+        let event = CloudEvent::builder("order.placed", "/s").build().expect("valid");
+        let queue: ShortString = "keel.orders:billing".into();
+        let message = encode_to_queue(&"".into(), &queue, &event).expect("encodes");
+        assert_eq!(message.exchange.as_str(), "");
+        assert_eq!(message.routing_key, queue);
+        assert_eq!(text_header(&message.properties, ROUTING_KEY).as_deref(), Some("order.placed"));
+        let Payload::Event(decoded) = decode(&message.properties, message.body) else {
+            panic!("decodes")
+        };
+        assert_eq!(decoded.id(), event.id());
+    }
+
+    #[test]
     fn overlong_names_are_errors_not_panics() {
         let event = CloudEvent::builder("t".repeat(300), "/s").build().expect("valid");
         let err = encode(&"keel.t".into(), &event).expect_err("too long");
-        assert!(matches!(err, BusError::Rejected(_)), "{err}");
+        assert!(matches!(err, BusError::Unpublishable(_)), "{err}");
         let long = "é".repeat(10_000);
         let cut = error_text(&long);
         assert!(cut.len() < MAX_ERROR_BYTES + 32 && cut.ends_with("(truncated)"));

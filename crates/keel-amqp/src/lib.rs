@@ -57,13 +57,19 @@
 //! queues that exist, so a group created later does not see earlier messages
 //! (`StartFrom` makes no difference), and publishing to a topic no group is bound to
 //! fails with `BusError::Unroutable`, because every publish is `mandatory` (the relay
-//! skips such events: a group created later replays them from the log).
+//! skips such events). A group created later is backfilled from the log with
+//! `publish_to_group` (`keel replay --into group:TOPIC:GROUP`): it publishes to the
+//! group's queue through the default exchange, so no other group gets the events
+//! again; the event type travels in `x-keel-routing-key`, as for retries.
 //!
 //! # Publishing
 //!
 //! `publish` returns once the broker has confirmed every message of the batch
-//! (publisher confirms). A nacked or unroutable message fails the batch with
-//! `BusError::Rejected`; a connection lost before the confirms came fails it with
+//! (publisher confirms). A nacked message fails the batch with `BusError::Rejected`,
+//! an unroutable one with `BusError::Unroutable`, and one the broker or the encoder
+//! can never take (over RabbitMQ's `max_message_size`, which it answers with 406
+//! PRECONDITION_FAILED at publish; an event type longer than a routing key's 255
+//! bytes) with `BusError::Unpublishable`; a connection lost before the confirms came fails it with
 //! `BusError::Connection` (retryable), never with silence; no confirm within
 //! `publish_timeout` is `BusError::Timeout`. The caller retries the whole batch, so
 //! delivery is at-least-once. Batches are pipelined (every message is sent before the
@@ -256,6 +262,38 @@ impl Publisher for AmqpBus {
         )
         .increment(events.len() as u64);
         result
+    }
+
+    /// To the group's queue `keel.<topic>:<group>` through the default exchange,
+    /// confirmed and mandatory: `BusError::Unroutable` if the group does not exist.
+    async fn publish_to_group(
+        &self,
+        topic: &str,
+        group: &str,
+        events: &[CloudEvent],
+    ) -> Result<(), BusError> {
+        let names = names::GroupNames::new(topic, group)?;
+        self.check_open()?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let default_exchange = headers::short("", "exchange name")?;
+        let queue = headers::short(&names.queue, "queue name")?;
+        let messages = events
+            .iter()
+            .map(|event| headers::encode_to_queue(&default_exchange, &queue, event))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut lease = self.shared.publishing.lease().await?;
+        let result = lease.send(messages).await;
+        drop(lease);
+        result.map_err(|error| match error {
+            BusError::Unroutable(_) => BusError::Unroutable(format!(
+                "consumer group `{group}` of topic `{topic}` does not exist (no queue `{}`); \
+                 subscribe it first",
+                names.queue
+            )),
+            other => other,
+        })
     }
 
     /// Waits for publishes in flight to be confirmed, then closes the bus: later

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::config::AmqpConfig;
 use crate::connector::{Connector, Live, Wait};
-use crate::error::from_lapin;
+use crate::error::{from_lapin, from_lapin_publish};
 use crate::headers::Outgoing;
 
 const MANDATORY: BasicPublishOptions = BasicPublishOptions { mandatory: true, immediate: false };
@@ -285,7 +285,9 @@ type BoxedPublish<'a> =
     Pin<Box<dyn Future<Output = lapin::Result<lapin::PublisherConfirm>> + Send + 'a>>;
 
 /// Queues every message of the window, then awaits every confirm; the first failure
-/// (after all confirms are in) is the result.
+/// (after all confirms are in) is the result, unless a message was refused for what
+/// it is: then that, because the broker closes the channel and the other messages of
+/// the window fail only as a consequence.
 async fn publish_window(channel: &Channel, messages: Vec<Outgoing>) -> Result<(), BusError> {
     let mut heads = Vec::with_capacity(messages.len());
     let mut bodies = Vec::with_capacity(messages.len());
@@ -312,13 +314,18 @@ async fn publish_window(channel: &Channel, messages: Vec<Outgoing>) -> Result<()
         let result = match publish.as_mut().take_output() {
             Some(Ok(confirm)) => match confirm.await {
                 Ok(confirmation) => check(confirmation),
-                Err(error) => Err(from_lapin("waiting for the publish confirm", &error)),
+                Err(error) => Err(from_lapin_publish("waiting for the publish confirm", &error)),
             },
-            Some(Err(error)) => Err(from_lapin("publishing", &error)),
+            Some(Err(error)) => Err(from_lapin_publish("publishing", &error)),
             None => Err(BusError::Connection("a publish vanished before it was sent".into())),
         };
-        if let (Ok(()), Err(error)) = (&outcome, result) {
-            outcome = Err(error);
+        match (&outcome, result) {
+            (_, Ok(())) => {}
+            (Ok(()), Err(error)) => outcome = Err(error),
+            (Err(first), Err(error)) if error.is_unpublishable() && !first.is_unpublishable() => {
+                outcome = Err(error);
+            }
+            (Err(_), Err(_)) => {}
         }
     }
     outcome

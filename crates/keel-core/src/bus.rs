@@ -30,12 +30,21 @@ pub enum BusError {
     /// The broker cannot be reached or the connection broke; retrying may succeed.
     #[error("bus connection failed: {0}")]
     Connection(String),
-    /// The broker refused the message (negative confirm, too large).
+    /// The broker refused the message (a negative confirm, an authorization or policy
+    /// refusal): a refusal that may go away (a full queue, a fixed setting), so the
+    /// relay retries it.
     #[error("the broker rejected the message: {0}")]
     Rejected(String),
+    /// This message can never be published as it is, while other messages can: it is
+    /// larger than the broker or producer accepts, the broker found the record invalid,
+    /// or an attribute does not fit the wire format (an AMQP routing key over 255
+    /// bytes). Retrying it will not help; the relay dead-letters it and goes on.
+    #[error("the message cannot be published: {0}")]
+    Unpublishable(String),
     /// No consumer group subscribes to what was published, and the broker keeps
-    /// nothing for nobody (RabbitMQ with `mandatory`). The relay skips such events:
-    /// a group created later replays them from the log.
+    /// nothing for nobody (RabbitMQ with `mandatory`). The relay skips such events; a
+    /// group created later gets them with a backfill from the log
+    /// ([`Publisher::publish_to_group`], `keel replay --into group:TOPIC:GROUP`).
     #[error("nobody subscribes to it: {0}")]
     Unroutable(String),
     /// The backend is full and the caller should slow down.
@@ -59,6 +68,14 @@ impl BusError {
     /// Whether the same call may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Connection(_) | Self::Backpressure(_) | Self::Timeout(_))
+    }
+
+    /// Whether the failure belongs to the message itself (too large, invalid, cannot
+    /// be encoded), so that other messages can still be published. Everything else
+    /// (connection, timeouts, refusals of the whole topic or account) is about the bus
+    /// and must never be blamed on a message.
+    pub fn is_unpublishable(&self) -> bool {
+        matches!(self, Self::Unpublishable(_) | Self::Codec(_))
     }
 }
 
@@ -164,6 +181,25 @@ pub trait Publisher: Send + Sync {
     /// confirmed every one. On error an unknown prefix may have been published: the
     /// caller retries the whole batch (delivery is at-least-once).
     async fn publish(&self, topic: &str, events: &[CloudEvent]) -> BusResult<()>;
+
+    /// Publishes `events` of `topic` to one consumer group only, in order, and returns
+    /// once the broker has confirmed every one: how a group created after the events
+    /// were published is backfilled from the log without the other groups getting
+    /// them twice (RabbitMQ: the group's queue; Kafka: the group's retry topic). Fails
+    /// with [`BusError::Unroutable`] when the backend knows the group does not exist.
+    /// The default refuses with [`BusError::Config`]: the log bus keeps it (its groups
+    /// read the log itself, from where the caller asks), and so does the in-memory bus.
+    async fn publish_to_group(
+        &self,
+        topic: &str,
+        group: &str,
+        events: &[CloudEvent],
+    ) -> BusResult<()> {
+        let _ = events;
+        Err(BusError::Config(format!(
+            "this bus backend cannot publish to one consumer group (`{topic}`/`{group}`)"
+        )))
+    }
 
     /// Waits for everything already accepted to be confirmed; later publishes fail
     /// with [`BusError::Closed`].
@@ -344,6 +380,24 @@ mod tests {
         assert!(validate_topic("a b").is_err());
         assert!(validate_topic(&"a".repeat(201)).is_err());
         assert!(SubscriptionSpec::new("t", "g/1").validate().is_err());
+    }
+
+    #[test]
+    fn only_the_message_s_own_faults_are_unpublishable() {
+        assert!(BusError::Unpublishable("too large".into()).is_unpublishable());
+        assert!(BusError::Codec(DecodeError::MissingAttribute("id")).is_unpublishable());
+        for error in [
+            BusError::Closed,
+            BusError::Connection("reset".into()),
+            BusError::Rejected("negative confirm".into()),
+            BusError::Unroutable("no queue".into()),
+            BusError::Backpressure("full".into()),
+            BusError::Timeout("no confirm".into()),
+            BusError::Config("access refused".into()),
+        ] {
+            assert!(!error.is_unpublishable(), "{error}");
+        }
+        assert!(!BusError::Unpublishable("too large".into()).is_retryable());
     }
 
     #[test]

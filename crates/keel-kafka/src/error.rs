@@ -10,11 +10,19 @@ pub(crate) fn from_code(what: &str, code: RDKafkaErrorCode) -> BusError {
     match code {
         C::QueueFull => BusError::Backpressure(text),
         C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut => BusError::Timeout(text),
+        // The record itself can never be produced: larger than `message.max.bytes`
+        // (librdkafka refuses it before sending) or the broker's limit, a record
+        // set over the broker's segment size, a record the broker's validation
+        // refuses, a timestamp outside the topic's allowed range. The relay
+        // dead-letters such a record and goes on.
         C::MessageSizeTooLarge
-        | C::InvalidMessageSize
-        | C::InvalidMessage
         | C::MessageBatchTooLarge
         | C::InvalidRecord
+        | C::InvalidTimestamp => BusError::Unpublishable(text),
+        // Refusals of the topic, the account or the setup, which an operator can fix:
+        // never blamed on one record.
+        C::InvalidMessageSize
+        | C::InvalidMessage
         | C::TopicAuthorizationFailed
         | C::ClusterAuthorizationFailed
         | C::InvalidRequiredAcks
@@ -51,10 +59,23 @@ mod tests {
 
     #[test]
     fn classifies_codes() {
-        assert!(matches!(
-            from_code("publish", RDKafkaErrorCode::MessageSizeTooLarge),
-            BusError::Rejected(_)
-        ));
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::MessageBatchTooLarge,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::InvalidTimestamp,
+        ] {
+            assert!(from_code("publish", code).is_unpublishable(), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::PolicyViolation,
+            RDKafkaErrorCode::InvalidMessage,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::MessageTimedOut,
+        ] {
+            assert!(!from_code("publish", code).is_unpublishable(), "{code:?}");
+        }
         assert!(from_code("publish", RDKafkaErrorCode::MessageTimedOut).is_retryable());
         assert!(from_code("publish", RDKafkaErrorCode::BrokerTransportFailure).is_retryable());
         let err = from_kafka("create", &KafkaError::ClientCreation("bad".into()));

@@ -21,7 +21,11 @@
 //!   [`KafkaConfig::group_prefix`], empty by default). Its dead letters go
 //!   to `<topic>.<group>.dlq` and `keel dlq retry` sends them back through
 //!   `<topic>.<group>.retry`, which the group's members also read (both topics have
-//!   one partition; see `dead_letters.rs`).
+//!   one partition; see `dead_letters.rs`). `publish_to_group` (a backfill from the
+//!   log, `keel replay --into group:TOPIC:GROUP`) also goes through the retry topic.
+//! - A record that can never be produced (over `max_message_bytes`, refused by the
+//!   broker's validation) fails with [`BusError::Unpublishable`]; refusals of a
+//!   topic or an account stay [`BusError::Rejected`].
 //!
 //! # Guarantees
 //!
@@ -213,6 +217,31 @@ impl Publisher for KafkaBus {
             .send_each(topic, events.len(), events.iter().map(wire::outgoing))
             .await?;
         Ok(())
+    }
+
+    /// To the group's retry topic `<topic>.<group>.retry`, which only that group's
+    /// members read (see `dead_letters.rs`); created if missing, so the events wait
+    /// there for a group that has not joined yet. A Kafka group can also be rewound
+    /// on its topic, which keeps every record; this is for events the topic never
+    /// had, or has no longer.
+    async fn publish_to_group(
+        &self,
+        topic: &str,
+        group: &str,
+        events: &[CloudEvent],
+    ) -> Result<(), BusError> {
+        validate_topic(topic)?;
+        validate_group(group)?;
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(BusError::Closed);
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let retry = retry_topic(topic, group);
+        validate_topic(&retry)?;
+        self.inner.topics.ensure(&[(&retry, SIDE_TOPIC_PARTITIONS)]).await?;
+        self.inner.producer.send_each(&retry, events.len(), events.iter().map(wire::outgoing)).await
     }
 
     /// Refuses new publishes and waits until everything accepted is confirmed.

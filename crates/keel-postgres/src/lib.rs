@@ -23,12 +23,14 @@
 //!   transaction, and a `LISTEN`ing task that feeds [`keel_store::EventLog::changes`].
 //! - [`lease`]: leases as session advisory locks on a dedicated connection.
 //! - [`inbox`]: [`PgInbox`], the transactional inbox for `keel_bus`.
+//! - `relay_dead_letters`: the relay's dead letters as rows.
 
 pub mod append;
 pub mod inbox;
 pub mod lease;
 pub mod notify;
 pub mod read;
+mod relay_dead_letters;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +40,8 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
 use keel_store::{
-    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, Result,
-    SqlEventLog, StoreError,
+    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page,
+    RelayDeadLetter, Result, SqlEventLog, StoreError,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
@@ -321,6 +323,26 @@ impl EventLog for PgEventLog {
 
     async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>> {
         lease::try_lease(&self.inner.pool, name).await
+    }
+
+    async fn save_relay_dead_letter(&self, letter: &RelayDeadLetter) -> Result<()> {
+        relay_dead_letters::save(&self.inner.pool, letter).await
+    }
+
+    async fn relay_dead_letters(
+        &self,
+        relay: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RelayDeadLetter>> {
+        relay_dead_letters::list(&self.inner.pool, relay, limit).await
+    }
+
+    async fn delete_relay_dead_letter(&self, relay: &str, position: Position) -> Result<bool> {
+        relay_dead_letters::delete(&self.inner.pool, relay, position).await
+    }
+
+    async fn purge_relay_dead_letters(&self, relay: &str) -> Result<u64> {
+        relay_dead_letters::purge(&self.inner.pool, relay).await
     }
 }
 

@@ -14,12 +14,14 @@
 //! - [`read`]: row decoding and read queries.
 //! - [`lease`]: leases as rows with an expiry, renewed while held (and kept through a
 //!   busy database until they expire).
+//! - `relay_dead_letters`: the relay's dead letters as rows.
 //! - [`inbox`]: [`SqliteInbox`], the transactional inbox for `keel_bus`.
 
 pub mod append;
 pub mod inbox;
 pub mod lease;
 pub mod read;
+mod relay_dead_letters;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -30,8 +32,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
 use keel_store::{
-    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, Result,
-    SqlEventLog, StoreError,
+    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page,
+    RelayDeadLetter, Result, SqlEventLog, StoreError,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
@@ -213,6 +215,26 @@ impl EventLog for SqliteEventLog {
 
     async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>> {
         lease::try_lease(&self.inner.pool, name, self.lease_ttl).await
+    }
+
+    async fn save_relay_dead_letter(&self, letter: &RelayDeadLetter) -> Result<()> {
+        relay_dead_letters::save(&self.inner.pool, letter).await
+    }
+
+    async fn relay_dead_letters(
+        &self,
+        relay: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RelayDeadLetter>> {
+        relay_dead_letters::list(&self.inner.pool, relay, limit).await
+    }
+
+    async fn delete_relay_dead_letter(&self, relay: &str, position: Position) -> Result<bool> {
+        relay_dead_letters::delete(&self.inner.pool, relay, position).await
+    }
+
+    async fn purge_relay_dead_letters(&self, relay: &str) -> Result<u64> {
+        relay_dead_letters::purge(&self.inner.pool, relay).await
     }
 }
 

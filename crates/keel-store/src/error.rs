@@ -1,6 +1,6 @@
 //! Store errors.
 
-use keel_core::{DecodeError, ExpectedVersion, StreamId, StreamVersion};
+use keel_core::{BusError, DecodeError, ExpectedVersion, StreamId, StreamVersion};
 
 /// `Result` with [`StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -58,6 +58,10 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The bus failed while the store's data was being published (a backfill, a
+    /// relay dead letter sent again).
+    #[error("publishing failed: {0}")]
+    Bus(#[from] BusError),
 }
 
 impl StoreError {
@@ -66,6 +70,7 @@ impl StoreError {
         match self {
             Self::WriteOrder { .. } | Self::ConcurrentAppend { .. } => true,
             Self::Database(error) => is_transient(error),
+            Self::Bus(error) => error.is_retryable(),
             _ => false,
         }
     }

@@ -17,24 +17,32 @@
 //! - [`relay`]: the log-as-outbox relay: tails the log, publishes in log order to any
 //!   bus, waits for the broker's confirmation, then stores its checkpoint; one active
 //!   relay per name through the store's lease.
+//! - [`relay_dlq`]: [`RelayDeadLetter`], the record of an event the bus can never
+//!   take, and retrying one.
+//! - [`backfill`]: [`backfill_group`], publishing a topic's events from the log to one
+//!   consumer group created after they were published.
 //! - [`projection`]: read models fed from the log with the read-model change and the
 //!   checkpoint in one transaction; one active runner per projection (its lease renewed
 //!   while it runs, each page's checkpoint a compare-and-set); rebuild by replay, with
 //!   progress.
 
+pub mod backfill;
 pub mod error;
 pub mod log;
 pub mod projection;
 pub mod relay;
+pub mod relay_dlq;
 pub mod sql;
 pub mod stored;
 pub mod subscription;
 
+pub use backfill::{BackfillProgress, GroupBackfill, backfill_group};
 pub use error::{Result, StoreError};
 pub use log::{
     AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, topic_of,
 };
 pub use projection::{Projection, ProjectionRunner, RebuildProgress};
 pub use relay::{Relay, RelayOptions};
+pub use relay_dlq::RelayDeadLetter;
 pub use sql::SqlEventLog;
 pub use subscription::{SubscribeOptions, subscribe};

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::{Result, StoreError};
+use crate::relay_dlq::RelayDeadLetter;
 
 /// A place in the log's *subscription order*, which may differ from position order.
 ///
@@ -271,6 +272,39 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Takes the lease on `name` if nobody holds it.
     async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>>;
+
+    /// Records that a relay could never publish an event (see [`RelayDeadLetter`]).
+    /// Storing the same relay and position again replaces the record. The relay stores
+    /// its checkpoint past the event only after this returned `Ok`. The default (a
+    /// store without the table) refuses, and the relay then keeps retrying the event.
+    async fn save_relay_dead_letter(&self, letter: &RelayDeadLetter) -> Result<()> {
+        Err(StoreError::Config(format!(
+            "this store cannot keep relay dead letters (relay `{}`, position {})",
+            letter.relay, letter.position
+        )))
+    }
+
+    /// Up to `limit` relay dead letters, of one relay or of all, oldest position first.
+    async fn relay_dead_letters(
+        &self,
+        relay: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RelayDeadLetter>> {
+        let _ = (relay, limit);
+        Ok(Vec::new())
+    }
+
+    /// Deletes one relay dead letter; `false` if there was none.
+    async fn delete_relay_dead_letter(&self, relay: &str, position: Position) -> Result<bool> {
+        let _ = (relay, position);
+        Ok(false)
+    }
+
+    /// Deletes every dead letter of a relay; returns how many.
+    async fn purge_relay_dead_letters(&self, relay: &str) -> Result<u64> {
+        let _ = relay;
+        Ok(0)
+    }
 }
 
 /// The topic of an event appended to `stream`: its `topic` extension, or the stream's

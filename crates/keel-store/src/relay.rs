@@ -6,6 +6,15 @@
 //! the same topic in one batch), waits for the broker's confirmation, and only then
 //! stores its checkpoint. A crash between publish and checkpoint publishes the page
 //! again: delivery is at-least-once, and consumers deduplicate with the inbox.
+//!
+//! Failures: an error about the bus (connection, timeout, back-pressure, a refused
+//! topic) is retried with backoff for ever and never blamed on an event. An event the
+//! bus refuses for what it is ([`BusError::is_unpublishable`]: too large, invalid)
+//! becomes a relay dead letter ([`crate::relay_dlq`]) and the relay goes on; one
+//! nobody subscribes to ([`BusError::Unroutable`]) is skipped, and a group created
+//! later is backfilled from the log ([`crate::backfill`]). A store error ends the
+//! active phase: the lease is released, and the relay starts again from its
+//! checkpoint.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +25,7 @@ use keel_core::{BusError, CloudEvent, Position, Publisher};
 
 use crate::error::Result;
 use crate::log::{Cursor, EventLog, Lease, LogEvent, LogFilter};
+use crate::relay_dlq::RelayDeadLetter;
 use crate::subscription::{SubscribeOptions, subscribe};
 
 /// How a relay runs.
@@ -122,9 +132,24 @@ impl Relay {
         }
     }
 
+    /// The active phase; the lease is released however it returns (an error
+    /// included), so the relay, or a standby, takes over at once instead of waiting for
+    /// the lease to expire. Only a `run` future dropped mid-phase (as a killed process)
+    /// leaves the lease to expire, as the failover tests expect.
     async fn relay(
         &self,
         mut lease: Box<dyn Lease>,
+        key: &str,
+        shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+    ) -> Result<Ended> {
+        let ended = self.active(&mut *lease, key, shutdown).await;
+        lease.release().await;
+        ended
+    }
+
+    async fn active(
+        &self,
+        lease: &mut dyn Lease,
         key: &str,
         shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
     ) -> Result<Ended> {
@@ -133,23 +158,36 @@ impl Relay {
             SubscribeOptions { batch_size: self.options.batch_size, ..self.options.subscribe };
         let mut pages = subscribe(self.log.clone(), from, LogFilter::default(), options);
         let mut last_lag_check = tokio::time::Instant::now();
-        let ended = loop {
+        // Renewed on a timer too, so an idle relay notices a lost lease (a dead
+        // PostgreSQL lock connection) before a standby takes over and publishes.
+        let mut renewal = tokio::time::interval(lease.renew_interval());
+        renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renewal.tick().await;
+        loop {
             let page = tokio::select! {
                 biased;
-                () = &mut *shutdown => break Ended::Shutdown,
+                () = &mut *shutdown => return Ok(Ended::Shutdown),
+                _ = renewal.tick() => {
+                    if !lease.renew().await {
+                        return Ok(Ended::LeaseLost);
+                    }
+                    continue;
+                }
                 page = pages.next() => page,
             };
-            let Some(page) = page else { break Ended::Shutdown };
+            let Some(page) = page else { return Ok(Ended::Shutdown) };
             let page = page?;
             if !lease.renew().await {
-                break Ended::LeaseLost;
+                return Ok(Ended::LeaseLost);
             }
             let Some(last) = page.events.last().map(|e| e.cursor) else { continue };
             tokio::select! {
                 biased;
-                () = &mut *shutdown => break Ended::Shutdown,
-                () = self.publish_page(&page.events) => {}
+                () = &mut *shutdown => return Ok(Ended::Shutdown),
+                published = self.publish_page(&page.events) => published?,
             }
+            // Only now: every event of the page is confirmed by the broker, skipped as
+            // unroutable, or recorded as a relay dead letter.
             self.log.save_checkpoint(key, last).await?;
             metrics::counter!("keel_relay_published_total", "relay" => self.name.clone())
                 .increment(page.events.len() as u64);
@@ -161,38 +199,37 @@ impl Relay {
                         .set(lag as f64);
                 }
             }
-        };
-        lease.release().await;
-        Ok(ended)
-    }
-
-    /// Publishes a page in log order, one batch per run of the same topic, retrying
-    /// each batch with backoff until the broker confirms it.
-    async fn publish_page(&self, events: &[LogEvent]) {
-        let mut start = 0;
-        while start < events.len() {
-            let topic = &events[start].topic;
-            let end = events[start..]
-                .iter()
-                .position(|e| &e.topic != topic)
-                .map_or(events.len(), |n| start + n);
-            let batch: Vec<CloudEvent> =
-                events[start..end].iter().map(|e| e.event.clone()).collect();
-            if self.publish_confirmed(topic, &batch).await.is_err() {
-                self.publish_routable(topic, &batch).await;
-            }
-            start = end;
         }
     }
 
+    /// Publishes a page in log order, one batch per run of the same topic. A batch the
+    /// bus refuses as a whole for what is in it (unroutable, or unpublishable) is
+    /// published again event by event, to find the events to skip or dead-letter.
+    async fn publish_page(&self, events: &[LogEvent]) -> Result<()> {
+        for run in events.chunk_by(|a, b| a.topic == b.topic) {
+            let topic = &run[0].topic;
+            let batch: Vec<CloudEvent> = run.iter().map(|e| e.event.clone()).collect();
+            if self.publish_confirmed(topic, &batch).await.is_err() {
+                self.publish_one_by_one(run).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Publishes `events`, retrying with backoff until the broker confirms them, or
-    /// until it says it cannot route them ([`BusError::Unroutable`], with its reason).
-    async fn publish_confirmed(&self, topic: &str, events: &[CloudEvent]) -> Result<(), String> {
+    /// until the bus says they cannot go out as they are ([`Refused`]). Every other
+    /// error (connection, timeout, back-pressure, a refusal of the whole topic or
+    /// account, a closed bus) is about the bus, not the events: retried for ever,
+    /// never dead-lettered.
+    async fn publish_confirmed(&self, topic: &str, events: &[CloudEvent]) -> Result<(), Refused> {
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.bus.publish(topic, events).await {
                 Ok(()) => return Ok(()),
-                Err(BusError::Unroutable(reason)) => return Err(reason),
+                Err(BusError::Unroutable(reason)) => return Err(Refused::Unroutable(reason)),
+                Err(error) if error.is_unpublishable() => {
+                    return Err(Refused::Unpublishable(error.to_string()));
+                }
                 Err(error) => {
                     tracing::warn!(relay = %self.name, %topic, %error, ?backoff, "publish failed; retrying");
                     metrics::counter!("keel_relay_publish_failures_total", "relay" => self.name.clone()).increment(1);
@@ -203,17 +240,47 @@ impl Relay {
         }
     }
 
-    /// A batch the broker could not route as a whole: publishes its events one by one
-    /// and skips those nobody subscribes to (RabbitMQ keeps nothing for nobody; a group
-    /// created later replays them from the log). Events published before the failure
-    /// may go out twice: delivery is at-least-once.
-    async fn publish_routable(&self, topic: &str, batch: &[CloudEvent]) {
-        for event in batch {
-            if let Err(reason) = self.publish_confirmed(topic, std::slice::from_ref(event)).await {
-                tracing::debug!(relay = %self.name, %topic, id = event.id(), %reason, "nobody subscribes; skipped");
-                metrics::counter!("keel_relay_unroutable_total", "relay" => self.name.clone())
-                    .increment(1);
+    /// A batch the bus refused as a whole: publishes its events one by one. Those
+    /// nobody subscribes to are skipped (RabbitMQ keeps nothing for nobody; a group
+    /// created later is backfilled from the log, see [`crate::backfill`]); those that
+    /// can never be published become relay dead letters, committed before the relay
+    /// goes past them. Events published before the failure may go out twice:
+    /// delivery is at-least-once.
+    async fn publish_one_by_one(&self, run: &[LogEvent]) -> Result<()> {
+        for event in run {
+            let topic = &event.topic;
+            match self.publish_confirmed(topic, std::slice::from_ref(&event.event)).await {
+                Ok(()) => {}
+                Err(Refused::Unroutable(reason)) => {
+                    tracing::debug!(relay = %self.name, %topic, id = event.event.id(), %reason, "nobody subscribes; skipped");
+                    metrics::counter!("keel_relay_unroutable_total", "relay" => self.name.clone())
+                        .increment(1);
+                }
+                Err(Refused::Unpublishable(reason)) => self.dead_letter(event, reason).await?,
             }
         }
+        Ok(())
     }
+
+    /// Records an event the bus can never take as a relay dead letter.
+    async fn dead_letter(&self, event: &LogEvent, reason: String) -> Result<()> {
+        tracing::error!(
+            relay = %self.name, topic = %event.topic, id = event.event.id(),
+            position = %event.cursor.log_position(), %reason,
+            "the bus can never take this event; recorded as a relay dead letter (keel dlq list --relay)"
+        );
+        let letter = RelayDeadLetter::new(&self.name, event, reason);
+        self.log.save_relay_dead_letter(&letter).await?;
+        metrics::counter!("keel_relay_dead_letters_total", "relay" => self.name.clone())
+            .increment(1);
+        Ok(())
+    }
+}
+
+/// Why the bus will not take events as they are.
+enum Refused {
+    /// Nobody subscribes to them ([`BusError::Unroutable`]).
+    Unroutable(String),
+    /// Something in them can never be published ([`BusError::is_unpublishable`]).
+    Unpublishable(String),
 }
