@@ -10,6 +10,7 @@
 //! | transient error, attempts left | nack with backoff (the broker redelivers) |
 //! | transient error on the last attempt, or permanent error | dead-letter with the error |
 //! | message did not decode | dead-letter at once |
+//! | delivered after its last attempt, never settled (the process died handling it) | dead-letter without handling |
 //! | handler panicked (in `poll_ready`, in `call` before it returns its future, or in the future) | treated as a transient error |
 //!
 //! A panic while settling (a backend fault) drops the delivery unsettled, which gives
@@ -247,6 +248,7 @@ where
             }
         };
         let Some(delivery) = dead_letter_if_undecodable(delivery, &labels).await else { continue };
+        let Some(delivery) = dead_letter_if_exhausted(delivery, &labels).await else { continue };
         let lane = match delivery.partition_key() {
             Some(key) => lane_of(key, concurrency),
             None => {
@@ -290,6 +292,31 @@ async fn dead_letter_if_undecodable(delivery: Delivery, labels: &Labels) -> Opti
     record(labels, "dead_letter");
     if let Err(error) = delivery.dead_letter(reason).await {
         tracing::warn!(%error, "could not dead-letter an undecodable message");
+    }
+    None
+}
+
+/// Dead-letters, without handling it again, a delivery that arrives after its last
+/// attempt: one the handler never settled, because the process died while handling it
+/// (backends that persist attempts, such as the log bus, count such deliveries). Gives
+/// back the others.
+async fn dead_letter_if_exhausted(delivery: Delivery, labels: &Labels) -> Option<Delivery> {
+    let attempt = delivery.attempt();
+    if attempt <= labels.policy.max_attempts {
+        return Some(delivery);
+    }
+    let reason = DeadLetterReason {
+        error: format!(
+            "delivered {attempt} times, more than the {} attempts allowed, without being \
+             settled: the process may have died while handling it",
+            labels.policy.max_attempts
+        ),
+        attempts: attempt,
+    };
+    tracing::warn!(topic = %labels.topic, group = %labels.group, attempt, "dead-lettering a message no handler ever settled");
+    record(labels, "dead_letter");
+    if let Err(error) = delivery.dead_letter(reason).await {
+        tracing::warn!(%error, "could not dead-letter an exhausted message");
     }
     None
 }
@@ -459,6 +486,7 @@ where
     let mut settles = Vec::with_capacity(pending.len());
     for delivery in pending {
         let Some(delivery) = dead_letter_if_undecodable(delivery, labels).await else { continue };
+        let Some(delivery) = dead_letter_if_exhausted(delivery, labels).await else { continue };
         let (payload, attempt, settle) = delivery.into_parts();
         if let Payload::Event(event) = payload {
             messages.push(Message::new(event, attempt, labels.topic.clone(), labels.group.clone()));

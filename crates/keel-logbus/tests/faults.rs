@@ -118,25 +118,47 @@ async fn die_handling<L: BusStore>(log: Arc<L>, topic: &str) -> u32 {
 
 const MAX_ATTEMPTS: u32 = 3;
 
-/// After `MAX_ATTEMPTS` crashes the message comes at attempt `MAX_ATTEMPTS + 1`: a
-/// consumer dead-letters it without handling it again, and the group goes on.
+/// After `MAX_ATTEMPTS` crashes the message comes at attempt `MAX_ATTEMPTS + 1`: the
+/// `keel-bus` consumer dead-letters it without handling it again, and the group goes on.
 async fn the_last_life<L: BusStore>(log: Arc<L>, topic: &str, poison: &CloudEvent) {
-    let bus = bus_over(log).await;
-    let mut sub = bus.subscribe(SubscriptionSpec::new(topic, "g")).await.unwrap();
-    let delivery = next(&mut sub).await;
-    assert_eq!(id_of(&delivery), poison.id());
-    let attempts = delivery.attempt();
-    assert_eq!(attempts, MAX_ATTEMPTS + 1, "every crash counted one attempt");
-    let reason = DeadLetterReason { error: "the handler never came back".into(), attempts };
-    delivery.dead_letter(reason).await.unwrap();
-    let letters = bus.list(topic, "g", 10).await.unwrap();
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].attempts, MAX_ATTEMPTS + 1);
+    use std::sync::Mutex;
+
+    use keel_bus::{Backoff, Consumer, HandlerError, Message, RedeliveryPolicy, handler_fn};
+
+    let bus = Arc::new(bus_over(log).await);
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&handled);
+    let handler = handler_fn(move |message: Message| {
+        seen.lock().unwrap().push(message.event().id().to_owned());
+        async { Ok::<(), HandlerError>(()) }
+    });
+    let policy = RedeliveryPolicy::new(
+        MAX_ATTEMPTS,
+        Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
+    );
+    let consumer =
+        Consumer::new(bus.clone() as Arc<dyn Subscriber>, SubscriptionSpec::new(topic, "g"))
+            .redelivery(policy)
+            .start(handler)
+            .await
+            .unwrap();
     let later = numbered(2);
     bus.publish(topic, std::slice::from_ref(&later)).await.unwrap();
-    let delivery = next(&mut sub).await;
-    assert_eq!((id_of(&delivery), delivery.attempt()), (later.id().to_owned(), 1));
-    delivery.ack().await.unwrap();
+    keel_testkit::util::eventually("the later event handled", || {
+        handled.lock().unwrap().contains(&later.id().to_owned())
+    })
+    .await;
+    consumer.stop().await.unwrap();
+    assert_eq!(
+        *handled.lock().unwrap(),
+        vec![later.id().to_owned()],
+        "the poison was not handled again"
+    );
+    let letters = bus.list(topic, "g", 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, MAX_ATTEMPTS + 1, "every crash counted one attempt");
+    assert!(matches!(&letters[0].payload, keel_core::Payload::Event(e) if e.id() == poison.id()));
+    assert!(letters[0].reason.contains("without being settled"), "{}", letters[0].reason);
 }
 
 #[test]
