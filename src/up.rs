@@ -24,6 +24,12 @@ use crate::config::Config;
 
 /// The relay's name in `keel up` (its checkpoint is `relay:up`).
 const RELAY: &str = "up";
+/// Connections one client IP may hold open to the gateway.
+const MAX_CONNECTIONS_PER_CLIENT: u32 = 256;
+/// Requests per second per client (its subject, else its IP) on each route, and the
+/// burst above that rate.
+const RATE_PER_SECOND: u32 = 200;
+const RATE_BURST: u32 = 400;
 
 /// Runs until Ctrl-C or SIGTERM, then stops everything in order: the gateway, the
 /// services (deregister, drain), the consumers, the relay.
@@ -104,20 +110,40 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The example system's routes; with `KEEL_JWT_SECRET`, writes need an HS256 token.
+/// The example system's routes; with `KEEL_JWT_SECRET`, writes need an HS256 token, and
+/// so do reads of the event log (its events carry names and e-mails). Every route has
+/// a rate limit per client, and each client IP a connection cap, generous enough for
+/// the README's tour and the tests. Requests are forwarded with the caller's signed
+/// identity (the key as the services derive theirs).
 pub fn gateway_config(config: &Config) -> GatewayConfig {
     let auth = if config.jwt_secret.is_some() { AuthMode::Write } else { AuthMode::None };
-    let mut gateway = GatewayConfig::new(config.gateway_addr.to_string());
+    let mut gateway = GatewayConfig::new(config.gateway_addr.to_string())
+        // The services' own limit: the gateway answers 413 before an upstream could
+        // refuse the body half-way through.
+        .max_body_bytes(u64::try_from(keel_services_common::MAX_BODY_BYTES).unwrap_or(u64::MAX))
+        .max_connections_per_client(MAX_CONNECTIONS_PER_CLIENT);
     for (prefix, service) in [
         ("/api/users", "users"),
         ("/api/products", "products"),
         ("/api/orders", "orders"),
         ("/api/events", "events"),
     ] {
+        let auth =
+            if service == "events" && auth != AuthMode::None { AuthMode::Required } else { auth };
         // Reads may be retried on another instance; the gateway never retries writes.
-        let route =
-            RouteConfig::to_service(prefix, service).auth(auth).timeout_ms(10_000).retries(1);
+        let route = RouteConfig::to_service(prefix, service)
+            .auth(auth)
+            .timeout_ms(10_000)
+            .retries(1)
+            .rate_limit(RATE_PER_SECOND, RATE_BURST);
         gateway = gateway.route(route);
+    }
+    // `KEEL_IDENTITY_SECRET`, as the services read it. (The services' branch adds
+    // `identity_secret` to the runtime's `Config`, keel.toml included: read it there.)
+    if let Some(secret) =
+        std::env::var("KEEL_IDENTITY_SECRET").ok().filter(|s| !s.trim().is_empty())
+    {
+        gateway = gateway.identity_secret(secret);
     }
     match &config.jwt_secret {
         Some(secret) => gateway.auth(AuthConfig::hs256(secret.clone())),
@@ -146,4 +172,51 @@ fn print_banner(config: &Config, gateway: SocketAddr, services: &[(&str, Running
     println!(
         "  curl -s http://{gateway}/api/users -H 'content-type: application/json' -d '{{\"name\":\"Ada\",\"email\":\"ada@example.com\"}}'"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::Path;
+
+    use keel_gateway::AuthMode;
+
+    use super::*;
+
+    fn config(jwt_secret: Option<&'static str>) -> Config {
+        Config::from_sources(Path::new("/nonexistent/keel.toml"), move |key| match key {
+            "KEEL_JWT_SECRET" => jwt_secret.map(str::to_owned),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn with_auth_on_the_event_log_needs_a_token_for_reads_too() {
+        let gateway = gateway_config(&config(Some("a-secret-of-sixteen-bytes")));
+        for route in &gateway.routes {
+            let expected =
+                if route.prefix == "/api/events" { AuthMode::Required } else { AuthMode::Write };
+            assert_eq!(route.auth, expected, "{}", route.prefix);
+        }
+        assert!(gateway.identity_key().is_some(), "identities are signed");
+        let open = gateway_config(&config(None));
+        assert!(open.routes.iter().all(|r| r.auth == AuthMode::None));
+    }
+
+    #[test]
+    fn rate_limits_a_connection_cap_and_the_services_body_limit_are_on() {
+        let gateway = gateway_config(&config(None));
+        for route in &gateway.routes {
+            let limit =
+                route.rate_limit.unwrap_or_else(|| panic!("{} has no rate limit", route.prefix));
+            assert!(limit.per_second >= 100, "{}: {limit:?}", route.prefix);
+        }
+        assert_eq!(gateway.max_connections_per_client, Some(MAX_CONNECTIONS_PER_CLIENT));
+        // No larger than the services' own limit, so that the gateway answers 413 itself
+        // rather than racing an upstream that refuses the body mid-stream.
+        let services_limit = u64::try_from(keel_services_common::MAX_BODY_BYTES).unwrap();
+        assert_eq!(gateway.max_body_bytes, services_limit);
+    }
 }

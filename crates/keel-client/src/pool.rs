@@ -174,6 +174,17 @@ impl Endpoints {
         }
     }
 
+    /// Like [`Endpoints::pick`], but only among the instances whose base URL is not in
+    /// `tried`, with no fall-back: the gateway's retries, which must never go back to
+    /// an instance that just failed the same request (a request that fails everywhere
+    /// would otherwise count against one instance's breaker several times).
+    pub fn pick_untried(&self, tried: &[String]) -> Result<Pick, PickError> {
+        if tried.is_empty() {
+            return self.pick();
+        }
+        self.pick_filtered(|url| !tried.iter().any(|t| t == url))
+    }
+
     /// Breaker state per instance base URL, for admin endpoints and metrics.
     pub fn states(&self) -> Vec<(String, BreakerState)> {
         self.shared.slots.load().iter().map(|s| (s.base_url.clone(), s.breaker.state())).collect()
@@ -673,6 +684,19 @@ mod tests {
         assert!(pool.pick_excluding(&all).is_ok());
     }
 
+    #[test]
+    fn pick_untried_never_falls_back_to_a_tried_instance() {
+        let pool = Endpoints::fixed("t", urls(2), config(Balance::PowerOfTwoChoices, 1, HOUR));
+        let all = urls(2);
+        for _ in 0..20 {
+            assert_eq!(pool.pick_untried(&all[..1]).unwrap().base_url(), all[1]);
+        }
+        assert_eq!(pool.pick_untried(&all).unwrap_err(), PickError::NoInstances("t".into()));
+        let single = Endpoints::fixed("s", urls(1), config(Balance::RoundRobin, 1, HOUR));
+        assert!(single.pick_untried(&[]).is_ok());
+        assert!(single.pick_untried(&urls(1)).is_err());
+    }
+
     fn instance(port: u16) -> Instance {
         Instance {
             id: format!("svc-{port}"),
@@ -725,8 +749,11 @@ mod tests {
         let (tx, rx) = tokio::sync::watch::channel::<Arc<[Instance]>>(Arc::from(vec![instance(1)]));
         let pool = Endpoints::discovered("svc", Watch::new(rx), PoolConfig::default());
         drop(pool);
-        // The follower held the last receiver; once aborted, the channel closes.
-        tx.closed().await;
+        // The follower held the last receiver; once aborted, the channel closes. Bounded,
+        // so that a follower that outlives its pool fails the test instead of hanging it.
+        tokio::time::timeout(Duration::from_secs(10), tx.closed())
+            .await
+            .expect("the discovery follower still runs 10 s after its pool was dropped");
     }
     /// Records the `keel_breaker_state` gauge values set, per instance label.
     #[derive(Debug, Default)]

@@ -1,10 +1,12 @@
 //! Who is calling: JWT bearer tokens (each key pinned to one algorithm; `exp`, `nbf`,
-//! `iss` and `aud` checked) and named API keys.
+//! `iss` and `aud` checked; `sub` and the `roles` or `role` claim make the identity)
+//! and named API keys (the name and the key's configured roles).
 
 use std::str::FromStr;
 
 use http::{HeaderMap, HeaderName, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use keel_service::identity::Identity;
 use serde::Deserialize;
 
 use crate::config::{AuthConfig, JwtKeyConfig};
@@ -14,7 +16,21 @@ use crate::error::ConfigError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refusal {
     Token(String),
+    /// A valid token whose subject or roles cannot make an identity (empty, longer than
+    /// `keel_service::identity::MAX_SUBJECT_LEN`, control characters, too many roles).
+    Identity(String),
     ApiKey,
+}
+
+impl Refusal {
+    /// What the 401 says.
+    pub(crate) fn detail(&self) -> &'static str {
+        match self {
+            Self::Token(_) => "the bearer token is invalid",
+            Self::Identity(_) => "the token's subject or roles are not acceptable",
+            Self::ApiKey => "the API key is invalid",
+        }
+    }
 }
 
 struct JwtKey {
@@ -26,7 +42,7 @@ struct JwtKey {
 
 pub(crate) struct Authenticator {
     jwt: Vec<JwtKey>,
-    api_keys: Vec<(String, Vec<u8>)>,
+    api_keys: Vec<(Identity, Vec<u8>)>,
     api_key_header: HeaderName,
 }
 
@@ -34,7 +50,10 @@ impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("jwt_keys", &self.jwt.len())
-            .field("api_keys", &self.api_keys.iter().map(|(name, _)| name).collect::<Vec<_>>())
+            .field(
+                "api_keys",
+                &self.api_keys.iter().map(|(identity, _)| identity.subject()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -42,6 +61,32 @@ impl std::fmt::Debug for Authenticator {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    #[serde(default)]
+    roles: Option<Roles>,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// A `roles` claim: an array of strings, or one string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Roles {
+    Many(Vec<String>),
+    One(String),
+}
+
+impl Claims {
+    fn into_identity(self) -> Result<Identity, Refusal> {
+        let mut roles = match self.roles {
+            Some(Roles::Many(roles)) => roles,
+            Some(Roles::One(role)) => vec![role],
+            None => Vec::new(),
+        };
+        roles.extend(self.role);
+        Identity::new(self.sub)
+            .and_then(|identity| identity.with_roles(roles))
+            .map_err(|e| Refusal::Identity(e.to_string()))
+    }
 }
 
 /// Parses the algorithm and key of one JWT key config; the error is `(field, reason)`.
@@ -122,29 +167,32 @@ impl Authenticator {
         }
         let api_key_header = HeaderName::from_str(&config.api_key_header)
             .map_err(|_| ConfigError::invalid("auth.api_key_header", "not a valid header name"))?;
-        let api_keys =
-            config.api_keys.iter().map(|k| (k.name.clone(), k.key.as_bytes().to_vec())).collect();
+        let mut api_keys = Vec::with_capacity(config.api_keys.len());
+        for (i, key) in config.api_keys.iter().enumerate() {
+            api_keys.push((key.identity(i)?, key.key.as_bytes().to_vec()));
+        }
         Ok(Self { jwt, api_keys, api_key_header })
     }
 
-    /// The authenticated subject, `None` when the request carries no credentials, or
+    /// Who the request's credentials say is calling, `None` when it carries none, or
     /// why the credentials it carries are refused.
-    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Identity>, Refusal> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let value = value
                 .to_str()
                 .map_err(|_| Refusal::Token("unreadable Authorization header".into()))?;
             if let Some(token) = strip_bearer(value) {
-                return self.verify_jwt(token.trim()).map(Some).map_err(Refusal::Token);
+                let claims = self.verify_jwt(token.trim()).map_err(Refusal::Token)?;
+                return claims.into_identity().map(Some);
             }
         }
         if let Some(value) = headers.get(&self.api_key_header) {
             let presented = value.as_bytes();
             // Compare against every key without stopping early, so timing says nothing.
             let mut found = None;
-            for (name, key) in &self.api_keys {
+            for (identity, key) in &self.api_keys {
                 if constant_time_eq(presented, key) && found.is_none() {
-                    found = Some(name.clone());
+                    found = Some(identity.clone());
                 }
             }
             return found.map(Some).ok_or(Refusal::ApiKey);
@@ -152,7 +200,7 @@ impl Authenticator {
         Ok(None)
     }
 
-    fn verify_jwt(&self, token: &str) -> Result<String, String> {
+    fn verify_jwt(&self, token: &str) -> Result<Claims, String> {
         // The header's `alg` only selects among keys pinned to that very algorithm:
         // `none` does not parse, and an HS256 token never meets an RSA key.
         let header =
@@ -168,8 +216,7 @@ impl Authenticator {
                 continue;
             }
             match jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation) {
-                Ok(data) if !data.claims.sub.is_empty() => return Ok(data.claims.sub),
-                Ok(_) => last_error = "empty sub claim".to_owned(),
+                Ok(data) => return Ok(data.claims),
                 Err(e) => last_error = e.to_string(),
             }
         }
@@ -192,6 +239,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -199,6 +248,27 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    fn identity(claims: serde_json::Value) -> Result<Identity, Refusal> {
+        serde_json::from_value::<Claims>(claims)
+            .map_err(|e| Refusal::Token(e.to_string()))?
+            .into_identity()
+    }
+
+    #[test]
+    fn roles_come_from_a_roles_array_a_roles_string_or_a_role() {
+        let alice = identity(serde_json::json!({ "sub": "alice", "roles": ["a", "b"] })).unwrap();
+        assert_eq!(alice.roles(), ["a", "b"]);
+        let bob = identity(serde_json::json!({ "sub": "bob", "roles": "a", "role": "b" })).unwrap();
+        assert_eq!(bob.roles(), ["a", "b"]);
+        assert!(identity(serde_json::json!({ "sub": "carol" })).unwrap().roles().is_empty());
+        assert!(matches!(identity(serde_json::json!({ "sub": "" })), Err(Refusal::Identity(_))));
+        assert!(matches!(
+            identity(serde_json::json!({ "sub": "x".repeat(257) })),
+            Err(Refusal::Identity(_))
+        ));
+        assert!(identity(serde_json::json!({ "sub": "d", "roles": [1] })).is_err());
     }
 
     #[test]

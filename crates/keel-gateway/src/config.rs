@@ -7,9 +7,11 @@ use std::path::Path;
 use std::str::FromStr;
 
 use http::Method;
+use keel_service::identity::Identity;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use keel_service::identity::IdentityKey;
 
 /// Paths under this prefix are the gateway's own admin endpoints.
 pub const ADMIN_PREFIX: &str = "/_keel";
@@ -26,6 +28,17 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
+    /// The secret that signs the identity forwarded to services as `x-keel-identity`
+    /// (what `KEEL_IDENTITY_SECRET` configures; at least 16 bytes). Unset: the key is
+    /// derived from the secret of the first HMAC JWT key in `auth` (what
+    /// `KEEL_JWT_SECRET` configures), as the services derive theirs; with no such key
+    /// either, no identity is signed and only `x-keel-subject` is forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_secret: Option<String>,
+    /// The most connections one client IP may hold open at once; more are answered 429
+    /// and closed. Unset: no cap (a proxy or NAT in front would make every client one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_client: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsConfig>,
     #[serde(default)]
@@ -72,12 +85,25 @@ pub struct JwtKeyConfig {
     pub audience: Option<String>,
 }
 
-/// A named API key; the name becomes the authenticated subject.
+/// A named API key; the name becomes the authenticated subject, with `roles`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     pub name: String,
     pub key: String,
+    /// The roles the key's identity carries (e.g. `admin`, `events:read`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+}
+
+impl ApiKeyConfig {
+    /// The identity this key authenticates as; the error names `auth.api_keys[i]`.
+    pub(crate) fn identity(&self, i: usize) -> Result<Identity, ConfigError> {
+        let name = Identity::new(self.name.as_str())
+            .map_err(|e| ConfigError::invalid(format!("auth.api_keys[{i}].name"), e.to_string()))?;
+        name.with_roles(self.roles.iter().map(String::as_str))
+            .map_err(|e| ConfigError::invalid(format!("auth.api_keys[{i}].roles"), e.to_string()))
+    }
 }
 
 /// Cross-origin resource sharing, answered by the gateway (preflights never reach upstreams).
@@ -213,6 +239,8 @@ impl Default for GatewayConfig {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
             auth: None,
+            identity_secret: None,
+            max_connections_per_client: None,
             cors: None,
             routes: Vec::new(),
         }
@@ -281,6 +309,29 @@ impl GatewayConfig {
         self
     }
 
+    #[must_use]
+    pub fn identity_secret(mut self, secret: impl Into<String>) -> Self {
+        self.identity_secret = Some(secret.into());
+        self
+    }
+
+    #[must_use]
+    pub fn max_connections_per_client(mut self, max: u32) -> Self {
+        self.max_connections_per_client = Some(max);
+        self
+    }
+
+    /// The key that signs forwarded identities: `identity_secret`, else derived from
+    /// the first HMAC JWT key's secret, else none.
+    pub fn identity_key(&self) -> Option<IdentityKey> {
+        if let Some(secret) = &self.identity_secret {
+            return Some(IdentityKey::from_secret(secret.as_bytes()));
+        }
+        let auth = self.auth.as_ref()?;
+        let hmac = auth.jwt.iter().find(|k| k.alg.starts_with("HS"))?;
+        hmac.secret.as_deref().map(IdentityKey::derive_from_jwt_secret)
+    }
+
     /// The listen address, parsed.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.listen.parse().map_err(|_| {
@@ -293,6 +344,12 @@ impl GatewayConfig {
         self.listen_addr()?;
         if self.max_body_bytes == 0 {
             return Err(ConfigError::invalid("max_body_bytes", "must be positive"));
+        }
+        if self.identity_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(ConfigError::invalid("identity_secret", "must be at least 16 bytes"));
+        }
+        if self.max_connections_per_client == Some(0) {
+            return Err(ConfigError::invalid("max_connections_per_client", "must be positive"));
         }
         if let Some(auth) = &self.auth {
             auth.validate()?;
@@ -348,7 +405,20 @@ impl AuthConfig {
 
     #[must_use]
     pub fn api_key(mut self, name: impl Into<String>, key: impl Into<String>) -> Self {
-        self.api_keys.push(ApiKeyConfig { name: name.into(), key: key.into() });
+        self.api_keys.push(ApiKeyConfig { name: name.into(), key: key.into(), roles: Vec::new() });
+        self
+    }
+
+    /// An API key whose identity carries `roles`.
+    #[must_use]
+    pub fn api_key_with_roles(
+        mut self,
+        name: impl Into<String>,
+        key: impl Into<String>,
+        roles: &[&str],
+    ) -> Self {
+        let roles = roles.iter().map(|r| (*r).to_owned()).collect();
+        self.api_keys.push(ApiKeyConfig { name: name.into(), key: key.into(), roles });
         self
     }
 
@@ -362,12 +432,7 @@ impl AuthConfig {
             })?;
         }
         for (i, key) in self.api_keys.iter().enumerate() {
-            if key.name.is_empty() {
-                return Err(ConfigError::invalid(
-                    format!("auth.api_keys[{i}].name"),
-                    "must not be empty",
-                ));
-            }
+            key.identity(i)?;
             if key.key.len() < 16 {
                 return Err(ConfigError::invalid(
                     format!("auth.api_keys[{i}].key"),
@@ -545,10 +610,17 @@ impl RouteConfig {
                 .map_err(|reason| ConfigError::invalid(key(&format!("upstreams[{j}]")), reason))?;
         }
         for (j, m) in self.methods.iter().flatten().enumerate() {
-            if Method::from_str(m).is_err() || m.is_empty() {
+            let method = Method::from_str(m).ok().filter(|_| !m.is_empty());
+            let Some(method) = method else {
                 return Err(ConfigError::invalid(
                     key(&format!("methods[{j}]")),
                     format!("`{m}` is not an HTTP method"),
+                ));
+            };
+            if method == Method::TRACE || method == Method::CONNECT {
+                return Err(ConfigError::invalid(
+                    key(&format!("methods[{j}]")),
+                    format!("{m} is never proxied"),
                 ));
             }
         }

@@ -25,6 +25,7 @@ use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::auth::Authenticator;
 use crate::config::{ADMIN_PREFIX, CorsConfig, GatewayConfig};
+use crate::downstream::{ClientStream, ConnectionLimit, too_many_connections};
 use crate::error::ConfigError;
 use crate::proxy::{Downstream, Shared, problem};
 use crate::route::{Route, RouteTable};
@@ -32,6 +33,10 @@ use crate::upstream::UpstreamPool;
 
 /// How long in-flight requests may take to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head (request line and headers) accepted; larger ones get 431.
+/// Above hyper's longest request target (64 KiB, 414 beyond), so that a long target
+/// is told apart from too many headers.
+const MAX_HEADER_BYTES: usize = 128 * 1024;
 
 /// The gateway: cheap to clone (everything is behind one `Arc`).
 #[derive(Clone)]
@@ -43,6 +48,7 @@ struct Inner {
     shared: Shared,
     cors: Option<CorsLayer>,
     metrics: OnceLock<PrometheusHandle>,
+    connections: Option<Arc<ConnectionLimit>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -75,6 +81,14 @@ impl Gateway {
             let _ = metrics.set(handle.clone());
         }
         let auth = config.auth.as_ref().map(Authenticator::new).transpose()?;
+        let identity_key = config.identity_key();
+        if auth.is_some() && identity_key.is_none() {
+            tracing::warn!(
+                "the gateway has no identity key (no `identity_secret` and no HMAC JWT key): \
+                 services receive x-keel-subject only, which they cannot verify"
+            );
+        }
+        let connections = config.max_connections_per_client.map(ConnectionLimit::new);
         let cors = config.cors.as_ref().map(cors_layer);
         // One pool per service, shared by the routes that name it (the first route's
         // breaker and balance settings apply).
@@ -102,9 +116,15 @@ impl Gateway {
             routes.push(Route::new(route, endpoints, config.max_body_bytes));
         }
         let inner = Arc::new(Inner {
-            shared: Shared { routes: RouteTable::new(routes), auth, upstream: UpstreamPool::new() },
+            shared: Shared {
+                routes: RouteTable::new(routes),
+                auth,
+                identity_key,
+                upstream: UpstreamPool::new(),
+            },
             cors,
             metrics,
+            connections,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(housekeeping(Arc::downgrade(&inner)));
@@ -156,7 +176,9 @@ impl Gateway {
 
     /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then lets in-flight
     /// requests finish (up to 10 s). Runs on the caller's runtime, with the gateway's
-    /// shared upstream connection pool.
+    /// shared upstream connection pool. Requests hyper cannot parse are answered with
+    /// problem documents, and `max_connections_per_client` is enforced (neither is,
+    /// when the gateway is served as a [`Gateway::router`]).
     pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> std::io::Result<()>
     where
         F: Future<Output = ()> + Send,
@@ -249,7 +271,10 @@ impl Gateway {
     {
         let graceful = GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new()).keep_alive(true).header_read_timeout(Duration::from_secs(30));
+        http.timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(Duration::from_secs(30))
+            .max_header_size(MAX_HEADER_BYTES);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -264,13 +289,25 @@ impl Gateway {
                         }
                     };
                     let _ = stream.set_nodelay(true);
+                    let slot = match &self.inner.connections {
+                        Some(limit) => match limit.admit(peer.ip()) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                tracing::debug!(%peer, "too many connections from this client");
+                                tokio::spawn(refuse(stream));
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     let service = self.connection_service(peer, upstream.clone());
-                    let connection = http.serve_connection(TokioIo::new(stream), service);
-                    let connection = graceful.watch(connection);
+                    let io = TokioIo::new(ClientStream::new(stream));
+                    let connection = graceful.watch(http.serve_connection(io, service));
                     tokio::spawn(async move {
                         if let Err(e) = connection.await {
                             tracing::debug!(error = %e, %peer, "connection ended with an error");
                         }
+                        drop(slot);
                     });
                 }
                 () = &mut shutdown => break,
@@ -366,6 +403,17 @@ impl tower::Service<Request<Incoming>> for ConnectionService {
         let downstream = self.downstream.clone();
         Box::pin(async move { Ok(gateway.handle_from(req.map(Body::new), &downstream).await) })
     }
+}
+
+/// Tells a connection over the per-client cap so, then closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt as _;
+    let answer = too_many_connections();
+    let written = tokio::time::timeout(Duration::from_secs(5), async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await
+    });
+    let _ = written.await;
 }
 
 fn is_admin(path: &str) -> bool {

@@ -1,14 +1,24 @@
 //! Keel's API gateway: routes from a config file (path prefix with every sub-path,
 //! optional prefix strip, method filter, a discovered service or static upstreams,
 //! timeout, retries, auth, rate limit), a streaming reverse proxy that never buffers
-//! or re-encodes bodies, JWT and API-key authentication whose subject reaches the
-//! upstream as `x-keel-subject`, CORS, a body size limit, and its own errors as
-//! `application/problem+json`. Admin endpoints: `/_keel/health`, `/_keel/metrics`,
-//! `/_keel/routes`.
+//! or re-encodes bodies, JWT and API-key authentication whose identity (subject and
+//! roles) reaches the upstream signed as `x-keel-identity` (see
+//! `keel_service::identity`; the subject also in clear as `x-keel-subject` when it is
+//! ASCII), CORS, a body size limit, and its own errors as `application/problem+json`.
+//! Admin endpoints: `/_keel/health`, `/_keel/metrics`, `/_keel/routes`.
 //!
 //! A method a route does not list gets 405 with `Allow` (the path exists; the method
-//! does not). Per-route timeouts bound the wait for the upstream's response head, not
-//! the streaming of the body that follows.
+//! does not); TRACE and CONNECT are never proxied. Per-route timeouts bound the wait
+//! for the upstream's response head, not the streaming of the body that follows.
+//!
+//! Hostile clients (DESIGN 2.19): a client's fault (a malformed or short body, one
+//! that stalls, one over the limit) is a 4xx and never counts against an instance's
+//! breaker; a 4xx from the upstream never does either, and a retry never goes back to
+//! the instance that just failed. RFC 9112's framing rules hyper leaves to its user
+//! are enforced (one `Host`, `chunked` the only transfer coding, `100-continue` the
+//! only expectation), identity and forwarding headers a client sends are dropped, and
+//! metric labels come from closed sets (the route's prefix or `unmatched`, the status
+//! class).
 //!
 //! # Layout
 //!
@@ -18,7 +28,11 @@
 //! - `auth.rs`: JWT (algorithm pinned per key) and API-key authentication.
 //! - `route.rs`: the compiled route table (longest prefix), per-route pools, rate
 //!   limiters and metric handles.
-//! - `proxy.rs`: one proxied request: checks, header rewriting, the upstream call.
+//! - `proxy.rs`: one proxied request: checks, header rewriting, the identity, the
+//!   upstream call, and whose fault a failure was.
+//! - `downstream.rs`: the client's side: its request body watched on the way upstream,
+//!   its stream (hyper's bare parse-error answers become problem documents), the
+//!   per-client connection cap.
 //! - `upstream.rs`: the upstream HTTP/1.1 client, a keep-alive pool whose connections
 //!   are driven by the requests that use them (no task per connection).
 //! - `gateway.rs`: [`Gateway`]: build, serve on a listener, per core
@@ -26,6 +40,7 @@
 
 mod auth;
 mod config;
+mod downstream;
 mod error;
 mod gateway;
 mod proxy;
@@ -38,4 +53,4 @@ pub use config::{
 };
 pub use error::{ConfigError, Result};
 pub use gateway::{ConnectionService, Gateway, PerCoreListeners};
-pub use proxy::{REQUEST_ID_HEADER, SUBJECT_HEADER};
+pub use proxy::{IDENTITY_HEADER, REQUEST_ID_HEADER, SUBJECT_HEADER};

@@ -10,15 +10,21 @@ use axum::response::IntoResponse;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::{LengthLimitError, Limited};
+use keel_client::Pick;
 use keel_service::Problem;
+use keel_service::identity::IdentityKey;
 
-use crate::auth::{Authenticator, Refusal};
+use crate::auth::Authenticator;
+use crate::downstream::{BodyFault, BodyWatch, ClientBody};
 use crate::route::{ClientKey, Route, RouteTable};
 use crate::upstream::{UpstreamError, UpstreamPool};
 
-/// Set by the gateway after authentication; services record it as the actor.
+/// The authenticated subject in clear, for logs, when it is ASCII; services trust only
+/// the signed [`IDENTITY_HEADER`] once they have a key (see `keel_service::identity`).
 pub const SUBJECT_HEADER: HeaderName = HeaderName::from_static("x-keel-subject");
+/// The caller's identity, signed with the deployment's identity key.
+pub const IDENTITY_HEADER: HeaderName =
+    HeaderName::from_static(keel_service::identity::IDENTITY_HEADER);
 /// Propagated when the client sends a sane one, generated otherwise; echoed in the response.
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -27,6 +33,8 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Hop-by-hop headers (RFC 9110 7.6.1) plus the non-standard ones proxies also drop.
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -64,6 +72,8 @@ impl Downstream {
 pub(crate) struct Shared {
     pub(crate) routes: RouteTable,
     pub(crate) auth: Option<Authenticator>,
+    /// Signs the identity forwarded to services; `None`: only `x-keel-subject` goes.
+    pub(crate) identity_key: Option<IdentityKey>,
     pub(crate) upstream: UpstreamPool,
 }
 
@@ -74,6 +84,7 @@ impl Shared {
         downstream: &Downstream,
     ) -> Response<Body> {
         let Some(route) = self.routes.find(req.uri().path()) else {
+            self.routes.unmatched.count(StatusCode::NOT_FOUND.as_u16());
             return problem(StatusCode::NOT_FOUND, "no route matches this path");
         };
         let started = Instant::now();
@@ -96,10 +107,18 @@ impl Shared {
         if !route.allows(&parts.method) {
             let mut response =
                 problem(StatusCode::METHOD_NOT_ALLOWED, "this route does not accept the method");
-            if let Some(allow) = &route.allow {
-                response.headers_mut().insert(header::ALLOW, allow.clone());
-            }
+            response.headers_mut().insert(header::ALLOW, route.allow.clone());
             return response;
+        }
+        let seen = survey(&parts.headers);
+        let host = match take_host(&mut parts.headers, parts.version) {
+            Ok(host) => host,
+            Err((status, detail)) => return client_fault(status, detail),
+        };
+        if seen & NEEDS_CHECK != 0
+            && let Err((status, detail)) = check_framing(&parts.headers, seen)
+        {
+            return client_fault(status, detail);
         }
         let content_length = parts
             .headers
@@ -110,37 +129,29 @@ impl Shared {
             return too_large(route.max_body_bytes);
         }
 
-        let subject = match (&self.auth, route.config.auth) {
+        let identity = match (&self.auth, route.config.auth) {
             (Some(auth), mode) if mode != crate::AuthMode::None => {
                 match auth.authenticate(&parts.headers) {
-                    Ok(subject) => subject,
+                    Ok(identity) => identity,
                     Err(refusal) => {
                         tracing::debug!(route = %route.prefix, ?refusal, "credentials refused");
-                        return unauthorized(match refusal {
-                            Refusal::Token(_) => "the bearer token is invalid",
-                            Refusal::ApiKey => "the API key is invalid",
-                        });
+                        return unauthorized(refusal.detail());
                     }
                 }
             }
             _ => None,
         };
-        let subject_value = match subject.as_deref().map(HeaderValue::from_str) {
-            Some(Ok(value)) => Some(value),
-            Some(Err(_)) => return unauthorized("the subject cannot be carried in a header"),
-            None if route.needs_auth(&parts.method) => {
-                return unauthorized("credentials are required");
-            }
-            None => None,
-        };
+        if identity.is_none() && route.needs_auth(&parts.method) {
+            return unauthorized("credentials are required");
+        }
         if let Some(allowed) = &route.config.allow_subjects
-            && !subject.as_ref().is_some_and(|s| allowed.contains(s))
+            && !identity.as_ref().is_some_and(|i| allowed.iter().any(|a| a == i.subject()))
         {
             return problem(StatusCode::FORBIDDEN, "this subject may not use this route");
         }
         if route.limiter.is_some() {
-            let key = match (subject, peer) {
-                (Some(subject), _) => ClientKey::Subject(subject),
+            let key = match (&identity, peer) {
+                (Some(identity), _) => ClientKey::Subject(identity.subject().to_owned()),
                 (None, Some(peer)) => ClientKey::Ip(peer.ip()),
                 (None, None) => ClientKey::Unknown,
             };
@@ -151,20 +162,34 @@ impl Shared {
                     .into_response();
             }
         }
+        let caller = identity.map(|identity| ForwardedAs {
+            // The subject in clear is for logs; the signed identity carries any Unicode.
+            subject: identity
+                .subject()
+                .is_ascii()
+                .then(|| HeaderValue::from_str(identity.subject()).ok())
+                .flatten(),
+            identity: self
+                .identity_key
+                .as_ref()
+                .and_then(|key| HeaderValue::try_from(key.sign(&identity)).ok()),
+        });
 
         rewrite_request_headers(
             &mut parts.headers,
+            seen,
+            host,
             downstream.peer_ip.as_ref(),
-            subject_value,
+            caller,
             request_id,
         );
-        let body = if content_length.is_none() && !body.is_end_stream() {
-            Body::new(Limited::new(
-                body,
-                usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX),
-            ))
+        // A body still to come is watched, so that its failures and delays are told
+        // apart from the upstream's (and a chunked one is held to the limit).
+        let (body, watch) = if body.is_end_stream() {
+            (body, None)
         } else {
-            body
+            let (body, watch) = ClientBody::new(body, route.max_body_bytes);
+            (Body::new(body), Some(watch))
         };
 
         // The path and query below the instance's base URL: the client's own when the
@@ -195,17 +220,24 @@ impl Shared {
                 parts.method,
                 Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
             )
-            && body.is_end_stream();
+            && watch.is_none();
         // Retries after the request went out: idempotent methods with no body only.
         let mut retries_left = if replayable { route.config.retries } else { 0 };
         let mut body = Some(body);
         let mut headers = parts.headers;
         // Built when the last attempt has failed, not up front: a problem body is JSON.
         let mut failure = (StatusCode::BAD_GATEWAY, "the upstream failed");
-        // Instances already tried, so that another attempt goes elsewhere.
+        // Instances already tried: another attempt goes elsewhere, never back to one
+        // that just failed this request.
         let mut tried: Vec<String> = Vec::new();
+        // The instance a retry goes to, when one was found before giving up on an answer.
+        let mut next: Option<Pick> = None;
         loop {
-            let pick = match route.endpoints.pick_excluding(&tried) {
+            let picked = match next.take() {
+                Some(pick) => Ok(pick),
+                None => route.endpoints.pick_untried(&tried),
+            };
+            let pick = match picked {
                 Ok(pick) => pick,
                 Err(e) if tried.is_empty() => {
                     tracing::debug!(route = %route.prefix, error = %e, "no upstream instance");
@@ -229,14 +261,18 @@ impl Shared {
             };
             match tokio::time::timeout(route.timeout, attempt).await {
                 Ok(Ok(response)) => {
+                    // A 4xx is the upstream answering the client: never a failure.
                     if response.status().is_server_error() {
+                        // Retried only on another instance; with none, this answer stands.
                         if retries_left > 0 {
-                            retries_left -= 1;
                             tried.push(pick.base_url().to_owned());
-                            pick.failure();
-                            continue;
+                            next = route.endpoints.pick_untried(&tried).ok();
                         }
                         pick.failure();
+                        if next.is_some() {
+                            retries_left -= 1;
+                            continue;
+                        }
                     } else {
                         pick.success();
                     }
@@ -254,14 +290,29 @@ impl Shared {
                     continue;
                 }
                 Ok(Err(Failed::Sent(e))) => {
-                    if is_length_limit(&e) {
-                        // The client sent too much; the upstream did nothing wrong.
-                        return too_large(route.max_body_bytes);
+                    // The client's body broke or grew too large: the client's fault, so
+                    // the instance's breaker hears nothing of it (the pick is dropped).
+                    if let Some(fault) = watch.as_deref().and_then(BodyWatch::fault) {
+                        tracing::debug!(route = %route.prefix, error = %e, ?fault, "client body failed");
+                        return match fault {
+                            BodyFault::TooLarge => too_large(route.max_body_bytes),
+                            BodyFault::Broken => client_fault(
+                                StatusCode::BAD_REQUEST,
+                                "the request body is malformed or ended early",
+                            ),
+                        };
                     }
                     tracing::debug!(route = %route.prefix, error = %e, "upstream call failed");
                     failure = (StatusCode::BAD_GATEWAY, "the upstream failed");
                 }
                 Err(_) => {
+                    if watch.as_deref().is_some_and(BodyWatch::is_waiting_for_client) {
+                        tracing::debug!(route = %route.prefix, "client body too slow");
+                        return client_fault(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "the request body did not arrive in time",
+                        );
+                    }
                     tracing::debug!(route = %route.prefix, "upstream timed out");
                     failure = (StatusCode::GATEWAY_TIMEOUT, "the upstream did not answer in time");
                 }
@@ -276,6 +327,98 @@ impl Shared {
             pick.failure();
         }
     }
+}
+
+/// The identity a request is forwarded with: the subject in clear when it is ASCII
+/// (for logs), and the signed identity when the gateway has a key.
+struct ForwardedAs {
+    subject: Option<HeaderValue>,
+    identity: Option<HeaderValue>,
+}
+
+/// Header names a request is surveyed for in one look over its names (a bit each).
+const HOP: u8 = 1;
+const CHUNKED: u8 = 2;
+const EXPECTS: u8 = 4;
+/// Headers only the gateway may set: what a client sends under these names is dropped.
+const UNTRUSTED: u8 = 8;
+/// The headers [`check_framing`] looks at.
+const NEEDS_CHECK: u8 = CHUNKED | EXPECTS;
+
+/// Which of the headers the gateway treats specially `headers` has, as bits. One look
+/// over the names, so that a request with none of them (the usual case) costs no
+/// lookups.
+fn survey(headers: &HeaderMap) -> u8 {
+    headers.keys().fold(0, |seen, name| seen | class(name))
+}
+
+fn class(name: &HeaderName) -> u8 {
+    match name.as_str() {
+        "connection"
+        | "keep-alive"
+        | "proxy-connection"
+        | "te"
+        | "trailer"
+        | "upgrade"
+        | "proxy-authenticate"
+        | "proxy-authorization" => HOP,
+        "transfer-encoding" => HOP | CHUNKED,
+        "expect" => EXPECTS,
+        "x-keel-identity" | "x-keel-subject" | "forwarded" | "x-real-ip" => UNTRUSTED,
+        _ => 0,
+    }
+}
+
+/// A request refused before it is forwarded: the status and what the problem says.
+type Refused = (StatusCode, &'static str);
+
+/// Takes the `Host` header out: exactly one is required of HTTP/1.1 requests, and
+/// more than one is refused whatever the version (RFC 9112 3.2).
+fn take_host(headers: &mut HeaderMap, version: Version) -> Result<Option<HeaderValue>, Refused> {
+    let mut hosts = match headers.entry(header::HOST) {
+        http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1,
+        http::header::Entry::Vacant(_) if version == Version::HTTP_11 => {
+            return Err((StatusCode::BAD_REQUEST, "the request has no Host header"));
+        }
+        http::header::Entry::Vacant(_) => return Ok(None),
+    };
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err((StatusCode::BAD_REQUEST, "the request has more than one Host header"));
+    }
+    Ok(host)
+}
+
+/// RFC 9112's framing rules hyper leaves to the application: `chunked` is the only
+/// transfer coding the gateway decodes (501 for others, which the upstream would
+/// receive still encoded), and `100-continue` the only expectation (417).
+fn check_framing(headers: &HeaderMap, seen: u8) -> Result<(), Refused> {
+    if seen & CHUNKED != 0 {
+        let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+        let only_chunked = codings
+            .next()
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none();
+        if !only_chunked {
+            return Err((
+                StatusCode::NOT_IMPLEMENTED,
+                "the only transfer coding accepted is chunked",
+            ));
+        }
+    }
+    if seen & EXPECTS != 0 {
+        let continues = headers
+            .get_all(header::EXPECT)
+            .iter()
+            .all(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+        if !continues {
+            return Err((
+                StatusCode::EXPECTATION_FAILED,
+                "the only expectation supported is 100-continue",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// How an attempt failed: before the request went out, or after.
@@ -294,30 +437,29 @@ fn unauthorized(detail: &'static str) -> Response<Body> {
     response
 }
 
+/// A problem caused by the client's request, on a connection that is then closed:
+/// what is left of the request (an unread or unframeable body) cannot be trusted.
+fn client_fault(status: StatusCode, detail: &'static str) -> Response<Body> {
+    let mut response = problem(status, detail);
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 fn too_large(limit: u64) -> Response<Body> {
     Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
         .with_detail(format!("the request body exceeds {limit} bytes"))
         .into_response()
 }
 
-fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<LengthLimitError>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One look over the names present (rarely one of these) instead of nine removals
-    // that each hash a name.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
+    if survey(headers) & HOP != 0 {
+        strip_surveyed_hop_by_hop(headers);
     }
+}
+
+/// [`strip_hop_by_hop`] once [`survey`] has found one.
+fn strip_surveyed_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -335,21 +477,36 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Hop-by-hop headers out; then the headers the gateway owns are set, after the
-/// stripping so that no `Connection` trick can remove them.
+/// Hop-by-hop headers and what a client may not claim out (`seen` is the request's
+/// [`survey`]); then the headers the gateway owns are set, after the stripping so that
+/// no `Connection` trick can remove them.
 fn rewrite_request_headers(
     headers: &mut HeaderMap,
+    seen: u8,
+    host: Option<HeaderValue>,
     peer_ip: Option<&HeaderValue>,
-    subject: Option<HeaderValue>,
+    caller: Option<ForwardedAs>,
     request_id: &HeaderValue,
 ) {
-    strip_hop_by_hop(headers);
-    // The client's `Expect: 100-continue` was answered by this hop.
-    headers.remove(header::EXPECT);
-    let host = headers.remove(header::HOST);
-    headers.remove(SUBJECT_HEADER);
-    if let Some(subject) = subject {
-        headers.insert(SUBJECT_HEADER, subject);
+    if seen & HOP != 0 {
+        strip_surveyed_hop_by_hop(headers);
+    }
+    if seen & EXPECTS != 0 {
+        // The client's `Expect: 100-continue` was answered by this hop.
+        headers.remove(header::EXPECT);
+    }
+    if seen & UNTRUSTED != 0 {
+        for name in [IDENTITY_HEADER, SUBJECT_HEADER, FORWARDED, X_REAL_IP] {
+            headers.remove(name);
+        }
+    }
+    if let Some(caller) = caller {
+        if let Some(subject) = caller.subject {
+            headers.insert(SUBJECT_HEADER, subject);
+        }
+        if let Some(identity) = caller.identity {
+            headers.insert(IDENTITY_HEADER, identity);
+        }
     }
     if let Some(ip) = peer_ip {
         let forwarded = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -426,6 +583,8 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -446,19 +605,72 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONNECTION,
-            HeaderValue::from_static("x-keel-subject, x-forwarded-for"),
+            HeaderValue::from_static("x-keel-subject, x-keel-identity, x-forwarded-for"),
         );
         headers.insert(SUBJECT_HEADER, HeaderValue::from_static("mallory"));
+        headers.insert(IDENTITY_HEADER, HeaderValue::from_static("forged"));
         let id = HeaderValue::from_static("rid");
+        let seen = survey(&headers);
         rewrite_request_headers(
             &mut headers,
+            seen,
+            None,
             Downstream::ip_header(([10, 0, 0, 1], 5).into()).as_ref(),
-            Some(HeaderValue::from_static("alice")),
+            Some(ForwardedAs {
+                subject: Some(HeaderValue::from_static("alice")),
+                identity: Some(HeaderValue::from_static("signed")),
+            }),
             &id,
         );
         assert_eq!(headers[SUBJECT_HEADER], "alice");
+        assert_eq!(headers[IDENTITY_HEADER], "signed");
         assert_eq!(headers[X_FORWARDED_FOR], "10.0.0.1");
         assert_eq!(headers.get_all(SUBJECT_HEADER).iter().count(), 1);
+        assert_eq!(headers.get_all(IDENTITY_HEADER).iter().count(), 1);
+    }
+
+    #[test]
+    fn what_a_client_may_not_claim_is_dropped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-keel-identity", "forged"),
+            ("x-keel-subject", "root"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-real-ip", "203.0.113.9"),
+            ("x-kept", "1"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        let seen = survey(&headers);
+        assert_eq!(seen, UNTRUSTED);
+        rewrite_request_headers(
+            &mut headers,
+            seen,
+            None,
+            None,
+            None,
+            &HeaderValue::from_static("r"),
+        );
+        for name in ["x-keel-identity", "x-keel-subject", "forwarded", "x-real-ip"] {
+            assert!(!headers.contains_key(name), "{name}");
+        }
+        assert_eq!(headers["x-kept"], "1");
+    }
+
+    #[test]
+    fn the_survey_finds_each_class() {
+        let mut headers = HeaderMap::new();
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        assert_eq!(survey(&headers), 0);
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        assert_eq!(survey(&headers), HOP | CHUNKED | EXPECTS);
+        assert!(check_framing(&headers, survey(&headers)).is_ok());
+        headers.insert(header::EXPECT, HeaderValue::from_static("other"));
+        assert_eq!(check_framing(&headers, survey(&headers)).unwrap_err().0, 417);
+        headers.remove(header::EXPECT);
+        headers.append(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert_eq!(check_framing(&headers, survey(&headers)).unwrap_err().0, 501);
     }
 
     #[test]

@@ -15,6 +15,12 @@ use serde::Serialize;
 
 use crate::config::{AuthMode, BalanceSetting, RouteConfig, normalize_prefix};
 
+/// The `Allow` of a route that lists no methods.
+const ANY_METHOD: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+/// The `route` label of requests no route matched (no prefix can be this: they start
+/// with `/`).
+const UNMATCHED: &str = "unmatched";
+
 /// Who a rate limit counts against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum ClientKey {
@@ -46,9 +52,14 @@ impl RouteMetrics {
     }
 
     pub(crate) fn record(&self, status: u16, elapsed: Duration) {
+        self.count(status);
+        self.latency.record(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request without timing it.
+    pub(crate) fn count(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].increment(1);
-        self.latency.record(elapsed.as_secs_f64());
     }
 }
 
@@ -56,7 +67,8 @@ pub(crate) struct Route {
     pub(crate) prefix: String,
     pub(crate) config: RouteConfig,
     pub(crate) methods: Option<Vec<Method>>,
-    pub(crate) allow: Option<HeaderValue>,
+    /// The `Allow` header of a 405.
+    pub(crate) allow: HeaderValue,
     pub(crate) timeout: Duration,
     pub(crate) limiter: Option<DefaultKeyedRateLimiter<ClientKey>>,
     pub(crate) max_body_bytes: u64,
@@ -80,10 +92,13 @@ impl Route {
             .methods
             .as_ref()
             .map(|ms| ms.iter().filter_map(|m| Method::from_str(m).ok()).collect());
-        let allow = methods.as_ref().and_then(|ms| {
-            let list: Vec<&str> = ms.iter().map(Method::as_str).collect();
-            HeaderValue::from_str(&list.join(", ")).ok()
-        });
+        let allow = methods
+            .as_ref()
+            .and_then(|ms| {
+                let list: Vec<&str> = ms.iter().map(Method::as_str).collect();
+                HeaderValue::from_str(&list.join(", ")).ok()
+            })
+            .unwrap_or_else(|| HeaderValue::from_static(ANY_METHOD));
         let limiter = config.rate_limit.and_then(|limit| {
             let rate = NonZeroU32::new(limit.per_second)?;
             let burst = limit.burst.and_then(NonZeroU32::new).unwrap_or(rate);
@@ -115,8 +130,12 @@ impl Route {
         }
     }
 
+    /// Whether the route takes `method`. TRACE (it would echo the request, credentials
+    /// included) and CONNECT (a tunnel) are never proxied.
     pub(crate) fn allows(&self, method: &Method) -> bool {
         self.methods.as_ref().is_none_or(|ms| ms.contains(method))
+            && *method != Method::TRACE
+            && *method != Method::CONNECT
     }
 
     /// Whether this request must carry credentials.
@@ -217,12 +236,15 @@ struct InstanceInfo {
 #[derive(Debug)]
 pub(crate) struct RouteTable {
     routes: Vec<Route>,
+    /// Requests no route matched, under one `route` label (labels come from closed
+    /// sets: a path never becomes one).
+    pub(crate) unmatched: RouteMetrics,
 }
 
 impl RouteTable {
     pub(crate) fn new(mut routes: Vec<Route>) -> Self {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Self { routes }
+        Self { routes, unmatched: RouteMetrics::new(UNMATCHED) }
     }
 
     pub(crate) fn find(&self, path: &str) -> Option<&Route> {

@@ -311,3 +311,143 @@ async fn the_toml_form_configures_the_same_keys() {
     );
     assert_eq!(get_with_token(&gw, "/api/x", &rs256(&claims("bob"))).await.status(), 200);
 }
+
+/// The identity an upstream received, verified with the key derived from `SECRET`
+/// (what the services derive from the same `KEEL_JWT_SECRET`).
+async fn identity_seen(response: reqwest::Response) -> keel_service::Identity {
+    assert_eq!(response.status(), 200);
+    let body = json(response).await;
+    let token = body["headers"]["x-keel-identity"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no x-keel-identity reached the upstream: {body}"));
+    assert_eq!(body["headers"]["x-keel-identity"].as_array().unwrap().len(), 1, "{body}");
+    keel_service::IdentityKey::derive_from_jwt_secret(SECRET).verify(token).unwrap()
+}
+
+fn claims_with(sub: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut claims = claims(sub);
+    claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    claims
+}
+
+#[tokio::test]
+async fn the_identity_reaches_the_upstream_signed_with_its_roles() {
+    let gw = setup().await;
+    let token = hs256(
+        &claims_with("alice", json!({ "roles": ["admin", "events:read"] })),
+        SECRET.as_bytes(),
+    );
+    let response = client()
+        .get(format!("{gw}/req/x"))
+        .bearer_auth(token)
+        .header("x-keel-identity", "forged")
+        .send()
+        .await
+        .unwrap();
+    let identity = identity_seen(response).await;
+    assert_eq!(identity.subject(), "alice");
+    assert_eq!(identity.roles(), ["admin", "events:read"]);
+    // A single `role` string, and a `roles` string, count as one role each.
+    let token = hs256(&claims_with("bob", json!({ "role": "auditor" })), SECRET.as_bytes());
+    let identity = identity_seen(get_with_token(&gw, "/req/x", &token).await).await;
+    assert_eq!((identity.subject(), identity.roles()), ("bob", &["auditor".to_owned()][..]));
+    let token = hs256(&claims_with("carol", json!({ "roles": "admin" })), SECRET.as_bytes());
+    assert!(identity_seen(get_with_token(&gw, "/req/x", &token).await).await.is_admin());
+    // Reads on a write-only route carry the identity too, when credentials come along.
+    let token = hs256(&claims("dave"), SECRET.as_bytes());
+    assert_eq!(
+        identity_seen(get_with_token(&gw, "/write/x", &token).await).await.subject(),
+        "dave"
+    );
+}
+
+#[tokio::test]
+async fn a_client_sent_identity_never_reaches_the_upstream() {
+    let gw = setup().await;
+    let forged = keel_service::IdentityKey::derive_from_jwt_secret(SECRET)
+        .sign(&keel_service::Identity::new("root").unwrap().with_roles(["admin"]).unwrap());
+    for path in ["/open/x", "/write/x"] {
+        let response = client()
+            .get(format!("{gw}{path}"))
+            .header("x-keel-identity", &forged)
+            .header("x-keel-subject", "root")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = json(response).await;
+        assert!(body["headers"].get("x-keel-identity").is_none(), "{path}: {body}");
+        assert!(body["headers"].get("x-keel-subject").is_none(), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn api_keys_carry_their_configured_roles() {
+    let up = upstream().await;
+    let auth = AuthConfig::hs256(SECRET).api_key_with_roles("ops", API_KEY, &["admin"]);
+    let gw = gateway(
+        GatewayConfig::default()
+            .auth(auth)
+            .route(RouteConfig::to_upstreams("/req", vec![up.url()]).auth(AuthMode::Required)),
+    )
+    .await;
+    let response =
+        client().get(format!("{gw}/req/x")).header("x-api-key", API_KEY).send().await.unwrap();
+    let identity = identity_seen(response).await;
+    assert_eq!((identity.subject(), identity.is_admin()), ("ops", true));
+}
+
+#[tokio::test]
+async fn a_subject_that_is_not_ascii_travels_in_the_identity_only() {
+    let gw = setup().await;
+    let token = hs256(&claims("Zoë ☕"), SECRET.as_bytes());
+    let response = get_with_token(&gw, "/req/x", &token).await;
+    assert_eq!(response.status(), 200);
+    let body = json(response).await;
+    assert!(body["headers"].get("x-keel-subject").is_none(), "{body}");
+    let token = body["headers"]["x-keel-identity"][0].as_str().unwrap();
+    let identity = keel_service::IdentityKey::derive_from_jwt_secret(SECRET).verify(token).unwrap();
+    assert_eq!(identity.subject(), "Zoë ☕");
+}
+
+#[tokio::test]
+async fn an_overlong_or_empty_subject_is_401() {
+    let gw = setup().await;
+    for sub in ["s".repeat(257), "s".repeat(10_000), String::new(), "a\u{1}b".to_owned()] {
+        let token = hs256(&claims(&sub), SECRET.as_bytes());
+        let response = get_with_token(&gw, "/req/x", &token).await;
+        problem(response, 401).await;
+    }
+    let many: Vec<String> = (0..33).map(|i| format!("r{i}")).collect();
+    let token = hs256(&claims_with("alice", json!({ "roles": many })), SECRET.as_bytes());
+    problem(get_with_token(&gw, "/req/x", &token).await, 401).await;
+}
+
+#[tokio::test]
+async fn an_identity_secret_signs_instead_of_the_derived_key() {
+    let up = upstream().await;
+    let text = format!(
+        r#"
+        identity_secret = "an-identity-secret-of-its-own"
+        [auth]
+        jwt = [{{ alg = "HS256", secret = "{SECRET}" }}]
+        api_keys = [{{ name = "ci", key = "{API_KEY}", roles = ["events:read"] }}]
+        [[routes]]
+        prefix = "/api"
+        upstreams = ["{}"]
+        auth = "required"
+        "#,
+        up.url()
+    );
+    let gw = gateway(GatewayConfig::from_toml_str(&text).unwrap()).await;
+    let response =
+        client().get(format!("{gw}/api/x")).header("x-api-key", API_KEY).send().await.unwrap();
+    let body = json(response).await;
+    let token = body["headers"]["x-keel-identity"][0].as_str().unwrap();
+    let key = keel_service::IdentityKey::from_secret(b"an-identity-secret-of-its-own");
+    let identity = key.verify(token).unwrap();
+    assert_eq!((identity.subject(), identity.roles()), ("ci", &["events:read".to_owned()][..]));
+    assert!(keel_service::IdentityKey::derive_from_jwt_secret(SECRET).verify(token).is_err());
+    let short = GatewayConfig::from_toml_str("identity_secret = \"short\"").unwrap_err();
+    assert_eq!(short.key(), Some("identity_secret"));
+}

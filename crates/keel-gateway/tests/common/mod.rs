@@ -50,8 +50,9 @@ impl Upstream {
 /// - `/first-chunk`: as `/upload`, and notifies `seen.first_chunk` on the first bytes
 /// - `/download`: streams `?n=` bytes of [`pattern`] in 64 KiB chunks
 /// - `/stream-down`: one chunk, then waits for `seen.release_download`, then one more
+/// - `/count`: reads the whole body, answers `ok <len>`
 /// - `/mirror`: answers the request body as is, with the request's content type
-/// - `/status/500`: 500; `/slow`: answers after 5 s
+/// - `/status/NNN`: that status; `/slow`: answers after 5 s
 /// - `/hop`: answers with hop-by-hop headers of its own
 /// - anything else: JSON with method, path, query and headers
 pub async fn upstream() -> Upstream {
@@ -104,6 +105,13 @@ async fn handle(State(seen): State<Arc<Seen>>, req: Request) -> Response {
         let stream = async_stream(seen);
         return Response::new(Body::from_stream(stream));
     }
+    if path.ends_with("/count") {
+        // Reads the whole body before answering (400 if it breaks).
+        return match req.into_body().collect().await {
+            Ok(body) => text(200, format!("ok {}", body.to_bytes().len())),
+            Err(_) => text(400, "body error".into()),
+        };
+    }
     if path.ends_with("/mirror") {
         let content_type = req.headers().get("content-type").cloned();
         let mut response = Response::new(req.into_body());
@@ -112,8 +120,8 @@ async fn handle(State(seen): State<Arc<Seen>>, req: Request) -> Response {
         }
         return response;
     }
-    if path.ends_with("/status/500") {
-        return text(500, "boom".into());
+    if let Some(code) = path.rsplit_once("/status/").and_then(|(_, c)| c.parse::<u16>().ok()) {
+        return text(code, "status as asked".into());
     }
     if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -196,6 +204,83 @@ pub async fn raw(base: &str, request: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What a raw exchange answered: the status and the head's lines, lower-cased names.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// Asserts a problem document with `status`.
+    pub fn assert_problem(&self, status: u16) {
+        assert_eq!(self.status, status, "{}\r\n\r\n{}", self.head, self.body);
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{}", self.head);
+        let body: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!("not JSON ({e}): {}", self.body);
+        });
+        assert_eq!(body["status"], status);
+    }
+}
+
+/// Sends `bytes` on a new connection, half-closes it when `close_write`, and reads one
+/// answer (its head, and a body of the length it declares). A connection closed with
+/// no answer is status 0.
+pub async fn exchange(base: &str, bytes: &[u8], close_write: bool) -> RawAnswer {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // The server may answer (and close) before it has read everything.
+    let _ = stream.write_all(bytes).await;
+    if close_write {
+        let _ = stream.shutdown().await;
+    }
+    read_answer(&mut stream).await
+}
+
+/// Reads one answer from `stream` (bounded by 20 s, so that a hang fails the test).
+pub async fn read_answer(stream: &mut TcpStream) -> RawAnswer {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 8192];
+    let read = async {
+        loop {
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0usize);
+                if seen.len() >= end + 4 + length {
+                    return (
+                        head,
+                        String::from_utf8_lossy(&seen[end + 4..end + 4 + length]).into_owned(),
+                    );
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    return (String::from_utf8_lossy(&seen).into_owned(), String::new());
+                }
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let (head, body) =
+        tokio::time::timeout(Duration::from_secs(20), read).await.expect("no answer within 20 s");
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    RawAnswer { status, head, body }
 }
 
 /// A port nothing listens on.
