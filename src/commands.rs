@@ -457,6 +457,13 @@ pub async fn gateway(
     {
         gateway_config = gateway_config.auth(AuthConfig::hs256(secret.clone()));
     }
+    // The services verify identities with the same key: KEEL_IDENTITY_SECRET, unless the
+    // file names one.
+    if gateway_config.identity_secret.is_none()
+        && let Some(secret) = &config.identity_secret
+    {
+        gateway_config = gateway_config.identity_secret(secret.clone());
+    }
     let addr = gateway_config.listen_addr()?;
     let registry =
         keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;

@@ -138,12 +138,9 @@ pub fn gateway_config(config: &Config) -> GatewayConfig {
             .rate_limit(RATE_PER_SECOND, RATE_BURST);
         gateway = gateway.route(route);
     }
-    // `KEEL_IDENTITY_SECRET`, as the services read it. (The services' branch adds
-    // `identity_secret` to the runtime's `Config`, keel.toml included: read it there.)
-    if let Some(secret) =
-        std::env::var("KEEL_IDENTITY_SECRET").ok().filter(|s| !s.trim().is_empty())
-    {
-        gateway = gateway.identity_secret(secret);
+    // `KEEL_IDENTITY_SECRET` (or keel.toml's `identity_secret`), as the services read it.
+    if let Some(secret) = &config.identity_secret {
+        gateway = gateway.identity_secret(secret.clone());
     }
     match &config.jwt_secret {
         Some(secret) => gateway.auth(AuthConfig::hs256(secret.clone())),
