@@ -676,7 +676,8 @@ mod tests {
         assert_eq!(ev.traceparent(), Some(TRACEPARENT));
         assert_eq!(ev.tracestate(), None, "an oversize tracestate is not stored");
 
-        let mut ev = CloudEvent::builder("t", "/x").extension(ext::TRACEPARENT, TRACEPARENT).build()?;
+        let mut ev =
+            CloudEvent::builder("t", "/x").extension(ext::TRACEPARENT, TRACEPARENT).build()?;
         ev.set_extension(ext::TRACESTATE, huge)?;
         assert_eq!(ev.tracestate(), None);
         ev.set_extension(ext::TRACESTATE, "k=v , w=1")?;
@@ -700,10 +701,7 @@ mod tests {
         for name in [ext::CORRELATION_ID, ext::CAUSATION_ID, ext::ACTOR] {
             CloudEvent::builder("t", "/x").extension(name, at_limit.as_str()).build()?;
             let err = CloudEvent::builder("t", "/x").extension(name, over.as_str()).build().err();
-            assert!(
-                err.as_ref().is_some_and(|e| e.to_string().contains(name)),
-                "{name}: {err:?}"
-            );
+            assert!(err.as_ref().is_some_and(|e| e.to_string().contains(name)), "{name}: {err:?}");
             let mut ev = CloudEvent::builder("t", "/x").build()?;
             assert!(ev.set_extension(name, over.as_str()).is_err(), "{name}");
             assert_eq!(ev.extension(name), None, "{name}: an oversize value is not stored");
@@ -722,14 +720,19 @@ mod tests {
 
     #[test]
     fn string_attributes_refuse_control_characters() {
-        for bad in ["order\u{1}placed", "order\nplaced", "order\u{7f}", "order\u{85}x", "\u{fffe}"] {
+        for bad in ["order\u{1}placed", "order\nplaced", "order\u{7f}", "order\u{85}x", "\u{fffe}"]
+        {
             assert!(CloudEvent::builder(bad, "/x").build().is_err(), "type {bad:?}");
             assert!(CloudEvent::builder("t", "/x").id(bad).build().is_err(), "id {bad:?}");
-            assert!(CloudEvent::builder("t", "/x").subject(bad).build().is_err(), "subject {bad:?}");
+            assert!(
+                CloudEvent::builder("t", "/x").subject(bad).build().is_err(),
+                "subject {bad:?}"
+            );
             let ext = CloudEvent::builder("t", "/x").extension("note", bad).build();
             assert!(ext.is_err(), "extension {bad:?}");
         }
-        let err = CloudEvent::builder("order\u{1}placed", "/x").build().err().map(|e| e.to_string());
+        let err =
+            CloudEvent::builder("order\u{1}placed", "/x").build().err().map(|e| e.to_string());
         assert!(err.as_deref().is_some_and(|e| e.contains("`type`")), "{err:?}");
         assert!(CloudEvent::builder("order.placed ünïcode", "/x").build().is_ok());
     }

@@ -156,7 +156,8 @@ pub fn normalize_tracestate(value: &str) -> Option<String> {
             return None;
         }
     }
-    let size = |members: &[&str]| members.iter().map(|m| m.len() + 1).sum::<usize>().saturating_sub(1);
+    let size =
+        |members: &[&str]| members.iter().map(|m| m.len() + 1).sum::<usize>().saturating_sub(1);
     while size(&members) > MAX_TRACESTATE_LEN {
         match members.iter().rposition(|m| m.len() > LARGE_MEMBER) {
             Some(large) => members.remove(large),
@@ -192,7 +193,9 @@ fn valid_tracestate_key(key: &str) -> bool {
 fn valid_tracestate_value(value: &str) -> bool {
     let bytes = value.as_bytes();
     (1..=256).contains(&bytes.len())
-        && bytes.iter().all(|&c| c == b' ' || ((0x21..=0x7e).contains(&c) && c != b',' && c != b'='))
+        && bytes
+            .iter()
+            .all(|&c| c == b' ' || ((0x21..=0x7e).contains(&c) && c != b',' && c != b'='))
         && bytes.last().is_some_and(|&c| c != b' ')
 }
 
@@ -272,8 +275,7 @@ mod tests {
         let huge = format!("vendor={}", "x".repeat(307 * 1024));
         assert_eq!(parent().with_state(Some(huge)).tracestate(), None);
         // 31 members of ~40 bytes: valid, but over 512 bytes: truncated from the end.
-        let members: Vec<String> =
-            (0..31).map(|n| format!("v{n:02}={}", "a".repeat(36))).collect();
+        let members: Vec<String> = (0..31).map(|n| format!("v{n:02}={}", "a".repeat(36))).collect();
         let state = parent().with_state(Some(members.join(","))).tracestate().map(str::to_owned);
         let state = state.expect("truncated, not dropped");
         assert!(state.len() <= MAX_TRACESTATE_LEN, "{} bytes", state.len());
@@ -313,7 +315,10 @@ mod tests {
     fn a_valid_tracestate_is_kept_in_canonical_form() {
         for (given, kept) in [
             ("congo=t61rcWkgMzE", "congo=t61rcWkgMzE"),
-            ("rojo=00f067aa0ba902b7 , congo=t61rcWkgMzE", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+            (
+                "rojo=00f067aa0ba902b7 , congo=t61rcWkgMzE",
+                "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+            ),
             ("tenant@sys=a b,,  ,k_-*/9=~", "tenant@sys=a b,k_-*/9=~"),
         ] {
             assert_eq!(parent().with_state(Some(given.to_owned())).tracestate(), Some(kept));
