@@ -358,6 +358,7 @@ fn wait_exit(child: &mut std::process::Child, limit: std::time::Duration, what: 
                 String::from_utf8_lossy(&output.stderr).lines().take(3).collect::<Vec<_>>()
             );
         }
+        #[allow(clippy::disallowed_methods, reason = "a plain #[test] thread, no runtime")]
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     read_all(child)
