@@ -20,6 +20,7 @@ pub mod inbox;
 pub mod lease;
 pub mod read;
 
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +86,7 @@ impl SqliteEventLog {
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
         let filename = options.get_filename().to_owned();
-        let in_memory = is_in_memory(url);
+        let in_memory = filename.as_os_str().is_empty() || filename == Path::new(":memory:");
         if !in_memory && let Some(dir) = filename.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Config(format!("cannot create the directory {}: {e}", dir.display()))
@@ -142,7 +143,7 @@ impl SqliteEventLog {
             Err(error) => {
                 let mut wal = filename.clone().into_os_string();
                 wal.push("-wal");
-                if std::path::Path::new(&wal).exists() {
+                if Path::new(&wal).exists() {
                     return Err(cannot_read(&error));
                 }
                 read_only_pool(options.immutable(true)).await.map_err(|_| cannot_read(&error))?
