@@ -16,6 +16,7 @@ use crate::backends::{Store, open_bus};
 use crate::cli::DlqAction;
 use crate::config::Config;
 use crate::projections;
+use keel_runtime::redact_url;
 
 /// How results are printed.
 #[derive(Clone, Copy, Debug)]
@@ -25,13 +26,18 @@ pub struct Output {
 
 impl Output {
     /// Prints `value` as JSON, or `text` for people.
-    fn emit(self, value: &serde_json::Value, text: impl FnOnce() -> String) {
-        if self.json {
-            println!("{value}");
-        } else {
-            println!("{}", text());
-        }
+    fn emit(self, value: &serde_json::Value, text: impl FnOnce() -> String) -> std::io::Result<()> {
+        if self.json { say(&value.to_string()) } else { say(&text()) }
     }
+}
+
+/// Writes one line to stdout. Unlike `println!`, a closed stdout (`keel tail | head
+/// -1`) is an error the caller returns, not a panic; `main` ends quietly on it.
+fn say(line: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(line.as_bytes())?;
+    stdout.write_all(b"\n")?;
+    stdout.flush()
 }
 
 pub async fn migrate(config: &Config, out: Output) -> anyhow::Result<()> {
@@ -49,7 +55,7 @@ pub async fn migrate(config: &Config, out: Output) -> anyhow::Result<()> {
     let value = json!({ "store": store.kind(), "migrations": migrations });
     out.emit(&value, || {
         format!("{} is migrated ({} Keel migration(s) applied)", store.kind(), migrations.len())
-    });
+    })?;
     Ok(())
 }
 
@@ -80,7 +86,7 @@ pub async fn publish(
             event.id(),
             result.version
         )
-    });
+    })?;
     Ok(())
 }
 
@@ -127,7 +133,7 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
         }
     };
     let stream = args.stream.map(StreamId::new).transpose().context("--stream")?;
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url).await?;
     let log = store.log();
     let from = Position(args.from.unwrap_or(0));
     let head = log.head().await?;
@@ -157,7 +163,7 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
     if bus.is_some() || !std::io::stdout().is_terminal() {
         let value = json!({ "replayed": count, "into": args.into });
         if bus.is_some() {
-            out.emit(&value, || format!("replayed {count} event(s) into the bus"));
+            out.emit(&value, || format!("replayed {count} event(s) into the bus"))?;
         } else {
             eprintln!("replayed {count} event(s)");
         }
@@ -303,14 +309,14 @@ fn line(out: Output, event: &CloudEvent) -> String {
 }
 
 pub async fn tail(config: &Config, out: Output, follow: bool, lines: usize) -> anyhow::Result<()> {
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url).await?;
     let log = store.log();
     let head = log.head().await?;
     let from = Position(head.0.saturating_sub(lines as u64));
     let recent =
         log.read_all(&LogQuery { from, limit: lines.max(1), ..LogQuery::default() }).await?;
     for event in &recent {
-        println!("{}", line(out, &event.event));
+        say(&line(out, &event.event))?;
     }
     if !follow {
         return Ok(());
@@ -325,7 +331,7 @@ pub async fn tail(config: &Config, out: Output, follow: bool, lines: usize) -> a
                 None => return Ok(()),
                 Some(page) => {
                     for event in page?.events {
-                        println!("{}", line(out, &event.event));
+                        say(&line(out, &event.event))?;
                     }
                 }
             },
@@ -334,7 +340,7 @@ pub async fn tail(config: &Config, out: Output, follow: bool, lines: usize) -> a
 }
 
 pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url).await?;
     let log = store.log();
     let head = log.head().await?;
     // With the log as the bus, its consumer groups and dead letters live in the store.
@@ -365,7 +371,10 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
     }
     let value = json!({
         "store": store.kind(),
-        "bus": config.bus_url.clone().unwrap_or_else(|| "log (the event log itself)".into()),
+        "bus": config
+            .bus_url
+            .as_deref()
+            .map_or_else(|| "log (the event log itself)".into(), redact_url),
         "head": head.0,
         "checkpoints": checkpoints,
         "relay_dead_letters": relay_dead_letters.len(),
@@ -405,7 +414,7 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
             ));
         }
         text.trim_end().to_owned()
-    });
+    })?;
     Ok(())
 }
 
@@ -417,7 +426,7 @@ pub async fn relay(config: &Config, name: &str) -> anyhow::Result<()> {
     eprintln!(
         "relay {name}: {} -> {}",
         store.kind(),
-        config.bus_url.as_deref().unwrap_or_default()
+        redact_url(config.bus_url.as_deref().unwrap_or_default())
     );
     let relay = keel_store::Relay::new(store.log(), bus.clone(), name);
     relay.run(shutdown_signal()).await?;
@@ -495,7 +504,7 @@ pub async fn events(
 ) -> anyhow::Result<()> {
     let db = keel_services_common::Db::connect(&config.database_url)
         .await
-        .with_context(|| format!("KEEL_DATABASE_URL `{}`", config.database_url))?;
+        .with_context(|| format!("KEEL_DATABASE_URL `{}`", redact_url(&config.database_url)))?;
     let registry =
         keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
     let router = keel_events::app(db.log());
@@ -520,7 +529,7 @@ pub use keel_runtime::shutdown_signal;
 
 pub fn projections_list(out: Output) -> anyhow::Result<()> {
     let names = projections::names();
-    out.emit(&json!({ "projections": names }), || names.join("\n"));
+    out.emit(&json!({ "projections": names }), || names.join("\n"))?;
     Ok(())
 }
 
@@ -535,7 +544,7 @@ pub async fn projections_rebuild(config: &Config, out: Output, name: &str) -> an
     bar.finish_and_clear();
     out.emit(&json!({ "projection": name, "applied": applied }), || {
         format!("rebuilt projection {name} from {applied} event(s)")
-    });
+    })?;
     Ok(())
 }
 
@@ -553,12 +562,20 @@ pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Res
         bail!("keel dlq needs --topic and --group (a consumer group's), or --relay NAME");
     };
     // Dead letters live in the broker, or with the log as the bus, in the store.
+    let reads_only = matches!(action, DlqAction::List { .. } | DlqAction::Show { .. });
     let bus: Arc<dyn keel_core::Bus> = match open_bus(config.bus_url.as_deref()).await? {
         Some(bus) => bus,
-        None => match Store::open(&config.database_url).await? {
-            Store::Sqlite(log) => Arc::new(keel_logbus::open(log).await?),
-            Store::Postgres(log) => Arc::new(keel_logbus::open(log).await?),
-        },
+        None => {
+            let store = if reads_only {
+                Store::open_read_only(&config.database_url).await?
+            } else {
+                Store::open(&config.database_url).await?
+            };
+            match store {
+                Store::Sqlite(log) => Arc::new(keel_logbus::open(log).await?),
+                Store::Postgres(log) => Arc::new(keel_logbus::open(log).await?),
+            }
+        }
     };
     match action {
         DlqAction::List { limit, .. } => {
@@ -581,7 +598,7 @@ pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Res
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
-            });
+            })?;
         }
         DlqAction::Show { id, .. } => {
             let letters = bus.list(&topic, &group, usize::MAX).await?;
@@ -590,19 +607,19 @@ pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Res
                 .find(|l| l.id.0 == id)
                 .ok_or_else(|| anyhow::anyhow!("no dead letter {id} in {topic}/{group}"))?;
             let value = dead_letter_json(letter);
-            out.emit(&value, || serde_json::to_string_pretty(&value).unwrap_or_default());
+            out.emit(&value, || serde_json::to_string_pretty(&value).unwrap_or_default())?;
         }
         DlqAction::Retry { id, .. } => {
             if !bus.retry(&topic, &group, &DeadLetterId(id.clone())).await? {
                 bail!("no dead letter {id} in {topic}/{group}");
             }
-            out.emit(&json!({ "retried": id }), || format!("sent {id} back to {topic}/{group}"));
+            out.emit(&json!({ "retried": id }), || format!("sent {id} back to {topic}/{group}"))?;
         }
         DlqAction::Purge { .. } => {
             let purged = bus.purge(&topic, &group).await?;
             out.emit(&json!({ "purged": purged }), || {
                 format!("purged {purged} dead letter(s) from {topic}/{group}")
-            });
+            })?;
         }
     }
     Ok(())

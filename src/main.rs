@@ -15,9 +15,19 @@ async fn main() -> ExitCode {
     let _telemetry = keel::cli::init_tracing(cli.verbose);
     match keel::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout has gone (`keel tail | head -1`): it has what it wanted.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("keel: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use keel_bus::ConsumerHandle;
 use keel_gateway::{AuthConfig, AuthMode, Gateway, GatewayConfig, RouteConfig};
-use keel_runtime::{start_relay, start_service, system_bus};
+use keel_runtime::{Parts, Shutdown, redact_url, start_relay, start_service, system_bus};
 use keel_service::RunningService;
 use keel_services_common::Db;
 use tokio::sync::oneshot;
@@ -32,10 +32,18 @@ const RATE_PER_SECOND: u32 = 200;
 const RATE_BURST: u32 = 400;
 
 /// Runs until Ctrl-C or SIGTERM, then stops everything in order: the gateway, the
-/// services (deregister, drain), the consumers, the relay.
+/// services (deregister, drain), the consumers, the relay, the bus. Every part is
+/// stopped even after one fails; each failure is logged naming its part, and then
+/// `up` returns an error (so `keel up` exits non-zero).
 pub async fn up(config: &Config) -> anyhow::Result<()> {
+    if keel_sqlite::is_in_memory(&config.database_url) {
+        tracing::warn!(
+            "KEEL_DATABASE_URL `{}` is a database in memory: everything is lost when keel up stops",
+            config.database_url
+        );
+    }
     let db = Db::connect(&config.database_url).await.with_context(|| {
-        format!("opening the database (KEEL_DATABASE_URL={})", config.database_url)
+        format!("opening the database (KEEL_DATABASE_URL={})", redact_url(&config.database_url))
     })?;
     keel_users::migrate(&db).await.context("users migrations")?;
     keel_products::migrate(&db).await.context("products migrations")?;
@@ -63,10 +71,16 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
         services.push((name, service.await?));
     }
 
-    let mut consumers: Vec<ConsumerHandle> = Vec::new();
-    consumers.extend(keel_users::start_consumers(&users_state, bus.clone()).await?);
-    consumers.extend(keel_products::start_consumers(&products_state, bus.clone()).await?);
-    consumers.extend(keel_orders::start_consumers(&orders_state, bus.clone()).await?);
+    let mut consumers: Vec<(String, ConsumerHandle)> = Vec::new();
+    for (service, started) in [
+        ("users", keel_users::start_consumers(&users_state, bus.clone()).await?),
+        ("products", keel_products::start_consumers(&products_state, bus.clone()).await?),
+        ("orders", keel_orders::start_consumers(&orders_state, bus.clone()).await?),
+    ] {
+        for (n, consumer) in started.into_iter().enumerate() {
+            consumers.push((format!("the {service} service's consumer {}", n + 1), consumer));
+        }
+    }
     let relay =
         if brokered { Some(start_relay(config, &db, bus.clone(), RELAY).await?) } else { None };
 
@@ -89,23 +103,18 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     eprintln!("keel up: stopping");
 
+    let mut report = Shutdown::new();
     let _ = stop_gateway.send(());
-    let _ = gateway_task.await;
-    for (_, service) in &services {
-        service.shutdown();
-    }
-    for (name, service) in services {
-        if let Err(error) = service.wait().await {
-            tracing::warn!(service = name, %error, "service did not stop cleanly");
-        }
-    }
-    for consumer in consumers {
-        let _ = consumer.stop().await;
-    }
-    if let Some(relay) = relay {
-        relay.stop().await;
-    }
-    let _ = bus.close().await;
+    let gateway = match gateway_task.await {
+        Ok(served) => served.map_err(anyhow::Error::from),
+        Err(panicked) => Err(anyhow::Error::from(panicked)),
+    };
+    report.record("the gateway", gateway);
+    let services =
+        services.into_iter().map(|(name, service)| (format!("the {name} service"), service));
+    let parts = Parts { services: services.collect(), consumers, relay, bus: Some(bus) };
+    keel_runtime::shutdown::stop_parts(parts, &mut report).await;
+    report.finish()?;
     eprintln!("keel up: stopped");
     Ok(())
 }
@@ -154,10 +163,10 @@ pub fn gateway_config(config: &Config) -> GatewayConfig {
 }
 
 fn print_banner(config: &Config, gateway: SocketAddr, services: &[(&str, RunningService)]) {
-    let bus = config.bus_url.as_deref().unwrap_or("the event log itself");
-    let registry = config.consul_url.as_deref().unwrap_or("in-process");
+    let bus = config.bus_url.as_deref().map_or_else(|| "the event log itself".into(), redact_url);
+    let registry = config.consul_url.as_deref().map_or_else(|| "in-process".into(), redact_url);
     println!("keel up: the example system is running (Ctrl-C stops it)");
-    println!("  database  {}", config.database_url);
+    println!("  database  {}", redact_url(&config.database_url));
     println!("  bus       {bus}");
     println!("  registry  {registry}");
     println!("  gateway   http://{gateway}");

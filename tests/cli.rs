@@ -318,3 +318,253 @@ async fn dead_letter_tooling_and_status_with_the_log_as_bus() {
     }
     panic!("no settled checkpoint for the group: {status}");
 }
+
+/// A free loopback port nobody listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `keel up` in `keel`'s directory with `env`, stdout and stderr captured.
+fn spawn_up(keel: &Keel, env: &[(&str, &str)]) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+    command
+        .arg("up")
+        .current_dir(&keel.dir)
+        .env("KEEL_DATABASE_URL", &keel.database_url)
+        .env("KEEL_GATEWAY_ADDR", "127.0.0.1:0")
+        .env_remove("KEEL_BUS_URL")
+        .env_remove("KEEL_CONSUL_URL")
+        .env_remove("RUST_LOG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.spawn().expect("start keel up")
+}
+
+/// Waits up to `limit` for `child` to exit; kills it and fails the test if it does not.
+fn wait_exit(child: &mut std::process::Child, limit: std::time::Duration, what: &str) -> Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let output = read_all(child);
+            panic!(
+                "{what}: still running after {limit:?}; stderr had {} line(s), the first: {:?}",
+                String::from_utf8_lossy(&output.stderr).lines().count(),
+                String::from_utf8_lossy(&output.stderr).lines().take(3).collect::<Vec<_>>()
+            );
+        }
+        #[allow(clippy::disallowed_methods, reason = "a plain #[test] thread, no runtime")]
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    read_all(child)
+}
+
+fn read_all(child: &mut std::process::Child) -> Output {
+    use std::io::Read as _;
+    let status = child.wait().unwrap();
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_end(&mut stdout).unwrap();
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_end(&mut stderr).unwrap();
+    }
+    Output { status, stdout, stderr }
+}
+
+/// Reads `child`'s stdout until a line contains `marker`; returns what was read.
+fn read_until(child: &mut std::process::Child, marker: &str) -> String {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(marker) {
+            break;
+        }
+    }
+    // Keep draining in the background so the process never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    seen
+}
+
+fn sigterm(child: &std::process::Child) {
+    let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+}
+
+#[test]
+fn up_with_an_unreachable_kafka_fails_soon_with_one_line() {
+    let keel = Keel::sqlite();
+    let bus = format!("kafka://127.0.0.1:{}", closed_port());
+    let mut up = spawn_up(&keel, &[("KEEL_BUS_URL", &bus)]);
+    let output = wait_exit(&mut up, std::time::Duration::from_secs(120), "keel up without Kafka");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("KEEL_BUS_URL") && lines[0].contains("Kafka"), "{stderr}");
+}
+
+#[test]
+fn secrets_in_urls_are_never_printed() {
+    let keel = Keel::sqlite();
+    keel.ok(&["migrate"]);
+    let with_env = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+        command.args(args).current_dir(&keel.dir).env("KEEL_DATABASE_URL", &keel.database_url);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+    // `keel status` shows the bus, in text and JSON.
+    let bus = "amqp://keel:bus-s3cret@127.0.0.1:5672/%2f";
+    for args in [&["status"][..], &["status", "--json"]] {
+        let output = with_env(args, &[("KEEL_BUS_URL", bus)]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(!stdout.contains("bus-s3cret"), "keel {args:?} printed the password:\n{stdout}");
+        assert!(stdout.contains("amqp://keel:***@127.0.0.1:5672"), "{stdout}");
+    }
+    // A database that cannot be reached: the error names it without the password.
+    let database = format!("postgres://keel:db-s3cret@127.0.0.1:{}/keel", closed_port());
+    for args in [&["up"][..], &["status"], &["events"]] {
+        let output = with_env(args, &[("KEEL_DATABASE_URL", &database)]);
+        assert!(!output.status.success(), "keel {args:?}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!all.contains("db-s3cret"), "keel {args:?} printed the password:\n{all}");
+    }
+    // The banner of `keel up`.
+    let mut up = spawn_up(&keel, &[("KEEL_BUS_URL", "memory://keel:banner-s3cret@local")]);
+    let banner = read_until(&mut up, "try:");
+    sigterm(&up);
+    let output = wait_exit(&mut up, std::time::Duration::from_secs(60), "keel up after SIGTERM");
+    assert!(banner.contains("memory://keel:***@local"), "{banner}");
+    assert!(!banner.contains("banner-s3cret"), "the banner printed the password:\n{banner}");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let keel = Keel::sqlite();
+    for n in 0..5 {
+        keel.ok(&["publish", "t.t", "--stream", &format!("s-{n}"), "--data", "{}"]);
+    }
+    for args in [&["tail", "-n", "5"][..], &["replay"], &["status"], &["tail", "--follow"]] {
+        // `keel ... | head -0`: the reader is gone before keel writes anything.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(args)
+            .current_dir(&keel.dir)
+            .env("KEEL_DATABASE_URL", &keel.database_url)
+            .env_remove("KEEL_BUS_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = wait_exit(&mut child, std::time::Duration::from_secs(60), "keel | head -0");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "keel {args:?}: {stderr}");
+        assert!(output.status.success(), "keel {args:?}: {:?} {stderr}", output.status);
+    }
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_message() {
+    let keel = Keel::sqlite();
+    let output = keel.run(&["publish", "order\u{1}placed", "--stream", "s-1", "--data", "{}"]);
+    assert!(!output.status.success(), "a control character in the type was accepted");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`type`") && stderr.contains("control"), "{stderr}");
+
+    // An in-memory database is empty for every command and gone when it ends.
+    for url in ["sqlite::memory:", "sqlite:"] {
+        for args in [&["status"][..], &["publish", "t.t", "--stream", "s-1", "--data", "{}"]] {
+            let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+                .args(args)
+                .current_dir(&keel.dir)
+                .env("KEEL_DATABASE_URL", url)
+                .output()
+                .unwrap();
+            assert!(!output.status.success(), "keel {args:?} on {url} succeeded");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(stderr.contains("in memory"), "keel {args:?} on {url}: {stderr}");
+        }
+    }
+}
+
+/// Runs `keel` as a user who may read but not write the database: as `nobody` when
+/// the tests run as root (who may write anything), else with the files made read-only.
+fn run_read_only(keel: &Keel, args: &[&str]) -> Output {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::process::CommandExt as _;
+    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    for entry in std::fs::read_dir(&keel.dir).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+    std::fs::set_permissions(&keel.dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+    command
+        .args(args)
+        .current_dir(&keel.dir)
+        .env("KEEL_DATABASE_URL", &keel.database_url)
+        .env_remove("KEEL_BUS_URL");
+    if root {
+        command.uid(65534).gid(65534);
+    }
+    let output = command.output().unwrap();
+    std::fs::set_permissions(&keel.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    output
+}
+
+/// Folds SQLite's write-ahead log into the database and closes it, so that its `-wal`
+/// and `-shm` files are gone, as after a clean shutdown.
+fn checkpoint(keel: &Keel) {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let options: sqlx::sqlite::SqliteConnectOptions = keel.database_url.parse().unwrap();
+        let mut conn = options.connect().await.unwrap();
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    });
+    assert!(!keel.dir.join("keel.db-wal").exists(), "the write-ahead log is still there");
+}
+
+#[test]
+fn read_commands_work_on_a_read_only_database() {
+    let keel = Keel::sqlite();
+    keel.ok(&["publish", "t.t", "--stream", "s-1", "--data", r#"{"n":1}"#]);
+    keel.ok(&["projections", "rebuild", "streams"]);
+    checkpoint(&keel);
+    for (args, expected) in [
+        (&["status"][..], "head   position 1"),
+        (&["tail", "-n", "1"], "t.t"),
+        (&["replay"], r#""n":1"#),
+        (&["status", "--json"], r#""head":1"#),
+    ] {
+        let output = run_read_only(&keel, args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "keel {args:?} on a read-only database: {stderr}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains(expected), "keel {args:?}: {stdout}");
+    }
+    // A write says why it cannot be done.
+    let output = run_read_only(&keel, &["publish", "t.t", "--stream", "s-2", "--data", "{}"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("read-only") || stderr.contains("permission"), "{stderr}");
+}

@@ -59,7 +59,9 @@ impl System {
             .env_remove("KEEL_BUS_URL")
             .env_remove("KEEL_CONSUL_URL")
             .env_remove("KEEL_JWT_SECRET")
-            .env("RUST_LOG", "warn")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            // keel's own default (warnings), as a user who sets nothing gets it.
+            .env_remove("RUST_LOG")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         for (key, value) in &self.env {
@@ -362,6 +364,59 @@ async fn whole_system(env: &[(&str, String)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_default_sqlite_and_the_log_as_bus() {
     whole_system(&[]).await;
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set and `RUST_LOG` unset, the spans of a request
+/// reach an OTLP/HTTP collector (here a stand-in that keeps each export's body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_otlp_collector_at_the_default_log_level() {
+    use axum::body::Bytes;
+    use axum::http::{StatusCode, Uri};
+
+    let (tx, mut exports) = tokio::sync::mpsc::unbounded_channel::<(String, Bytes)>();
+    let collector = axum::Router::new().fallback(move |uri: Uri, body: Bytes| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send((uri.path().to_owned(), body));
+            StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let system = System::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]).await;
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let response = system
+        .http
+        .post(format!("{}/api/users", system.gateway))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({ "name": "Otto", "email": "otto@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+
+    // Protobuf carries the trace id as its 16 raw bytes.
+    let raw: Vec<u8> =
+        (0..32).step_by(2).map(|i| u8::from_str_radix(&trace_id[i..i + 2], 16).unwrap()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut requests = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, exports.recv()).await {
+            Ok(Some((path, body))) => {
+                requests += 1;
+                assert_eq!(path, "/v1/traces");
+                if body.windows(16).any(|w| w == raw.as_slice()) {
+                    break;
+                }
+            }
+            _ => panic!(
+                "no span of trace {trace_id} reached the collector ({requests} export request(s)): {}",
+                system.log()
+            ),
+        }
+    }
 }
 
 #[cfg(feature = "integration")]

@@ -8,6 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::error::{DecodeError, Result};
 use crate::ids::{EventId, Position, StreamVersion};
+use crate::trace::{TraceContext, normalize_tracestate};
 
 /// The only CloudEvents version Keel speaks.
 pub const SPEC_VERSION: &str = "1.0";
@@ -37,6 +38,13 @@ pub mod ext {
     /// The bus topic the event belongs to, when not the stream's category.
     pub const TOPIC: &str = "topic";
 }
+
+/// Longest `correlationid`, `causationid` and `actor`, in bytes: ids, like a stream id.
+pub const MAX_ID_EXTENSION_LEN: usize = 256;
+/// Longest value of any other string extension, in bytes.
+pub const MAX_EXTENSION_LEN: usize = 4096;
+/// Most bytes all extensions of one event may take together (names and values).
+pub const MAX_EXTENSIONS_LEN: usize = 16 * 1024;
 
 /// Attribute names the specification reserves; an extension may not use them.
 pub const RESERVED: &[&str] = &[
@@ -241,7 +249,16 @@ impl CloudEvent {
         self.integer_extension(ext::SCHEMA_VERSION)
     }
 
-    /// Sets (or replaces) an extension attribute after checking its name.
+    /// Sets (or replaces) an extension attribute after checking its name and value.
+    ///
+    /// Trace context is taken as W3C Trace Context says a receiver takes it: a
+    /// `traceparent` that does not parse is refused, a valid one is stored in its
+    /// canonical form; an invalid `tracestate` removes the attribute (without an
+    /// error), a long one is truncated ([`crate::trace::normalize_tracestate`]). A
+    /// value over its bound ([`MAX_ID_EXTENSION_LEN`] for `correlationid`,
+    /// `causationid` and `actor`, [`MAX_EXTENSION_LEN`] for the others,
+    /// [`MAX_EXTENSIONS_LEN`] for all together) or with a control character is
+    /// refused, and the event is left as it was.
     pub fn set_extension(
         &mut self,
         name: impl Into<String>,
@@ -249,8 +266,31 @@ impl CloudEvent {
     ) -> Result<()> {
         let name = name.into();
         validate_extension_name(&name)?;
-        let value = normalize_extension(&name, value.into());
-        self.extensions.insert(name, value);
+        let value = match (name.as_str(), normalize_extension(&name, value.into())) {
+            (ext::TRACEPARENT, ExtensionValue::String(s)) => {
+                ExtensionValue::String(TraceContext::parse(&s)?.traceparent())
+            }
+            (ext::TRACESTATE, ExtensionValue::String(s)) => match normalize_tracestate(&s) {
+                Some(state) => ExtensionValue::String(state),
+                None => {
+                    self.extensions.remove(ext::TRACESTATE);
+                    return Ok(());
+                }
+            },
+            (ext::TRACEPARENT | ext::TRACESTATE, _) => {
+                return Err(DecodeError::invalid(name.clone(), "must be a string"));
+            }
+            (_, value) => value,
+        };
+        validate_extension_value(&name, &value)?;
+        let previous = self.extensions.insert(name.clone(), value);
+        if let Err(error) = validate_extensions_size(&self.extensions) {
+            match previous {
+                Some(previous) => self.extensions.insert(name, previous),
+                None => self.extensions.remove(&name),
+            };
+            return Err(error);
+        }
         Ok(())
     }
 
@@ -278,6 +318,7 @@ impl CloudEvent {
         if self.id.is_empty() {
             return Err(DecodeError::invalid("id", "must be a non-empty string"));
         }
+        validate_string("id", &self.id)?;
         if self.source.is_empty() {
             return Err(DecodeError::invalid("source", "must be a non-empty URI-reference"));
         }
@@ -287,8 +328,12 @@ impl CloudEvent {
         if self.ty.is_empty() {
             return Err(DecodeError::invalid("type", "must be a non-empty string"));
         }
+        validate_string("type", &self.ty)?;
         if self.subject.as_deref() == Some("") {
             return Err(DecodeError::invalid("subject", "must be non-empty when present"));
+        }
+        if let Some(subject) = &self.subject {
+            validate_string("subject", subject)?;
         }
         if let Some(ct) = &self.datacontenttype {
             validate_content_type(ct)?;
@@ -296,10 +341,11 @@ impl CloudEvent {
         if let Some(schema) = &self.dataschema {
             validate_absolute_uri("dataschema", schema)?;
         }
-        for name in self.extensions.keys() {
+        for (name, value) in &self.extensions {
             validate_extension_name(name)?;
+            validate_extension_value(name, value)?;
         }
-        Ok(())
+        validate_extensions_size(&self.extensions)
     }
 
     /// Rebuilds an event from parts a decoder has collected, validating it.
@@ -322,6 +368,7 @@ impl CloudEvent {
                     normalize_extension(name, std::mem::replace(value, ExtensionValue::Integer(0)));
             }
         }
+        normalize_trace(&mut extensions);
         let event =
             Self { id, source, ty, subject, time, datacontenttype, dataschema, data, extensions };
         event.validate()?;
@@ -419,6 +466,89 @@ fn normalize_extension(name: &str, value: ExtensionValue) -> ExtensionValue {
         }
         _ => value,
     }
+}
+
+/// Trace context as W3C Trace Context says a receiver takes it, so that untrusted
+/// propagated values never fail a decode and never grow what is stored: a
+/// `traceparent` that does not parse is dropped (and its `tracestate` with it, which
+/// means nothing alone), a valid one kept in canonical form; an invalid `tracestate`
+/// is dropped and a long one truncated.
+fn normalize_trace(extensions: &mut BTreeMap<String, ExtensionValue>) {
+    let parent = match extensions.get(ext::TRACEPARENT) {
+        Some(ExtensionValue::String(value)) => TraceContext::parse(value).ok(),
+        _ => None,
+    };
+    let Some(parent) = parent else {
+        extensions.remove(ext::TRACEPARENT);
+        extensions.remove(ext::TRACESTATE);
+        return;
+    };
+    extensions.insert(ext::TRACEPARENT.to_owned(), ExtensionValue::String(parent.traceparent()));
+    let state = match extensions.get(ext::TRACESTATE) {
+        Some(ExtensionValue::String(value)) => normalize_tracestate(value),
+        _ => None,
+    };
+    match state {
+        Some(state) => extensions.insert(ext::TRACESTATE.to_owned(), ExtensionValue::String(state)),
+        None => extensions.remove(ext::TRACESTATE),
+    };
+}
+
+/// A CloudEvents `String`: no control characters (U+0000 to U+001F, U+007F to
+/// U+009F) and no noncharacters.
+fn validate_string(name: &str, value: &str) -> Result<()> {
+    let noncharacter = |c: char| {
+        let code = u32::from(c);
+        (0xFDD0..=0xFDEF).contains(&code) || code & 0xFFFE == 0xFFFE
+    };
+    match value.chars().find(|&c| c.is_control() || noncharacter(c)) {
+        Some(c) => Err(DecodeError::invalid(
+            name.to_owned(),
+            format!(
+                "contains U+{:04X}, a control character or noncharacter, which a CloudEvents String may not",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// An extension value within its bound, and a valid CloudEvents `String`.
+fn validate_extension_value(name: &str, value: &ExtensionValue) -> Result<()> {
+    let ExtensionValue::String(text) = value else { return Ok(()) };
+    let max = match name {
+        ext::CORRELATION_ID | ext::CAUSATION_ID | ext::ACTOR => MAX_ID_EXTENSION_LEN,
+        _ => MAX_EXTENSION_LEN,
+    };
+    if text.len() > max {
+        return Err(DecodeError::invalid(
+            name.to_owned(),
+            format!("is {} bytes long; at most {max} are allowed", text.len()),
+        ));
+    }
+    validate_string(name, text)
+}
+
+/// All extensions together within [`MAX_EXTENSIONS_LEN`] bytes (names and values; a
+/// number or boolean counts 8).
+fn validate_extensions_size(extensions: &BTreeMap<String, ExtensionValue>) -> Result<()> {
+    let size: usize = extensions
+        .iter()
+        .map(|(name, value)| {
+            name.len()
+                + match value {
+                    ExtensionValue::String(text) => text.len(),
+                    ExtensionValue::Integer(_) | ExtensionValue::Boolean(_) => 8,
+                }
+        })
+        .sum();
+    if size > MAX_EXTENSIONS_LEN {
+        return Err(DecodeError::invalid(
+            "extensions",
+            format!("take {size} bytes in all; at most {MAX_EXTENSIONS_LEN} are allowed"),
+        ));
+    }
+    Ok(())
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -532,6 +662,79 @@ mod tests {
         assert_eq!(ev.position(), Some(Position(42)));
         assert_eq!(ev.extension(ext::POSITION), Some(&ExtensionValue::Integer(42)));
         Ok(())
+    }
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn propagated_trace_context_is_bounded_on_the_envelope() -> Result<()> {
+        let huge = format!("vendor={}", "x".repeat(307 * 1024));
+        let ev = CloudEvent::builder("t", "/x")
+            .extension(ext::TRACEPARENT, TRACEPARENT)
+            .extension(ext::TRACESTATE, huge.as_str())
+            .build()?;
+        assert_eq!(ev.traceparent(), Some(TRACEPARENT));
+        assert_eq!(ev.tracestate(), None, "an oversize tracestate is not stored");
+
+        let mut ev =
+            CloudEvent::builder("t", "/x").extension(ext::TRACEPARENT, TRACEPARENT).build()?;
+        ev.set_extension(ext::TRACESTATE, huge)?;
+        assert_eq!(ev.tracestate(), None);
+        ev.set_extension(ext::TRACESTATE, "k=v , w=1")?;
+        assert_eq!(ev.tracestate(), Some("k=v,w=1"));
+        assert!(ev.set_extension(ext::TRACEPARENT, "not a traceparent").is_err());
+        assert_eq!(ev.traceparent(), Some(TRACEPARENT));
+
+        // An invalid traceparent is dropped on decode, and the tracestate with it.
+        let ev = CloudEvent::builder("t", "/x")
+            .extension(ext::TRACEPARENT, format!("00-{}", "f".repeat(4000)))
+            .extension(ext::TRACESTATE, "k=v")
+            .build()?;
+        assert_eq!((ev.traceparent(), ev.tracestate()), (None, None));
+        Ok(())
+    }
+
+    #[test]
+    fn metadata_extensions_are_bounded() -> Result<()> {
+        let at_limit = "i".repeat(MAX_ID_EXTENSION_LEN);
+        let over = "i".repeat(MAX_ID_EXTENSION_LEN + 1);
+        for name in [ext::CORRELATION_ID, ext::CAUSATION_ID, ext::ACTOR] {
+            CloudEvent::builder("t", "/x").extension(name, at_limit.as_str()).build()?;
+            let err = CloudEvent::builder("t", "/x").extension(name, over.as_str()).build().err();
+            assert!(err.as_ref().is_some_and(|e| e.to_string().contains(name)), "{name}: {err:?}");
+            let mut ev = CloudEvent::builder("t", "/x").build()?;
+            assert!(ev.set_extension(name, over.as_str()).is_err(), "{name}");
+            assert_eq!(ev.extension(name), None, "{name}: an oversize value is not stored");
+        }
+        let other = "o".repeat(MAX_EXTENSION_LEN);
+        CloudEvent::builder("t", "/x").extension("other", other.as_str()).build()?;
+        let err = CloudEvent::builder("t", "/x").extension("other", format!("{other}o")).build();
+        assert!(err.is_err());
+        let mut builder = CloudEvent::builder("t", "/x");
+        for n in 0..5 {
+            builder = builder.extension(format!("big{n}"), "b".repeat(4000));
+        }
+        assert!(builder.build().is_err(), "more than MAX_EXTENSIONS_LEN in all");
+        Ok(())
+    }
+
+    #[test]
+    fn string_attributes_refuse_control_characters() {
+        for bad in ["order\u{1}placed", "order\nplaced", "order\u{7f}", "order\u{85}x", "\u{fffe}"]
+        {
+            assert!(CloudEvent::builder(bad, "/x").build().is_err(), "type {bad:?}");
+            assert!(CloudEvent::builder("t", "/x").id(bad).build().is_err(), "id {bad:?}");
+            assert!(
+                CloudEvent::builder("t", "/x").subject(bad).build().is_err(),
+                "subject {bad:?}"
+            );
+            let ext = CloudEvent::builder("t", "/x").extension("note", bad).build();
+            assert!(ext.is_err(), "extension {bad:?}");
+        }
+        let err =
+            CloudEvent::builder("order\u{1}placed", "/x").build().err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("`type`")), "{err:?}");
+        assert!(CloudEvent::builder("order.placed ünïcode", "/x").build().is_ok());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   (`cloudEvents_`) bindings that both broker backends share.
 //! - [`event`]: the [`Event`] trait for typed domain events (`#[derive(Event)]`) and the
 //!   conversion between typed events and envelopes.
-//! - [`trace`]: W3C trace context (`traceparent`) parsing and formatting.
+//! - [`trace`]: W3C trace context: `traceparent` parsing and formatting, `tracestate`
+//!   validated and bounded as the specification says.
 //! - [`bus`]: the small traits a bus backend implements (publish with confirmation,
 //!   subscribe as a consumer group, settle deliveries, dead letters).
 //! - [`error`]: the typed errors of decoding and validation.

@@ -6,6 +6,15 @@ use std::str::FromStr;
 
 use crate::error::DecodeError;
 
+/// Most list members a `tracestate` may have (W3C Trace Context, 3.3.1.1); a value
+/// with more is invalid and dropped.
+pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+/// Longest `tracestate` Keel keeps: the 512 characters W3C asks every vendor to
+/// propagate (3.3.1.5). A longer valid value is truncated as the spec says.
+pub const MAX_TRACESTATE_LEN: usize = 512;
+/// Members longer than this go first when a `tracestate` is truncated (3.3.1.5).
+const LARGE_MEMBER: usize = 128;
+
 /// A parsed `traceparent` (version 00) plus the optional `tracestate`.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TraceContext {
@@ -63,10 +72,15 @@ impl TraceContext {
         Ok(Self { trace_id, span_id, flags: flag[0], state: None })
     }
 
-    /// Attaches a `tracestate` value.
+    /// Attaches a `tracestate` value, as W3C Trace Context says a receiver takes one:
+    /// an invalid value (bad syntax, a duplicate key, more than
+    /// [`MAX_TRACESTATE_MEMBERS`] members) is dropped, a valid one kept in canonical
+    /// form (no blanks around members, no empty members) and cut to at most
+    /// [`MAX_TRACESTATE_LEN`] bytes by [`normalize_tracestate`]'s rules. Untrusted
+    /// input never fails the request and never grows what is stored.
     #[must_use]
     pub fn with_state(mut self, state: Option<String>) -> Self {
-        self.state = state.filter(|s| !s.is_empty());
+        self.state = state.as_deref().and_then(normalize_tracestate);
         self
     }
 
@@ -109,6 +123,80 @@ impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.traceparent())
     }
+}
+
+/// A `tracestate` value as Keel keeps it, or `None` when it is invalid or empty.
+///
+/// Validates each member against the W3C Trace Context grammar (3.3.1: keys of
+/// lower-case letters, digits and `_-*/`, optionally `tenant@system`; values of
+/// printable ASCII without `,` or `=`, not ending in a blank; unique keys; at most
+/// [`MAX_TRACESTATE_MEMBERS`] members), rejoins the members with plain commas, and
+/// truncates a longer result to [`MAX_TRACESTATE_LEN`] bytes as 3.3.1.5 says: members
+/// over 128 bytes go first, then members from the end.
+///
+/// Written by hand: the grammar is a few lines, and keel-core takes no tracing or
+/// OpenTelemetry dependency (OpenTelemetry's `TraceState` neither truncates nor
+/// checks the member count).
+pub fn normalize_tracestate(value: &str) -> Option<String> {
+    let mut members: Vec<&str> = Vec::new();
+    for member in value.split(',') {
+        let member = member.trim_matches([' ', '\t']);
+        if member.is_empty() {
+            continue;
+        }
+        let (key, val) = member.split_once('=')?;
+        if !valid_tracestate_key(key) || !valid_tracestate_value(val) {
+            return None;
+        }
+        if members.iter().any(|m| m.split_once('=').is_some_and(|(k, _)| k == key)) {
+            return None;
+        }
+        members.push(member);
+        if members.len() > MAX_TRACESTATE_MEMBERS {
+            return None;
+        }
+    }
+    let size =
+        |members: &[&str]| members.iter().map(|m| m.len() + 1).sum::<usize>().saturating_sub(1);
+    while size(&members) > MAX_TRACESTATE_LEN {
+        match members.iter().rposition(|m| m.len() > LARGE_MEMBER) {
+            Some(large) => members.remove(large),
+            None => members.pop()?,
+        };
+    }
+    (!members.is_empty()).then(|| members.join(","))
+}
+
+fn valid_tracestate_key(key: &str) -> bool {
+    fn rest(c: u8) -> bool {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/')
+    }
+    match key.split_once('@') {
+        None => {
+            let bytes = key.as_bytes();
+            (1..=256).contains(&bytes.len())
+                && bytes[0].is_ascii_lowercase()
+                && bytes[1..].iter().all(|&c| rest(c))
+        }
+        Some((tenant, system)) => {
+            let (tenant, system) = (tenant.as_bytes(), system.as_bytes());
+            (1..=241).contains(&tenant.len())
+                && (tenant[0].is_ascii_lowercase() || tenant[0].is_ascii_digit())
+                && tenant[1..].iter().all(|&c| rest(c))
+                && (1..=14).contains(&system.len())
+                && system[0].is_ascii_lowercase()
+                && system[1..].iter().all(|&c| rest(c))
+        }
+    }
+}
+
+fn valid_tracestate_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    (1..=256).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|&c| c == b' ' || ((0x21..=0x7e).contains(&c) && c != b',' && c != b'='))
+        && bytes.last().is_some_and(|&c| c != b' ')
 }
 
 fn random_span_id() -> [u8; 8] {
@@ -175,5 +263,69 @@ mod tests {
             assert!(TraceContext::parse(bad).is_err(), "{bad}");
         }
         assert!(TraceContext::new_root().sampled());
+    }
+
+    fn parent() -> TraceContext {
+        TraceContext::new_root()
+    }
+
+    #[test]
+    fn an_oversize_tracestate_is_bounded_not_kept_whole() {
+        // The report's case: a 307 KB value, one member.
+        let huge = format!("vendor={}", "x".repeat(307 * 1024));
+        assert_eq!(parent().with_state(Some(huge)).tracestate(), None);
+        // 31 members of ~40 bytes: valid, but over 512 bytes: truncated from the end.
+        let members: Vec<String> = (0..31).map(|n| format!("v{n:02}={}", "a".repeat(36))).collect();
+        let state = parent().with_state(Some(members.join(","))).tracestate().map(str::to_owned);
+        let state = state.expect("truncated, not dropped");
+        assert!(state.len() <= MAX_TRACESTATE_LEN, "{} bytes", state.len());
+        assert!(state.starts_with("v00="), "{state}");
+        assert!(members.join(",").starts_with(&state), "whole members from the front");
+    }
+
+    #[test]
+    fn truncation_drops_members_over_128_bytes_first() {
+        let big = format!("big={}", "b".repeat(200));
+        let small: Vec<String> = (0..8).map(|n| format!("s{n}={}", "c".repeat(40))).collect();
+        let value = format!("{},{big},{}", small[..4].join(","), small[4..].join(","));
+        let state = parent().with_state(Some(value)).tracestate().map(str::to_owned);
+        assert_eq!(state.as_deref(), Some(small.join(",").as_str()));
+    }
+
+    #[test]
+    fn an_invalid_tracestate_is_dropped() {
+        let too_many: Vec<String> = (0..33).map(|n| format!("k{n}=v")).collect();
+        for bad in [
+            too_many.join(","),
+            "Upper=1".to_owned(),
+            "k=v,k=w".to_owned(),
+            "k=".to_owned(),
+            "k=has=equals".to_owned(),
+            "k=a\tb".to_owned(),
+            "novalue".to_owned(),
+            "k=v\u{1}".to_owned(),
+            format!("{}=v", "k".repeat(257)),
+            format!("k={}", "v".repeat(257)),
+        ] {
+            assert_eq!(parent().with_state(Some(bad.clone())).tracestate(), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_valid_tracestate_is_kept_in_canonical_form() {
+        for (given, kept) in [
+            ("congo=t61rcWkgMzE", "congo=t61rcWkgMzE"),
+            (
+                "rojo=00f067aa0ba902b7 , congo=t61rcWkgMzE",
+                "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+            ),
+            ("tenant@sys=a b,,  ,k_-*/9=~", "tenant@sys=a b,k_-*/9=~"),
+        ] {
+            assert_eq!(parent().with_state(Some(given.to_owned())).tracestate(), Some(kept));
+        }
+        let members: Vec<String> = (0..32).map(|n| format!("k{n}=v")).collect();
+        let all = members.join(",");
+        assert_eq!(parent().with_state(Some(all.clone())).tracestate(), Some(all.as_str()));
+        assert_eq!(parent().with_state(Some(" , ".to_owned())).tracestate(), None);
     }
 }

@@ -87,7 +87,8 @@
 //!
 //! # Layout
 //!
-//! - `lib.rs`: [`KafkaBus`], its construction and the trait impls.
+//! - `lib.rs`: [`KafkaBus`], its construction (with [`KafkaBus::connect_checked`]'s
+//!   quiet start-up probe of the brokers) and the trait impls.
 //! - `config.rs`: [`KafkaConfig`], `kafka://` URL parsing and the librdkafka settings
 //!   of each client.
 //! - `wire.rs`: the record format (binary and structured mode, Keel's dead-letter
@@ -164,6 +165,18 @@ impl KafkaBus {
         Self::new(KafkaConfig::from_url(url)?)
     }
 
+    /// Like [`KafkaBus::connect`], but first waits up to [`CONNECT_TIMEOUT`] for a
+    /// broker to answer, and fails with one [`BusError::Connection`] if none does.
+    /// Without the check an unreachable broker is found out only by the clients
+    /// made later, each of which logs its connection errors while it retries for
+    /// good; the probe's own client logs nothing above `debug`.
+    pub async fn connect_checked(url: &str) -> Result<Self, BusError> {
+        let config = KafkaConfig::from_url(url)?;
+        config.validate()?;
+        probe(&config, CONNECT_TIMEOUT).await?;
+        Self::new(config)
+    }
+
     /// A bus with this configuration.
     pub fn new(config: KafkaConfig) -> Result<Self, BusError> {
         config.validate()?;
@@ -198,6 +211,45 @@ impl KafkaBus {
     pub fn replay(&self) -> KafkaReplay {
         KafkaReplay::new(self.inner.config.clone())
     }
+}
+
+/// How long [`KafkaBus::connect_checked`] waits for a broker to answer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client context that keeps librdkafka's logs and errors at `debug`: the probe's
+/// caller reports the one failure that matters.
+struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(target: "librdkafka", "{fac} {message}");
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
+/// Asks the brokers for their metadata, waiting at most `timeout`.
+async fn probe(config: &KafkaConfig, timeout: Duration) -> Result<(), BusError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer<Quiet> = config
+            .client()
+            .create_with_context(Quiet)
+            .map_err(|e| error::from_kafka("creating a Kafka client", &e))?;
+        client.fetch_metadata(None, timeout).map(|_| ()).map_err(|e| {
+            BusError::Connection(format!(
+                "no Kafka broker answered at {} within {} s ({e})",
+                config.brokers,
+                timeout.as_secs()
+            ))
+        })
+    })
+    .await
+    .map_err(|e| BusError::Backend(Box::new(e)))?
 }
 
 #[async_trait]

@@ -127,3 +127,26 @@ async fn dead_letters_round_trip_on_the_mock_cluster() {
     Publisher::close(&bus).await.expect("close");
     assert!(bus.publish("pay", &[event(3, "c")]).await.is_err(), "closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_checked_answers_at_once_for_a_broker_and_fails_for_none() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let url = format!("kafka://{}", cluster.bootstrap_servers());
+    KafkaBus::connect_checked(&url).await.expect("the mock broker answers");
+
+    // A port nobody listens on: one connection error, within the probe's timeout.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("kafka://127.0.0.1:{port}");
+    let outcome = tokio::time::timeout(
+        crate::CONNECT_TIMEOUT + Duration::from_secs(50),
+        KafkaBus::connect_checked(&url),
+    )
+    .await
+    .expect("connect_checked returns");
+    let error = outcome.expect_err("nobody answers");
+    assert!(matches!(error, keel_core::BusError::Connection(_)), "{error}");
+    assert!(error.to_string().contains(&format!("127.0.0.1:{port}")), "{error}");
+}

@@ -22,6 +22,8 @@ use keel_service::IdentityKey;
 use keel_services_common::DEFAULT_IDEMPOTENCY_TTL;
 use serde::Deserialize;
 
+use crate::redact::redact_url;
+
 /// The default database: SQLite under `./keel-data`.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keel-data/keel.db";
 /// The default gateway address.
@@ -107,7 +109,7 @@ impl Config {
         {
             return Err(error(
                 "KEEL_DATABASE_URL",
-                format!("`{database_url}` is neither sqlite:... nor postgres://..."),
+                format!("`{}` is neither sqlite:... nor postgres://...", redact_url(&database_url)),
             ));
         }
         let bus_url = pick("KEEL_BUS_URL", from_file.bus_url);
@@ -117,7 +119,8 @@ impl Config {
                 return Err(error(
                     "KEEL_BUS_URL",
                     format!(
-                        "`{url}`: expected memory://, amqp://..., kafka://... or log:// (or unset)"
+                        "`{}`: expected memory://, amqp://..., kafka://... or log:// (or unset)",
+                        redact_url(url)
                     ),
                 ));
             }
@@ -128,7 +131,7 @@ impl Config {
         {
             return Err(error(
                 "KEEL_CONSUL_URL",
-                format!("`{url}` is not an http:// or https:// URL"),
+                format!("`{}` is not an http:// or https:// URL", redact_url(url)),
             ));
         }
         let gateway = pick("KEEL_GATEWAY_ADDR", from_file.gateway_addr)

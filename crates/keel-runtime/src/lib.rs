@@ -8,8 +8,13 @@
 //! - `lib.rs`: opening the bus of `KEEL_BUS_URL` ([`open_bus`]) or the log itself
 //!   ([`system_bus`]), the relay, and [`start_service`] / [`run_service`], which put an
 //!   axum app behind the service kit (health, readiness, metrics, registration).
+//! - `redact.rs`: [`redact_url`], a connection URL without its secrets, for printing.
+//! - `shutdown.rs`: stopping a process's [`Parts`] in order, each failure logged
+//!   naming its part and the whole reported as a [`ShutdownError`].
 
 pub mod config;
+mod redact;
+pub mod shutdown;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,6 +33,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{Config, ConfigError};
+pub use redact::redact_url;
+pub use shutdown::{Parts, Shutdown, ShutdownError};
 
 /// Connects to the broker at `url` (`KEEL_BUS_URL`); `None` when the log itself is the
 /// bus (unset or `log://`).
@@ -45,11 +52,14 @@ pub async fn open_bus(url: Option<&str>) -> anyhow::Result<Option<Arc<dyn Bus>>>
             Ok(Some(Arc::new(bus)))
         }
         Some(url) if url.starts_with("kafka://") => {
-            let bus = keel_kafka::KafkaBus::connect(url).context("KEEL_BUS_URL")?;
+            let bus = keel_kafka::KafkaBus::connect_checked(url).await.context("KEEL_BUS_URL")?;
             Ok(Some(Arc::new(bus)))
         }
         Some(url) => {
-            anyhow::bail!("KEEL_BUS_URL `{url}`: this build of keel has no backend for it")
+            anyhow::bail!(
+                "KEEL_BUS_URL `{}`: this build of keel has no backend for it",
+                redact_url(url)
+            )
         }
     }
 }
@@ -72,10 +82,13 @@ impl RelayTask {
         Self { stop, task }
     }
 
-    /// Stops the relay after its current batch.
-    pub async fn stop(self) {
+    /// Stops the relay after its current batch; an error if it failed or panicked.
+    pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
-        let _ = self.task.await;
+        match self.task.await {
+            Ok(result) => Ok(result?),
+            Err(panicked) => Err(anyhow::Error::from(panicked).context("the relay task panicked")),
+        }
     }
 }
 
@@ -186,7 +199,7 @@ where
     let _telemetry = keel_telemetry::init(name, "info").ok();
     let db = Db::connect(&config.database_url)
         .await
-        .with_context(|| format!("KEEL_DATABASE_URL `{}`", config.database_url))?;
+        .with_context(|| format!("KEEL_DATABASE_URL `{}`", redact_url(&config.database_url)))?;
     let registry =
         keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
     let (bus, _) = system_bus(&config, &db).await?;
@@ -209,12 +222,19 @@ where
     .await?;
     println!("{name} listening on http://{}", running.local_addr());
     shutdown_signal().await;
-    running.shutdown();
-    running.wait().await?;
-    for consumer in parts.consumers {
-        let _ = consumer.stop().await;
-    }
-    bus.close().await?;
+    let consumers = parts
+        .consumers
+        .into_iter()
+        .enumerate()
+        .map(|(n, consumer)| (format!("the {name} service's consumer {}", n + 1), consumer))
+        .collect();
+    shutdown::stop(Parts {
+        services: vec![(format!("the {name} service"), running)],
+        consumers,
+        relay: None,
+        bus: Some(bus),
+    })
+    .await?;
     Ok(())
 }
 

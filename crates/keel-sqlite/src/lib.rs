@@ -8,8 +8,8 @@
 //!
 //! Layout:
 //! - `lib.rs`: [`SqliteEventLog`]: opening (creating the file and its directory,
-//!   migrating) and the [`keel_store::EventLog`] and [`keel_store::SqlEventLog`]
-//!   implementations.
+//!   migrating; or read-only, creating and migrating nothing) and the
+//!   [`keel_store::EventLog`] and [`keel_store::SqlEventLog`] implementations.
 //! - [`append`]: appends with optimistic concurrency.
 //! - [`read`]: row decoding and read queries.
 //! - [`lease`]: leases as rows with an expiry, renewed while held (and kept through a
@@ -47,6 +47,17 @@ pub fn migrator() -> sqlx::migrate::Migrator {
     let mut migrator = sqlx::migrate!("../../migrations/sqlite");
     migrator.set_ignore_missing(true);
     migrator
+}
+
+/// Whether `url` names a database that lives only as long as its process:
+/// `sqlite::memory:`, `mode=memory`, or `sqlite:` with no file (SQLite then makes a
+/// private temporary database per connection).
+pub fn is_in_memory(url: &str) -> bool {
+    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database.is_empty()
+        || database == ":memory:"
+        || params.split('&').any(|param| param == "mode=memory")
 }
 
 /// The SQLite event log. Cheap to clone.
@@ -91,6 +102,77 @@ impl SqliteEventLog {
         Self::from_pool(pool).await
     }
 
+    /// Opens the existing database at `url` for reading only: no file, directory or
+    /// table is created and no migration runs, so inspection works on a database this
+    /// user may not write (a write through it fails with SQLite's "attempt to write a
+    /// readonly database"). Fails with [`StoreError::Config`] when there is no database
+    /// there, when it is in memory (it would be empty), or when Keel's migrations have
+    /// not all been applied to it.
+    ///
+    /// SQLite cannot open a WAL database read-only when its `-shm` file is missing and
+    /// cannot be created (a read-only directory, after a clean shutdown removed it).
+    /// Then, if no `-wal` file exists either, the database file holds everything
+    /// committed and is read as immutable: fit for a database nobody is writing (a
+    /// writer would have to be able to create the `-wal` file), not for following one.
+    pub async fn open_read_only(url: &str) -> Result<Self> {
+        if is_in_memory(url) {
+            return Err(StoreError::Config(format!(
+                "KEEL_DATABASE_URL `{url}` is a database in memory: opened on its own it is empty"
+            )));
+        }
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("KEEL_DATABASE_URL `{url}`: {e}")))?
+            .read_only(true)
+            .create_if_missing(false)
+            .busy_timeout(Duration::from_secs(30));
+        let filename = options.get_filename().to_owned();
+        let cannot_read = |error: &dyn std::fmt::Display| {
+            StoreError::Config(format!(
+                "cannot read the database at {}: {error}",
+                filename.display()
+            ))
+        };
+        match std::fs::metadata(&filename) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Config(format!(
+                    "there is no database at {} (KEEL_DATABASE_URL); `keel migrate` creates it",
+                    filename.display()
+                )));
+            }
+            Err(e) => return Err(cannot_read(&e)),
+        }
+        let pool = match read_only_pool(options.clone()).await {
+            Ok(pool) => pool,
+            Err(error) => {
+                let mut wal = filename.clone().into_os_string();
+                wal.push("-wal");
+                if Path::new(&wal).exists() {
+                    return Err(cannot_read(&error));
+                }
+                read_only_pool(options.immutable(true)).await.map_err(|_| cannot_read(&error))?
+            }
+        };
+        let applied: Vec<i64> =
+            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&pool)
+                .await
+            {
+                Ok(applied) => applied,
+                Err(e) if e.to_string().contains("no such table") => Vec::new(),
+                Err(e) => return Err(cannot_read(&e)),
+            };
+        let missing = migrator().iter().filter(|m| !applied.contains(&m.version)).count();
+        if missing > 0 {
+            return Err(StoreError::Config(format!(
+                "the database at {} lacks {missing} of Keel's migrations; `keel migrate` applies them",
+                filename.display()
+            )));
+        }
+        let (changes, _) = watch::channel(0u64);
+        Ok(Self { inner: Arc::new(Inner { pool, changes }) })
+    }
+
     /// Uses an existing pool; migrates it.
     pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
         migrator().run(&pool).await?;
@@ -110,6 +192,16 @@ impl SqliteEventLog {
     fn appended(&self) {
         self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
+}
+
+/// A pool on `options` whose first connection has read the schema (opening alone
+/// does not show whether SQLite can read the file).
+async fn read_only_pool(
+    options: SqliteConnectOptions,
+) -> std::result::Result<SqlitePool, sqlx::Error> {
+    let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+    sqlx::query("SELECT count(*) FROM sqlite_master").execute(&pool).await?;
+    Ok(pool)
 }
 
 fn unsigned(value: i64) -> u64 {
@@ -325,5 +417,45 @@ impl SqlEventLog for SqliteEventLog {
 
     fn notify_appended(&self) {
         self.appended();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_memory_urls_are_recognised() {
+        for url in ["sqlite::memory:", "sqlite:", "sqlite://", "sqlite://x.db?mode=memory"] {
+            assert!(is_in_memory(url), "{url}");
+        }
+        for url in ["sqlite://keel-data/keel.db", "sqlite:keel.db", "sqlite:///tmp/k.db?mode=ro"] {
+            assert!(!is_in_memory(url), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn read_only_opening_creates_and_migrates_nothing() {
+        let dir = std::env::temp_dir().join(format!("keel-sqlite-ro-{}", uuid::Uuid::now_v7()));
+        let url = format!("sqlite://{}/keel.db", dir.display());
+        let missing = SqliteEventLog::open_read_only(&url).await.err().map(|e| e.to_string());
+        assert!(missing.as_deref().is_some_and(|e| e.contains("no database")), "{missing:?}");
+        assert!(!dir.exists(), "opening read-only created the directory");
+
+        let log = SqliteEventLog::connect(&url).await.expect("created");
+        let stream = StreamId::new("ro-1").expect("valid");
+        let event = CloudEvent::builder("t.t", "/t").build().expect("valid");
+        log.append(&stream, ExpectedVersion::Any, &[event]).await.expect("appended");
+        let reader = SqliteEventLog::open_read_only(&url).await.expect("opened");
+        assert_eq!(reader.head().await.expect("head"), Position(1));
+        let event = CloudEvent::builder("t.t", "/t").build().expect("valid");
+        let refused = reader.append(&stream, ExpectedVersion::Any, &[event]).await;
+        assert!(refused.is_err(), "a read-only log appended");
+
+        let empty = dir.join("empty.db");
+        std::fs::File::create(&empty).expect("file");
+        let url = format!("sqlite://{}", empty.display());
+        let bare = SqliteEventLog::open_read_only(&url).await.err().map(|e| e.to_string());
+        assert!(bare.as_deref().is_some_and(|e| e.contains("keel migrate")), "{bare:?}");
     }
 }

@@ -30,6 +30,11 @@ const NOT_EXPORTED: &[&str] = &[
     "tower",
 ];
 
+/// The most detailed spans (and span events) exported over OTLP, whatever the log
+/// filter: Keel's request and message spans are `info` spans, and the `debug` and
+/// `trace` detail of libraries would swamp the collector.
+const EXPORTED_LEVEL: LevelFilter = LevelFilter::INFO;
+
 /// What [`init_with`] sets up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TelemetryConfig {
@@ -56,7 +61,8 @@ impl TelemetryConfig {
 
 /// Installs the global subscriber as [`TelemetryConfig::from_env`] describes it: log
 /// lines to stderr filtered by `RUST_LOG` (else `default_filter`), and spans exported
-/// over OTLP/HTTP (protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Keep the guard
+/// over OTLP/HTTP (protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` is set: those at
+/// `info` and above, whatever the log filter says. Keep the guard
 /// alive for the life of the process; dropping it flushes the spans still buffered.
 ///
 /// Fails with [`TelemetryError::AlreadyInitialised`] when a global subscriber exists
@@ -73,17 +79,19 @@ pub fn init(service_name: &str, default_filter: &str) -> Result<TelemetryGuard> 
 pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
     let (filter, bad_rust_log) = env_filter(&config.default_filter)?;
     let provider = config.otlp_endpoint.as_deref().map(|e| provider(&config, e)).transpose()?;
+    // A filter per layer: the log filter decides what is printed, never what is
+    // exported (with one global filter, `keel`'s default `warn` hid every `info` span
+    // from the collector).
     let otel = provider.as_ref().map(|provider| {
         let targets = NOT_EXPORTED
             .iter()
-            .fold(Targets::new().with_default(LevelFilter::TRACE), |targets, target| {
+            .fold(Targets::new().with_default(EXPORTED_LEVEL), |targets, target| {
                 targets.with_target(*target, LevelFilter::OFF)
             });
         tracing_opentelemetry::layer().with_tracer(provider.tracer("keel")).with_filter(targets)
     });
     let subscriber = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
         .with(otel);
     if tracing::subscriber::set_global_default(subscriber).is_err() {
         if let Some(provider) = provider {

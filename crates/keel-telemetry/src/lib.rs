@@ -2,9 +2,10 @@
 //! the `keel` binary share one tracing setup and one Prometheus recorder per process.
 //!
 //! # Layout
-//! - `init.rs`: [`init`] / [`init_with`]: the global `tracing` subscriber (env filter,
-//!   fmt to stderr, OpenTelemetry layer with OTLP/HTTP export when an endpoint is set),
-//!   the W3C propagator, and the [`TelemetryGuard`] that flushes spans on drop.
+//! - `init.rs`: [`init`] / [`init_with`]: the global `tracing` subscriber (fmt to
+//!   stderr under the env filter; beside it, under a filter of its own, the
+//!   OpenTelemetry layer with OTLP/HTTP export when an endpoint is set), the W3C
+//!   propagator, and the [`TelemetryGuard`] that flushes spans on drop.
 //! - `trace.rs`: bridging [`keel_core::TraceContext`] and OpenTelemetry span contexts:
 //!   [`continue_trace`] (incoming) and [`current_trace`] (outgoing).
 //! - `prometheus.rs`: the process-wide Prometheus recorder ([`prometheus`],
