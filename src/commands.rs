@@ -220,7 +220,7 @@ async fn replay_into_group(
             "replayed {} event(s) of {topic} into group {group} (up to position {})",
             done.published, done.position
         )
-    });
+    })?;
     Ok(())
 }
 
@@ -666,7 +666,7 @@ async fn relay_dlq(
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
-            });
+            })?;
         }
         DlqAction::Show { id, .. } => {
             let letter = relay_dlq::find(&*log, relay, position(&id)?)
@@ -674,7 +674,7 @@ async fn relay_dlq(
                 .ok_or_else(|| anyhow::anyhow!("no dead letter {id} of relay {relay}"))?;
             let event = relay_dlq::event_of(&*log, &letter).await?;
             let value = relay_dead_letter_json(&letter, Some(&event.event));
-            out.emit(&value, || serde_json::to_string_pretty(&value).unwrap_or_default());
+            out.emit(&value, || serde_json::to_string_pretty(&value).unwrap_or_default())?;
         }
         DlqAction::Retry { id, .. } => {
             let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
@@ -689,13 +689,13 @@ async fn relay_dlq(
             }
             out.emit(&json!({ "retried": id, "relay": relay }), || {
                 format!("published {id} again and removed it from relay {relay}'s dead letters")
-            });
+            })?;
         }
         DlqAction::Purge { .. } => {
             let purged = log.purge_relay_dead_letters(relay).await?;
             out.emit(&json!({ "purged": purged, "relay": relay }), || {
                 format!("purged {purged} dead letter(s) of relay {relay}")
-            });
+            })?;
         }
     }
     Ok(())

@@ -170,7 +170,7 @@ impl SqliteEventLog {
             )));
         }
         let (changes, _) = watch::channel(0u64);
-        Ok(Self { inner: Arc::new(Inner { pool, changes }) })
+        Ok(Self { inner: Arc::new(Inner { pool, changes }), lease_ttl: lease::DEFAULT_TTL })
     }
 
     /// Uses an existing pool; migrates it.
