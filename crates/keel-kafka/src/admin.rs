@@ -35,6 +35,13 @@ impl Topics {
         })
     }
 
+    /// Forgets that `topic` exists, so the next [`Topics::ensure`] asks the broker again:
+    /// after a failed publish, since the topic may be gone (deleted by an operator, or
+    /// a broker that came back empty).
+    pub(crate) fn forget(&self, topic: &str) {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner).remove(topic);
+    }
+
     fn is_known(&self, topic: &str) -> bool {
         self.known.lock().unwrap_or_else(PoisonError::into_inner).contains(topic)
     }

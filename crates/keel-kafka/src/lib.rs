@@ -264,11 +264,15 @@ impl Publisher for KafkaBus {
         }
         self.inner.topics.ensure(&[(topic, self.inner.config.partitions)]).await?;
         // Encoded one by one as they are handed to librdkafka, which meanwhile sends.
-        self.inner
+        let sent = self
+            .inner
             .producer
             .send_each(topic, events.len(), events.iter().map(wire::outgoing))
-            .await?;
-        Ok(())
+            .await;
+        if sent.as_ref().is_err_and(|e| !e.is_unpublishable()) {
+            self.inner.topics.forget(topic);
+        }
+        sent
     }
 
     /// To the group's retry topic `<topic>.<group>.retry`, which only that group's
@@ -293,7 +297,15 @@ impl Publisher for KafkaBus {
         let retry = retry_topic(topic, group);
         validate_topic(&retry)?;
         self.inner.topics.ensure(&[(&retry, SIDE_TOPIC_PARTITIONS)]).await?;
-        self.inner.producer.send_each(&retry, events.len(), events.iter().map(wire::outgoing)).await
+        let sent = self
+            .inner
+            .producer
+            .send_each(&retry, events.len(), events.iter().map(wire::outgoing))
+            .await;
+        if sent.as_ref().is_err_and(|e| !e.is_unpublishable()) {
+            self.inner.topics.forget(&retry);
+        }
+        sent
     }
 
     /// Refuses new publishes and waits until everything accepted is confirmed.

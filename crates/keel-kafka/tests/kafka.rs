@@ -201,3 +201,42 @@ async fn a_refused_topic_creation_is_a_clear_error() {
         matches!(KafkaBus::connect("kafka://127.0.0.1:9092?colour=blue"), Err(BusError::Config(m)) if m.contains("`colour`"))
     );
 }
+
+/// A topic that disappears after the bus created it (an operator deleted it, or the
+/// broker came back empty) is created again by a later publish, instead of every
+/// publish timing out for the life of the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_under_the_bus_is_created_again() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+
+    let mut config = common::config(&common::unique_prefix());
+    config.partitions = 1;
+    config.publish_timeout = Duration::from_secs(3);
+    let bus = KafkaBus::new(config).expect("bus");
+    let topic = unique("deleted");
+    bus.publish(&topic, &[seq_event(1, None)]).await.expect("first publish creates the topic");
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::brokers())
+        .create()
+        .expect("admin client");
+    let deleted = admin
+        .delete_topics(
+            &[&topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("delete request");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    // As the relay does: retry a failed publish. Each attempt waits at most 3 s.
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        let outcome = bus.publish(&topic, &[seq_event(2, None)]).await;
+        let done = outcome.is_ok();
+        outcomes.push(outcome.map_err(|e| e.to_string()));
+        if done {
+            break;
+        }
+    }
+    assert!(outcomes.last().is_some_and(Result::is_ok), "publishes after the delete: {outcomes:?}");
+}
