@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
 
-use crate::backoff::Backoff;
 use crate::message::{HandlerError, Message};
+use keel_core::Backoff;
 
 /// How often a message is delivered before it is dead-lettered, and how long the
 /// broker waits before each redelivery.

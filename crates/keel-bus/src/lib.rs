@@ -14,7 +14,7 @@
 //!   [`layer::TimeoutLayer`], [`layer::TraceLayer`] (a span per message that continues
 //!   the envelope's `traceparent`), [`layer::InboxLayer`] (deduplication through the
 //!   [`layer::Inbox`] seam that stores fill).
-//! - [`backoff`]: the bounded exponential backoff shared by the retry layer and the
+//! - `Backoff` (from `keel_core`): the bounded exponential backoff shared by the retry layer and the
 //!   consumer's redelivery policy.
 //! - [`consumer`]: [`Consumer`], which runs a handler for a consumer group: ordered
 //!   concurrency per partition key, batches, ack after success, nack with backoff,
@@ -23,16 +23,15 @@
 //! - [`publisher`]: [`EventPublisher`], which publishes typed events with the current
 //!   trace context.
 
-pub mod backoff;
 pub mod consumer;
 pub mod handler;
 pub mod layer;
 pub mod message;
 pub mod publisher;
 
-pub use backoff::Backoff;
 pub use consumer::{Consumer, ConsumerHandle, RedeliveryPolicy};
 pub use handler::{Typed, batch_fn, handler_fn, typed};
+pub use keel_core::Backoff;
 pub use message::{HandlerError, Message};
 pub use publisher::EventPublisher;
 

@@ -10,12 +10,14 @@
 //!   (`cloudEvents_`) bindings that both broker backends share.
 //! - [`event`]: the [`Event`] trait for typed domain events (`#[derive(Event)]`) and the
 //!   conversion between typed events and envelopes.
+//! - [`backoff`]: bounded exponential backoff with jitter, for every retry loop.
 //! - [`trace`]: W3C trace context: `traceparent` parsing and formatting, `tracestate`
 //!   validated and bounded as the specification says.
 //! - [`bus`]: the small traits a bus backend implements (publish with confirmation,
 //!   subscribe as a consumer group, settle deliveries, dead letters).
 //! - [`error`]: the typed errors of decoding and validation.
 
+pub mod backoff;
 pub mod bus;
 pub mod codec;
 pub mod envelope;
@@ -24,6 +26,7 @@ pub mod event;
 pub mod ids;
 pub mod trace;
 
+pub use backoff::Backoff;
 pub use bus::{
     Bus, BusError, DeadLetter, DeadLetterId, DeadLetters, Delivery, Payload, Publisher, RawMessage,
     Settle, StartFrom, Subscriber, Subscription, SubscriptionSpec,

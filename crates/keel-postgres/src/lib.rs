@@ -52,7 +52,7 @@ pub use inbox::PgInbox;
 /// The migrations of Keel's tables. They ignore migrations they do not know, so a
 /// service can keep its own migrations in the same database.
 pub fn migrator() -> sqlx::migrate::Migrator {
-    let mut migrator = sqlx::migrate!("../../migrations/postgres");
+    let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_ignore_missing(true);
     migrator
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use keel_bus::Backoff;
+use keel_core::Backoff;
 use keel_registry::{ConsulRegistry, Instance, Registry, Watch};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};

@@ -44,7 +44,7 @@ pub use inbox::SqliteInbox;
 /// The migrations of Keel's tables (unknown migrations are ignored, so a service can
 /// keep its own in the same database).
 pub fn migrator() -> sqlx::migrate::Migrator {
-    let mut migrator = sqlx::migrate!("../../migrations/sqlite");
+    let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_ignore_missing(true);
     migrator
 }

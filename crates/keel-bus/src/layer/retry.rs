@@ -5,8 +5,8 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
 
 use super::BoxFuture;
-use crate::backoff::Backoff;
 use crate::message::{HandlerError, Message};
+use keel_core::Backoff;
 
 /// Retries a handler up to `max_retries` times on transient errors, sleeping
 /// `backoff.delay(n)` before retry `n`. Permanent errors pass straight through.
