@@ -502,7 +502,7 @@ pub async fn events(
     listen: std::net::SocketAddr,
     advertise_host: String,
 ) -> anyhow::Result<()> {
-    let db = keel_services_common::Db::connect(&config.database_url)
+    let db = keel_sql::Db::connect(&config.database_url)
         .await
         .with_context(|| format!("KEEL_DATABASE_URL `{}`", redact_url(&config.database_url)))?;
     let registry =

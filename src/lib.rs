@@ -1,9 +1,6 @@
-#![doc = include_str!("../README.md")]
-//!
-//! ## This crate
-//!
-//! The `keel` package is the facade over Keel's crates (re-exported below), the home
-//! of the `keel` command line, and the owner of the end-to-end tests in `tests/`.
+//! The `keel` command line (`keel-cli`, binary `keel`), and the owner of the
+//! end-to-end tests in `tests/`. Libraries depend on the `keel` facade
+//! (`crates/keel`) instead.
 //!
 //! Layout: [`config`] reads `KEEL_*` settings; [`backends`] opens the configured store
 //! and bus; [`cli`] parses the command line and [`commands`] carries it out;
@@ -16,8 +13,3 @@ pub mod commands;
 pub use keel_runtime::config;
 pub mod projections;
 pub mod up;
-
-pub use keel_bus as bus;
-pub use keel_core as core;
-pub use keel_memory as memory;
-pub use keel_store as store;

@@ -11,9 +11,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = keel::cli::Cli::parse();
-    let _telemetry = keel::cli::init_tracing(cli.verbose);
-    match keel::cli::run(cli).await {
+    let cli = keel_cli::cli::Cli::parse();
+    let _telemetry = keel_cli::cli::init_tracing(cli.verbose);
+    match keel_cli::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         // The reader of stdout has gone (`keel tail | head -1`): it has what it wanted.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,

@@ -52,8 +52,8 @@ async fn rebuild_users_orders(
     mut progress: impl FnMut(RebuildProgress) + Send,
 ) -> anyhow::Result<u64> {
     let db = match store {
-        Store::Postgres(log) => keel_services_common::Db::Postgres((**log).clone()),
-        Store::Sqlite(log) => keel_services_common::Db::Sqlite((**log).clone()),
+        Store::Postgres(log) => keel_sql::Db::Postgres((**log).clone()),
+        Store::Sqlite(log) => keel_sql::Db::Sqlite((**log).clone()),
     };
     keel_users::migrate(&db).await?;
     let total = store.log().head().await?.0;

@@ -16,7 +16,7 @@ use keel_bus::ConsumerHandle;
 use keel_gateway::{AuthConfig, AuthMode, Gateway, GatewayConfig, RouteConfig};
 use keel_runtime::{Parts, Shutdown, redact_url, start_relay, start_service, system_bus};
 use keel_service::RunningService;
-use keel_services_common::Db;
+use keel_sql::Db;
 use tokio::sync::oneshot;
 
 use crate::commands::shutdown_signal;
@@ -129,7 +129,7 @@ pub fn gateway_config(config: &Config) -> GatewayConfig {
     let mut gateway = GatewayConfig::new(config.gateway_addr.to_string())
         // The services' own limit: the gateway answers 413 before an upstream could
         // refuse the body half-way through.
-        .max_body_bytes(u64::try_from(keel_services_common::MAX_BODY_BYTES).unwrap_or(u64::MAX))
+        .max_body_bytes(u64::try_from(keel_service::MAX_BODY_BYTES).unwrap_or(u64::MAX))
         .max_connections_per_client(MAX_CONNECTIONS_PER_CLIENT);
     for (prefix, service) in [
         ("/api/users", "users"),
@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(gateway.max_connections_per_client, Some(MAX_CONNECTIONS_PER_CLIENT));
         // No larger than the services' own limit, so that the gateway answers 413 itself
         // rather than racing an upstream that refuses the body mid-stream.
-        let services_limit = u64::try_from(keel_services_common::MAX_BODY_BYTES).unwrap();
+        let services_limit = u64::try_from(keel_service::MAX_BODY_BYTES).unwrap();
         assert_eq!(gateway.max_body_bytes, services_limit);
     }
 }

@@ -4,7 +4,8 @@
 //! - `type = "order.placed"`: the CloudEvents type (default: the struct's name);
 //! - `version = 2`: the data schema version (default 1);
 //! - `key = field`: the field whose `to_string()` is the partition key;
-//! - `crate = path`: where `keel_core` is, for crates that re-export it.
+//! - `crate = path`: where `keel_core` is (default: found from the crate's
+//!   dependencies: `keel-core` itself, or `keel::core` through the facade).
 
 use proc_macro::TokenStream;
 use quote::quote;
@@ -59,7 +60,7 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
         }
     }
     let name = &input.ident;
-    let krate = krate.map_or_else(|| quote!(::keel_core), |p| quote!(#p));
+    let krate = krate.map_or_else(core_crate, |p| quote!(#p));
     let type_name = ty.map_or_else(|| name.to_string(), |t| t.value());
     let version = match version {
         Some(v) => {
@@ -83,4 +84,26 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             #key
         }
     })
+}
+
+/// Where `keel_core` is for the crate being compiled: `::keel_core` when it depends on
+/// `keel-core` itself, `::keel::core` when it depends on the `keel` facade (as users'
+/// crates do), whatever name the dependency was given.
+fn core_crate() -> proc_macro2::TokenStream {
+    use proc_macro_crate::{FoundCrate, crate_name};
+    match crate_name("keel-core") {
+        Ok(FoundCrate::Name(name)) => {
+            let name = Ident::new(&name, proc_macro2::Span::call_site());
+            quote!(::#name)
+        }
+        Ok(FoundCrate::Itself) => quote!(::keel_core),
+        Err(_) => match crate_name("keel") {
+            Ok(FoundCrate::Name(name)) => {
+                let name = Ident::new(&name, proc_macro2::Span::call_site());
+                quote!(::#name::core)
+            }
+            Ok(FoundCrate::Itself) => quote!(::keel::core),
+            Err(_) => quote!(::keel_core),
+        },
+    }
 }

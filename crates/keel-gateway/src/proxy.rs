@@ -158,7 +158,7 @@ impl Shared {
             if let Err(wait) = route.check_rate(&key) {
                 return Problem::new(StatusCode::TOO_MANY_REQUESTS)
                     .with_detail("rate limit exceeded")
-                    .with_retry_after(wait.max(1))
+                    .with_retry_after(u32::try_from(wait.max(1)).unwrap_or(u32::MAX))
                     .into_response();
             }
         }

@@ -13,9 +13,11 @@
 //!   reset rule of Consul's documentation).
 //! - `memory.rs`: [`InProcessRegistry`], which runs HTTP health checks itself.
 
+#[cfg(feature = "consul")]
 mod consul;
 mod memory;
 
+#[cfg(feature = "consul")]
 pub use consul::{ConsulRegistry, next_index};
 pub use memory::InProcessRegistry;
 
@@ -117,7 +119,14 @@ pub trait Registry: Send + Sync + fmt::Debug {
 pub async fn connect(url: Option<&str>) -> Result<Arc<dyn Registry>, RegistryError> {
     match url.map(str::trim).filter(|u| !u.is_empty()) {
         None => Ok(Arc::new(InProcessRegistry::new())),
+        #[cfg(feature = "consul")]
         Some(url) => Ok(Arc::new(ConsulRegistry::connect(url).await?)),
+        #[cfg(not(feature = "consul"))]
+        Some(url) => Err(RegistryError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "KEEL_CONSUL_URL needs the `consul` feature, which this build of Keel lacks"
+                .to_owned(),
+        }),
     }
 }
 

@@ -1,3 +1,4 @@
+#![cfg(feature = "consul")]
 //! The Consul watch loop against a fake Consul this test controls: the index reset
 //! rules, keeping the last snapshot through an outage, and stopping with the last Watch.
 

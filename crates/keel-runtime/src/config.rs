@@ -18,8 +18,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use keel_service::DEFAULT_IDEMPOTENCY_TTL;
 use keel_service::IdentityKey;
-use keel_services_common::DEFAULT_IDEMPOTENCY_TTL;
 use serde::Deserialize;
 
 use crate::redact::redact_url;

@@ -27,7 +27,7 @@ use keel_bus::ConsumerHandle;
 use keel_core::Bus;
 use keel_registry::Registry;
 use keel_service::{IdentityKey, Readiness, RunningService, Service, ServiceConfig};
-use keel_services_common::Db;
+use keel_sql::Db;
 use keel_store::{Cursor, EventLog, Relay};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -37,31 +37,53 @@ pub use redact::redact_url;
 pub use shutdown::{Parts, Shutdown, ShutdownError};
 
 /// Connects to the broker at `url` (`KEEL_BUS_URL`); `None` when the log itself is the
-/// bus (unset or `log://`).
+/// bus (unset or `log://`). A URL whose backend this build lacks is refused naming the
+/// cargo feature that brings it.
 pub async fn open_bus(url: Option<&str>) -> anyhow::Result<Option<Arc<dyn Bus>>> {
-    match url {
-        None => Ok(None),
-        Some(url) if url.starts_with("log://") => Ok(None),
-        Some(url) if url.starts_with("memory://") => {
-            Ok(Some(Arc::new(keel_memory::MemoryBus::new())))
-        }
-        Some(url) if url.starts_with("amqp://") || url.starts_with("amqps://") => {
+    let Some(url) = url else { return Ok(None) };
+    if url.starts_with("log://") {
+        return Ok(None);
+    }
+    if url.starts_with("memory://") {
+        #[cfg(feature = "memory")]
+        return Ok(Some(Arc::new(keel_memory::MemoryBus::new())));
+        #[cfg(not(feature = "memory"))]
+        return Err(missing_feature("KEEL_BUS_URL", url, "memory"));
+    }
+    if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        #[cfg(feature = "amqp")]
+        {
             let bus = keel_amqp::AmqpBus::connect(url, keel_amqp::AmqpConfig::default())
                 .await
                 .context("KEEL_BUS_URL")?;
-            Ok(Some(Arc::new(bus)))
+            return Ok(Some(Arc::new(bus)));
         }
-        Some(url) if url.starts_with("kafka://") => {
-            let bus = keel_kafka::KafkaBus::connect_checked(url).await.context("KEEL_BUS_URL")?;
-            Ok(Some(Arc::new(bus)))
-        }
-        Some(url) => {
-            anyhow::bail!(
-                "KEEL_BUS_URL `{}`: this build of keel has no backend for it",
-                redact_url(url)
-            )
-        }
+        #[cfg(not(feature = "amqp"))]
+        return Err(missing_feature("KEEL_BUS_URL", url, "amqp"));
     }
+    if url.starts_with("kafka://") {
+        #[cfg(feature = "kafka")]
+        {
+            let bus = keel_kafka::KafkaBus::connect_checked(url).await.context("KEEL_BUS_URL")?;
+            return Ok(Some(Arc::new(bus)));
+        }
+        #[cfg(not(feature = "kafka"))]
+        return Err(missing_feature("KEEL_BUS_URL", url, "kafka"));
+    }
+    anyhow::bail!(
+        "KEEL_BUS_URL `{}`: not a bus Keel knows (log://, memory://, amqp://, kafka://)",
+        redact_url(url)
+    )
+}
+
+/// The start-up error for a setting whose backend is not compiled in.
+#[allow(dead_code)] // unused when every backend is compiled in
+fn missing_feature(key: &str, url: &str, feature: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{key} `{}` needs the `{feature}` feature, which this build of Keel lacks \
+         (add it to the `keel` dependency's features)",
+        redact_url(url)
+    )
 }
 
 /// A relay running in this process, and how to stop it.
@@ -99,7 +121,9 @@ pub async fn system_bus(config: &Config, db: &Db) -> anyhow::Result<(Arc<dyn Bus
         return Ok((bus, true));
     }
     let bus: Arc<dyn Bus> = match db {
+        #[cfg(feature = "sqlite")]
         Db::Sqlite(log) => Arc::new(keel_logbus::open(Arc::new(log.clone())).await?),
+        #[cfg(feature = "postgres")]
         Db::Postgres(log) => Arc::new(keel_logbus::open(Arc::new(log.clone())).await?),
     };
     Ok((bus, false))

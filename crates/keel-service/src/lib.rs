@@ -1,4 +1,4 @@
-//! Keel's service kit: everything an axum service of the example system shares.
+//! Keel's service kit: what every axum service built on Keel shares.
 //! `Service::new(config).readiness(checks).router(app).serve(ctrl_c)` gives a service
 //! `/health`, `/ready` and `/metrics`, problem+json errors (RFC 9457), request ids,
 //! W3C trace context in and out (handlers run in a `keel_bus` [`EventContext`] so the
@@ -17,12 +17,23 @@
 //! - `problem.rs`: [`Problem`], RFC 9457 `application/problem+json` error responses.
 //! - `json.rs`: [`Json`], the strict JSON extractor (UTF-8 only, no duplicate
 //!   members, no NUL in text) whose rejections name the field.
+//! - `fields.rs`: [`JsonBody`] and [`Fields`], field-by-field checks of a JSON body
+//!   that answer every fault at once as a 422 naming each field (unknown members
+//!   included), and the body limit services carry ([`body_limit`]).
+//! - `context.rs`: [`request_context`], the context (trace, correlation, the verified
+//!   actor) that the events a request writes inherit.
+//! - `idempotency.rs` (feature `sql`): [`Idempotency`], `Idempotency-Key` answered once
+//!   and replayed, stored in the effect's own transaction, scoped per caller, expiring.
 //! - `middleware.rs`: request id, trace context and the [`Caller`], problem+json for
 //!   the errors axum and tower-http produce, control characters in paths and queries
 //!   refused, panics as 500.
 //! - `metrics.rs`: the process-wide Prometheus recorder ([`prometheus`]) and the
 //!   request counter and latency histogram, labelled from closed sets.
 
+mod context;
+mod fields;
+#[cfg(feature = "sql")]
+mod idempotency;
 pub mod identity;
 mod json;
 mod metrics;
@@ -33,6 +44,10 @@ mod service;
 
 use std::net::SocketAddr;
 
+pub use context::request_context;
+pub use fields::{Fields, JsonBody, MAX_BODY_BYTES, body_limit};
+#[cfg(feature = "sql")]
+pub use idempotency::{DEFAULT_IDEMPOTENCY_TTL, IDEMPOTENCY_HEADER, Idempotency, IdempotencyKey};
 pub use identity::{Caller, Denied, IDENTITY_HEADER, Identity, IdentityKey};
 pub use json::Json;
 pub use metrics::{HTTP_REQUEST_DURATION, HTTP_REQUESTS, prometheus};

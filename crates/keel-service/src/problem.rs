@@ -10,6 +10,9 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// An `application/problem+json` response. The details of what went wrong inside go to
 /// the log, not here; `detail` says what the caller can act on.
+///
+/// Handlers return it as their error (`Result<_, Problem>`); it is kept under 128 bytes
+/// so such results stay cheap to move (and clippy's `result_large_err` quiet).
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
     /// A URI naming the kind of problem; `about:blank` when the status says it all.
@@ -18,15 +21,15 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub detail: Option<Box<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub instance: Option<String>,
+    pub instance: Option<Box<str>>,
     /// The input fields at fault, for validation errors (an extension member).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ProblemField>,
     /// Seconds to wait before retrying, sent as `Retry-After` (not in the body).
     #[serde(skip)]
-    pub retry_after: Option<u64>,
+    pub retry_after: Option<u32>,
 }
 
 /// One invalid input field: where it is (a JSON pointer such as `/items/0/quantity`,
@@ -62,12 +65,12 @@ impl Problem {
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
+        self.detail = Some(detail.into().into_boxed_str());
         self
     }
 
     pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
-        self.instance = Some(instance.into());
+        self.instance = Some(instance.into().into_boxed_str());
         self
     }
 
@@ -77,7 +80,7 @@ impl Problem {
         self
     }
 
-    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
         self
     }
@@ -152,6 +155,23 @@ impl IntoResponse for Problem {
     }
 }
 
+#[cfg(feature = "sql")]
+/// Database failures as answers: a version conflict is a 409; anything worth retrying a
+/// 503 with `Retry-After`; the rest a 500, with the details in the log only.
+impl From<keel_sql::Error> for Problem {
+    fn from(error: keel_sql::Error) -> Self {
+        if error.is_conflict() {
+            return Problem::conflict(error.to_string())
+                .with_type("https://keel.invalid/problems/version-conflict");
+        }
+        tracing::error!(%error, "request failed");
+        if error.is_retryable() {
+            return Problem::new(http::StatusCode::SERVICE_UNAVAILABLE).with_retry_after(1);
+        }
+        Problem::internal()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +182,11 @@ mod tests {
             Problem::invalid_field("/items/0/quantity", "must be positive").into_response();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+
+    #[test]
+    fn a_problem_is_cheap_to_return() {
+        assert!(std::mem::size_of::<Problem>() < 128, "{}", std::mem::size_of::<Problem>());
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! subscriber decodes exactly what the writer appended.
 //!
 //! Streams are `<category>-<id>`, and the category is the bus topic (see
-//! `keel_core::StreamId::category`): users write `user-<id>`, products `product-<id>`
+//! `keel::core::StreamId::category`): users write `user-<id>`, products `product-<id>`
 //! and, for reservations, `stock-<order id>`; orders write `order-<id>`.
 
-use keel_core::{Event, StreamId};
+use keel::core::{Event, StreamId};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, ServiceError};
+use keel::sql::{Error, Result};
 
 /// Bus topics (stream categories).
 pub mod topics {
@@ -20,7 +20,7 @@ pub mod topics {
 
 /// The stream `<category>-<id>`.
 pub fn stream_id(category: &str, id: &str) -> Result<StreamId> {
-    StreamId::new(format!("{category}-{id}")).map_err(|e| ServiceError::Event(e.to_string()))
+    StreamId::new(format!("{category}-{id}")).map_err(|e| Error::Event(e.to_string()))
 }
 
 /// A user signed up.

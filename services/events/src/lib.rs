@@ -20,7 +20,7 @@
 //!
 //! - `lib.rs`: [`app`] and the handlers.
 
-// `keel_service::Problem` (the problem+json answer, built at most once per request)
+// `keel::http::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.
 #![allow(clippy::result_large_err)]
 
@@ -35,10 +35,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{Stream, StreamExt as _};
-use keel_core::codec::to_structured;
-use keel_core::{Position, StreamId, StreamVersion};
-use keel_service::{Caller, Problem};
-use keel_store::{Cursor, Direction, EventLog, LogFilter, StoreError, SubscribeOptions, subscribe};
+use keel::core::codec::to_structured;
+use keel::core::{Position, StreamId, StreamVersion};
+use keel::http::{Caller, Problem};
+use keel::store::{
+    Cursor, Direction, EventLog, LogFilter, StoreError, SubscribeOptions, subscribe,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -247,7 +249,7 @@ fn filter(
 }
 
 /// The event as CloudEvents JSON, embedded without re-encoding.
-fn raw_json(event: &keel_core::CloudEvent) -> Result<Box<RawValue>, Problem> {
+fn raw_json(event: &keel::core::CloudEvent) -> Result<Box<RawValue>, Problem> {
     let text = String::from_utf8(to_structured(event)).map_err(|_| Problem::internal())?;
     RawValue::from_string(text).map_err(|_| Problem::internal())
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
-use keel_core::{CloudEvent, ExpectedVersion, StreamId};
-use keel_registry::InProcessRegistry;
-use keel_service::{Identity, IdentityKey, Service, ServiceConfig};
-use keel_sqlite::SqliteEventLog;
-use keel_store::EventLog;
+use keel::core::{CloudEvent, ExpectedVersion, StreamId};
+use keel::http::{Identity, IdentityKey, Service, ServiceConfig};
+use keel::registry::InProcessRegistry;
+use keel::sqlite::SqliteEventLog;
+use keel::store::EventLog;
 use tower::ServiceExt as _;
 
 async fn log_with(events: &[(&str, &str)]) -> Arc<dyn EventLog> {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
-use keel_core::{CloudEvent, ExpectedVersion, StreamId};
-use keel_postgres::{PgEventLog, PgOptions};
-use keel_store::{EventLog, SqlEventLog as _};
+use keel::core::{CloudEvent, ExpectedVersion, StreamId};
+use keel::postgres::{PgEventLog, PgOptions};
+use keel::store::{EventLog, SqlEventLog as _};
 use tower::ServiceExt as _;
 
 async fn pg_log() -> PgEventLog {

@@ -8,10 +8,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
-use keel_core::{ExpectedVersion, StreamVersion};
-use keel_service::{Caller, Denied, Problem, ProblemField};
+use keel::core::{ExpectedVersion, StreamVersion};
+use keel::http::{Caller, Denied, Problem, ProblemField};
+use keel::http::{Fields, IdempotencyKey, JsonBody, request_context};
+use keel::sql::envelope;
 use keel_services_common::events::{OrderItem, OrderPlaced, stream_id, topics};
-use keel_services_common::{Fields, IdempotencyKey, JsonBody, envelope, request_context};
 use serde_json::{Value, json};
 
 use crate::directory::UserLookup;

@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use http::{HeaderValue, Request, StatusCode};
-use keel_bus::layer::current_context;
-use keel_client::{ClientConfig, ServiceClient};
-use keel_registry::Registry;
-use keel_service::{IDENTITY_HEADER, SUBJECT};
+use keel::bus::layer::current_context;
+use keel::client::{ClientConfig, ServiceClient};
+use keel::http::{IDENTITY_HEADER, SUBJECT};
+use keel::registry::Registry;
 use tower::ServiceExt as _;
 
 use crate::error::Error;

@@ -1,9 +1,9 @@
 //! The orders service's errors.
 
 use http::StatusCode;
-use keel_bus::HandlerError;
-use keel_service::Problem;
-use keel_services_common::ServiceError;
+use keel::bus::HandlerError;
+use keel::http::Problem;
+use keel::sql::Error as SqlError;
 
 /// What can go wrong in the orders service beyond the shared plumbing.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum Error {
     #[error("{0}")]
     Unreadable(String),
     #[error(transparent)]
-    Service(#[from] ServiceError),
+    Service(#[from] SqlError),
 }
 
 impl From<Error> for Problem {

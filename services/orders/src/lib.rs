@@ -24,7 +24,7 @@
 //!   `KEEL_LISTEN_ADDR`, finding users and products through the registry, verifying
 //!   identities with the key of `KEEL_IDENTITY_SECRET` or `KEEL_JWT_SECRET`.
 
-// `keel_service::Problem` (the problem+json answer, built at most once per request)
+// `keel::http::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.
 #![allow(clippy::result_large_err)]
 
@@ -38,9 +38,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
-use keel_bus::ConsumerHandle;
-use keel_core::{BusError, Subscriber};
-use keel_services_common::{Db, Idempotency, body_limit};
+use keel::bus::ConsumerHandle;
+use keel::core::{BusError, Subscriber};
+use keel::http::{Idempotency, body_limit};
+use keel::sql::Db;
 
 pub use directory::{Directory, DiscoveryDirectory, RouterDirectory, UserLookup};
 pub use error::Error;
@@ -68,7 +69,7 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Idempotency keys remembered for [`keel_services_common::DEFAULT_IDEMPOTENCY_TTL`].
+    /// Idempotency keys remembered for [`keel::http::DEFAULT_IDEMPOTENCY_TTL`].
     pub fn new(db: Db, directory: Arc<dyn Directory>) -> Self {
         Self { db, directory, idempotency: Idempotency::new("orders_idempotency") }
     }
@@ -82,7 +83,7 @@ impl AppState {
 }
 
 /// Creates the service's table (`orders_idempotency`) in the shared database.
-pub async fn migrate(db: &Db) -> keel_services_common::Result<()> {
+pub async fn migrate(db: &Db) -> keel::sql::Result<()> {
     let mut sqlite = sqlx::migrate!("./migrations/sqlite");
     sqlite.set_ignore_missing(true);
     let mut postgres = sqlx::migrate!("./migrations/postgres");

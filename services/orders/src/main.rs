@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
+use keel::runtime::{ServiceParts, run_service};
 use keel_orders::{AppState, DiscoveryDirectory, app, migrate, start_consumers};
-use keel_runtime::{ServiceParts, run_service};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

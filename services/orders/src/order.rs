@@ -1,8 +1,8 @@
 //! The order aggregate: its state is the fold of its stream `order-<id>`, and its
 //! commands decide which event (if any) comes next.
 
-use keel_core::{CloudEvent, Event, StreamVersion};
-use keel_services_common::Db;
+use keel::core::{CloudEvent, Event, StreamVersion};
+use keel::sql::Db;
 use keel_services_common::events::{
     OrderCancelled, OrderConfirmed, OrderItem, OrderPlaced, OrderRejected, stream_id, topics,
 };
@@ -66,7 +66,7 @@ impl Order {
                     event.id(),
                 ))
             };
-            let decode = |e: keel_core::DecodeError| unreadable(&format!("cannot be read: {e}"));
+            let decode = |e: keel::core::DecodeError| unreadable(&format!("cannot be read: {e}"));
             if ty == OrderPlaced::TYPE && order.is_none() {
                 let placed: OrderPlaced = event.decode().map_err(decode)?;
                 order = Some(Self {
@@ -144,7 +144,7 @@ impl Order {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use keel_core::envelope::ext;
+    use keel::core::envelope::ext;
 
     fn at<E: Event>(event: &E, version: i64) -> CloudEvent {
         let mut e = CloudEvent::from_event(event, "/t").unwrap().build().unwrap();
@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn the_subject_that_placed_it_owns_it() {
         let mut event = placed();
-        event.set_extension(keel_core::envelope::ext::ACTOR, "alice").unwrap();
+        event.set_extension(keel::core::envelope::ext::ACTOR, "alice").unwrap();
         assert_eq!(Order::from_events(&[event]).unwrap().unwrap().owner.as_deref(), Some("alice"));
         assert_eq!(Order::from_events(&[placed()]).unwrap().unwrap().owner, None);
     }

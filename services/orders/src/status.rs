@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use keel_bus::layer::{Inbox as _, TraceLayer, current_context};
-use keel_bus::{Consumer, ConsumerHandle, HandlerError, Message, handler_fn};
-use keel_core::{BusError, Event, ExpectedVersion, Subscriber, SubscriptionSpec};
+use keel::bus::layer::{Inbox as _, TraceLayer, current_context};
+use keel::bus::{Consumer, ConsumerHandle, HandlerError, Message, handler_fn};
+use keel::core::{BusError, Event, ExpectedVersion, Subscriber, SubscriptionSpec};
+use keel::sql::{Db, DbInbox, Error as SqlError, envelope};
 use keel_services_common::events::{StockRejected, StockReserved, stream_id, topics};
-use keel_services_common::{Db, DbInbox, ServiceError, envelope};
 use tower::Layer as _;
 
 use crate::order::Order;
@@ -45,7 +45,7 @@ async fn decide(db: &Db, inbox: &DbInbox, message: Message) -> Result<(), Handle
         (rejected.order_id, false, rejected.reason)
     };
     let Some(order) = Order::load(db, &order_id).await? else {
-        let error = ServiceError::Event(format!("stock answer for unknown order `{order_id}`"));
+        let error = SqlError::Event(format!("stock answer for unknown order `{order_id}`"));
         return Err(HandlerError::permanent(error));
     };
     let context = current_context().unwrap_or_default();

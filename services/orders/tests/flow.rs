@@ -12,10 +12,11 @@ use axum::body::Body;
 use common::{System, behind_kit, eventually, get, get_with, identity, post, post_with, send};
 use futures::future::join_all;
 use http::{Request, StatusCode, header};
-use keel_core::{CloudEvent, ExpectedVersion, Publisher as _, StreamId};
+use keel::core::{CloudEvent, ExpectedVersion, Publisher as _, StreamId};
+use keel::http::MAX_BODY_BYTES;
+use keel::registry::InProcessRegistry;
+use keel::sql::args;
 use keel_orders::{AppState, DiscoveryDirectory};
-use keel_registry::InProcessRegistry;
-use keel_services_common::{MAX_BODY_BYTES, args};
 use serde_json::{Value, json};
 
 #[tokio::test]

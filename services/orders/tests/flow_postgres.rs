@@ -9,7 +9,7 @@ mod common;
 use common::{System, eventually, get, post_with};
 use futures::future::join_all;
 use http::StatusCode;
-use keel_services_common::Db;
+use keel::sql::Db;
 use serde_json::json;
 
 /// The store on a fresh database of the test server.

@@ -4,10 +4,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
-use keel_core::ExpectedVersion;
-use keel_service::{Caller, Problem};
+use keel::core::ExpectedVersion;
+use keel::http::{Caller, Problem};
+use keel::http::{Fields, IdempotencyKey, JsonBody, request_context};
+use keel::sql::{args, envelope};
 use keel_services_common::events::{ProductCreated, stream_id, topics};
-use keel_services_common::{Fields, IdempotencyKey, JsonBody, args, envelope, request_context};
 use serde_json::{Value, json};
 
 use crate::{AppState, SOURCE};

@@ -2,8 +2,8 @@
 //! (`KEEL_DATABASE_URL`, `KEEL_BUS_URL`, `KEEL_CONSUL_URL`, `KEEL_LISTEN_ADDR`,
 //! `KEEL_ADVERTISE_HOST`; see keel-runtime).
 
+use keel::runtime::{ServiceParts, run_service};
 use keel_products::{AppState, app, migrate, start_consumers};
-use keel_runtime::{ServiceParts, run_service};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -12,13 +12,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use keel_bus::layer::current_context;
-use keel_bus::{ConsumerHandle, HandlerError, Message};
-use keel_core::{BusError, Event, ExpectedVersion, Subscriber, SubscriptionSpec};
+use keel::bus::layer::current_context;
+use keel::bus::{ConsumerHandle, HandlerError, Message};
+use keel::core::{BusError, Event, ExpectedVersion, Subscriber, SubscriptionSpec};
+use keel::sql::{Error as SqlError, Tx, args, envelope, start_inbox_consumer};
 use keel_services_common::events::{
     OrderCancelled, OrderPlaced, StockRejected, StockReleased, StockReserved, stream_id, topics,
 };
-use keel_services_common::{ServiceError, Tx, args, envelope, start_inbox_consumer};
 
 use crate::{AppState, SOURCE};
 
@@ -45,7 +45,7 @@ async fn handle(message: Message, tx: Tx) -> Result<Tx, HandlerError> {
 }
 
 /// Reserves every item of `order` or none; appends the outcome to `stock-<order id>`.
-async fn reserve(order: OrderPlaced, mut tx: Tx) -> Result<Tx, ServiceError> {
+async fn reserve(order: OrderPlaced, mut tx: Tx) -> Result<Tx, SqlError> {
     let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
     for item in &order.items {
         *wanted.entry(item.product_id.as_str()).or_default() += item.quantity;
@@ -98,7 +98,7 @@ async fn reserve(order: OrderPlaced, mut tx: Tx) -> Result<Tx, ServiceError> {
 }
 
 /// Why `quantity` of `product` cannot be taken.
-async fn why_not(tx: &mut Tx, product: &str, quantity: i64) -> Result<String, ServiceError> {
+async fn why_not(tx: &mut Tx, product: &str, quantity: i64) -> Result<String, SqlError> {
     if quantity <= 0 {
         return Ok(format!("quantity {quantity} of product {product} is not positive"));
     }
@@ -114,7 +114,7 @@ async fn why_not(tx: &mut Tx, product: &str, quantity: i64) -> Result<String, Se
 }
 
 /// Gives back what a cancelled order holds.
-async fn release(order: OrderCancelled, mut tx: Tx) -> Result<Tx, ServiceError> {
+async fn release(order: OrderCancelled, mut tx: Tx) -> Result<Tx, SqlError> {
     let held: Vec<(String, i64)> = tx
         .fetch_all(
             "SELECT product_id, quantity FROM products_reservations WHERE order_id = $1 ORDER BY product_id",

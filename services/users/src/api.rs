@@ -5,10 +5,11 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
-use keel_core::ExpectedVersion;
-use keel_service::{Caller, Problem};
+use keel::core::ExpectedVersion;
+use keel::http::{Caller, Problem};
+use keel::http::{Fields, IdempotencyKey, JsonBody, request_context};
+use keel::sql::{args, envelope};
 use keel_services_common::events::{UserRegistered, stream_id, topics};
-use keel_services_common::{Fields, IdempotencyKey, JsonBody, args, envelope, request_context};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

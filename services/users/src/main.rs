@@ -2,7 +2,7 @@
 //! (`KEEL_DATABASE_URL`, `KEEL_BUS_URL`, `KEEL_CONSUL_URL`, `KEEL_LISTEN_ADDR`,
 //! `KEEL_ADVERTISE_HOST`; see keel-runtime).
 
-use keel_runtime::{ServiceParts, run_service};
+use keel::runtime::{ServiceParts, run_service};
 use keel_users::{AppState, app, migrate, start_consumers};
 
 #[tokio::main]

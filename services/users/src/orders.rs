@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use keel_bus::layer::Inbox as _;
-use keel_bus::{ConsumerHandle, HandlerError, Message};
-use keel_core::{BusError, Event, Subscriber, SubscriptionSpec};
+use keel::bus::layer::Inbox as _;
+use keel::bus::{ConsumerHandle, HandlerError, Message};
+use keel::core::{BusError, Event, Subscriber, SubscriptionSpec};
+use keel::sql::{Db, Error as SqlError, Tx, args, start_inbox_consumer};
+use keel::store::{Cursor, LogFilter};
 use keel_services_common::events::{
     OrderCancelled, OrderConfirmed, OrderPlaced, OrderRejected, topics,
 };
-use keel_services_common::{Db, ServiceError, Tx, args, start_inbox_consumer};
-use keel_store::{Cursor, LogFilter};
 
 use crate::AppState;
 
@@ -35,7 +35,7 @@ pub(crate) async fn start(
 /// marks in one transaction, then applies every order event of the log in log order,
 /// each in its own inbox transaction (so the live consumer, resuming, skips them).
 /// Run it while the users service is stopped. Reports progress as events applied.
-pub async fn rebuild(db: &Db, mut progress: impl FnMut(u64) + Send) -> Result<u64, ServiceError> {
+pub async fn rebuild(db: &Db, mut progress: impl FnMut(u64) + Send) -> Result<u64, SqlError> {
     let mut reset = db.begin().await?;
     reset.execute("DELETE FROM users_orders", args![]).await?;
     reset.execute("DELETE FROM keel_inbox WHERE group_name = $1", args![ORDERS_GROUP]).await?;
@@ -74,8 +74,8 @@ pub async fn rebuild(db: &Db, mut progress: impl FnMut(u64) + Send) -> Result<u6
     Ok(applied)
 }
 
-fn rebuild_error(error: HandlerError) -> ServiceError {
-    ServiceError::Event(format!("replaying into users_orders: {error}"))
+fn rebuild_error(error: HandlerError) -> SqlError {
+    SqlError::Event(format!("replaying into users_orders: {error}"))
 }
 
 /// Applies one order event to the read model inside the inbox transaction.

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use keel_registry::InProcessRegistry;
-use keel_service::{Identity, IdentityKey, Service, ServiceConfig};
-use keel_services_common::Db;
+use keel::http::{Identity, IdentityKey, Service, ServiceConfig};
+use keel::registry::InProcessRegistry;
+use keel::sql::Db;
 use keel_users::{AppState, app, migrate};
 use serde_json::{Value, json};
 

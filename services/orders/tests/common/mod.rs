@@ -10,13 +10,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use http::{HeaderMap, Request, StatusCode, header};
-use keel_bus::ConsumerHandle;
-use keel_memory::MemoryBus;
+use keel::bus::ConsumerHandle;
+use keel::http::{Identity, IdentityKey, Service, ServiceConfig};
+use keel::memory::MemoryBus;
+use keel::registry::InProcessRegistry;
+use keel::sql::Db;
+use keel::store::{Relay, RelayOptions, SubscribeOptions};
 use keel_orders::RouterDirectory;
-use keel_registry::InProcessRegistry;
-use keel_service::{Identity, IdentityKey, Service, ServiceConfig};
-use keel_services_common::Db;
-use keel_store::{Relay, RelayOptions, SubscribeOptions};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tower::ServiceExt as _;
@@ -28,7 +28,7 @@ pub struct System {
     pub products: Router,
     pub orders: Router,
     consumers: Vec<ConsumerHandle>,
-    relay: JoinHandle<keel_store::Result<()>>,
+    relay: JoinHandle<keel::store::Result<()>>,
     file: Option<std::path::PathBuf>,
     /// Whether identities are verified (else the open mode).
     pub identified: bool,

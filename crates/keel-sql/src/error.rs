@@ -1,15 +1,15 @@
-//! The error type of the service plumbing and its HTTP mapping.
+//! The error type of the database seam.
 
-use keel_service::Problem;
 use keel_store::StoreError;
 
-/// `Result` with [`ServiceError`].
-pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What can go wrong below a service's rules.
+/// What can go wrong in the database seam: the store, a query, a migration, JSON, an
+/// event, the configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ServiceError {
+pub enum Error {
     /// The event store refused or failed (a version conflict among others).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -25,12 +25,12 @@ pub enum ServiceError {
     /// An event or envelope was invalid.
     #[error("invalid event: {0}")]
     Event(String),
-    /// The service is configured wrongly (names the setting).
+    /// The database is configured wrongly (names the setting).
     #[error("configuration: {0}")]
     Config(String),
 }
 
-impl ServiceError {
+impl Error {
     /// Whether a unique constraint refused the write (a concurrent twin request won).
     pub fn is_unique_violation(&self) -> bool {
         let db = match self {
@@ -70,19 +70,5 @@ fn is_transient(error: &sqlx::Error) -> bool {
             Some("40001" | "40P01" | "57P01" | "5" | "6" | "517" | "261" | "262")
         ),
         _ => false,
-    }
-}
-
-impl From<ServiceError> for Problem {
-    fn from(error: ServiceError) -> Self {
-        if error.is_conflict() {
-            return Problem::conflict(error.to_string())
-                .with_type("https://keel.invalid/problems/version-conflict");
-        }
-        tracing::error!(%error, "request failed");
-        if error.is_retryable() {
-            return Problem::new(http::StatusCode::SERVICE_UNAVAILABLE).with_retry_after(1);
-        }
-        Problem::internal()
     }
 }

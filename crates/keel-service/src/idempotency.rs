@@ -34,11 +34,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use keel_service::{Caller, Problem};
+use keel_sql::{Db, Error as SqlError, Result, Tx};
 use serde_json::Value;
 
-use crate::db::{Db, Tx};
-use crate::error::{Result, ServiceError};
+use crate::{Caller, Problem};
 
 /// The request header.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -99,7 +98,7 @@ impl IdempotencyKey {
         let status = u16::try_from(status)
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
-            .ok_or_else(|| ServiceError::Event(format!("stored status {status} is invalid")))?;
+            .ok_or_else(|| SqlError::Event(format!("stored status {status} is invalid")))?;
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -161,9 +160,9 @@ impl Idempotency {
         )
     }
 
-    fn select_args(&self, key: &IdempotencyKey) -> Vec<crate::Arg> {
+    fn select_args(&self, key: &IdempotencyKey) -> Vec<keel_sql::Arg> {
         let cutoff = self.cutoff(chrono::Utc::now().timestamp());
-        crate::args![&key.subject, &key.key, cutoff]
+        keel_sql::args![&key.subject, &key.key, cutoff]
     }
 
     /// Runs a POST's effect in one transaction with its idempotency key (if any): a
@@ -215,7 +214,7 @@ impl Idempotency {
         let table = self.table;
         tx.execute(
             &format!("DELETE FROM {table} WHERE subject = $1 AND key = $2 AND created_at < $3"),
-            crate::args![&key.subject, &key.key, self.cutoff(now)],
+            keel_sql::args![&key.subject, &key.key, self.cutoff(now)],
         )
         .await?;
         tx.execute(
@@ -223,7 +222,7 @@ impl Idempotency {
                 "INSERT INTO {table} (subject, key, request, status, body, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6)"
             ),
-            crate::args![&key.subject, &key.key, &key.request, 0_i64, "", now],
+            keel_sql::args![&key.subject, &key.key, &key.request, 0_i64, "", now],
         )
         .await?;
         Ok(())
@@ -242,7 +241,7 @@ impl Idempotency {
             self.table
         );
         let args =
-            crate::args![i64::from(status.as_u16()), body.to_string(), &key.subject, &key.key];
+            keel_sql::args![i64::from(status.as_u16()), body.to_string(), &key.subject, &key.key];
         tx.execute(&sql, args).await?;
         Ok(())
     }
@@ -268,9 +267,9 @@ impl Idempotency {
             let purge = async {
                 let mut tx = db.begin().await?;
                 let sql = format!("DELETE FROM {table} WHERE created_at < $1");
-                let purged = tx.execute(&sql, crate::args![cutoff]).await?;
+                let purged = tx.execute(&sql, keel_sql::args![cutoff]).await?;
                 tx.commit().await?;
-                Ok::<_, ServiceError>(purged)
+                Ok::<_, SqlError>(purged)
             };
             match purge.await {
                 Ok(0) => {}

@@ -9,12 +9,12 @@ use keel_core::{BusError, Subscriber, SubscriptionSpec};
 use tower::Layer as _;
 
 use crate::db::{Db, Tx};
-use crate::error::ServiceError;
+use crate::error::Error;
 
-impl From<ServiceError> for HandlerError {
+impl From<Error> for HandlerError {
     /// Conflicts and transient database trouble are retried (a retry reloads the
     /// state); anything else is dead-lettered.
-    fn from(error: ServiceError) -> Self {
+    fn from(error: Error) -> Self {
         if error.is_retryable() {
             HandlerError::transient(error)
         } else {

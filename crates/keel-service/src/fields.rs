@@ -1,8 +1,8 @@
 //! JSON request bodies: the extractor and the field checks.
 
+use crate::{Problem, ProblemField};
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use http::StatusCode;
-use keel_service::{Problem, ProblemField};
 use serde_json::Value;
 
 /// The largest request body the services accept (larger: 413).
@@ -15,7 +15,7 @@ pub fn body_limit() -> DefaultBodyLimit {
 
 /// A JSON request body as a `serde_json::Value`, for [`Fields`] to check.
 ///
-/// It is the kit's strict [`keel_service::Json`] extractor, so every service refuses
+/// It is the kit's strict [`crate::Json`] extractor, so every service refuses
 /// the same things, as problem+json: 415 for another media type or a charset other
 /// than UTF-8, 413 over [`MAX_BODY_BYTES`] (with [`body_limit`]), 400 for bytes that
 /// are not JSON, 422 naming the member for a duplicated one or a NUL in a string.
@@ -26,8 +26,8 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        match keel_service::Json::<Value>::from_request(req, state).await {
-            Ok(keel_service::Json(value)) => Ok(Self(value)),
+        match crate::Json::<Value>::from_request(req, state).await {
+            Ok(crate::Json(value)) => Ok(Self(value)),
             Err(problem) if problem.status_code() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(problem.with_detail(format!("the body is larger than {MAX_BODY_BYTES} bytes")))
             }

@@ -1,18 +1,13 @@
-//! The context a request gives the events it writes, and typed events as envelopes.
+//! The context a request gives the events it writes.
 
 use http::HeaderMap;
 use keel_bus::layer::{EventContext, current_context};
-use keel_core::{CloudEvent, Event, TraceContext};
-
-use crate::error::{Result, ServiceError};
-
-/// The open mode's subject header (see [`keel_service::SUBJECT`]).
-pub const SUBJECT_HEADER: &str = keel_service::SUBJECT;
+use keel_core::TraceContext;
 
 /// The context of an HTTP request: the task's current context if middleware set one,
 /// completed from the headers: the trace from `traceparent` (a child span; a new trace
 /// without one), the correlation from `x-request-id`. The actor comes only from the
-/// service kit, which verifies who is calling ([`keel_service::Caller`]): a header
+/// service kit, which verifies who is calling ([`crate::Caller`]): a header
 /// alone never names one, or whoever reaches a service's port could write events in
 /// someone else's name.
 pub fn request_context(headers: &HeaderMap) -> EventContext {
@@ -31,40 +26,23 @@ pub fn request_context(headers: &HeaderMap) -> EventContext {
     context
 }
 
-/// The envelope of a typed event from `source`, stamped with `context` (actor, trace,
-/// correlation, causation), ready to append.
-pub fn envelope<E: Event>(event: &E, source: &str, context: &EventContext) -> Result<CloudEvent> {
-    let mut envelope = CloudEvent::from_event(event, source)?
-        .build()
-        .map_err(|e| ServiceError::Event(e.to_string()))?;
-    context.apply(&mut envelope);
-    Ok(envelope)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use serde::{Deserialize, Serialize};
-
-    #[derive(Event, Serialize, Deserialize)]
-    #[event(type = "test.pinged", key = id)]
-    struct Pinged {
-        id: String,
-    }
 
     #[test]
     fn the_trace_continues_but_a_subject_header_alone_is_no_actor() {
         let mut headers = HeaderMap::new();
-        headers.insert(SUBJECT_HEADER, "user-7".parse().unwrap());
+        headers.insert(crate::SUBJECT, "user-7".parse().unwrap());
         headers.insert(
             "traceparent",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap(),
         );
         let context = request_context(&headers);
-        let event = envelope(&Pinged { id: "1".into() }, "/test", &context).unwrap();
-        assert_eq!(event.actor(), None);
-        assert!(event.traceparent().unwrap().contains("0af7651916cd43dd8448eb211c80319c"));
-        assert_eq!(event.partition_key(), Some("1"));
+        assert_eq!(context.actor, None);
+        let trace = context.trace.unwrap();
+        assert_eq!(trace.trace_id(), "0af7651916cd43dd8448eb211c80319c");
+        assert_ne!(trace.span_id(), "b7ad6b7169203331", "a child span");
     }
 }

@@ -12,14 +12,18 @@ use std::sync::Arc;
 use keel_bus::HandlerError;
 use keel_bus::layer::Inbox;
 use keel_core::{CloudEvent, ExpectedVersion, StreamId, StreamVersion};
+#[cfg(feature = "postgres")]
 use keel_postgres::{PgEventLog, PgInbox, PgOptions};
+#[cfg(feature = "sqlite")]
 use keel_sqlite::{SqliteEventLog, SqliteInbox};
-use keel_store::{AppendResult, Direction, EventLog, SqlEventLog};
-use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{FromRow, Postgres, Sqlite, Transaction};
+use keel_store::{AppendResult, Direction, EventLog, SqlEventLog as _};
+use sqlx::Transaction;
+#[cfg(feature = "postgres")]
+use sqlx::{Postgres, postgres::PgRow};
+#[cfg(feature = "sqlite")]
+use sqlx::{Sqlite, sqlite::SqliteRow};
 
-use crate::error::{Result, ServiceError};
+use crate::error::{Error, Result};
 
 /// A query argument of a type both dialects bind the same way.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,22 +87,40 @@ macro_rules! bind_all {
     }};
 }
 
-/// A row type both dialects can decode (derive `sqlx::FromRow` with `String`, `i64`
-/// and `Option<String>` fields, or use a tuple).
-pub trait Row:
-    for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin + 'static
-{
-}
+/// A row type every enabled dialect can decode (derive `sqlx::FromRow` with `String`,
+/// `i64` and `Option<String>` fields, or use a tuple).
+pub trait Row: SqliteRowType + PgRowType + Send + Unpin + 'static {}
 
-impl<T> Row for T where
-    T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin + 'static
-{
-}
+impl<T> Row for T where T: SqliteRowType + PgRowType + Send + Unpin + 'static {}
+
+/// Decodable from a SQLite row (with the `sqlite` feature; anything without it).
+#[cfg(feature = "sqlite")]
+pub trait SqliteRowType: for<'r> sqlx::FromRow<'r, SqliteRow> {}
+#[cfg(feature = "sqlite")]
+impl<T> SqliteRowType for T where T: for<'r> sqlx::FromRow<'r, SqliteRow> {}
+/// Decodable from a SQLite row (with the `sqlite` feature; anything without it).
+#[cfg(not(feature = "sqlite"))]
+pub trait SqliteRowType {}
+#[cfg(not(feature = "sqlite"))]
+impl<T> SqliteRowType for T {}
+
+/// Decodable from a PostgreSQL row (with the `postgres` feature; anything without it).
+#[cfg(feature = "postgres")]
+pub trait PgRowType: for<'r> sqlx::FromRow<'r, PgRow> {}
+#[cfg(feature = "postgres")]
+impl<T> PgRowType for T where T: for<'r> sqlx::FromRow<'r, PgRow> {}
+/// Decodable from a PostgreSQL row (with the `postgres` feature; anything without it).
+#[cfg(not(feature = "postgres"))]
+pub trait PgRowType {}
+#[cfg(not(feature = "postgres"))]
+impl<T> PgRowType for T {}
 
 /// The event log of either store, which also holds the services' tables. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Db {
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteEventLog),
+    #[cfg(feature = "postgres")]
     Postgres(PgEventLog),
 }
 
@@ -107,14 +129,26 @@ impl Db {
     /// and applies the event log's migrations.
     pub async fn connect(url: &str) -> Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres(PgEventLog::connect(url, PgOptions::default()).await?))
-        } else if url.starts_with("sqlite:") {
-            Ok(Self::Sqlite(SqliteEventLog::connect(url).await?))
-        } else {
-            Err(ServiceError::Config(format!(
-                "KEEL_DATABASE_URL `{url}` must start with sqlite: or postgres://"
-            )))
+            #[cfg(feature = "postgres")]
+            return Ok(Self::Postgres(PgEventLog::connect(url, PgOptions::default()).await?));
+            #[cfg(not(feature = "postgres"))]
+            return Err(Error::Config(
+                "KEEL_DATABASE_URL is a postgres:// URL, but this build has no PostgreSQL \
+                 support: enable the `postgres` feature of keel"
+                    .to_owned(),
+            ));
         }
+        if url.starts_with("sqlite:") {
+            #[cfg(feature = "sqlite")]
+            return Ok(Self::Sqlite(SqliteEventLog::connect(url).await?));
+            #[cfg(not(feature = "sqlite"))]
+            return Err(Error::Config(
+                "KEEL_DATABASE_URL is a sqlite: URL, but this build has no SQLite support: \
+                 enable the `sqlite` feature of keel"
+                    .to_owned(),
+            ));
+        }
+        Err(Error::Config("KEEL_DATABASE_URL must start with sqlite: or postgres://".to_owned()))
     }
 
     /// Applies a service's migrations (one set per dialect; they ignore the others'
@@ -124,8 +158,12 @@ impl Db {
         sqlite: &sqlx::migrate::Migrator,
         postgres: &sqlx::migrate::Migrator,
     ) -> Result<()> {
+        // Each migrator is used only if its dialect is compiled in.
+        let _ = (sqlite, postgres);
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(log) => sqlite.run(log.pool()).await?,
+            #[cfg(feature = "postgres")]
             Self::Postgres(log) => postgres.run(log.pool()).await?,
         }
         Ok(())
@@ -134,7 +172,9 @@ impl Db {
     /// The event log as a trait object (relays, subscriptions, reads).
     pub fn log(&self) -> Arc<dyn EventLog> {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(log) => Arc::new(log.clone()),
+            #[cfg(feature = "postgres")]
             Self::Postgres(log) => Arc::new(log.clone()),
         }
     }
@@ -142,7 +182,9 @@ impl Db {
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx> {
         Ok(match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(log) => Tx::Sqlite(log.begin().await?, log.clone()),
+            #[cfg(feature = "postgres")]
             Self::Postgres(log) => Tx::Postgres(log.begin().await?, log.clone()),
         })
     }
@@ -150,9 +192,11 @@ impl Db {
     /// One row or none, outside any transaction.
     pub async fn fetch_optional<T: Row>(&self, sql: &str, args: Vec<Arg>) -> Result<Option<T>> {
         Ok(match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(log) => {
                 bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_optional(log.pool()).await?
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(log) => {
                 bind_all!(sqlx::query_as::<Postgres, T>(sql), args)
                     .fetch_optional(log.pool())
@@ -164,9 +208,11 @@ impl Db {
     /// Every row, outside any transaction.
     pub async fn fetch_all<T: Row>(&self, sql: &str, args: Vec<Arg>) -> Result<Vec<T>> {
         Ok(match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(log) => {
                 bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_all(log.pool()).await?
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(log) => {
                 bind_all!(sqlx::query_as::<Postgres, T>(sql), args).fetch_all(log.pool()).await?
             }
@@ -192,7 +238,9 @@ impl Db {
     /// The store's transactional inbox, for `keel_bus::layer::inbox_fn`.
     pub fn inbox(&self) -> Arc<DbInbox> {
         Arc::new(match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(log) => DbInbox::Sqlite(SqliteInbox::new(log.pool().clone()), log.clone()),
+            #[cfg(feature = "postgres")]
             Self::Postgres(log) => DbInbox::Postgres(PgInbox::new(log.pool().clone()), log.clone()),
         })
     }
@@ -208,7 +256,9 @@ impl Db {
 /// commit together. Dropping it uncommitted rolls everything back.
 #[derive(Debug)]
 pub enum Tx {
+    #[cfg(feature = "sqlite")]
     Sqlite(Transaction<'static, Sqlite>, SqliteEventLog),
+    #[cfg(feature = "postgres")]
     Postgres(Transaction<'static, Postgres>, PgEventLog),
 }
 
@@ -216,9 +266,11 @@ impl Tx {
     /// Runs a statement; returns the number of rows it touched.
     pub async fn execute(&mut self, sql: &str, args: Vec<Arg>) -> Result<u64> {
         Ok(match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(tx, _) => {
                 bind_all!(sqlx::query(sql), args).execute(&mut **tx).await?.rows_affected()
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(tx, _) => {
                 bind_all!(sqlx::query(sql), args).execute(&mut **tx).await?.rows_affected()
             }
@@ -228,9 +280,11 @@ impl Tx {
     /// One row or none.
     pub async fn fetch_optional<T: Row>(&mut self, sql: &str, args: Vec<Arg>) -> Result<Option<T>> {
         Ok(match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(tx, _) => {
                 bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_optional(&mut **tx).await?
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(tx, _) => {
                 bind_all!(sqlx::query_as::<Postgres, T>(sql), args)
                     .fetch_optional(&mut **tx)
@@ -242,9 +296,11 @@ impl Tx {
     /// Every row.
     pub async fn fetch_all<T: Row>(&mut self, sql: &str, args: Vec<Arg>) -> Result<Vec<T>> {
         Ok(match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(tx, _) => {
                 bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_all(&mut **tx).await?
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(tx, _) => {
                 bind_all!(sqlx::query_as::<Postgres, T>(sql), args).fetch_all(&mut **tx).await?
             }
@@ -259,7 +315,9 @@ impl Tx {
         events: &[CloudEvent],
     ) -> Result<AppendResult> {
         Ok(match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(tx, log) => log.append_in(&mut **tx, stream, expected, events).await?,
+            #[cfg(feature = "postgres")]
             Self::Postgres(tx, log) => log.append_in(&mut **tx, stream, expected, events).await?,
         })
     }
@@ -267,10 +325,12 @@ impl Tx {
     /// Commits, then wakes the log's subscribers.
     pub async fn commit(self) -> Result<()> {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(tx, log) => {
                 tx.commit().await?;
                 log.notify_appended();
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(tx, log) => {
                 tx.commit().await?;
                 log.notify_appended();
@@ -285,7 +345,9 @@ impl Tx {
 /// processed mark commit together.
 #[derive(Debug)]
 pub enum DbInbox {
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteInbox, SqliteEventLog),
+    #[cfg(feature = "postgres")]
     Postgres(PgInbox, PgEventLog),
 }
 
@@ -294,9 +356,11 @@ impl Inbox for DbInbox {
 
     async fn begin(&self, group: &str, event_id: &str) -> Result<Option<Tx>, HandlerError> {
         Ok(match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(inbox, log) => {
                 inbox.begin(group, event_id).await?.map(|tx| Tx::Sqlite(tx, log.clone()))
             }
+            #[cfg(feature = "postgres")]
             Self::Postgres(inbox, log) => {
                 inbox.begin(group, event_id).await?.map(|tx| Tx::Postgres(tx, log.clone()))
             }

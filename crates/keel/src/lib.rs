@@ -1,0 +1,94 @@
+//! Keel: an event-sourced async messaging backbone for Rust services.
+//!
+//! Services append typed domain events to a log in the same transaction as their own
+//! state (the log is the outbox); consumers in other services handle them through a bus
+//! (the log itself, in memory, RabbitMQ or Kafka) with retries, dead letters and an
+//! inbox that makes handlers effectively-once; read models are projections rebuilt by
+//! replay. The synchronous side is a service kit on axum, discovery, a client with
+//! breakers, and a gateway. This crate is the one dependency: each part is a module,
+//! and each backend a cargo feature, so you compile only what you use.
+//!
+//! # Features
+//!
+//! | feature | gives | default |
+//! |---|---|---|
+//! | `sqlite` | [`sqlite`], [`sql`] and [`logbus`]: the embedded store, the log as the bus | yes |
+//! | `postgres` | [`postgres`], [`sql`] and [`logbus`] | |
+//! | `memory` | [`memory`]: the in-process bus | yes |
+//! | `amqp` | [`amqp`]: RabbitMQ | |
+//! | `kafka` | [`kafka`]: Kafka (builds librdkafka) | |
+//! | `http` | [`http`] (the service kit), [`client`], [`registry`], [`runtime`] (the service runner) | yes |
+//! | `consul` | Consul in [`registry`] and [`runtime`] | |
+//! | `gateway` | [`gateway`] | |
+//! | `otel` | OTLP trace export | |
+//!
+//! A configuration naming a backend the build lacks (`KEEL_BUS_URL=amqp://...`
+//! without `amqp`) stops start-up with a message naming the feature.
+//!
+//! # Modules
+//!
+//! - [`core`]: the CloudEvents envelope, ids and versions, the [`Event`] trait and
+//!   `#[derive(Event)]`, the bus traits;
+//! - [`bus`]: publishing and consuming over any backend ([`bus::Consumer`],
+//!   [`bus::EventPublisher`], handlers, tower layers, the inbox);
+//! - [`store`]: the event log seam, subscriptions, the relay and projections;
+//! - [`sql`]: one API over the SQLite and PostgreSQL logs: your queries and your
+//!   appends in one transaction ([`sql::Db`], [`sql::Tx`]);
+//! - [`http`], [`client`], [`registry`], [`runtime`]: services;
+//! - backends: [`sqlite`], [`postgres`], [`logbus`], [`memory`], [`amqp`], [`kafka`];
+//! - [`gateway`], [`telemetry`].
+//!
+//! The guide (docs/guide.md in the repository) builds a first service step by step.
+
+pub use keel_bus as bus;
+pub use keel_core as core;
+pub use keel_store as store;
+pub use keel_telemetry as telemetry;
+
+#[cfg(feature = "amqp")]
+pub use keel_amqp as amqp;
+#[cfg(feature = "http")]
+pub use keel_client as client;
+#[cfg(feature = "gateway")]
+pub use keel_gateway as gateway;
+#[cfg(feature = "kafka")]
+pub use keel_kafka as kafka;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use keel_logbus as logbus;
+#[cfg(feature = "memory")]
+pub use keel_memory as memory;
+#[cfg(feature = "postgres")]
+pub use keel_postgres as postgres;
+#[cfg(feature = "http")]
+pub use keel_registry as registry;
+#[cfg(feature = "http")]
+pub use keel_runtime as runtime;
+#[cfg(feature = "http")]
+pub use keel_service as http;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use keel_sql as sql;
+#[cfg(feature = "sqlite")]
+pub use keel_sqlite as sqlite;
+
+pub use keel_core::{
+    CloudEvent, Event, EventSet, ExpectedVersion, Position, StreamId, StreamVersion,
+};
+
+/// What most services import: `use keel::prelude::*;`.
+pub mod prelude {
+    pub use keel_bus::{
+        Consumer, ConsumerHandle, EventPublisher, HandlerError, Message, Typed, handler_fn, typed,
+    };
+    pub use keel_core::{
+        CloudEvent, Event, ExpectedVersion, Position, StreamId, StreamVersion, SubscriptionSpec,
+    };
+    #[cfg(feature = "http")]
+    pub use keel_service::{Caller, Fields, Json, JsonBody, Problem};
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub use keel_sql::{Db, Tx, args};
+}
+
+// The README's code is compiled and run as a doc test of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
