@@ -30,6 +30,13 @@ pub enum Error {
     Config(String),
 }
 
+impl From<keel_core::DecodeError> for Error {
+    /// An invalid stream id or event attribute is an invalid event.
+    fn from(error: keel_core::DecodeError) -> Self {
+        Self::Event(error.to_string())
+    }
+}
+
 impl Error {
     /// Whether a unique constraint refused the write (a concurrent twin request won).
     pub fn is_unique_violation(&self) -> bool {
