@@ -85,8 +85,10 @@ where
     }
 
     fn call(&mut self, message: Message) -> Self::Future {
-        let data = message.event().data().map(|d| &d[..]).unwrap_or(b"null");
-        let decoded = E::from_json(message.event().ty(), data);
+        let event = message.event();
+        let data = event.data().map(|d| &d[..]).unwrap_or(b"null");
+        let decoded =
+            event.data_version().and_then(|version| E::from_json(event.ty(), version, data));
         let f = self.f.clone();
         Box::pin(async move {
             match decoded? {

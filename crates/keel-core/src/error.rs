@@ -39,6 +39,31 @@ pub enum DecodeError {
     /// The event's type is not the one (or one of those) the caller asked for.
     #[error("unexpected event type `{found}` (expected {expected})")]
     UnexpectedType { found: String, expected: String },
+    /// The data was written at a schema version newer than the code knows (an event
+    /// from a newer deployment): never decoded with defaults.
+    #[error(
+        "event `{event_type}` has schema version {version}, newer than the {known} this code knows"
+    )]
+    FutureVersion { event_type: String, version: u32, known: u32 },
+    /// The data is at an older schema version and no upcaster step leads on from it.
+    #[error("event `{event_type}` at schema version {from} has no upcaster to version {}", from + 1)]
+    MissingUpcaster {
+        event_type: String,
+        from: u32,
+        /// The version the code expects.
+        to: u32,
+    },
+    /// An upcaster step failed on this data.
+    #[error("upcasting event `{event_type}` from schema version {from} failed: {source}")]
+    Upcast {
+        event_type: String,
+        from: u32,
+        #[source]
+        source: crate::upcast::StepError,
+    },
+    /// The `schemaversion` attribute is not a valid version (1 or more).
+    #[error("invalid schema version {0} (versions start at 1)")]
+    InvalidSchemaVersion(u64),
 }
 
 impl DecodeError {

@@ -10,6 +10,8 @@
 //!   (`cloudEvents_`) bindings that both broker backends share.
 //! - [`event`]: the [`Event`] trait for typed domain events (`#[derive(Event)]`) and the
 //!   conversion between typed events and envelopes.
+//! - [`upcast`]: bringing data written at an older schema version up to the code's,
+//!   step by step (`#[event(upcast(from = 1, with = f))]`), and the version errors.
 //! - [`backoff`]: bounded exponential backoff with jitter, for every retry loop.
 //! - [`trace`]: W3C trace context: `traceparent` parsing and formatting, `tracestate`
 //!   validated and bounded as the specification says.
@@ -25,6 +27,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod trace;
+pub mod upcast;
 
 pub use backoff::Backoff;
 pub use bus::{
@@ -35,6 +38,8 @@ pub use envelope::{CloudEvent, CloudEventBuilder, ExtensionValue, SPEC_VERSION};
 pub use error::{DecodeError, Result};
 pub use event::{Event, EventSet};
 pub use ids::{EventId, ExpectedVersion, Position, StreamId, StreamVersion};
+/// JSON data, as upcasting steps read and write it.
+pub use serde_json::Value as JsonValue;
 pub use trace::TraceContext;
 
 /// Derives [`Event`] for a struct: `#[derive(Event)] #[event(type = "order.placed", key = order_id)]`.

@@ -104,7 +104,8 @@ macro_rules! bus_conformance {
             trace_context_crosses_the_bus,
             inbox_applies_a_redelivered_event_once,
             broker_restarts_lose_nothing,
-            broker_restarts_then_consumption_resumes
+            broker_restarts_then_consumption_resumes,
+            old_versions_are_upcast_and_future_ones_dead_lettered
         );
     };
 }
@@ -1185,4 +1186,47 @@ async fn dead_letters_when(
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Events written at version 1 reach a version-2 typed handler upcast; an event from a
+/// newer deployment (version 3) is dead-lettered at once, with a reason naming both
+/// versions, and consumption goes on.
+pub async fn old_versions_are_upcast_and_future_ones_dead_lettered(f: &dyn BusFactory) {
+    use crate::upcasting::{PlacedV2, expected, v1, v3};
+    let bus = f.bus().await;
+    let topic = unique("upcast");
+    let seen = Arc::new(Mutex::new(Vec::<PlacedV2>::new()));
+    let sink = seen.clone();
+    let handler = typed(move |placed: keel_bus::Typed<PlacedV2>| {
+        let sink = sink.clone();
+        async move {
+            sink.lock().expect("not poisoned").push(placed.event);
+            Ok(())
+        }
+    });
+    let handle = Consumer::new(bus.clone(), SubscriptionSpec::new(&topic, "g"))
+        .redelivery(quick(5))
+        .start(handler)
+        .await
+        .expect("subscribe");
+    bus.publish(&topic, &[v1("o-1", 12), v3("o-2"), v1("o-3", 7)]).await.expect("publish");
+    let current = PlacedV2 { order: "o-4".into(), total_cents: 5 };
+    EventPublisher::new(bus.clone(), "/keel/testkit")
+        .publish(&topic, &current)
+        .await
+        .expect("publish");
+    eventually("three events handled", || seen.lock().expect("not poisoned").len() == 3).await;
+    let mut got = seen.lock().expect("not poisoned").clone();
+    got.sort_by(|a, b| a.order.cmp(&b.order));
+    assert_eq!(got, vec![expected("o-1", 12), expected("o-3", 7), current]);
+    let letters =
+        dead_letters_when(&bus, &topic, "the future event's dead letter", |l| !l.is_empty()).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 1, "no retries for a version the code cannot read");
+    assert!(
+        letters[0].reason.contains("schema version 3, newer than the 2"),
+        "reason: {}",
+        letters[0].reason
+    );
+    handle.stop().await.expect("stop");
 }

@@ -9,6 +9,8 @@
 //!   ([`projection_conformance!`]).
 //! - [`postgres`]: a fresh PostgreSQL database per test.
 //! - [`process`]: running a Keel binary as its own process (ready, SIGTERM).
+//! - [`upcasting`]: the event type (version 2, with a step from 1) and the old and
+//!   future envelopes the upcasting cases of every suite use.
 //! - [`util`]: helpers the cases share (unique names, polling waits, sample events).
 //!
 //! Cases assert on what arrives, never on how fast: waits poll with generous deadlines
@@ -19,4 +21,5 @@ pub mod postgres;
 pub mod process;
 pub mod projections;
 pub mod store;
+pub mod upcasting;
 pub mod util;
