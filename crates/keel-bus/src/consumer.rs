@@ -9,9 +9,13 @@
 //! | `Ok` | ack |
 //! | transient error, attempts left | nack with backoff (the broker redelivers) |
 //! | transient error on the last attempt, or permanent error | dead-letter with the error |
-//! | message did not decode | dead-letter at once |
+//! | message did not decode (not a CloudEvent, or an unreadable error: data that does not decode after upcasting, a future schema version) | the [`Unreadable`] policy: dead-letter at once (default), skip, or stop |
 //! | delivered after its last attempt, never settled (the process died handling it) | dead-letter without handling |
 //! | handler panicked (in `poll_ready`, in `call` before it returns its future, or in the future) | treated as a transient error |
+//!
+//! Skipped events are acked, logged and counted in `keel_events_skipped_total`
+//! (labels `subscriber` = `group:TOPIC:GROUP`, `reason`); a consumer stopped by the
+//! policy gives the event back to the group and ends with an error naming it.
 //!
 //! A panic while settling (a backend fault) drops the delivery unsettled, which gives
 //! it back to the group; it is logged and the consumer goes on. Should a worker still
@@ -57,6 +61,62 @@ impl RedeliveryPolicy {
     }
 }
 
+/// What a consumer or projection does with an event it cannot read: data that does not
+/// decode (also after upcasting), a schema version newer than the code's, a type it
+/// does not know ([`HandlerError::unreadable`], which every `DecodeError` becomes).
+///
+/// Consumers default to [`Unreadable::DeadLetter`]: the dead-letter queue keeps the
+/// event and the reason, and `keel dlq retry` brings it back once the code can read
+/// it. Projections default to [`Unreadable::Skip`] (see `keel_store::Projection`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unreadable {
+    /// Record the event (log, metric and, for projections, the store's skipped
+    /// table) and go on.
+    Skip,
+    /// Dead-letter it with the reason and go on. A projection, which has no queue,
+    /// treats this as [`Unreadable::Skip`].
+    #[default]
+    DeadLetter,
+    /// Stop: a consumer gives the event back to the group and ends with an error; a
+    /// projection keeps retrying the page, so its read model stops at the event.
+    Stop,
+}
+
+impl Unreadable {
+    /// The policy's name, as configuration and logs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Skip => "skip",
+            Self::DeadLetter => "dead_letter",
+            Self::Stop => "stop",
+        }
+    }
+}
+
+impl std::str::FromStr for Unreadable {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "skip" => Ok(Self::Skip),
+            "dead_letter" | "dead-letter" => Ok(Self::DeadLetter),
+            "stop" => Ok(Self::Stop),
+            other => Err(format!("`{other}` is not a policy (expected skip, dead_letter or stop)")),
+        }
+    }
+}
+
+/// Counts a skipped event in `keel_events_skipped_total{subscriber, reason}`.
+pub fn count_skip(subscriber: &str, reason: &'static str) {
+    metrics::counter!(
+        "keel_events_skipped_total",
+        "subscriber" => subscriber.to_owned(),
+        "reason" => reason,
+    )
+    .increment(1);
+}
+
 /// How a batch consumer gathers its batches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchOptions {
@@ -77,6 +137,7 @@ pub struct Consumer {
     subscriber: Arc<dyn Subscriber>,
     spec: SubscriptionSpec,
     policy: RedeliveryPolicy,
+    unreadable: Unreadable,
     concurrency: usize,
 }
 
@@ -85,6 +146,7 @@ impl std::fmt::Debug for Consumer {
         f.debug_struct("Consumer")
             .field("spec", &self.spec)
             .field("policy", &self.policy)
+            .field("unreadable", &self.unreadable)
             .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }
@@ -96,11 +158,33 @@ struct Labels {
     topic: Arc<str>,
     group: Arc<str>,
     policy: RedeliveryPolicy,
+    unreadable: Unreadable,
+    /// Set (with the reason) when the [`Unreadable::Stop`] policy stops the consumer.
+    halt: Arc<tokio::sync::watch::Sender<Option<String>>>,
+}
+
+impl Labels {
+    fn subscriber(&self) -> String {
+        format!("group:{}:{}", self.topic, self.group)
+    }
 }
 
 impl Consumer {
     pub fn new(subscriber: Arc<dyn Subscriber>, spec: SubscriptionSpec) -> Self {
-        Self { subscriber, spec, policy: RedeliveryPolicy::default(), concurrency: 1 }
+        Self {
+            subscriber,
+            spec,
+            policy: RedeliveryPolicy::default(),
+            unreadable: Unreadable::default(),
+            concurrency: 1,
+        }
+    }
+
+    /// What to do with events the handler cannot read (default: dead-letter).
+    #[must_use]
+    pub fn on_unreadable(mut self, policy: Unreadable) -> Self {
+        self.unreadable = policy;
+        self
     }
 
     /// Handle up to `n` messages at once, never two of the same partition key.
@@ -121,6 +205,8 @@ impl Consumer {
             topic: self.spec.topic.as_str().into(),
             group: self.spec.group.as_str().into(),
             policy: self.policy,
+            unreadable: self.unreadable,
+            halt: Arc::new(tokio::sync::watch::Sender::new(None)),
         }
     }
 
@@ -221,6 +307,7 @@ where
     S::Future: Send,
 {
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut halted = labels.halt.subscribe();
     let mut lanes = Vec::with_capacity(concurrency);
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
@@ -233,6 +320,7 @@ where
         let next = tokio::select! {
             biased;
             () = &mut shutdown => break,
+            _ = halted.changed() => break,
             next = subscription.next() => next,
         };
         let delivery = match next {
@@ -259,6 +347,7 @@ where
         tokio::select! {
             biased;
             () = &mut shutdown => break,
+            _ = halted.changed() => break,
             // Fails only if the worker ended; the delivery, dropped, goes back to the group.
             sent = lanes[lane].send(delivery) => if sent.is_err() { break },
         }
@@ -272,6 +361,9 @@ where
         }
     }
     let closed = subscription.close().await;
+    if let Some(reason) = labels.halt.borrow().clone() {
+        outcome = outcome.and(Err(BusError::Backend(reason.into())));
+    }
     outcome.and(closed)
 }
 
@@ -284,10 +376,25 @@ fn lane_of(key: &str, lanes: usize) -> usize {
 /// Dead-letters a delivery that did not decode; gives back the others.
 async fn dead_letter_if_undecodable(delivery: Delivery, labels: &Labels) -> Option<Delivery> {
     let Payload::Undecodable(raw) = delivery.payload() else { return Some(delivery) };
-    let reason = DeadLetterReason {
-        error: format!("undecodable message: {}", raw.error),
-        attempts: delivery.attempt(),
-    };
+    let error = format!("undecodable message: {}", raw.error);
+    match labels.unreadable {
+        Unreadable::DeadLetter => {}
+        Unreadable::Skip => {
+            skip(labels, "not_a_cloudevent", &error);
+            if let Err(error) = delivery.ack().await {
+                tracing::warn!(%error, "could not ack a skipped message");
+            }
+            return None;
+        }
+        Unreadable::Stop => {
+            halt(labels, &error);
+            if let Err(error) = delivery.nack(Duration::ZERO).await {
+                tracing::warn!(%error, "could not give back an unreadable message");
+            }
+            return None;
+        }
+    }
+    let reason = DeadLetterReason { error, attempts: delivery.attempt() };
     tracing::warn!(topic = %labels.topic, group = %labels.group, error = %reason.error, "dead-lettering an undecodable message");
     record(labels, "dead_letter");
     if let Err(error) = delivery.dead_letter(reason).await {
@@ -389,6 +496,14 @@ async fn settle_outcome(
             record(labels, "ack");
             settle.ack().await
         }
+        Err(error) if error.is_unreadable() && labels.unreadable == Unreadable::Skip => {
+            skip(labels, error.unreadable_reason(), &error.to_string());
+            settle.ack().await
+        }
+        Err(error) if error.is_unreadable() && labels.unreadable == Unreadable::Stop => {
+            halt(labels, &error.to_string());
+            settle.nack(Duration::ZERO).await
+        }
         Err(error) if error.is_permanent() || attempt >= labels.policy.max_attempts => {
             tracing::warn!(%error, attempt, topic = %labels.topic, group = %labels.group, "dead-lettering a message");
             record(labels, "dead_letter");
@@ -406,6 +521,31 @@ async fn settle_outcome(
     if let Err(error) = settled {
         tracing::warn!(%error, topic = %labels.topic, group = %labels.group, "could not settle a delivery");
     }
+}
+
+/// Records a skipped event: a warning, the consumed and skipped counters.
+fn skip(labels: &Labels, reason: &'static str, error: &str) {
+    tracing::warn!(topic = %labels.topic, group = %labels.group, reason, error, "skipping an unreadable message");
+    record(labels, "skip");
+    count_skip(&labels.subscriber(), reason);
+}
+
+/// Stops the consumer (the [`Unreadable::Stop`] policy), with the reason.
+fn halt(labels: &Labels, error: &str) {
+    let reason = format!(
+        "consumer of group {} on {} stopped on an unreadable message (policy: stop): {error}",
+        labels.group, labels.topic
+    );
+    tracing::error!(topic = %labels.topic, group = %labels.group, error, "stopping on an unreadable message");
+    record(labels, "stop");
+    labels.halt.send_if_modified(|halted| {
+        if halted.is_none() {
+            *halted = Some(reason);
+            true
+        } else {
+            false
+        }
+    });
 }
 
 fn record(labels: &Labels, outcome: &'static str) {
@@ -500,6 +640,7 @@ where
     for (settle, attempt) in settles {
         let result = match &result {
             Ok(()) => Ok(()),
+            Err(error) if error.is_unreadable() => Err(HandlerError::unreadable(error.to_string())),
             Err(error) if error.is_permanent() => Err(HandlerError::permanent(error.to_string())),
             Err(error) => Err(HandlerError::transient(error.to_string())),
         };

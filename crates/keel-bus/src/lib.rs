@@ -18,7 +18,8 @@
 //!   consumer's redelivery policy.
 //! - [`consumer`]: [`Consumer`], which runs a handler for a consumer group: ordered
 //!   concurrency per partition key, batches, ack after success, nack with backoff,
-//!   dead-letter after the last attempt (or at once for undecodable messages), a
+//!   dead-letter after the last attempt (or, by the [`Unreadable`] policy, at once
+//!   for messages the code cannot read; or skip them, or stop), a
 //!   handler panic counted as a transient failure, clean shutdown.
 //! - [`publisher`]: [`EventPublisher`], which publishes typed events with the current
 //!   trace context.
@@ -29,7 +30,7 @@ pub mod layer;
 pub mod message;
 pub mod publisher;
 
-pub use consumer::{Consumer, ConsumerHandle, RedeliveryPolicy};
+pub use consumer::{Consumer, ConsumerHandle, RedeliveryPolicy, Unreadable};
 pub use handler::{Typed, batch_fn, handler_fn, typed};
 pub use keel_core::Backoff;
 pub use message::{HandlerError, Message};

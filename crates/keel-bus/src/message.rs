@@ -54,10 +54,13 @@ impl Message {
     }
 }
 
-/// A handler's failure, with the one fact the consumer needs: retry or not.
+/// A handler's failure, with the one fact the consumer needs: retry or not, and
+/// whether the event itself could not be read (which the consumer's or projection's
+/// [`crate::consumer::Unreadable`] policy decides about).
 #[derive(Debug)]
 pub struct HandlerError {
     permanent: bool,
+    unreadable: bool,
     source: BoxError,
 }
 
@@ -65,17 +68,43 @@ impl HandlerError {
     /// A failure that may pass (a database or network hiccup): the message is retried
     /// with backoff, then dead-lettered after the last attempt.
     pub fn transient(source: impl Into<BoxError>) -> Self {
-        Self { permanent: false, source: source.into() }
+        Self { permanent: false, unreadable: false, source: source.into() }
     }
 
     /// A failure that retrying cannot fix (undecodable data, a rule the event breaks):
     /// the message is dead-lettered at once.
     pub fn permanent(source: impl Into<BoxError>) -> Self {
-        Self { permanent: true, source: source.into() }
+        Self { permanent: true, unreadable: false, source: source.into() }
+    }
+
+    /// The event cannot be read by this code: its data does not decode (also after
+    /// upcasting), its schema version is newer than the code's, or its type is one the
+    /// handler does not know. Permanent; what happens to it is the policy's choice
+    /// ([`crate::consumer::Unreadable`]). A [`DecodeError`] converts to this.
+    pub fn unreadable(source: impl Into<BoxError>) -> Self {
+        Self { permanent: true, unreadable: true, source: source.into() }
     }
 
     pub fn is_permanent(&self) -> bool {
         self.permanent
+    }
+
+    /// Whether the event itself could not be read ([`HandlerError::unreadable`]).
+    pub fn is_unreadable(&self) -> bool {
+        self.unreadable
+    }
+
+    /// A short, fixed label for why an event could not be read (for metrics):
+    /// `future_version`, `missing_upcaster`, `upcast_failed`, `unknown_type` or
+    /// `undecodable`.
+    pub fn unreadable_reason(&self) -> &'static str {
+        match self.source.downcast_ref::<DecodeError>() {
+            Some(DecodeError::FutureVersion { .. }) => "future_version",
+            Some(DecodeError::MissingUpcaster { .. }) => "missing_upcaster",
+            Some(DecodeError::Upcast { .. }) => "upcast_failed",
+            Some(DecodeError::UnexpectedType { .. }) => "unknown_type",
+            _ => "undecodable",
+        }
     }
 
     pub fn source_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
@@ -103,6 +132,6 @@ impl std::error::Error for HandlerError {
 
 impl From<DecodeError> for HandlerError {
     fn from(value: DecodeError) -> Self {
-        Self::permanent(value)
+        Self::unreadable(value)
     }
 }

@@ -24,6 +24,7 @@
 //! - [`lease`]: leases as session advisory locks on a dedicated connection.
 //! - [`inbox`]: [`PgInbox`], the transactional inbox for `keel_bus`.
 //! - `relay_dead_letters`: the relay's dead letters as rows.
+//! - `skipped`: the events projections skipped as unreadable, as rows.
 
 pub mod append;
 pub mod inbox;
@@ -31,6 +32,7 @@ pub mod lease;
 pub mod notify;
 pub mod read;
 mod relay_dead_letters;
+mod skipped;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +43,7 @@ use futures::stream::BoxStream;
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
 use keel_store::{
     AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page,
-    RelayDeadLetter, Result, SqlEventLog, StoreError,
+    RelayDeadLetter, Result, Skipped, SqlEventLog, StoreError,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
@@ -325,6 +327,14 @@ impl EventLog for PgEventLog {
         lease::try_lease(&self.inner.pool, name).await
     }
 
+    async fn skipped_counts(&self) -> Result<Vec<(String, u64)>> {
+        skipped::counts(&self.inner.pool).await
+    }
+
+    async fn skipped(&self, subscriber: Option<&str>, limit: usize) -> Result<Vec<Skipped>> {
+        skipped::list(&self.inner.pool, subscriber, limit).await
+    }
+
     async fn save_relay_dead_letter(&self, letter: &RelayDeadLetter) -> Result<()> {
         relay_dead_letters::save(&self.inner.pool, letter).await
     }
@@ -438,6 +448,20 @@ impl SqlEventLog for PgEventLog {
             .execute(&mut *conn)
             .await?;
         Ok(())
+    }
+
+    async fn record_skip_in(
+        &self,
+        conn: &mut PgConnection,
+        subscriber: &str,
+        event: &LogEvent,
+        reason: &str,
+    ) -> Result<()> {
+        skipped::record(conn, subscriber, event, reason).await
+    }
+
+    async fn clear_skips_in(&self, conn: &mut PgConnection, subscriber: &str) -> Result<()> {
+        skipped::clear(conn, subscriber).await
     }
 
     fn notify_appended(&self) {

@@ -15,6 +15,7 @@
 //! - [`lease`]: leases as rows with an expiry, renewed while held (and kept through a
 //!   busy database until they expire).
 //! - `relay_dead_letters`: the relay's dead letters as rows.
+//! - `skipped`: the events projections skipped as unreadable, as rows.
 //! - [`inbox`]: [`SqliteInbox`], the transactional inbox for `keel_bus`.
 
 pub mod append;
@@ -22,6 +23,7 @@ pub mod inbox;
 pub mod lease;
 pub mod read;
 mod relay_dead_letters;
+mod skipped;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -33,7 +35,7 @@ use chrono::{DateTime, Utc};
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
 use keel_store::{
     AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page,
-    RelayDeadLetter, Result, SqlEventLog, StoreError,
+    RelayDeadLetter, Result, Skipped, SqlEventLog, StoreError,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
@@ -309,6 +311,14 @@ impl EventLog for SqliteEventLog {
         lease::try_lease(&self.inner.pool, name, self.lease_ttl).await
     }
 
+    async fn skipped_counts(&self) -> Result<Vec<(String, u64)>> {
+        skipped::counts(&self.inner.pool).await
+    }
+
+    async fn skipped(&self, subscriber: Option<&str>, limit: usize) -> Result<Vec<Skipped>> {
+        skipped::list(&self.inner.pool, subscriber, limit).await
+    }
+
     async fn save_relay_dead_letter(&self, letter: &RelayDeadLetter) -> Result<()> {
         relay_dead_letters::save(&self.inner.pool, letter).await
     }
@@ -413,6 +423,20 @@ impl SqlEventLog for SqliteEventLog {
             .execute(&mut *conn)
             .await?;
         Ok(())
+    }
+
+    async fn record_skip_in(
+        &self,
+        conn: &mut SqliteConnection,
+        subscriber: &str,
+        event: &LogEvent,
+        reason: &str,
+    ) -> Result<()> {
+        skipped::record(conn, subscriber, event, reason).await
+    }
+
+    async fn clear_skips_in(&self, conn: &mut SqliteConnection, subscriber: &str) -> Result<()> {
+        skipped::clear(conn, subscriber).await
     }
 
     fn notify_appended(&self) {

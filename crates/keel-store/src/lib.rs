@@ -39,7 +39,8 @@ pub mod subscription;
 pub use backfill::{BackfillProgress, GroupBackfill, backfill_group};
 pub use error::{Result, StoreError};
 pub use log::{
-    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, topic_of,
+    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, Skipped,
+    topic_of,
 };
 pub use projection::{Projection, ProjectionRunner, RebuildProgress};
 pub use relay::{Relay, RelayOptions};

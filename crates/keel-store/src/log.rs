@@ -273,6 +273,19 @@ pub trait EventLog: Send + Sync + 'static {
     /// Takes the lease on `name` if nobody holds it.
     async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>>;
 
+    /// How many events each subscriber skipped as unreadable (`keel_skipped`), by
+    /// subscriber name; subscribers without skips are absent. The default (a store
+    /// without the table) has none.
+    async fn skipped_counts(&self) -> Result<Vec<(String, u64)>> {
+        Ok(Vec::new())
+    }
+
+    /// Up to `limit` skip records of one subscriber or of all, oldest position first.
+    async fn skipped(&self, subscriber: Option<&str>, limit: usize) -> Result<Vec<Skipped>> {
+        let _ = (subscriber, limit);
+        Ok(Vec::new())
+    }
+
     /// Records that a relay could never publish an event (see [`RelayDeadLetter`]).
     /// Storing the same relay and position again replaces the record. The relay stores
     /// its checkpoint past the event only after this returned `Ok`. The default (a
@@ -305,6 +318,19 @@ pub trait EventLog: Send + Sync + 'static {
         let _ = relay;
         Ok(0)
     }
+}
+
+/// An event a subscriber (a projection) could not read and skipped by its policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// Who skipped it (`projection:<name>`).
+    pub subscriber: String,
+    pub event_id: String,
+    pub position: Position,
+    pub event_type: String,
+    /// Why it could not be read.
+    pub reason: String,
+    pub skipped_at: DateTime<Utc>,
 }
 
 /// The topic of an event appended to `stream`: its `topic` extension, or the stream's

@@ -7,14 +7,30 @@
 //! next renewal), so every page's checkpoint write is also a compare-and-set from the
 //! cursor the runner last stored: a page whose checkpoint someone else moved meanwhile
 //! (another runner, a rebuild) is rolled back whole, and its runner stops.
+//!
+//! An event the projection cannot read (its `apply` returns
+//! [`HandlerError::unreadable`], as every decode error converts to) meets the
+//! projection's [`Unreadable`] policy, [`Projection::on_unreadable`]. The default is
+//! [`Unreadable::Skip`]: a read model is derived data, and a projection stopped for
+//! good at one old or foreign event (the README's hand-written `keel publish`) takes
+//! the read side down for every event after it, while a skip is recorded with the
+//! event and the reason in `keel_skipped` (in the page's transaction), counted in
+//! `keel status` and in `keel_events_skipped_total{subscriber, reason}`, and undone by
+//! a rebuild once an upcaster reads the event. The page is applied again without the
+//! event, so nothing the event's `apply` wrote before failing is kept.
+//! [`Unreadable::Stop`] keeps retrying the page instead (the read model stops there
+//! until the code can read the event); a projection has no queue to dead-letter to,
+//! so [`Unreadable::DeadLetter`] skips and records as `Skip` does.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
-use keel_bus::HandlerError;
+use keel_bus::consumer::count_skip;
+use keel_bus::{HandlerError, Unreadable};
 use keel_core::{CloudEvent, Position};
 use tokio::sync::watch;
 
@@ -43,6 +59,12 @@ pub trait Projection<Db: sqlx::Database>: Send + Sync + 'static {
 
     /// Empties the read model (before a rebuild), inside the runner's transaction.
     async fn reset(&self, conn: &mut Db::Connection) -> Result<(), HandlerError>;
+
+    /// What the runner does with an event `apply` cannot read (see the module docs;
+    /// default: skip and record).
+    fn on_unreadable(&self) -> Unreadable {
+        Unreadable::Skip
+    }
 }
 
 /// Progress of a rebuild: events applied so far of the log's total when it started.
@@ -85,6 +107,8 @@ enum PageError {
     Moved(StoreError),
     /// The projection or the database failed; the page may succeed when tried again.
     Failed(String),
+    /// The event at this index of the page cannot be read, and the policy skips it.
+    Unreadable { index: usize, label: &'static str, reason: String },
 }
 
 impl<L, P> ProjectionRunner<L, P>
@@ -208,6 +232,7 @@ where
                 .await
                 .map_err(|e| StoreError::InvalidEvent(format!("reset failed: {e}")))?;
             self.log.delete_checkpoint_in(&mut tx, &key).await?;
+            self.log.clear_skips_in(&mut tx, &key).await?;
             tx.commit().await?;
             let total = self.log.count_after(Cursor::START, Position(u64::MAX)).await?;
             progress(RebuildProgress { applied: 0, total });
@@ -245,10 +270,17 @@ where
                 }
             };
             let mut backoff = Duration::from_millis(50);
+            let mut skips = HashMap::new();
             loop {
-                match self.apply_page(&key, stored, &page).await {
+                match self.apply_page(&key, stored, &page, &skips).await {
                     Ok(()) => break,
                     Err(PageError::Moved(error)) => return Err(error),
+                    Err(PageError::Unreadable { index, label, reason }) => {
+                        let event = &page.events[index];
+                        tracing::warn!(projection = %key, event = %event.event.id(), position = %event.cursor, %reason, "skipping an event the projection cannot read");
+                        count_skip(&key, label);
+                        skips.insert(index, reason);
+                    }
                     Err(PageError::Failed(error)) => {
                         tracing::error!(projection = %key, %error, ?backoff, "projection failed; retrying the page");
                         metrics::counter!("keel_projection_failures_total", "projection" => key.clone()).increment(1);
@@ -270,19 +302,37 @@ where
 
     /// One transaction: every event of the page, then the checkpoint, moved from
     /// `stored` (where this runner left it) to the page's last event.
+    /// The events at the indexes in `skips` are recorded as skipped (with the reason)
+    /// instead of applied.
     async fn apply_page(
         &self,
         key: &str,
         stored: Option<Cursor>,
         page: &Page,
+        skips: &HashMap<usize, String>,
     ) -> Result<(), PageError> {
         let failed = |e: StoreError| PageError::Failed(e.to_string());
         let Some(last) = page.events.last() else { return Ok(()) };
         let mut tx = self.log.begin().await.map_err(failed)?;
-        for event in &page.events {
-            self.projection.apply(&mut tx, &event.event).await.map_err(|e| {
-                PageError::Failed(format!("event {} at {}: {e}", event.event.id(), event.cursor))
-            })?;
+        for (index, event) in page.events.iter().enumerate() {
+            if let Some(reason) = skips.get(&index) {
+                self.log.record_skip_in(&mut tx, key, event, reason).await.map_err(failed)?;
+                continue;
+            }
+            if let Err(e) = self.projection.apply(&mut tx, &event.event).await {
+                if e.is_unreadable() && self.projection.on_unreadable() != Unreadable::Stop {
+                    return Err(PageError::Unreadable {
+                        index,
+                        label: e.unreadable_reason(),
+                        reason: e.to_string(),
+                    });
+                }
+                return Err(PageError::Failed(format!(
+                    "event {} at {}: {e}",
+                    event.event.id(),
+                    event.cursor
+                )));
+            }
         }
         match self.log.move_checkpoint_in(&mut tx, key, stored, last.cursor).await {
             Ok(()) => {}

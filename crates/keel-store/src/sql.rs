@@ -5,7 +5,7 @@ use std::future::Future;
 use keel_core::{CloudEvent, ExpectedVersion, StreamId};
 
 use crate::error::Result;
-use crate::log::{AppendResult, Cursor, EventLog};
+use crate::log::{AppendResult, Cursor, EventLog, LogEvent};
 
 /// An [`EventLog`] in a SQL database, so a service can write its own state and its
 /// events in one transaction, and a projection its read model and its checkpoint.
@@ -56,6 +56,25 @@ pub trait SqlEventLog: EventLog {
         &self,
         conn: &mut <Self::Db as sqlx::Database>::Connection,
         name: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records, inside the caller's transaction, that `subscriber` skipped `event`
+    /// because it could not read it (`keel_skipped`; recording it again replaces the
+    /// reason).
+    fn record_skip_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        subscriber: &str,
+        event: &LogEvent,
+        reason: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deletes the skip records of `subscriber` inside the caller's transaction (a
+    /// rebuild starts over).
+    fn clear_skips_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        subscriber: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Tells subscribers that a transaction with appends has committed.

@@ -24,7 +24,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use keel_bus::consumer::BatchOptions;
 use keel_bus::layer::{InboxLayer, MemoryInbox, TraceLayer, current_context};
-use keel_bus::{Backoff, Consumer, EventPublisher, HandlerError, Message, RedeliveryPolicy};
+use keel_bus::{
+    Backoff, Consumer, EventPublisher, HandlerError, Message, RedeliveryPolicy, Unreadable,
+};
 use keel_bus::{batch_fn, handler_fn, typed};
 use keel_core::bus::DeadLetter;
 use keel_core::envelope::ext;
@@ -105,7 +107,9 @@ macro_rules! bus_conformance {
             inbox_applies_a_redelivered_event_once,
             broker_restarts_lose_nothing,
             broker_restarts_then_consumption_resumes,
-            old_versions_are_upcast_and_future_ones_dead_lettered
+            old_versions_are_upcast_and_future_ones_dead_lettered,
+            unreadable_events_are_skipped_by_the_skip_policy,
+            the_stop_policy_stops_the_consumer_and_gives_the_event_back
         );
     };
 }
@@ -1228,5 +1232,75 @@ pub async fn old_versions_are_upcast_and_future_ones_dead_lettered(f: &dyn BusFa
         "reason: {}",
         letters[0].reason
     );
+    handle.stop().await.expect("stop");
+}
+
+/// A typed consumer of [`crate::upcasting::PlacedV2`] with an unreadable policy,
+/// recording what it handles.
+async fn placed_consumer(
+    bus: &Arc<dyn Bus>,
+    topic: &str,
+    policy: Unreadable,
+) -> (Arc<Mutex<Vec<crate::upcasting::PlacedV2>>>, keel_bus::ConsumerHandle) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let handler = typed(move |placed: keel_bus::Typed<crate::upcasting::PlacedV2>| {
+        let sink = sink.clone();
+        async move {
+            sink.lock().expect("not poisoned").push(placed.event);
+            Ok(())
+        }
+    });
+    let handle = Consumer::new(bus.clone(), SubscriptionSpec::new(topic, "g"))
+        .redelivery(quick(5))
+        .on_unreadable(policy)
+        .start(handler)
+        .await
+        .expect("subscribe");
+    (seen, handle)
+}
+
+/// With [`Unreadable::Skip`], a future version and data that does not decode are
+/// acked and passed over (nothing is dead-lettered) and the next event is handled. All
+/// share one key, so they arrive in order and the skips are settled before it.
+pub async fn unreadable_events_are_skipped_by_the_skip_policy(f: &dyn BusFactory) {
+    use crate::upcasting::{PLACED, expected, v1, v3};
+    let bus = f.bus().await;
+    let topic = unique("skip");
+    let (seen, handle) = placed_consumer(&bus, &topic, Unreadable::Skip).await;
+    let bad = CloudEvent::builder(PLACED, "/keel/testkit")
+        .data("application/json", r#"{"total":12}"#)
+        .partition_key("o-1")
+        .build()
+        .expect("valid envelope");
+    bus.publish(&topic, &[v3("o-1"), bad, v1("o-1", 12)]).await.expect("publish");
+    eventually("the readable event", || !seen.lock().expect("not poisoned").is_empty()).await;
+    assert_eq!(*seen.lock().expect("not poisoned"), vec![expected("o-1", 12)]);
+    handle.stop().await.expect("stop");
+    assert!(
+        bus.list(&topic, "g", 10).await.expect("list").is_empty(),
+        "skipped, not dead-lettered"
+    );
+}
+
+/// With [`Unreadable::Stop`], the consumer ends with an error naming the event's
+/// problem, without handling what follows; the event went back to the group, where a
+/// consumer with the default policy dead-letters it and handles the rest.
+pub async fn the_stop_policy_stops_the_consumer_and_gives_the_event_back(f: &dyn BusFactory) {
+    use crate::upcasting::{expected, v1, v3};
+    let bus = f.bus().await;
+    let topic = unique("stop");
+    let (seen, mut handle) = placed_consumer(&bus, &topic, Unreadable::Stop).await;
+    bus.publish(&topic, &[v3("o-1"), v1("o-1", 12)]).await.expect("publish");
+    let ended = handle.join().await.expect_err("the policy stops the consumer");
+    assert!(ended.to_string().contains("newer than the 2"), "{ended}");
+    assert!(seen.lock().expect("not poisoned").is_empty(), "nothing after the event");
+
+    let (seen, handle) = placed_consumer(&bus, &topic, Unreadable::DeadLetter).await;
+    eventually("the readable event", || !seen.lock().expect("not poisoned").is_empty()).await;
+    assert_eq!(*seen.lock().expect("not poisoned"), vec![expected("o-1", 12)]);
+    let letters =
+        dead_letters_when(&bus, &topic, "the future event's dead letter", |l| !l.is_empty()).await;
+    assert!(letters[0].reason.contains("newer than the 2"), "{}", letters[0].reason);
     handle.stop().await.expect("stop");
 }

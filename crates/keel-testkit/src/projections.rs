@@ -447,5 +447,45 @@ macro_rules! projection_conformance {
             assert_eq!(runner.rebuild(|_| {}).await.expect("rebuild"), 3);
             assert_eq!(counts(&log).await, want, "replay into the projection sees v2");
         }
+
+        /// The README's hand-written `order.placed` without an order id, and an event
+        /// from a newer deployment: the default policy skips both, records them with
+        /// their reasons, and the projection (and its rebuild) completes.
+        #[tokio::test]
+        async fn unreadable_events_are_skipped_recorded_and_rebuilt_past() {
+            use $crate::upcasting::{v1, v3, PLACED};
+            let log = Arc::new($fresh_log);
+            counts_table(&log).await;
+            let s = StreamId::new(unique("placed")).expect("valid");
+            let bad = CloudEvent::builder(PLACED, "/cli")
+                .data("application/json", r#"{"total":12}"#)
+                .build()
+                .expect("valid envelope");
+            let bad_id = bad.id().to_owned();
+            let future = v3("o-2");
+            let future_id = future.id().to_owned();
+            log.append(&s, ExpectedVersion::NoStream, &[v1("o-1", 12), bad, future, v1("o-3", 3)])
+                .await
+                .expect("append");
+            let runner = ProjectionRunner::new(log.clone(), Arc::new(PlacedTotals));
+            assert_eq!(runner.catch_up().await.expect("catch up"), 4);
+            let want = vec![("o-1".to_owned(), 1, 1200), ("o-3".to_owned(), 1, 300)];
+            assert_eq!(counts(&log).await, want, "the readable events are applied");
+            let key = "projection:placed-totals".to_owned();
+            let check_skips = |skipped: Vec<keel_store::Skipped>| {
+                let got: Vec<_> = skipped.iter().map(|s| (s.subscriber.as_str(), s.event_id.as_str(), s.event_type.as_str())).collect();
+                assert_eq!(got, vec![(key.as_str(), bad_id.as_str(), PLACED), (key.as_str(), future_id.as_str(), PLACED)]);
+                assert!(skipped[0].reason.contains("version 1 has no `order`"), "{}", skipped[0].reason);
+                assert!(skipped[1].reason.contains("newer than the 2"), "{}", skipped[1].reason);
+                assert!(skipped[0].position < skipped[1].position);
+            };
+            check_skips(log.skipped(None, 10).await.expect("skipped"));
+            assert_eq!(log.skipped_counts().await.expect("counts"), vec![(key.clone(), 2)]);
+
+            assert_eq!(runner.rebuild(|_| {}).await.expect("rebuild completes"), 4);
+            assert_eq!(counts(&log).await, want, "the rebuild equals the live model");
+            check_skips(log.skipped(Some(&key), 10).await.expect("skipped"));
+            assert_eq!(log.skipped_counts().await.expect("counts"), vec![(key.clone(), 2)]);
+        }
     };
 }
