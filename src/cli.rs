@@ -119,6 +119,12 @@ pub enum Command {
         #[command(subcommand)]
         action: ProjectionAction,
     },
+    /// The JSON Schemas of the example system's event types, and a check of the log
+    /// against them.
+    Schema {
+        #[command(subcommand)]
+        action: SchemaAction,
+    },
     /// Inspect and retry dead letters of a consumer group (KEEL_BUS_URL), or of a
     /// relay (`--relay NAME`: events the bus could never take, kept in the store).
     Dlq {
@@ -133,6 +139,20 @@ pub enum ProjectionAction {
     List,
     /// Reset a projection's read model and checkpoint, then replay the log into it.
     Rebuild { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaAction {
+    /// Print the JSON Schema of each event type (at the version the code expects).
+    Export,
+    /// Decode up to `--sample` events of each (type, schema version) in the log as the
+    /// current code would (upcasters included) and report those it cannot read; exits
+    /// with an error if there are any.
+    Check {
+        /// Events decoded per (type, version); 0 decodes every event.
+        #[arg(long, default_value_t = 100)]
+        sample: u64,
+    },
 }
 
 /// Whose dead letters: a consumer group's, or a relay's.
@@ -229,6 +249,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 commands::projections_rebuild(&config, out, &name).await
             }
         },
+        Command::Schema { action: SchemaAction::Export } => commands::schema_export(out),
+        Command::Schema { action: SchemaAction::Check { sample } } => {
+            commands::schema_check(&config, out, sample).await
+        }
         Command::Dlq { action } => commands::dlq(&config, out, action).await,
     }
 }

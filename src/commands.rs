@@ -350,6 +350,8 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         (None, Store::Postgres(log)) => Some(Arc::new(keel_logbus::open(log.clone()).await?)),
     };
     let relay_dead_letters = log.relay_dead_letters(None, usize::MAX).await?;
+    let skipped: std::collections::BTreeMap<String, u64> =
+        log.skipped_counts().await?.into_iter().collect();
     let mut checkpoints = Vec::new();
     for (name, cursor, updated) in log.checkpoints().await? {
         let behind = log.count_after(cursor, Position(u64::MAX)).await?;
@@ -367,6 +369,9 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
             let dead = relay_dead_letters.iter().filter(|l| l.relay == relay).count();
             row["dead_letters"] = json!(dead);
         }
+        if name.starts_with("projection:") {
+            row["skipped"] = json!(skipped.get(&name).copied().unwrap_or(0));
+        }
         checkpoints.push(row);
     }
     let value = json!({
@@ -378,6 +383,7 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         "head": head.0,
         "checkpoints": checkpoints,
         "relay_dead_letters": relay_dead_letters.len(),
+        "skipped": skipped,
     });
     out.emit(&value, || {
         let mut text = format!(
@@ -390,21 +396,30 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
             text.push_str("\nno relay, projection or consumer checkpoints yet");
         } else {
             text.push_str(&format!(
-                "\n{:<40} {:>10} {:>8} {:>6}  updated\n",
-                "checkpoint", "position", "lag", "dead"
+                "\n{:<40} {:>10} {:>8} {:>6} {:>7}  updated\n",
+                "checkpoint", "position", "lag", "dead", "skipped"
             ));
             for c in &checkpoints {
-                let dead =
-                    c["dead_letters"].as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
+                let count = |field: &str| {
+                    c[field].as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string())
+                };
                 text.push_str(&format!(
-                    "{:<40} {:>10} {:>8} {:>6}  {}\n",
+                    "{:<40} {:>10} {:>8} {:>6} {:>7}  {}\n",
                     c["name"].as_str().unwrap_or_default(),
                     c["position"].as_i64().unwrap_or_default(),
                     c["lag"].as_u64().unwrap_or_default(),
-                    dead,
+                    count("dead_letters"),
+                    count("skipped"),
                     c["updated_at"].as_str().unwrap_or_default()
                 ));
             }
+        }
+        let skips: u64 = skipped.values().sum();
+        if skips > 0 {
+            text.push_str(&format!(
+                "\n{skips} event(s) skipped as unreadable by projections (the skipped column; \
+                 an upcaster and a rebuild bring them back)\n"
+            ));
         }
         if !relay_dead_letters.is_empty() {
             text.push_str(&format!(
@@ -415,6 +430,96 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         }
         text.trim_end().to_owned()
     })?;
+    Ok(())
+}
+
+/// `keel schema export`: the example system's event schemas, by type.
+pub fn schema_export(out: Output) -> anyhow::Result<()> {
+    let schemas = keel_services_common::events::catalog().schemas();
+    let value = json!(schemas);
+    out.emit(&value, || serde_json::to_string_pretty(&value).unwrap_or_default())?;
+    Ok(())
+}
+
+/// One (type, schema version) of the log, as `keel schema check` found it.
+#[derive(Default)]
+struct SchemaGroup {
+    events: u64,
+    checked: u64,
+    unreadable: u64,
+    /// The first unreadable event: its position and why.
+    first: Option<(u64, String)>,
+    known: bool,
+}
+
+/// `keel schema check`: decodes a sample of each (type, version) in the log as the
+/// current code would and reports what it cannot read.
+pub async fn schema_check(config: &Config, out: Output, sample: u64) -> anyhow::Result<()> {
+    let catalog = keel_services_common::events::catalog();
+    let store = Store::open_read_only(&config.database_url).await?;
+    let log = store.log();
+    let mut groups: std::collections::BTreeMap<(String, String), SchemaGroup> = Default::default();
+    let mut batches = log.replay(LogQuery { limit: 2000, ..LogQuery::default() });
+    while let Some(batch) = batches.next().await {
+        for logged in batch? {
+            let event = &logged.event;
+            let version = event.schema_version().map_or_else(|| "1".to_owned(), |v| v.to_string());
+            let group = groups.entry((event.ty().to_owned(), version)).or_default();
+            group.events += 1;
+            if sample != 0 && group.checked >= sample {
+                continue;
+            }
+            group.checked += 1;
+            match catalog.check(event) {
+                None => {}
+                Some(result) => {
+                    group.known = true;
+                    if let Err(error) = result {
+                        group.unreadable += 1;
+                        group.first.get_or_insert((
+                            u64::try_from(logged.cursor.position).unwrap_or(0),
+                            error.to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let unreadable: u64 = groups.values().map(|g| g.unreadable).sum();
+    let rows: Vec<serde_json::Value> = groups
+        .iter()
+        .map(|((ty, version), g)| {
+            json!({
+                "type": ty, "version": version, "events": g.events, "checked": g.checked,
+                "known": g.known, "unreadable": g.unreadable,
+                "first_unreadable": g.first.as_ref().map(|(position, reason)| json!({"position": position, "reason": reason})),
+            })
+        })
+        .collect();
+    let value = json!({ "groups": rows, "unreadable": unreadable });
+    out.emit(&value, || {
+        let mut text = format!(
+            "{:<32} {:>7} {:>9} {:>9} {:>10}\n",
+            "type", "version", "events", "checked", "unreadable"
+        );
+        for ((ty, version), g) in &groups {
+            let bad = if g.known { g.unreadable.to_string() } else { "unknown type".to_owned() };
+            text.push_str(&format!(
+                "{ty:<32} {version:>7} {:>9} {:>9} {bad:>10}\n",
+                g.events, g.checked
+            ));
+            if let Some((position, reason)) = &g.first {
+                text.push_str(&format!("  first at position {position}: {reason}\n"));
+            }
+        }
+        text.trim_end().to_owned()
+    })?;
+    if unreadable > 0 {
+        anyhow::bail!(
+            "{unreadable} sampled event(s) cannot be read by the current code: add an upcaster \
+             (#[event(upcast(from = N, with = f))]) or fix the events before deploying"
+        );
+    }
     Ok(())
 }
 

@@ -12,6 +12,8 @@
 //!   conversion between typed events and envelopes.
 //! - [`upcast`]: bringing data written at an older schema version up to the code's,
 //!   step by step (`#[event(upcast(from = 1, with = f))]`), and the version errors.
+//! - `schema` (feature `schema`): JSON Schemas of event types (schemars) and the
+//!   `Catalog` of known types that `keel schema export` and `keel schema check` use.
 //! - [`backoff`]: bounded exponential backoff with jitter, for every retry loop.
 //! - [`trace`]: W3C trace context: `traceparent` parsing and formatting, `tracestate`
 //!   validated and bounded as the specification says.
@@ -26,6 +28,8 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod ids;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod trace;
 pub mod upcast;
 

@@ -5,7 +5,9 @@
 //! `keel::core::StreamId::category`): users write `user-<id>`, products `product-<id>`
 //! and, for reservations, `stock-<order id>`; orders write `order-<id>`.
 
+use keel::core::schema::Catalog;
 use keel::core::{Event, StreamId};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use keel::sql::{Error, Result};
@@ -24,7 +26,7 @@ pub fn stream_id(category: &str, id: &str) -> Result<StreamId> {
 }
 
 /// A user signed up.
-#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize, JsonSchema)]
 #[event(type = "user.registered", key = user_id)]
 pub struct UserRegistered {
     pub user_id: String,
@@ -33,7 +35,7 @@ pub struct UserRegistered {
 }
 
 /// A product was added to the catalogue with its initial stock.
-#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize, JsonSchema)]
 #[event(type = "product.created", key = product_id)]
 pub struct ProductCreated {
     pub product_id: String,
@@ -43,14 +45,14 @@ pub struct ProductCreated {
 }
 
 /// One line of an order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderItem {
     pub product_id: String,
     pub quantity: i64,
 }
 
 /// An order was placed (pending until the stock is reserved or refused).
-#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize, JsonSchema)]
 #[event(type = "order.placed", key = order_id)]
 pub struct OrderPlaced {
     pub order_id: String,
@@ -59,14 +61,14 @@ pub struct OrderPlaced {
 }
 
 /// The stock of every item of an order is set aside.
-#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize, JsonSchema)]
 #[event(type = "stock.reserved", key = order_id)]
 pub struct StockReserved {
     pub order_id: String,
 }
 
 /// The stock of an order could not be reserved (nothing was).
-#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize, JsonSchema)]
 #[event(type = "stock.rejected", key = order_id)]
 pub struct StockRejected {
     pub order_id: String,
@@ -74,21 +76,21 @@ pub struct StockRejected {
 }
 
 /// The stock reserved for a cancelled order went back on the shelf.
-#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize, JsonSchema)]
 #[event(type = "stock.released", key = order_id)]
 pub struct StockReleased {
     pub order_id: String,
 }
 
 /// The order's stock is reserved: it will be delivered.
-#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize, JsonSchema)]
 #[event(type = "order.confirmed", key = order_id)]
 pub struct OrderConfirmed {
     pub order_id: String,
 }
 
 /// The order cannot be fulfilled.
-#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize, JsonSchema)]
 #[event(type = "order.rejected", key = order_id)]
 pub struct OrderRejected {
     pub order_id: String,
@@ -96,8 +98,23 @@ pub struct OrderRejected {
 }
 
 /// The customer cancelled the order.
-#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize, JsonSchema)]
 #[event(type = "order.cancelled", key = order_id)]
 pub struct OrderCancelled {
     pub order_id: String,
+}
+
+/// Every event type of the example system, for `keel schema export` and
+/// `keel schema check`.
+pub fn catalog() -> Catalog {
+    Catalog::new()
+        .with::<UserRegistered>()
+        .with::<ProductCreated>()
+        .with::<OrderPlaced>()
+        .with::<StockReserved>()
+        .with::<StockRejected>()
+        .with::<StockReleased>()
+        .with::<OrderConfirmed>()
+        .with::<OrderRejected>()
+        .with::<OrderCancelled>()
 }
