@@ -58,12 +58,12 @@ fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The value at `permille`/1000 of the sorted samples (nearest rank).
+fn percentile(sorted: &[f64], permille: usize) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    let rank = ((sorted.len() - 1) as f64 * p).round();
-    sorted[usize::try_from(rank as u64).unwrap_or(0).min(sorted.len() - 1)]
+    sorted[(sorted.len() - 1) * permille / 1000]
 }
 
 fn summary(samples: &Mutex<Vec<f64>>) -> String {
@@ -72,8 +72,8 @@ fn summary(samples: &Mutex<Vec<f64>>) -> String {
     format!(
         "n={} p50={:.1} ms p99={:.1} ms max={:.1} ms",
         values.len(),
-        percentile(&values, 0.50) * 1e3,
-        percentile(&values, 0.99) * 1e3,
+        percentile(&values, 500) * 1e3,
+        percentile(&values, 990) * 1e3,
         values.last().copied().unwrap_or(f64::NAN) * 1e3,
     )
 }
@@ -119,12 +119,13 @@ async fn main() {
             .await
     });
     let first_due = Utc::now() + chrono::Duration::seconds(1);
-    let step = spread.as_secs_f64() / n as f64;
+    let spread_micros = spread.as_micros();
     let scheduling = Instant::now();
     for batch in (0..n).collect::<Vec<_>>().chunks(1000) {
         let mut tx = db.begin().await.unwrap();
         for &i in batch {
-            let due = first_due + chrono::Duration::microseconds((i as f64 * step * 1e6) as i64);
+            let offset = i64::try_from(u128::from(i) * spread_micros / u128::from(n)).unwrap();
+            let due = first_due + chrono::Duration::microseconds(offset);
             schedule_in(&mut tx, &Timer::at(format!("spread-{i}"), due, message(i))).await.unwrap();
         }
         tx.commit().await.unwrap();
