@@ -4,8 +4,8 @@
 //! of events from the log (`EventLog::replay`), in the same run on the same store.
 //!
 //! `KEEL_BENCH_TIMERS` (default 100000) timers, due evenly over
-//! `KEEL_BENCH_SPREAD_SECS` (default 60) seconds, scheduled in transactions of 1000
-//! while the dispatcher runs; then as many again all due at once. The store is a
+//! `KEEL_BENCH_SPREAD_SECS` (default 60) seconds from `KEEL_BENCH_LEAD_SECS` (default
+//! 1) after the start, scheduled in transactions of 1000 while the dispatcher runs; then as many again all due at once. The store is a
 //! fresh SQLite file unless `KEEL_BENCH_DATABASE_URL` names one (postgres://...).
 //!
 //! `cargo bench -p keel-timers --all-features --bench timers`
@@ -118,7 +118,10 @@ async fn main() {
             })
             .await
     });
-    let first_due = Utc::now() + chrono::Duration::seconds(1);
+    // The first is due this long after scheduling starts (`KEEL_BENCH_LEAD_SECS`,
+    // default 1): scheduling then overlaps the dispatching, as in a live system.
+    let lead = i64::try_from(env_or("KEEL_BENCH_LEAD_SECS", 1)).unwrap_or(1);
+    let first_due = Utc::now() + chrono::Duration::seconds(lead);
     let spread_micros = spread.as_micros();
     let scheduling = Instant::now();
     for batch in (0..n).collect::<Vec<_>>().chunks(1000) {
