@@ -189,8 +189,12 @@ impl Dispatcher {
         loop {
             changes.borrow_and_update();
             match self.fire_due().await {
-                Ok(fired) if fired >= self.options.page_size => continue,
-                Ok(_) => attempt = 0,
+                Ok(fired) => {
+                    attempt = 0;
+                    if fired >= self.options.page_size {
+                        continue;
+                    }
+                }
                 Err(error) => {
                     attempt = attempt.saturating_add(1);
                     let wait = backoff.delay(attempt);
