@@ -4,9 +4,10 @@
 //! of events from the log (`EventLog::replay`), in the same run on the same store.
 //!
 //! `KEEL_BENCH_TIMERS` (default 100000) timers, due evenly over
-//! `KEEL_BENCH_SPREAD_SECS` (default 60) seconds from `KEEL_BENCH_LEAD_SECS` (default
-//! 1) after the start, scheduled in transactions of 1000 while the dispatcher runs; then as many again all due at once. The store is a
-//! fresh SQLite file unless `KEEL_BENCH_DATABASE_URL` names one (postgres://...).
+//! `KEEL_BENCH_SPREAD_SECS` (default 60) seconds, the first `KEEL_BENCH_LEAD_SECS`
+//! (default 1) after the start, scheduled in transactions of 1000 while the
+//! dispatcher runs; then as many again all due at once. The store is a fresh SQLite
+//! file unless `KEEL_BENCH_DATABASE_URL` names one (postgres://...).
 //!
 //! `cargo bench -p keel-timers --all-features --bench timers`
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss)]
