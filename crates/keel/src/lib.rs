@@ -12,8 +12,8 @@
 //!
 //! | feature | gives | default |
 //! |---|---|---|
-//! | `sqlite` | [`sqlite`], [`sql`] and [`logbus`]: the embedded store, the log as the bus | yes |
-//! | `postgres` | [`postgres`], [`sql`] and [`logbus`] | |
+//! | `sqlite` | [`sqlite`], [`sql`], [`timers`] and [`logbus`]: the embedded store, the log as the bus | yes |
+//! | `postgres` | [`postgres`], [`sql`], [`timers`] and [`logbus`] | |
 //! | `memory` | [`memory`]: the in-process bus | yes |
 //! | `amqp` | [`amqp`]: RabbitMQ | |
 //! | `kafka` | [`kafka`]: Kafka (builds librdkafka) | |
@@ -36,6 +36,7 @@
 //!   appends in one transaction ([`sql::Db`], [`sql::Tx`]);
 //! - [`http`], [`client`], [`registry`], [`runtime`]: services;
 //! - backends: [`sqlite`], [`postgres`], [`logbus`], [`memory`], [`amqp`], [`kafka`];
+//! - [`timers`]: durable timers and delayed messages, scheduled in your transaction;
 //! - [`gateway`], [`telemetry`].
 //!
 //! The guide (docs/guide.md in the repository) builds a first service step by step.
@@ -69,6 +70,8 @@ pub use keel_service as http;
 pub use keel_sql as sql;
 #[cfg(feature = "sqlite")]
 pub use keel_sqlite as sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use keel_timers as timers;
 
 pub use keel_core::{
     CloudEvent, Event, EventSet, ExpectedVersion, Position, StreamId, StreamVersion,
