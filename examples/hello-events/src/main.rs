@@ -88,14 +88,16 @@ async fn main() -> anyhow::Result<()> {
     tx.commit().await?;
 
     // The log itself is the bus (or the broker of KEEL_BUS_URL, fed by `keel relay`).
+    // Keep it until the end: dropping the last handle stops feeding its groups.
     let (bus, _) = keel::runtime::system_bus(&config, &db).await?;
     let spec = SubscriptionSpec::new("greeting", "hello-counts").types([Greeted::TYPE]);
-    let consumer = start_inbox_consumer(&db, bus, spec, 1, count).await?;
+    let consumer = start_inbox_consumer(&db, bus.clone(), spec, 1, count).await?;
 
     let app = Router::new().route("/greetings/{name}", get(read).post(greet)).with_state(db);
     let listener = tokio::net::TcpListener::bind(config.listen_addr).await?;
     println!("hello-events listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).with_graceful_shutdown(keel::runtime::shutdown_signal()).await?;
     consumer.stop().await?;
+    bus.close().await?;
     Ok(())
 }
