@@ -8,6 +8,8 @@
 //! are fresh). Run them with cargo-nextest (what `scripts/test.sh` does): `cargo test`
 //! holds the build directory's lock while tests run.
 #![allow(clippy::unwrap_used)]
+// Without `integration` only the guide's file check runs.
+#![cfg_attr(not(feature = "integration"), allow(dead_code, unused_imports))]
 
 mod support;
 
@@ -185,9 +187,31 @@ async fn the_guide_service_runs_on_postgres_and_rabbitmq() {
 async fn notifications_follow_orders_placed_through_the_gateway_of_keel_up() {
     let dir = temp_dir("notifications");
     let db = format!("sqlite://{}/keel.db", dir.display());
-    let env = [("KEEL_DATABASE_URL", db.as_str())];
-    let up = Running::start(Path::new(env!("CARGO_BIN_EXE_keel")), &["up"], &dir, &env, "gateway");
-    let notifications = Running::start(&example("notifications"), &[], &dir, &env, "listening on");
+    notifications_next_to_keel_up(&dir, &[("KEEL_DATABASE_URL", db.as_str())]).await;
+}
+
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_next_to_keel_up_on_postgres_and_rabbitmq() {
+    let dir = temp_dir("notifications-pg");
+    let db = keel_testkit::postgres::fresh_database("notifications").await;
+    let amqp = std::env::var("KEEL_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    notifications_next_to_keel_up(
+        &dir,
+        &[("KEEL_DATABASE_URL", db.as_str()), ("KEEL_BUS_URL", amqp.as_str())],
+    )
+    .await;
+}
+
+/// `keel up` and the notifications service on the same database and bus (`env`); an
+/// order the stock covers and one it does not, placed through the gateway, reach the
+/// user's notifications.
+async fn notifications_next_to_keel_up(dir: &Path, env: &[(&str, &str)]) {
+    let up = Running::start(Path::new(env!("CARGO_BIN_EXE_keel")), &["up"], dir, env, "gateway");
+    // Subscribed before any order is placed (a broker keeps nothing for a group that
+    // does not exist yet).
+    let notifications = Running::start(&example("notifications"), &[], dir, env, "listening on");
 
     let (status, user) =
         post(&up.url("/api/users"), json!({ "name": "Ada", "email": "ada@example.com" })).await;
