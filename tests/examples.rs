@@ -117,6 +117,10 @@ async fn exercise_tasks(tasks: &Running) {
     assert_eq!(problem["errors"][0]["pointer"], "/title", "{problem}");
     let stats = eventually(&tasks.url("/stats"), |v| v["done"] == 1).await;
     assert_eq!(stats, json!({ "open": 1, "done": 1 }));
+    // The consumer congratulated once, though the task was completed twice.
+    let emails =
+        eventually(&tasks.url("/emails"), |v| v.as_array().is_some_and(|e| !e.is_empty())).await;
+    assert_eq!(emails, json!(["Well done: Write the guide"]));
 }
 
 #[cfg(feature = "integration")]
@@ -131,21 +135,29 @@ async fn the_guide_service_runs_and_rebuilds_on_sqlite() {
     tasks.stop();
 
     let rebuilt = Command::new(&service)
-        .arg("rebuild")
+        .args(["projections", "rebuild", "task-stats"])
         .current_dir(&dir)
         .env("KEEL_DATABASE_URL", &db)
         .output()
         .unwrap();
     assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
-    assert_eq!(String::from_utf8_lossy(&rebuilt.stdout), "rebuilt task-stats from 3 event(s)\n");
+    assert_eq!(
+        String::from_utf8_lossy(&rebuilt.stdout),
+        "rebuilt projection task-stats from 3 event(s)\n"
+    );
 
-    // After the rebuild the live consumer resumes without counting anything twice,
-    // and goes on with new events.
+    // After the rebuild the projection resumes from its new checkpoint without counting
+    // anything twice, and goes on with new events; the consumer sends nothing again.
     let tasks = Running::start(&service, &[], &dir, &env, "listening on");
     let (status, _) = post(&tasks.url("/tasks"), json!({ "title": "A third" })).await;
     assert_eq!(status, 201);
     let stats = eventually(&tasks.url("/stats"), |v| v["open"] == 2).await;
     assert_eq!(stats, json!({ "open": 2, "done": 1 }));
+    let emails = http().get(tasks.url("/emails")).send().await.unwrap();
+    assert_eq!(
+        emails.json::<serde_json::Value>().await.unwrap(),
+        json!(["Well done: Write the guide"])
+    );
     tasks.stop();
 }
 
@@ -173,13 +185,16 @@ async fn the_guide_service_runs_on_postgres_and_rabbitmq() {
     let _ = relay.wait();
 
     let rebuilt = Command::new(example("guide-service"))
-        .arg("rebuild")
+        .args(["projections", "rebuild", "task-stats"])
         .current_dir(&dir)
         .envs(env)
         .output()
         .unwrap();
     assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
-    assert_eq!(String::from_utf8_lossy(&rebuilt.stdout), "rebuilt task-stats from 3 event(s)\n");
+    assert_eq!(
+        String::from_utf8_lossy(&rebuilt.stdout),
+        "rebuilt projection task-stats from 3 event(s)\n"
+    );
 }
 
 #[cfg(feature = "integration")]

@@ -52,7 +52,7 @@ async fn a_new_crate_follows_the_guide_word_for_word() {
         .unwrap();
     std::fs::copy(repo.join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
 
-    // Sections 2 to 8: the program.
+    // Sections 2 to 7: the program.
     std::fs::write(krate.join("src/main.rs"), rust_blocks(&guide)).unwrap();
 
     let target = std::env::current_exe().unwrap().ancestors().nth(3).unwrap().join("guide-crate");
@@ -88,7 +88,7 @@ async fn a_new_crate_follows_the_guide_word_for_word() {
         }
     }
 
-    // Section 8, "On the embedded default": run it with no settings but a port, in
+    // Section 7, "On the embedded default": run it with no settings but a port, in
     // the crate's directory (keel-data/keel.db).
     let run_started = Instant::now();
     let binary = target.join("debug/tasks");
@@ -107,13 +107,22 @@ async fn a_new_crate_follows_the_guide_word_for_word() {
     assert_eq!((status, &problem["errors"][0]["pointer"]), (422, &json!("/title")), "{problem}");
     let stats = eventually(&tasks.url("/stats"), |v| v["done"] == 1).await;
     assert_eq!(stats, json!({ "open": 0, "done": 1 }));
+    let emails = eventually(&tasks.url("/emails"), |v| v != &json!([])).await;
+    assert_eq!(emails, json!(["Well done: Write the guide"]));
     tasks.stop();
     assert!(krate.join("keel-data/keel.db").exists(), "the embedded default's file");
 
-    // "Stop it (Ctrl-C) and rebuild the read model from the log".
-    let rebuilt = Command::new(&binary).arg("rebuild").current_dir(&krate).output().unwrap();
+    // Section 8: stop it, rebuild the projection from the log.
+    let rebuilt = Command::new(&binary)
+        .args(["projections", "rebuild", "task-stats"])
+        .current_dir(&krate)
+        .output()
+        .unwrap();
     assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
-    assert_eq!(String::from_utf8_lossy(&rebuilt.stdout), "rebuilt task-stats from 2 event(s)\n");
+    assert_eq!(
+        String::from_utf8_lossy(&rebuilt.stdout),
+        "rebuilt projection task-stats from 2 event(s)\n"
+    );
 
     eprintln!(
         "following the guide: {:.1?} in all; cargo build {:.1?}; run, requests and rebuild {:.1?}",

@@ -29,21 +29,18 @@ fn stream(task_id: &str) -> Result<StreamId, Problem> {
 
 use keel::sql::{Db, args};
 
-/// Creates the service's table and its read model if they are not there yet.
-async fn create_tables(db: &Db) -> keel::sql::Result<()> {
+/// Creates the service's tables if they are not there yet.
+async fn create_tables(db: Db) -> keel::sql::Result<()> {
     let mut tx = db.begin().await?;
-    tx.execute(
+    for table in [
         "CREATE TABLE IF NOT EXISTS tasks
          (id TEXT PRIMARY KEY, title TEXT NOT NULL, done BIGINT NOT NULL DEFAULT 0)",
-        args![],
-    )
-    .await?;
-    tx.execute(
+        "CREATE TABLE IF NOT EXISTS task_emails (event_id TEXT PRIMARY KEY, text TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS task_stats
          (id TEXT PRIMARY KEY, open BIGINT NOT NULL, done BIGINT NOT NULL)",
-        args![],
-    )
-    .await?;
+    ] {
+        tx.execute(table, args![]).await?;
+    }
     tx.commit().await
 }
 
@@ -104,32 +101,74 @@ async fn complete_task(
     Ok(StatusCode::NO_CONTENT)
 }
 
-use keel::bus::{HandlerError, Message};
-use keel::sql::Tx;
+use keel::bus::{ConsumerHandle, HandlerError, Message};
+use keel::core::{BusError, SubscriptionSpec};
+use keel::runtime::ServiceContext;
+use keel::sql::{Tx, start_inbox_consumer};
 
-/// The consumer group (and the read model's name).
-const STATS_GROUP: &str = "task-stats";
-
-/// Applies one task event to `task_stats`, in the inbox's transaction.
-async fn apply_stats(message: Message, mut tx: Tx) -> Result<Tx, HandlerError> {
-    let ty = message.event().ty();
-    let (open, done): (i64, i64) = if ty == TaskAdded::TYPE {
-        let _added: TaskAdded = message.decode()?;
-        (1, 0)
-    } else if ty == TaskCompleted::TYPE {
-        let _completed: TaskCompleted = message.decode()?;
-        (-1, 1)
-    } else {
-        return Ok(tx);
+/// Writes a congratulation for a completed task, once (a real service would hand the
+/// row to a mailer).
+async fn congratulate(message: Message, mut tx: Tx) -> Result<Tx, HandlerError> {
+    let completed: TaskCompleted = message.decode()?;
+    let task: Option<(String,)> = tx
+        .fetch_optional("SELECT title FROM tasks WHERE id = $1", args![&completed.task_id])
+        .await?;
+    let Some((title,)) = task else {
+        return Err(HandlerError::permanent(format!("no task `{}`", completed.task_id)));
     };
     tx.execute(
-        "INSERT INTO task_stats (id, open, done) VALUES ('all', $1, $2)
-         ON CONFLICT (id) DO UPDATE
-         SET open = task_stats.open + excluded.open, done = task_stats.done + excluded.done",
-        args![open, done],
+        "INSERT INTO task_emails (event_id, text) VALUES ($1, $2)",
+        args![message.event().id(), format!("Well done: {title}")],
     )
     .await?;
     Ok(tx)
+}
+
+/// The service's consumers, started by the runner (which stops them at shutdown).
+async fn start_consumers(context: ServiceContext) -> Result<Vec<ConsumerHandle>, BusError> {
+    let spec = SubscriptionSpec::new("task", "task-emails").types([TaskCompleted::TYPE]);
+    Ok(vec![start_inbox_consumer(&context.db, context.bus, spec, 1, congratulate).await?])
+}
+
+use keel::CloudEvent;
+use keel::sql::{Conn, Projection};
+use keel::store::LogFilter;
+
+/// `task_stats`: how many tasks are open and how many done.
+struct TaskStats;
+
+#[keel::async_trait]
+impl Projection for TaskStats {
+    fn name(&self) -> &str {
+        "task-stats"
+    }
+
+    fn filter(&self) -> LogFilter {
+        LogFilter::topic("task")
+    }
+
+    async fn apply(&self, conn: &mut Conn<'_>, event: &CloudEvent) -> Result<(), HandlerError> {
+        let (open, done): (i64, i64) = if event.ty() == TaskAdded::TYPE {
+            (1, 0)
+        } else if event.ty() == TaskCompleted::TYPE {
+            (-1, 1)
+        } else {
+            return Ok(());
+        };
+        conn.execute(
+            "INSERT INTO task_stats (id, open, done) VALUES ('all', $1, $2)
+             ON CONFLICT (id) DO UPDATE
+             SET open = task_stats.open + excluded.open, done = task_stats.done + excluded.done",
+            args![open, done],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut Conn<'_>) -> Result<(), HandlerError> {
+        conn.execute("DELETE FROM task_stats", args![]).await?;
+        Ok(())
+    }
 }
 
 /// `GET /stats` -> `{"open", "done"}`.
@@ -140,66 +179,33 @@ async fn stats(State(db): State<Db>) -> Result<Json<Value>, Problem> {
     Ok(Json(json!({ "open": open, "done": done })))
 }
 
-use keel::bus::layer::Inbox as _;
-use keel::store::{Cursor, LogFilter};
-
-/// Rebuilds `task_stats` from the log; returns how many events it applied.
-async fn rebuild_stats(db: &Db) -> anyhow::Result<u64> {
-    let mut reset = db.begin().await?;
-    reset.execute("DELETE FROM task_stats", args![]).await?;
-    reset.execute("DELETE FROM keel_inbox WHERE group_name = $1", args![STATS_GROUP]).await?;
-    reset.commit().await?;
-
-    let (log, inbox) = (db.log(), db.inbox());
-    let filter = LogFilter::topic("task");
-    let (topic, group): (std::sync::Arc<str>, std::sync::Arc<str>) =
-        ("task".into(), STATS_GROUP.into());
-    let (mut cursor, mut applied) = (Cursor::START, 0);
-    loop {
-        let page = log.read_after(cursor, &filter, 500).await?;
-        if page.events.is_empty() && page.next == cursor {
-            return Ok(applied);
-        }
-        for stored in page.events {
-            let message = Message::new(stored.event, 1, topic.clone(), group.clone());
-            let Some(tx) = inbox.begin(STATS_GROUP, message.event().id()).await? else { continue };
-            inbox.commit(apply_stats(message, tx).await?).await?;
-            applied += 1;
-        }
-        cursor = page.next;
-    }
+/// `GET /emails` -> the congratulations written so far, oldest first.
+async fn emails(State(db): State<Db>) -> Result<Json<Value>, Problem> {
+    let rows: Vec<(String,)> =
+        db.fetch_all("SELECT text FROM task_emails ORDER BY event_id", args![]).await?;
+    Ok(Json(json!(rows.into_iter().map(|(text,)| text).collect::<Vec<_>>())))
 }
 
 use axum::Router;
 use axum::routing::{get, post};
-use keel::core::SubscriptionSpec;
 use keel::http::body_limit;
-use keel::runtime::{ServiceParts, run_service};
-use keel::sql::start_inbox_consumer;
+use keel::runtime::ServiceRunner;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("rebuild") {
-        let config = keel::runtime::Config::load()?;
-        let db = Db::connect(&config.database_url).await?;
-        create_tables(&db).await?;
-        let applied = rebuild_stats(&db).await?;
-        println!("rebuilt {STATS_GROUP} from {applied} event(s)");
-        return Ok(());
-    }
-    run_service("tasks", |context| async move {
-        create_tables(&context.db).await?;
-        let spec = SubscriptionSpec::new("task", STATS_GROUP)
-            .types([TaskAdded::TYPE, TaskCompleted::TYPE]);
-        let consumer =
-            start_inbox_consumer(&context.db, context.bus.clone(), spec, 1, apply_stats).await?;
-        let router = Router::new()
-            .route("/tasks", post(add_task))
-            .route("/tasks/{id}/complete", post(complete_task))
-            .route("/stats", get(stats))
-            .layer(body_limit())
-            .with_state(context.db);
-        Ok(ServiceParts { router, consumers: vec![consumer] })
-    })
-    .await
+    ServiceRunner::new("tasks")
+        .migrations(create_tables)
+        .routes(|context: &ServiceContext| {
+            Router::new()
+                .route("/tasks", post(add_task))
+                .route("/tasks/{id}/complete", post(complete_task))
+                .route("/stats", get(stats))
+                .route("/emails", get(emails))
+                .layer(body_limit())
+                .with_state(context.db.clone())
+        })
+        .consumers(start_consumers)
+        .projection(TaskStats)
+        .run()
+        .await
 }

@@ -3,11 +3,12 @@
 //! "... confirmed", "... rejected: out of stock"), served at
 //! `GET /notifications/{user_id}`.
 //!
-//! It shares the example system's database and bus (`KEEL_DATABASE_URL`, `KEEL_BUS_URL`:
-//! run it next to `keel up` with the same settings) and nothing else: it does not
-//! depend on the example system's crates. The events' JSON is the contract, and this
-//! service decodes it into its own types, with only the fields it needs (unknown fields
-//! are ignored, so the writer may add some), as a team outside the repository would.
+//! It runs with `keel::runtime::ServiceRunner` and shares the example system's database
+//! and bus (`KEEL_DATABASE_URL`, `KEEL_BUS_URL`: run it next to `keel up` with the same
+//! settings) and nothing else: it does not depend on the example system's crates. The
+//! events' JSON is the contract, and this service decodes it into its own types, with
+//! only the fields it needs (unknown fields are ignored, so the writer may add some), as
+//! a team outside the repository would.
 //!
 //! The read model is kept through the store's inbox (each event applied once, with the
 //! processed mark in the same transaction) by the consumer group `notifications`,
@@ -17,10 +18,10 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
-use keel::bus::{HandlerError, Message};
-use keel::core::{Event, SubscriptionSpec};
+use keel::bus::{ConsumerHandle, HandlerError, Message};
+use keel::core::{BusError, Event, SubscriptionSpec};
 use keel::http::{Json, Problem, body_limit};
-use keel::runtime::{ServiceParts, run_service};
+use keel::runtime::{ServiceContext, ServiceRunner};
 use keel::sql::{Db, Tx, args, start_inbox_consumer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -61,7 +62,7 @@ struct OrderCancelled {
     order_id: String,
 }
 
-async fn create_tables(db: &Db) -> keel::sql::Result<()> {
+async fn create_tables(db: Db) -> keel::sql::Result<()> {
     let mut tx = db.begin().await?;
     tx.execute(
         "CREATE TABLE IF NOT EXISTS notifications_orders (order_id TEXT PRIMARY KEY, user_id TEXT NOT NULL)",
@@ -137,23 +138,28 @@ async fn list(State(db): State<Db>, Path(user_id): Path<String>) -> Result<Json<
     Ok(Json(json!({ "user_id": user_id, "notifications": notifications })))
 }
 
+/// The consumer: the group `notifications` on the orders service's topic.
+async fn start_consumers(context: ServiceContext) -> Result<Vec<ConsumerHandle>, BusError> {
+    let spec = SubscriptionSpec::new(ORDER_TOPIC, GROUP).types([
+        OrderPlaced::TYPE,
+        OrderConfirmed::TYPE,
+        OrderRejected::TYPE,
+        OrderCancelled::TYPE,
+    ]);
+    Ok(vec![start_inbox_consumer(&context.db, context.bus, spec, 4, notify).await?])
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    run_service("notifications", |context| async move {
-        create_tables(&context.db).await?;
-        let spec = SubscriptionSpec::new(ORDER_TOPIC, GROUP).types([
-            OrderPlaced::TYPE,
-            OrderConfirmed::TYPE,
-            OrderRejected::TYPE,
-            OrderCancelled::TYPE,
-        ]);
-        let consumer =
-            start_inbox_consumer(&context.db, context.bus.clone(), spec, 4, notify).await?;
-        let router = Router::new()
-            .route("/notifications/{user_id}", get(list))
-            .layer(body_limit())
-            .with_state(context.db);
-        Ok(ServiceParts { router, consumers: vec![consumer] })
-    })
-    .await
+    ServiceRunner::new("notifications")
+        .migrations(create_tables)
+        .consumers(start_consumers)
+        .routes(|context: &ServiceContext| {
+            Router::new()
+                .route("/notifications/{user_id}", get(list))
+                .layer(body_limit())
+                .with_state(context.db.clone())
+        })
+        .run()
+        .await
 }
