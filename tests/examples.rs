@@ -164,13 +164,27 @@ async fn the_guide_service_runs_and_rebuilds_on_sqlite() {
 #[cfg(feature = "integration")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guide_service_runs_on_postgres_and_rabbitmq() {
-    let dir = temp_dir("guide-pg");
-    let db = keel_testkit::postgres::fresh_database("guide").await;
     let amqp = std::env::var("KEEL_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let env = [("KEEL_DATABASE_URL", db.as_str()), ("KEEL_BUS_URL", amqp.as_str())];
+    guide_service_on_postgres_with(&amqp).await;
+}
+
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guide_service_runs_on_postgres_and_kafka() {
+    let brokers =
+        std::env::var("KEEL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    guide_service_on_postgres_with(&format!("kafka://{brokers}")).await;
+}
+
+/// The guide's last section: the same service on a fresh PostgreSQL database with the
+/// broker of `bus_url`, fed by `keel relay`.
+async fn guide_service_on_postgres_with(bus_url: &str) {
+    let dir = temp_dir("guide-pg");
+    let db = keel_testkit::postgres::fresh_database("guide").await;
+    let env = [("KEEL_DATABASE_URL", db.as_str()), ("KEEL_BUS_URL", bus_url)];
     let tasks = Running::start(&example("guide-service"), &[], &dir, &env, "listening on");
-    // The relay publishes the log to RabbitMQ; started after the consumer subscribed.
+    // The relay publishes the log to the broker; started after the consumer subscribed.
     let mut relay = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["relay", "--name", "guide-test"])
         .current_dir(&dir)
