@@ -135,7 +135,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectionAction {
-    /// List the projections this binary knows.
+    /// List the projections this binary knows (`streams`), and the services'
+    /// projections found in the database (each rebuilt by its service's binary).
     List,
     /// Reset a projection's read model and checkpoint, then replay the log into it.
     Rebuild { name: String },
@@ -244,7 +245,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => commands::status(&config, out).await,
         Command::Relay { name } => commands::relay(&config, &name).await,
         Command::Projections { action } => match action {
-            ProjectionAction::List => commands::projections_list(out),
+            ProjectionAction::List => commands::projections_list(&config, out).await,
             ProjectionAction::Rebuild { name } => {
                 commands::projections_rebuild(&config, out, &name).await
             }

@@ -632,9 +632,26 @@ pub async fn events(
 
 pub use keel_runtime::shutdown_signal;
 
-pub fn projections_list(out: Output) -> anyhow::Result<()> {
+pub async fn projections_list(config: &Config, out: Output) -> anyhow::Result<()> {
     let names = projections::names();
-    out.emit(&json!({ "projections": names }), || names.join("\n"))?;
+    let store = Store::open(&config.database_url).await?;
+    let services = projections::services_projections(&store).await?;
+    let json = json!({
+        "projections": names,
+        "services_projections": services
+            .iter()
+            .map(|(name, cursor)| json!({ "name": name, "checkpoint": cursor.to_string() }))
+            .collect::<Vec<_>>(),
+    });
+    out.emit(&json, || {
+        let mut text = names.join("\n");
+        for (name, cursor) in &services {
+            text.push_str(&format!(
+                "\n{name}\t(a service's, at {cursor}: `<service-binary> projections rebuild {name}`)"
+            ));
+        }
+        text
+    })?;
     Ok(())
 }
 

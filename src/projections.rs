@@ -1,9 +1,12 @@
-//! The projections this binary knows, by name, for `keel projections rebuild`.
+//! The projections this binary knows, by name, for `keel projections rebuild`:
+//! `streams`, the stream index (`keel_stream_index`): one row per stream with its
+//! category, version, last event type and position.
 //!
-//! - `streams`: the stream index (`keel_stream_index`): one row per stream with its
-//!   category, version, last event type and position;
-//! - `users-orders`: the users service's read model of each user's orders
-//!   (`users_orders`), rebuilt by replaying the order events (stop the service first).
+//! A service's own projections are registered with its runner
+//! (`keel::runtime::ServiceRunner::projection`) and rebuilt by its binary:
+//! `<service-binary> projections rebuild NAME` (e.g. `keel-users projections rebuild
+//! users-orders`), on the same `KEEL_DATABASE_URL`. `keel projections list` shows them
+//! too, from their checkpoints in the database, saying so.
 
 use std::sync::Arc;
 
@@ -11,18 +14,43 @@ use anyhow::bail;
 use async_trait::async_trait;
 use keel_bus::HandlerError;
 use keel_core::{CloudEvent, StreamId};
-use keel_store::{Projection, ProjectionRunner, RebuildProgress};
+use keel_store::{Cursor, Projection, ProjectionRunner, RebuildProgress};
 use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection};
 
 use crate::backends::Store;
 
-/// Names of the known projections.
+/// Names of the projections built into this binary.
 pub fn names() -> Vec<&'static str> {
-    vec![StreamIndex::NAME, USERS_ORDERS]
+    vec![StreamIndex::NAME]
 }
 
-/// The users service's read model.
-pub const USERS_ORDERS: &str = "users-orders";
+/// The projections whose checkpoints are in the store but which this binary does not
+/// know (a service's), with their checkpoints.
+pub async fn services_projections(store: &Store) -> anyhow::Result<Vec<(String, Cursor)>> {
+    let checkpoints = store.log().checkpoints().await?;
+    Ok(checkpoints
+        .into_iter()
+        .filter_map(|(name, cursor, _)| {
+            let name = name.strip_prefix("projection:")?.to_owned();
+            (!names().contains(&name.as_str())).then_some((name, cursor))
+        })
+        .collect())
+}
+
+/// How to rebuild projection `name`, which is not built into this binary.
+pub fn elsewhere(name: &str, known_in_store: bool) -> String {
+    let owner = if known_in_store {
+        format!("`{name}` is a service's projection (its checkpoint is in this database)")
+    } else {
+        format!("unknown projection `{name}` (this binary's: {})", names().join(", "))
+    };
+    format!(
+        "{owner}: a service's projections are rebuilt by its own binary, on the same \
+         KEEL_DATABASE_URL: `<service-binary> projections rebuild {name}` (e.g. \
+         `keel-users projections rebuild users-orders`); `<service-binary> projections \
+         list` lists them"
+    )
+}
 
 /// Rebuilds projection `name` on `store`, reporting progress.
 pub async fn rebuild(
@@ -30,11 +58,9 @@ pub async fn rebuild(
     name: &str,
     progress: impl FnMut(RebuildProgress) + Send,
 ) -> anyhow::Result<u64> {
-    if name == USERS_ORDERS {
-        return rebuild_users_orders(store, progress).await;
-    }
     if name != StreamIndex::NAME {
-        bail!("unknown projection `{name}` (known: {})", names().join(", "));
+        let in_store = services_projections(store).await?.iter().any(|(n, _)| n == name);
+        bail!("{}", elsewhere(name, in_store));
     }
     let applied = match store {
         Store::Postgres(log) => {
@@ -44,23 +70,6 @@ pub async fn rebuild(
             ProjectionRunner::new(log.clone(), Arc::new(StreamIndex)).rebuild(progress).await?
         }
     };
-    Ok(applied)
-}
-
-async fn rebuild_users_orders(
-    store: &Store,
-    mut progress: impl FnMut(RebuildProgress) + Send,
-) -> anyhow::Result<u64> {
-    let db = match store {
-        Store::Postgres(log) => keel_sql::Db::Postgres((**log).clone()),
-        Store::Sqlite(log) => keel_sql::Db::Sqlite((**log).clone()),
-    };
-    keel_users::migrate(&db).await?;
-    let total = store.log().head().await?.0;
-    let applied = keel_users::rebuild_orders(&db, |applied| {
-        progress(RebuildProgress { applied, total });
-    })
-    .await?;
     Ok(applied)
 }
 

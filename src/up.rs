@@ -14,7 +14,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use keel_bus::ConsumerHandle;
 use keel_gateway::{AuthConfig, AuthMode, Gateway, GatewayConfig, RouteConfig};
-use keel_runtime::{Parts, Shutdown, redact_url, start_relay, start_service, system_bus};
+use keel_runtime::{
+    Parts, ProjectionTask, Shutdown, redact_url, start_relay, start_service, system_bus,
+};
 use keel_service::RunningService;
 use keel_sql::Db;
 use tokio::sync::oneshot;
@@ -71,9 +73,13 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
         services.push((name, service.await?));
     }
 
+    // The services' projections, as their binaries register them with their runners.
+    let projections = vec![(
+        format!("the users service's projection {}", keel_users::UsersOrders::NAME),
+        ProjectionTask::start(db.clone(), keel_users::UsersOrders.into()),
+    )];
     let mut consumers: Vec<(String, ConsumerHandle)> = Vec::new();
     for (service, started) in [
-        ("users", keel_users::start_consumers(&users_state, bus.clone()).await?),
         ("products", keel_products::start_consumers(&products_state, bus.clone()).await?),
         ("orders", keel_orders::start_consumers(&orders_state, bus.clone()).await?),
     ] {
@@ -112,7 +118,8 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
     report.record("the gateway", gateway);
     let services =
         services.into_iter().map(|(name, service)| (format!("the {name} service"), service));
-    let parts = Parts { services: services.collect(), consumers, relay, bus: Some(bus) };
+    let parts =
+        Parts { services: services.collect(), consumers, projections, relay, bus: Some(bus) };
     keel_runtime::shutdown::stop_parts(parts, &mut report).await;
     report.finish()?;
     eprintln!("keel up: stopped");

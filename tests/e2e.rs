@@ -342,8 +342,19 @@ async fn rebuilt_read_model_equals_live(system: &mut System) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     system.sigkill();
-    let mut rebuild = Command::new(env!("CARGO_BIN_EXE_keel"));
-    rebuild.args(["projections", "rebuild", "users-orders", "--json"]).current_dir(&system.dir);
+    // The read model is the users service's projection: its own binary rebuilds it,
+    // on the same database (`keel projections rebuild` only says so).
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_keel"));
+    refused.args(["projections", "rebuild", "users-orders"]).current_dir(&system.dir);
+    for (key, value) in &system.env {
+        refused.env(key, value);
+    }
+    let output = refused.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "keel has no users-orders projection of its own");
+    assert!(stderr.contains("keel-users projections rebuild users-orders"), "{stderr}");
+    let mut rebuild = Command::new(service_binary("keel-users"));
+    rebuild.args(["projections", "rebuild", "users-orders"]).current_dir(&system.dir);
     for (key, value) in &system.env {
         rebuild.env(key, value);
     }
@@ -352,6 +363,19 @@ async fn rebuilt_read_model_equals_live(system: &mut System) {
     system.spawn().await;
     let (_, rebuilt) = system.get(&path).await;
     assert_eq!(rebuilt, live);
+}
+
+/// The binary of an example service, built beside `keel` (the workspace's tests build
+/// every binary; with `-p keel-cli` alone, add `-p keel-users`).
+fn service_binary(name: &str) -> std::path::PathBuf {
+    let keel = std::path::Path::new(env!("CARGO_BIN_EXE_keel"));
+    let binary = keel.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is not built: run the tests with `-p {name}` too (or the whole workspace)",
+        binary.display()
+    );
+    binary
 }
 
 async fn whole_system(env: &[(&str, String)]) {

@@ -5,25 +5,30 @@
 //!
 //! - `config.rs`: [`Config`], the `KEEL_*` settings over an optional `keel.toml`, each
 //!   bad value named by its key.
+//! - `runner.rs`: [`ServiceRunner`], a service binary's whole `main`: its migrations,
+//!   routes, consumers and projections, served from `KEEL_*` configuration until a
+//!   signal, then stopped in order; [`ProjectionTask`], a projection following the log.
+//! - `cli.rs`: the command line every runner binary gets: serving (the default),
+//!   `projections list`, `projections rebuild NAME`, `replay --into projection:NAME`.
 //! - `lib.rs`: opening the bus of `KEEL_BUS_URL` ([`open_bus`]) or the log itself
-//!   ([`system_bus`]), the relay, and [`start_service`] / [`run_service`], which put an
-//!   axum app behind the service kit (health, readiness, metrics, registration).
+//!   ([`system_bus`]), the relay, and [`start_service`], which puts an axum app behind
+//!   the service kit (health, readiness, metrics, registration).
 //! - `redact.rs`: [`redact_url`], a connection URL without its secrets, for printing.
 //! - `shutdown.rs`: stopping a process's [`Parts`] in order, each failure logged
 //!   naming its part and the whole reported as a [`ShutdownError`].
 
+mod cli;
 pub mod config;
 mod redact;
+mod runner;
 pub mod shutdown;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use keel_bus::ConsumerHandle;
 use keel_core::Bus;
 use keel_registry::Registry;
 use keel_service::{IdentityKey, Readiness, RunningService, Service, ServiceConfig};
@@ -33,7 +38,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{Config, ConfigError};
+pub use keel_sql::{Conn, Projection, ProjectionSpec};
 pub use redact::redact_url;
+pub use runner::{ProjectionTask, RunningServiceRunner, ServiceContext, ServiceRunner};
 pub use shutdown::{Parts, Shutdown, ShutdownError};
 
 /// Connects to the broker at `url` (`KEEL_BUS_URL`); `None` when the log itself is the
@@ -41,14 +48,13 @@ pub use shutdown::{Parts, Shutdown, ShutdownError};
 /// cargo feature that brings it.
 pub async fn open_bus(url: Option<&str>) -> anyhow::Result<Option<Arc<dyn Bus>>> {
     let Some(url) = url else { return Ok(None) };
+    check_bus_backend(url, compiled)?;
     if url.starts_with("log://") {
         return Ok(None);
     }
     if url.starts_with("memory://") {
         #[cfg(feature = "memory")]
         return Ok(Some(Arc::new(keel_memory::MemoryBus::new())));
-        #[cfg(not(feature = "memory"))]
-        return Err(missing_feature("KEEL_BUS_URL", url, "memory"));
     }
     if url.starts_with("amqp://") || url.starts_with("amqps://") {
         #[cfg(feature = "amqp")]
@@ -58,8 +64,6 @@ pub async fn open_bus(url: Option<&str>) -> anyhow::Result<Option<Arc<dyn Bus>>>
                 .context("KEEL_BUS_URL")?;
             return Ok(Some(Arc::new(bus)));
         }
-        #[cfg(not(feature = "amqp"))]
-        return Err(missing_feature("KEEL_BUS_URL", url, "amqp"));
     }
     if url.starts_with("kafka://") {
         #[cfg(feature = "kafka")]
@@ -67,17 +71,42 @@ pub async fn open_bus(url: Option<&str>) -> anyhow::Result<Option<Arc<dyn Bus>>>
             let bus = keel_kafka::KafkaBus::connect_checked(url).await.context("KEEL_BUS_URL")?;
             return Ok(Some(Arc::new(bus)));
         }
-        #[cfg(not(feature = "kafka"))]
-        return Err(missing_feature("KEEL_BUS_URL", url, "kafka"));
     }
-    anyhow::bail!(
-        "KEEL_BUS_URL `{}`: not a bus Keel knows (log://, memory://, amqp://, kafka://)",
-        redact_url(url)
-    )
+    // check_bus_backend refused every scheme this build cannot open.
+    anyhow::bail!("KEEL_BUS_URL `{}`: no backend opened it", redact_url(url))
+}
+
+/// Whether this build has the bus backend of cargo feature `feature`.
+fn compiled(feature: &str) -> bool {
+    const BACKENDS: [(&str, bool); 3] = [
+        ("memory", cfg!(feature = "memory")),
+        ("amqp", cfg!(feature = "amqp")),
+        ("kafka", cfg!(feature = "kafka")),
+    ];
+    BACKENDS.iter().any(|&(name, on)| name == feature && on)
+}
+
+/// Refuses a `KEEL_BUS_URL` Keel does not know, or whose backend (cargo feature) is not
+/// in the build (`compiled` says which are), naming the feature.
+fn check_bus_backend(url: &str, compiled: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    let feature = if url.starts_with("log://") {
+        return Ok(());
+    } else if url.starts_with("memory://") {
+        "memory"
+    } else if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        "amqp"
+    } else if url.starts_with("kafka://") {
+        "kafka"
+    } else {
+        anyhow::bail!(
+            "KEEL_BUS_URL `{}`: not a bus Keel knows (log://, memory://, amqp://, kafka://)",
+            redact_url(url)
+        )
+    };
+    if compiled(feature) { Ok(()) } else { Err(missing_feature("KEEL_BUS_URL", url, feature)) }
 }
 
 /// The start-up error for a setting whose backend is not compiled in.
-#[allow(dead_code)] // unused when every backend is compiled in
 fn missing_feature(key: &str, url: &str, feature: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "{key} `{}` needs the `{feature}` feature, which this build of Keel lacks \
@@ -185,83 +214,6 @@ pub async fn start_service(
         .with_context(|| format!("starting the {name} service"))
 }
 
-/// What a service binary hands [`run_service`]: its routes and its consumers.
-#[derive(Debug)]
-pub struct ServiceParts {
-    pub router: Router,
-    pub consumers: Vec<ConsumerHandle>,
-}
-
-/// The shared context a service binary builds its parts from.
-#[derive(Clone)]
-pub struct ServiceContext {
-    pub config: Config,
-    pub db: Db,
-    pub bus: Arc<dyn Bus>,
-    pub registry: Arc<dyn Registry>,
-}
-
-impl std::fmt::Debug for ServiceContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceContext").field("config", &self.config).finish_non_exhaustive()
-    }
-}
-
-/// Runs one example service as its own process: reads [`Config`] (`KEEL_DATABASE_URL`,
-/// `KEEL_BUS_URL`, `KEEL_CONSUL_URL`, `KEEL_LISTEN_ADDR`, `KEEL_ADVERTISE_HOST`, the
-/// identity key from `KEEL_IDENTITY_SECRET` or `KEEL_JWT_SECRET`), sets
-/// up tracing (OTLP export with `OTEL_EXPORTER_OTLP_ENDPOINT`), opens the database,
-/// the bus (without a relay: in a distributed deployment `keel relay` runs alone) and
-/// the registry, builds the service's parts, serves them until Ctrl-C or SIGTERM, then
-/// deregisters, drains and stops the consumers.
-pub async fn run_service<F, Fut>(name: &str, build: F) -> anyhow::Result<()>
-where
-    F: FnOnce(ServiceContext) -> Fut,
-    Fut: Future<Output = anyhow::Result<ServiceParts>>,
-{
-    let config = Config::load()?;
-    let _telemetry = keel_telemetry::init(name, "info").ok();
-    let db = Db::connect(&config.database_url)
-        .await
-        .with_context(|| format!("KEEL_DATABASE_URL `{}`", redact_url(&config.database_url)))?;
-    let registry =
-        keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
-    let (bus, _) = system_bus(&config, &db).await?;
-    let context = ServiceContext {
-        config: config.clone(),
-        db: db.clone(),
-        bus: bus.clone(),
-        registry: registry.clone(),
-    };
-    let parts = build(context).await?;
-    let running = start_service(
-        name,
-        parts.router,
-        &registry,
-        &db,
-        config.listen_addr,
-        config.advertise_host.as_deref(),
-        config.identity_key(),
-    )
-    .await?;
-    println!("{name} listening on http://{}", running.local_addr());
-    shutdown_signal().await;
-    let consumers = parts
-        .consumers
-        .into_iter()
-        .enumerate()
-        .map(|(n, consumer)| (format!("the {name} service's consumer {}", n + 1), consumer))
-        .collect();
-    shutdown::stop(Parts {
-        services: vec![(format!("the {name} service"), running)],
-        consumers,
-        relay: None,
-        bus: Some(bus),
-    })
-    .await?;
-    Ok(())
-}
-
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -281,5 +233,38 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bus_url_for_a_backend_the_build_lacks_names_the_feature() {
+        for (url, feature) in [
+            ("amqp://guest:secret@127.0.0.1:5672/%2f", "amqp"),
+            ("kafka://127.0.0.1:9092", "kafka"),
+            ("memory://", "memory"),
+        ] {
+            let error = check_bus_backend(url, |f| f != feature).expect_err(url).to_string();
+            assert!(error.starts_with("KEEL_BUS_URL `"), "{error}");
+            assert!(error.contains(&format!("needs the `{feature}` feature")), "{error}");
+            assert!(!error.contains("secret"), "the password is redacted: {error}");
+            assert!(check_bus_backend(url, |_| true).is_ok(), "{url} with every feature");
+        }
+        assert!(check_bus_backend("log://", |_| false).is_ok(), "the log needs no feature");
+        let error = check_bus_backend("nats://x", |_| true).expect_err("nats").to_string();
+        assert!(error.contains("not a bus Keel knows"), "{error}");
+    }
+
+    /// `open_bus` (which the runner's start goes through, via `system_bus`) applies
+    /// the check before opening anything.
+    #[tokio::test]
+    async fn open_bus_checks_the_url_first() {
+        let error = open_bus(Some("nats://x")).await.err().expect("refused").to_string();
+        assert!(error.contains("not a bus Keel knows"), "{error}");
+        assert!(open_bus(Some("log://")).await.expect("the log").is_none());
+        assert!(!compiled("nats"));
     }
 }

@@ -86,6 +86,7 @@ macro_rules! bind_all {
         query
     }};
 }
+pub(crate) use bind_all;
 
 /// A row type every enabled dialect can decode (derive `sqlx::FromRow` with `String`,
 /// `i64` and `Option<String>` fields, or use a tuple).

@@ -29,6 +29,9 @@
 //!   handler writes in the inbox's transaction.
 //! - `events.rs`: [`envelope`]: a typed event as a CloudEvent stamped with the current
 //!   context (actor, trace, correlation, causation).
+//! - `projection.rs`: [`Projection`] (a read model written once for both stores, applied
+//!   through a [`Conn`]) and [`ProjectionSpec`] (a registered projection: run, catch up,
+//!   rebuild on either store).
 //! - `error.rs`: [`Error`], with the questions callers ask of it (unique violation,
 //!   version conflict, worth retrying).
 
@@ -39,8 +42,10 @@ mod consumer;
 mod db;
 mod error;
 mod events;
+mod projection;
 
 pub use consumer::start_inbox_consumer;
 pub use db::{Arg, Db, DbInbox, PgRowType, Row, SqliteRowType, Tx};
 pub use error::{Error, Result};
 pub use events::envelope;
+pub use projection::{Conn, Projection, ProjectionSpec};

@@ -73,6 +73,9 @@ pub use keel_sqlite as sqlite;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use keel_timers as timers;
 
+/// The attribute for implementing Keel's async traits (a projection, a bus
+/// backend): `#[keel::async_trait]`.
+pub use async_trait::async_trait;
 pub use keel_core::{
     CloudEvent, Event, EventSet, ExpectedVersion, Position, StreamId, StreamVersion,
 };
@@ -86,9 +89,11 @@ pub mod prelude {
         CloudEvent, Event, ExpectedVersion, Position, StreamId, StreamVersion, SubscriptionSpec,
     };
     #[cfg(feature = "http")]
+    pub use keel_runtime::{ServiceContext, ServiceRunner};
+    #[cfg(feature = "http")]
     pub use keel_service::{Caller, Fields, Json, JsonBody, Problem};
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub use keel_sql::{Db, Tx, args};
+    pub use keel_sql::{Conn, Db, Projection, Tx, args};
 }
 
 // The README's code is compiled and run as a doc test of this crate.

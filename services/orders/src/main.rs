@@ -1,22 +1,27 @@
 //! The orders service as its own process, configured like every Keel process
 //! (`KEEL_DATABASE_URL`, `KEEL_BUS_URL`, `KEEL_CONSUL_URL`, `KEEL_LISTEN_ADDR`,
-//! `KEEL_ADVERTISE_HOST`; see keel-runtime). Users and products are found through the
-//! registry.
+//! `KEEL_ADVERTISE_HOST`; see `keel::runtime::ServiceRunner`). Users and products are
+//! found through the registry.
 
 use std::sync::Arc;
 
-use keel::runtime::{ServiceParts, run_service};
+use keel::runtime::{ServiceContext, ServiceRunner};
 use keel_orders::{AppState, DiscoveryDirectory, app, migrate, start_consumers};
+
+fn state(context: &ServiceContext) -> AppState {
+    let directory = Arc::new(DiscoveryDirectory::new(context.registry.clone()));
+    AppState::new(context.db.clone(), directory)
+        .with_idempotency_ttl(context.config.idempotency_ttl)
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    run_service("orders", |context| async move {
-        migrate(&context.db).await?;
-        let directory = Arc::new(DiscoveryDirectory::new(context.registry.clone()));
-        let state = AppState::new(context.db.clone(), directory)
-            .with_idempotency_ttl(context.config.idempotency_ttl);
-        let consumers = start_consumers(&state, context.bus.clone()).await?;
-        Ok(ServiceParts { router: app(state), consumers })
-    })
-    .await
+    ServiceRunner::new("orders")
+        .migrations(|db| async move { migrate(&db).await })
+        .consumers(
+            |context| async move { start_consumers(&state(&context), context.bus.clone()).await },
+        )
+        .routes(|context| app(state(context)))
+        .run()
+        .await
 }

@@ -4,17 +4,17 @@
 //!
 //! # Layout
 //!
-//! - `lib.rs`: [`AppState`], [`migrate`], [`app`] (the axum router) and
-//!   [`start_consumers`].
+//! - `lib.rs`: [`AppState`], [`migrate`] and [`app`] (the axum router).
 //! - `api.rs`: the HTTP handlers: `POST /api/users`, `GET /api/users/{id}`,
 //!   `GET /api/users/{id}/orders` (paged). A user belongs to the subject that
 //!   registered it: with identities verified, only that subject or an admin reads it
 //!   and its orders (and places orders for it, in the orders service).
-//! - `orders.rs`: the `users_orders` read model, fed by `order.*` events through the
-//!   store's inbox (consumer group [`ORDERS_GROUP`]).
-//! - `main.rs`: the binary: the service alone on `KEEL_DATABASE_URL`, listening on
-//!   `KEEL_LISTEN_ADDR`, verifying identities with the key of `KEEL_IDENTITY_SECRET`
-//!   or `KEEL_JWT_SECRET`.
+//! - `orders.rs`: [`UsersOrders`], the `users_orders` read model: a projection of the
+//!   `order.*` events of the log, which the binary registers with its runner.
+//! - `main.rs`: the binary, a `keel::runtime::ServiceRunner`: the service alone on
+//!   `KEEL_DATABASE_URL`, listening on `KEEL_LISTEN_ADDR`, verifying identities with the
+//!   key of `KEEL_IDENTITY_SECRET` or `KEEL_JWT_SECRET`; `keel-users projections
+//!   rebuild users-orders` rebuilds the read model.
 
 // `keel::http::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.
@@ -23,17 +23,13 @@
 mod api;
 mod orders;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::routing::{get, post};
-use keel::bus::ConsumerHandle;
-use keel::core::{BusError, Subscriber};
 use keel::http::{Idempotency, body_limit};
 use keel::sql::Db;
 
 pub use api::{DEFAULT_ORDERS_PAGE, MAX_ORDERS_PAGE};
-pub use orders::{ORDERS_GROUP, rebuild as rebuild_orders};
+pub use orders::UsersOrders;
 
 /// The CloudEvents `source` of the events this service writes.
 pub const SOURCE: &str = "/services/users";
@@ -76,12 +72,4 @@ pub fn app(state: AppState) -> Router {
         .route("/api/users/{id}/orders", get(api::user_orders))
         .layer(body_limit())
         .with_state(state)
-}
-
-/// Starts the service's subscribers on `bus`: the orders read model.
-pub async fn start_consumers(
-    state: &AppState,
-    bus: Arc<dyn Subscriber>,
-) -> Result<Vec<ConsumerHandle>, BusError> {
-    Ok(vec![orders::start(state, bus).await?])
 }

@@ -14,6 +14,7 @@ use keel::bus::ConsumerHandle;
 use keel::http::{Identity, IdentityKey, Service, ServiceConfig};
 use keel::memory::MemoryBus;
 use keel::registry::InProcessRegistry;
+use keel::runtime::ProjectionTask;
 use keel::sql::Db;
 use keel::store::{Relay, RelayOptions, SubscribeOptions};
 use keel_orders::RouterDirectory;
@@ -28,6 +29,8 @@ pub struct System {
     pub products: Router,
     pub orders: Router,
     consumers: Vec<ConsumerHandle>,
+    /// The users service's read model of each user's orders.
+    projection: ProjectionTask,
     relay: JoinHandle<keel::store::Result<()>>,
     file: Option<std::path::PathBuf>,
     /// Whether identities are verified (else the open mode).
@@ -111,7 +114,7 @@ impl System {
         keel_orders::migrate(&db).await.unwrap();
         let users_state = keel_users::AppState::new(db.clone());
         let products_state = keel_products::AppState::new(db.clone());
-        let users = behind_kit("users", keel_users::app(users_state.clone()), identity.clone());
+        let users = behind_kit("users", keel_users::app(users_state), identity.clone());
         let products =
             behind_kit("products", keel_products::app(products_state.clone()), identity.clone());
         let directory = Arc::new(RouterDirectory::new(users.clone(), products.clone()));
@@ -130,17 +133,18 @@ impl System {
         let relay = Relay::new(db.log(), bus.clone(), format!("test-{}", uuid::Uuid::now_v7()))
             .options(options);
         let relay = tokio::spawn(relay.run(std::future::pending()));
-        let mut consumers = keel_users::start_consumers(&users_state, bus.clone()).await.unwrap();
-        consumers
-            .extend(keel_products::start_consumers(&products_state, bus.clone()).await.unwrap());
+        let projection = ProjectionTask::start(db.clone(), keel_users::UsersOrders.into());
+        let mut consumers =
+            keel_products::start_consumers(&products_state, bus.clone()).await.unwrap();
         consumers.extend(keel_orders::start_consumers(&orders_state, bus.clone()).await.unwrap());
-        Self { db, bus, users, products, orders, consumers, relay, file, identified }
+        Self { db, bus, users, products, orders, consumers, projection, relay, file, identified }
     }
 
     pub async fn stop(self) {
         for consumer in self.consumers {
             consumer.stop().await.unwrap();
         }
+        self.projection.stop().await.unwrap();
         self.relay.abort();
         if let Some(file) = self.file {
             for suffix in ["", "-wal", "-shm"] {
