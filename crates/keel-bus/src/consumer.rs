@@ -222,8 +222,8 @@ impl Consumer {
         let stop = async move {
             let _ = stop_rx.await;
         };
-        let task =
-            tokio::spawn(drive(subscription, handler, self.labels(), self.concurrency, stop));
+        let drive = drive(subscription, handler, self.labels(), self.concurrency, stop);
+        let task = tokio::spawn(holding(self.subscriber, drive));
         Ok(ConsumerHandle { stop: Some(stop_tx), task })
     }
 
@@ -245,7 +245,8 @@ impl Consumer {
         let stop = async move {
             let _ = stop_rx.await;
         };
-        let task = tokio::spawn(drive_batches(subscription, handler, self.labels(), options, stop));
+        let drive = drive_batches(subscription, handler, self.labels(), options, stop);
+        let task = tokio::spawn(holding(self.subscriber, drive));
         Ok(ConsumerHandle { stop: Some(stop_tx), task })
     }
 
@@ -262,6 +263,18 @@ impl Consumer {
         let subscription = self.subscriber.subscribe(self.spec.clone()).await?;
         drive(subscription, handler, self.labels(), self.concurrency, shutdown).await
     }
+}
+
+/// Runs `drive` while holding `subscriber`: a consumer keeps its bus alive, since some
+/// buses (the log bus) stop feeding their groups when their last handle is dropped, and
+/// a program that moved its bus into the consumer would otherwise get nothing, silently.
+async fn holding(
+    subscriber: Arc<dyn Subscriber>,
+    drive: impl Future<Output = Result<(), BusError>>,
+) -> Result<(), BusError> {
+    let result = drive.await;
+    drop(subscriber);
+    result
 }
 
 /// A running consumer.

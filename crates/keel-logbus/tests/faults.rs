@@ -279,3 +279,30 @@ async fn an_acked_retried_letter_is_not_handed_out_again_on_postgres() {
     following.ack().await.unwrap();
     assert!(bus.list(&topic, "g", 10).await.unwrap().is_empty());
 }
+
+/// A consumer holds the subscriber it was started on: a program that moves its log bus
+/// into the consumer and drops every other handle still gets its events (the bus's
+/// feed ends with its last handle).
+#[tokio::test]
+async fn a_consumer_keeps_its_bus_alive() {
+    use keel_bus::{Consumer, HandlerError, Message, handler_fn};
+
+    let db = common::SqliteDb::new();
+    let log = db.log().await;
+    let topic = unique("kept");
+    let (handled, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let bus: Arc<dyn Subscriber> = Arc::new(bus_over(Arc::clone(&log)).await);
+    let consumer = Consumer::new(bus, SubscriptionSpec::new(&topic, "g"))
+        .start(handler_fn(move |message: Message| {
+            let _ = handled.send(message.event().id().to_owned());
+            async { Ok::<(), HandlerError>(()) }
+        }))
+        .await
+        .unwrap();
+    let publisher = bus_over(log).await;
+    let event = numbered(1);
+    publisher.publish(&topic, std::slice::from_ref(&event)).await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, seen.recv()).await.expect("handled in time");
+    assert_eq!(got.as_deref(), Some(event.id()));
+    consumer.stop().await.unwrap();
+}
