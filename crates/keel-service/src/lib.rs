@@ -44,6 +44,9 @@ mod service;
 
 use std::net::SocketAddr;
 
+/// The axum this kit is built on: routers handed to the kit are this crate's, so
+/// depending on it through here avoids a second, mismatched axum.
+pub use axum;
 pub use context::request_context;
 pub use fields::{Fields, JsonBody, MAX_BODY_BYTES, body_limit};
 #[cfg(feature = "sql")]
