@@ -12,8 +12,8 @@
 //!
 //! | feature | gives | default |
 //! |---|---|---|
-//! | `sqlite` | [`sqlite`], [`sql`], [`timers`] and [`logbus`]: the embedded store, the log as the bus | yes |
-//! | `postgres` | [`postgres`], [`sql`], [`timers`] and [`logbus`] | |
+//! | `sqlite` | [`sqlite`], [`sql`], [`aggregate`], [`timers`] and [`logbus`]: the embedded store, the log as the bus | yes |
+//! | `postgres` | [`postgres`], [`sql`], [`aggregate`], [`timers`] and [`logbus`] | |
 //! | `memory` | [`memory`]: the in-process bus | yes |
 //! | `amqp` | [`amqp`]: RabbitMQ | |
 //! | `kafka` | [`kafka`]: Kafka (builds librdkafka) | |
@@ -21,6 +21,7 @@
 //! | `consul` | Consul in [`registry`] and [`runtime`] | |
 //! | `gateway` | [`gateway`] | |
 //! | `otel` | OTLP trace export | |
+//! | `testing` | test kits: `aggregate::testing` (given/when/then) | |
 //!
 //! A configuration naming a backend the build lacks (`KEEL_BUS_URL=amqp://...`
 //! without `amqp`) stops start-up with a message naming the feature.
@@ -34,6 +35,8 @@
 //! - [`store`]: the event log seam, subscriptions, the relay and projections;
 //! - [`sql`]: one API over the SQLite and PostgreSQL logs: your queries and your
 //!   appends in one transaction ([`sql::Db`], [`sql::Tx`]);
+//! - [`aggregate`]: event-sourced aggregates: commands into events appended with the
+//!   expected version, conflicts retried, snapshots;
 //! - [`http`], [`client`], [`registry`], [`runtime`]: services;
 //! - backends: [`sqlite`], [`postgres`], [`logbus`], [`memory`], [`amqp`], [`kafka`];
 //! - [`timers`]: durable timers and delayed messages, scheduled in your transaction;
@@ -46,6 +49,9 @@ pub use keel_core as core;
 pub use keel_store as store;
 pub use keel_telemetry as telemetry;
 
+// Aggregates come with either store: they add nothing to compile beyond `sql`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use keel_aggregate as aggregate;
 #[cfg(feature = "amqp")]
 pub use keel_amqp as amqp;
 #[cfg(feature = "http")]
