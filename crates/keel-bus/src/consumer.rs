@@ -447,6 +447,12 @@ where
     S::Future: Send,
 {
     while let Some(delivery) = deliveries.recv().await {
+        if labels.halt.borrow().is_some() {
+            // Stopped (the stop policy): what the lane still holds is not handled;
+            // dropped unsettled, it goes back to the group in order.
+            drop(delivery);
+            continue;
+        }
         let handled =
             AssertUnwindSafe(handle(&mut handler, delivery, &labels)).catch_unwind().await;
         if let Err(panic) = handled {
