@@ -2,14 +2,16 @@
 //! decode, the dead-letter table (`keel_bus_dead_letters`, migration
 //! `20261127000003_keel_bus.sql`), and the delivery attempts that must survive a crash
 //! (`keel_bus_read_marks` and `keel_bus_attempts`, migration
-//! `20261206130011_keel_bus_attempts.sql`). Implemented for [`SqliteEventLog`] and
-//! [`PgEventLog`].
+//! `20261206130011_keel_bus_attempts.sql`). Implemented for `SqliteEventLog` (feature
+//! `sqlite`) and `PgEventLog` (feature `postgres`).
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use keel_core::bus::{DeadLetter, DeadLetterId, Payload, RawMessage};
+#[cfg(feature = "postgres")]
 use keel_postgres::PgEventLog;
+#[cfg(feature = "sqlite")]
 use keel_sqlite::SqliteEventLog;
 use keel_store::{Cursor, EventLog, Result, SqlEventLog, StoreError};
 use sqlx::Row as _;
@@ -101,6 +103,7 @@ pub trait BusStore: EventLog {
 }
 
 /// The columns of a dead letter as stored.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 struct LetterColumns {
     event: Option<Vec<u8>>,
     raw_headers: Option<String>,
@@ -109,6 +112,7 @@ struct LetterColumns {
     error: Option<String>,
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn letter_columns(payload: &Payload) -> LetterColumns {
     match payload {
         Payload::Event(event) => LetterColumns {
@@ -135,6 +139,7 @@ fn letter_columns(payload: &Payload) -> LetterColumns {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn letter_payload(columns: LetterColumns) -> Payload {
     if let Some(json) = columns.event {
         match keel_core::codec::from_structured(&json) {
@@ -163,6 +168,7 @@ fn letter_payload(columns: LetterColumns) -> Payload {
 }
 
 /// The headers of a raw row: its columns, named like binary-mode CloudEvents headers.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn raw_headers(fields: &[(&str, Option<String>)]) -> Vec<(String, Bytes)> {
     fields
         .iter()
@@ -172,18 +178,22 @@ fn raw_headers(fields: &[(&str, Option<String>)]) -> Vec<(String, Bytes)> {
         .collect()
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn limit(limit: usize) -> i64 {
     i64::try_from(limit.max(1)).unwrap_or(i64::MAX)
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn attempts_of(value: i64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
 
+#[cfg(feature = "sqlite")]
 fn sqlite_cursor(position: i64) -> Cursor {
     Cursor { epoch: 0, txid: 0, position }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn decode_letter(row: &impl LetterRow) -> Result<DeadLetter> {
     Ok(DeadLetter {
         id: DeadLetterId(row.text("id")?),
@@ -203,6 +213,7 @@ fn decode_letter(row: &impl LetterRow) -> Result<DeadLetter> {
 }
 
 /// Column access shared by the two row types.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 trait LetterRow {
     fn text(&self, name: &str) -> Result<String>;
     fn opt_text(&self, name: &str) -> Result<Option<String>>;
@@ -211,6 +222,7 @@ trait LetterRow {
     fn time(&self, name: &str) -> Result<DateTime<Utc>>;
 }
 
+#[cfg(feature = "sqlite")]
 impl LetterRow for sqlx::sqlite::SqliteRow {
     fn text(&self, name: &str) -> Result<String> {
         Ok(self.try_get(name)?)
@@ -231,6 +243,7 @@ impl LetterRow for sqlx::sqlite::SqliteRow {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl LetterRow for sqlx::postgres::PgRow {
     fn text(&self, name: &str) -> Result<String> {
         Ok(self.try_get(name)?)
@@ -249,9 +262,11 @@ impl LetterRow for sqlx::postgres::PgRow {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 const LETTER_COLUMNS: &str = "id, topic, group_name, reason, attempts, dead_lettered_at, event, \
                               raw_headers, content_type, body, error";
 
+#[cfg(feature = "sqlite")]
 #[async_trait]
 impl BusStore for SqliteEventLog {
     async fn attempts(&self, name: &str, after: Cursor) -> Result<Attempts> {
@@ -454,6 +469,7 @@ impl BusStore for SqliteEventLog {
     }
 }
 
+#[cfg(feature = "postgres")]
 #[async_trait]
 impl BusStore for PgEventLog {
     async fn attempts(&self, name: &str, after: Cursor) -> Result<Attempts> {
