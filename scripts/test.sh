@@ -57,4 +57,4 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --lock
 # above, so only Keel's own crates are compiled again. The example services and the
 # test kit are `publish = false` and are left out.
 step "cargo package (with verification)"
-cargo package --workspace --locked
+cargo package --workspace --exclude keel-testkit --locked

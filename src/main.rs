@@ -1,4 +1,5 @@
 //! The `keel` command line. See `keel --help`.
+#![allow(missing_docs, reason = "the keel CLI, not a library API")]
 
 use std::process::ExitCode;
 

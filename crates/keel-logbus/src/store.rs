@@ -6,14 +6,19 @@
 //! `sqlite`) and `PgEventLog` (feature `postgres`).
 
 use async_trait::async_trait;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use bytes::Bytes;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use chrono::{DateTime, Utc};
 use keel_core::bus::{DeadLetter, DeadLetterId, Payload, RawMessage};
 #[cfg(feature = "postgres")]
 use keel_postgres::PgEventLog;
 #[cfg(feature = "sqlite")]
 use keel_sqlite::SqliteEventLog;
-use keel_store::{Cursor, EventLog, Result, SqlEventLog, StoreError};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use keel_store::SqlEventLog;
+use keel_store::{Cursor, EventLog, Result, StoreError};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use sqlx::Row as _;
 
 /// A log row that does not decode into an envelope, as far as it can be read.

@@ -199,6 +199,25 @@ pub trait EventLog: Send + Sync + 'static {
     /// Appends `events` to `stream` if its version satisfies `expected`. Each event
     /// gets the stream id as `subject`; its topic is its `topic` extension if set,
     /// else the stream's category.
+    ///
+    /// ```no_run
+    /// use keel_core::{CloudEvent, ExpectedVersion, StreamId};
+    /// use keel_store::{EventLog, StoreError};
+    ///
+    /// async fn open_account(log: &impl EventLog) -> Result<(), Box<dyn std::error::Error>> {
+    ///     let opened = CloudEvent::builder("account.opened", "/accounts")
+    ///         .json_data(&serde_json::json!({ "owner": "ada" }))?
+    ///         .build()?;
+    ///     let stream = StreamId::new("account-42")?;
+    ///     match log.append(&stream, ExpectedVersion::NoStream, &[opened]).await {
+    ///         Ok(appended) => println!("account-42 is at version {}", appended.version),
+    ///         // Someone opened it first: the append wrote nothing.
+    ///         Err(StoreError::VersionConflict { .. }) => println!("already open"),
+    ///         Err(other) => return Err(other.into()),
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
     async fn append(
         &self,
         stream: &StreamId,

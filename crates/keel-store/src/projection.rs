@@ -56,6 +56,30 @@ pub struct RebuildProgress {
 const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// Runs a projection. See the module docs.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use keel_store::{Projection, ProjectionRunner, SqlEventLog};
+///
+/// async fn serve<L, P>(
+///     log: Arc<L>,
+///     projection: Arc<P>,
+///     shutdown: impl Future<Output = ()> + Send,
+/// ) -> keel_store::Result<()>
+/// where
+///     L: SqlEventLog,
+///     P: Projection<L::Db>,
+///     for<'c> &'c mut <L::Db as sqlx::Database>::Connection:
+///         sqlx::Executor<'c, Database = L::Db>,
+/// {
+///     let runner = ProjectionRunner::new(log, projection);
+///     // After a change to the read model's shape: empty it and replay the whole log.
+///     let applied = runner.rebuild(|p| eprintln!("{}/{}", p.applied, p.total)).await?;
+///     eprintln!("rebuilt from {applied} events");
+///     // Then follow the log (one active runner per projection across processes).
+///     runner.run(shutdown).await
+/// }
+/// ```
 pub struct ProjectionRunner<L, P> {
     log: Arc<L>,
     projection: Arc<P>,

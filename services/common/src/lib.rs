@@ -7,5 +7,6 @@
 //! # Layout
 //!
 //! - [`events`]: the events, [`events::topics`] and [`events::stream_id`].
+#![allow(missing_docs, reason = "an example service, not a library API")]
 
 pub mod events;
