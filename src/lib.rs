@@ -6,7 +6,6 @@
 //! and bus; [`cli`] parses the command line and [`commands`] carries it out;
 //! [`projections`] names the projections `keel projections rebuild` knows; [`up`] runs
 //! the whole example system in one process (`keel up`).
-#![allow(missing_docs, reason = "the keel CLI, not a library API")]
 
 pub mod backends;
 pub mod cli;

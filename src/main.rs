@@ -1,5 +1,4 @@
 //! The `keel` command line. See `keel --help`.
-#![allow(missing_docs, reason = "the keel CLI, not a library API")]
 
 use std::process::ExitCode;
 

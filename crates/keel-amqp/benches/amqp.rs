@@ -14,7 +14,6 @@
 //! to consume on both sides (as Keel does). Environment: `KEEL_TEST_AMQP_URL`,
 //! `KEEL_BENCH_MESSAGES` (default 50,000), `KEEL_BENCH_ROUNDS` (default 3),
 //! `KEEL_BENCH_QUEUE_TYPE` (`quorum`, the default, or `classic`).
-#![allow(missing_docs, reason = "a benchmark, example or build script, not a library API")]
 
 #[cfg(not(feature = "integration"))]
 fn main() {

@@ -2,7 +2,6 @@
 //! report success) for each balance, on 1 and 4 threads over 8 instances.
 //!
 //! `cargo run --release -p keel-client --example pick_throughput`
-#![allow(missing_docs, reason = "a benchmark, example or build script, not a library API")]
 
 use std::time::{Duration, Instant};
 

@@ -14,7 +14,6 @@
 //! the user and system parts follow in brackets (the kernel's work per request is the
 //! same for every proxy doing the same syscalls, so user time is what tells them apart).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-#![allow(missing_docs, reason = "a benchmark, example or build script, not a library API")]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

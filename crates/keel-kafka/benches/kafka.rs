@@ -18,7 +18,7 @@
 //!   Keel: a `Subscription`, each delivery acknowledged (offsets committed every
 //!   100 ms); raw: a `BaseConsumer` poll loop committing every 100 ms. The clock starts
 //!   at the first record, so group joins and Keel's hand-off grace are not counted.
-#![allow(missing_docs, reason = "a benchmark, example or build script, not a library API")]
+
 #![allow(clippy::cast_precision_loss, clippy::print_stdout, unreachable_pub)]
 
 use std::time::{Duration, Instant};

@@ -24,19 +24,28 @@ use sqlx::Row as _;
 /// A log row that does not decode into an envelope, as far as it can be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawRow {
+    /// Where the row is in the log.
     pub cursor: Cursor,
+    /// The topic the log records for it.
     pub topic: String,
+    /// The row's headers and body, as stored.
     pub message: RawMessage,
 }
 
 /// A dead letter to store.
 #[derive(Clone, Debug)]
 pub struct NewDeadLetter {
+    /// The letter's id.
     pub id: DeadLetterId,
+    /// The topic it was consumed from.
     pub topic: String,
+    /// The consumer group that gave up on it.
     pub group: String,
+    /// Why it was dead-lettered.
     pub reason: String,
+    /// How many times it was delivered.
     pub attempts: u32,
+    /// The event, or the raw message that did not decode.
     pub payload: Payload,
 }
 
@@ -55,8 +64,11 @@ pub struct Attempts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReadMark {
     #[default]
+    /// Leave the stored read mark as it is.
     Keep,
+    /// Store this read mark.
     Set(Cursor),
+    /// Remove the stored read mark.
     Clear,
 }
 
@@ -65,6 +77,7 @@ pub enum ReadMark {
 pub struct Progress {
     /// The new checkpoint; attempt records up to it are deleted with it.
     pub checkpoint: Option<Cursor>,
+    /// What to do with the group's stored read mark.
     pub read_mark: ReadMark,
     /// Attempt numbers to record (a stored higher one stays).
     pub attempts: Vec<(Cursor, u32)>,
@@ -82,6 +95,7 @@ pub trait BusStore: EventLog {
     /// The row at `position`, read column by column without building an envelope.
     async fn raw_row(&self, position: i64) -> Result<Option<RawRow>>;
 
+    /// Stores a dead letter.
     async fn insert_dead_letter(&self, letter: &NewDeadLetter) -> Result<()>;
 
     /// Up to `limit` dead letters of a group, oldest first; with `retrying` those sent
@@ -101,6 +115,7 @@ pub trait BusStore: EventLog {
     async fn dead_letter_again(&self, id: &DeadLetterId, reason: &str, attempts: u32)
     -> Result<()>;
 
+    /// Deletes one dead letter (after it was retried or discarded).
     async fn delete_dead_letter(&self, id: &DeadLetterId) -> Result<()>;
 
     /// Deletes the letters of a group at rest; how many.

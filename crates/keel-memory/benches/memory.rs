@@ -9,7 +9,6 @@
 //! Environment: `KEEL_BENCH_MESSAGES` (default 100,000), `KEEL_BENCH_ROUNDS` (default 3).
 //! Prints messages per second for each round; nothing is asserted (the tests check
 //! what arrives, never how fast).
-#![allow(missing_docs, reason = "a benchmark, example or build script, not a library API")]
 
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,6 @@
 //! stream head, the concurrency check or the notification. Replay compares
 //! `EventLog::replay` (rows decoded into CloudEvents) with one raw `SELECT` of the same
 //! columns decoded into tuples.
-#![allow(missing_docs, reason = "a benchmark, example or build script, not a library API")]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

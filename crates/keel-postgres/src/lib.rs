@@ -24,6 +24,7 @@
 //! - [`lease`]: leases as session advisory locks on a dedicated connection.
 //! - [`inbox`]: [`PgInbox`], the transactional inbox for `keel_bus`.
 //! - `relay_dead_letters`: the relay's dead letters as rows.
+#![warn(missing_docs)]
 
 pub mod append;
 pub mod inbox;
@@ -60,6 +61,7 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 /// How the log talks to PostgreSQL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PgOptions {
+    /// The pool's maximum number of connections.
     pub max_connections: u32,
     /// Send `NOTIFY keel_events` after standalone appends (outside their transaction,
     /// coalesced), so subscribers in other processes wake at once.

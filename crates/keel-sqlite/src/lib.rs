@@ -16,6 +16,7 @@
 //!   busy database until they expire).
 //! - `relay_dead_letters`: the relay's dead letters as rows.
 //! - [`inbox`]: [`SqliteInbox`], the transactional inbox for `keel_bus`.
+#![warn(missing_docs)]
 
 pub mod append;
 pub mod inbox;

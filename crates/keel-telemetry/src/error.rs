@@ -14,8 +14,10 @@ pub enum TelemetryError {
     /// The default filter is not a valid `EnvFilter` directive list.
     #[error("invalid log filter `{filter}`: {source}")]
     Filter {
+        /// The default filter as given.
         filter: String,
         #[source]
+        /// Why it did not parse.
         source: tracing_subscriber::filter::ParseError,
     },
     /// An OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`) but this build has

@@ -7,6 +7,5 @@
 //! # Layout
 //!
 //! - [`events`]: the events, [`events::topics`] and [`events::stream_id`].
-#![allow(missing_docs, reason = "an example service, not a library API")]
 
 pub mod events;

@@ -19,7 +19,7 @@
 //! # Layout
 //!
 //! - `lib.rs`: [`app`] and the handlers.
-#![allow(missing_docs, reason = "an example service, not a library API")]
+
 // `keel::http::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.
 #![allow(clippy::result_large_err)]

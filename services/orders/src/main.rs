@@ -2,7 +2,6 @@
 //! (`KEEL_DATABASE_URL`, `KEEL_BUS_URL`, `KEEL_CONSUL_URL`, `KEEL_LISTEN_ADDR`,
 //! `KEEL_ADVERTISE_HOST`; see keel-runtime). Users and products are found through the
 //! registry.
-#![allow(missing_docs, reason = "an example service, not a library API")]
 
 use std::sync::Arc;
 

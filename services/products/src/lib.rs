@@ -15,7 +15,7 @@
 //! - `main.rs`: the binary: the service alone on `KEEL_DATABASE_URL`, listening on
 //!   `KEEL_LISTEN_ADDR`, verifying identities with the key of `KEEL_IDENTITY_SECRET`
 //!   or `KEEL_JWT_SECRET`.
-#![allow(missing_docs, reason = "an example service, not a library API")]
+
 // `keel::http::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.
 #![allow(clippy::result_large_err)]

@@ -1,7 +1,6 @@
 //! The users service as its own process, configured like every Keel process
 //! (`KEEL_DATABASE_URL`, `KEEL_BUS_URL`, `KEEL_CONSUL_URL`, `KEEL_LISTEN_ADDR`,
 //! `KEEL_ADVERTISE_HOST`; see keel-runtime).
-#![allow(missing_docs, reason = "an example service, not a library API")]
 
 use keel::runtime::{ServiceParts, run_service};
 use keel_users::{AppState, app, migrate, start_consumers};
