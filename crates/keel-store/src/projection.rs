@@ -48,7 +48,9 @@ pub trait Projection<Db: sqlx::Database>: Send + Sync + 'static {
 /// Progress of a rebuild: events applied so far of the log's total when it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RebuildProgress {
+    /// Events applied so far.
     pub applied: u64,
+    /// Events in the log when the rebuild started.
     pub total: u64,
 }
 
@@ -117,6 +119,7 @@ where
     P: Projection<L::Db>,
     for<'c> &'c mut <L::Db as sqlx::Database>::Connection: sqlx::Executor<'c, Database = L::Db>,
 {
+    /// A runner of `projection` on `log`, with default subscription options.
     pub fn new(log: Arc<L>, projection: Arc<P>) -> Self {
         Self {
             log,
@@ -127,6 +130,7 @@ where
     }
 
     #[must_use]
+    /// Sets how the runner reads the log (poll interval, page size).
     pub fn options(mut self, options: SubscribeOptions) -> Self {
         self.options = options;
         self

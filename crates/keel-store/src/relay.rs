@@ -99,6 +99,7 @@ impl Relay {
     }
 
     #[must_use]
+    /// Sets batch size, standby poll and backoff.
     pub fn options(mut self, options: RelayOptions) -> Self {
         self.options = options;
         self

@@ -10,6 +10,7 @@ use crate::log::{AppendResult, Cursor, EventLog};
 /// An [`EventLog`] in a SQL database, so a service can write its own state and its
 /// events in one transaction, and a projection its read model and its checkpoint.
 pub trait SqlEventLog: EventLog {
+    /// The sqlx database (`sqlx::Sqlite`, `sqlx::Postgres`).
     type Db: sqlx::Database;
 
     /// The store's connection pool.
