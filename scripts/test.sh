@@ -7,7 +7,10 @@
 # 2. formatting and clippy (warnings are errors);
 # 3. unit, conformance, integration and end-to-end tests with cargo-nextest
 #    (`--all-features` turns on the `integration` feature that gates the tests
-#    needing real services), then the doc tests.
+#    needing real services), then the doc tests;
+# 4. the API docs (`cargo doc`, warnings are errors: broken links, missing docs);
+# 5. packaging: every publishable crate is packaged and verified (built from its
+#    .crate file, against the other packaged crates).
 #
 # Builds go to $CARGO_TARGET_DIR (default /var/tmp/keel/target, outside the clone, so a
 # fresh clone on the same machine reuses earlier builds).
@@ -45,3 +48,13 @@ cargo nextest run --workspace --all-features --locked --profile ci -E "$disrupti
 
 step "doc tests"
 cargo test --workspace --all-features --locked --doc
+
+step "API docs (rustdoc warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked
+
+# Verification builds each packaged crate again from its .crate file (in
+# $CARGO_TARGET_DIR/package); the crates.io dependencies are shared with the builds
+# above, so only Keel's own crates are compiled again. The example services and the
+# test kit are `publish = false` and are left out.
+step "cargo package (with verification)"
+cargo package --workspace --exclude keel-testkit --locked

@@ -74,6 +74,7 @@ pub struct AmqpConfig {
     /// First and longest pause between reconnection attempts (`reconnect_min_ms`,
     /// `reconnect_max_ms`); the pause doubles after each failure.
     pub reconnect_min: Duration,
+    /// Longest pause between reconnection attempts (see `reconnect_min`).
     pub reconnect_max: Duration,
     /// How long one connection attempt may take (`connect_timeout_ms`).
     pub connect_timeout: Duration,
@@ -128,42 +129,49 @@ impl AmqpConfig {
     }
 
     #[must_use]
+    /// Sets the queue type (`queue_type`).
     pub fn queue_type(mut self, queue_type: QueueType) -> Self {
         self.queue_type = queue_type;
         self
     }
 
     #[must_use]
+    /// Sets the consumer prefetch (`prefetch`).
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = Some(prefetch.max(1));
         self
     }
 
     #[must_use]
+    /// Turns single active consumer on or off (`single_active_consumer`).
     pub fn single_active_consumer(mut self, on: bool) -> Self {
         self.single_active_consumer = on;
         self
     }
 
     #[must_use]
+    /// Sets how long a publish waits for its confirm (`publish_timeout_ms`).
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
         self
     }
 
     #[must_use]
+    /// Sets the number of publishing channels (`publish_channels`).
     pub fn publish_channels(mut self, channels: usize) -> Self {
         self.publish_channels = channels.max(1);
         self
     }
 
     #[must_use]
+    /// Sets the unconfirmed-message window per channel (`confirm_window`).
     pub fn confirm_window(mut self, window: usize) -> Self {
         self.confirm_window = window.max(1);
         self
     }
 
     #[must_use]
+    /// Sets the first and longest pause between reconnection attempts.
     pub fn reconnect(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min = min;
         self.reconnect_max = max.max(min);
@@ -171,18 +179,21 @@ impl AmqpConfig {
     }
 
     #[must_use]
+    /// Sets how long one connection attempt may take (`connect_timeout_ms`).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     #[must_use]
+    /// Sets `x-expires` on declared queues (`queue_expires_ms`); `None` for none.
     pub fn queue_expires(mut self, expires: Option<Duration>) -> Self {
         self.queue_expires = expires;
         self
     }
 
     #[must_use]
+    /// Sets the connection name shown in the broker's management UI (`connection_name`).
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = name.into();
         self

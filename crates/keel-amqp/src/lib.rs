@@ -146,6 +146,7 @@
 //! `connect_timeout_ms`, `queue_expires_ms` (tests only), `connection_name`; lapin's
 //! `heartbeat`, `frame_max`, `channel_max`, `connection_timeout`, `auth_mechanism`
 //! pass through. Any other parameter is a `BusError::Config` naming it.
+#![warn(missing_docs)]
 
 mod config;
 mod connector;

@@ -10,12 +10,15 @@
 //!   event is decoded (see `keel_core::upcast`);
 //! - `crate = path`: where `keel_core` is (default: found from the crate's
 //!   dependencies: `keel-core` itself, or `keel::core` through the facade).
+#![warn(missing_docs)]
 
 use proc_macro::TokenStream;
 use quote::quote;
 use syn::{DeriveInput, Ident, LitInt, LitStr, Path, parse_macro_input};
 
 #[proc_macro_derive(Event, attributes(event))]
+/// `#[derive(Event)]`: implements `keel_core::Event` for a struct or enum (its type name,
+/// version and source come from `#[event(...)]`; see `keel_core::Event`).
 pub fn derive_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     expand(&input).unwrap_or_else(syn::Error::into_compile_error).into()

@@ -101,6 +101,7 @@
 //! - `reader.rs`: reading a topic outside a group up to its end.
 //! - `replay.rs`: [`KafkaReplay`].
 //! - `error.rs`: librdkafka errors as [`BusError`]s.
+#![warn(missing_docs)]
 
 mod admin;
 mod config;
@@ -187,6 +188,7 @@ impl KafkaBus {
         })
     }
 
+    /// The configuration this bus was opened with.
     pub fn config(&self) -> &KafkaConfig {
         &self.inner.config
     }

@@ -26,7 +26,9 @@ pub enum ReplayStart {
 /// One record read by a replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplayedRecord {
+    /// The record's partition.
     pub partition: i32,
+    /// The record's offset within its partition.
     pub offset: i64,
     /// The record's timestamp, when the broker gave one.
     pub timestamp: Option<DateTime<Utc>>,
@@ -42,6 +44,7 @@ pub struct KafkaReplay {
 }
 
 impl KafkaReplay {
+    /// A replay reader for the cluster `config` names.
     pub fn new(config: KafkaConfig) -> Self {
         Self { config }
     }

@@ -18,6 +18,7 @@
 //! All in this file: [`Lanes`] and its [`Take`] answer, then the private records it keeps
 //! (a lane, a ready slot, a parked nack, an in-flight delivery, a member), then the unit
 //! tests.
+#![warn(missing_docs)]
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -45,7 +46,14 @@ pub struct Lanes<T> {
 #[derive(Debug)]
 pub enum Take<'a, T> {
     /// The head of a lane, now out as delivery `id`; `attempt` counts from 1.
-    Delivery { id: u64, attempt: u32, item: &'a T },
+    Delivery {
+        /// The delivery's id, to settle it with.
+        id: u64,
+        /// How many times the item has been handed out, this time included.
+        attempt: u32,
+        /// The item.
+        item: &'a T,
+    },
     /// Nothing to hand out now (the member is at its prefetch, or nothing is ready): try
     /// again when something is pushed or settled, or at the instant given (the earliest
     /// end of a nack delay).
@@ -61,6 +69,7 @@ impl<T> Default for Lanes<T> {
 }
 
 impl<T> Lanes<T> {
+    /// An empty scheduler: no lanes, no members.
     pub fn new() -> Self {
         Self {
             lanes: HashMap::new(),
@@ -110,6 +119,7 @@ impl<T> Lanes<T> {
         true
     }
 
+    /// Whether any member has joined (and not left).
     pub fn has_members(&self) -> bool {
         !self.members.is_empty()
     }

@@ -51,6 +51,7 @@
 //! - `subscription.rs`: a group member and the settle handle of its deliveries.
 //! - `shared.rs`: what members, settle handles and the feeder share; the registry.
 //! - [`error`]: the crate's [`Error`] and its mapping to `BusError`.
+#![warn(missing_docs)]
 
 mod envelope;
 pub mod error;

@@ -2,34 +2,50 @@
 //! decode, the dead-letter table (`keel_bus_dead_letters`, migration
 //! `20261127000003_keel_bus.sql`), and the delivery attempts that must survive a crash
 //! (`keel_bus_read_marks` and `keel_bus_attempts`, migration
-//! `20261206130011_keel_bus_attempts.sql`). Implemented for [`SqliteEventLog`] and
-//! [`PgEventLog`].
+//! `20261206130011_keel_bus_attempts.sql`). Implemented for `SqliteEventLog` (feature
+//! `sqlite`) and `PgEventLog` (feature `postgres`).
 
 use async_trait::async_trait;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use bytes::Bytes;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use chrono::{DateTime, Utc};
 use keel_core::bus::{DeadLetter, DeadLetterId, Payload, RawMessage};
+#[cfg(feature = "postgres")]
 use keel_postgres::PgEventLog;
+#[cfg(feature = "sqlite")]
 use keel_sqlite::SqliteEventLog;
-use keel_store::{Cursor, EventLog, Result, SqlEventLog, StoreError};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use keel_store::SqlEventLog;
+use keel_store::{Cursor, EventLog, Result, StoreError};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use sqlx::Row as _;
 
 /// A log row that does not decode into an envelope, as far as it can be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawRow {
+    /// Where the row is in the log.
     pub cursor: Cursor,
+    /// The topic the log records for it.
     pub topic: String,
+    /// The row's headers and body, as stored.
     pub message: RawMessage,
 }
 
 /// A dead letter to store.
 #[derive(Clone, Debug)]
 pub struct NewDeadLetter {
+    /// The letter's id.
     pub id: DeadLetterId,
+    /// The topic it was consumed from.
     pub topic: String,
+    /// The consumer group that gave up on it.
     pub group: String,
+    /// Why it was dead-lettered.
     pub reason: String,
+    /// How many times it was delivered.
     pub attempts: u32,
+    /// The event, or the raw message that did not decode.
     pub payload: Payload,
 }
 
@@ -48,8 +64,11 @@ pub struct Attempts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReadMark {
     #[default]
+    /// Leave the stored read mark as it is.
     Keep,
+    /// Store this read mark.
     Set(Cursor),
+    /// Remove the stored read mark.
     Clear,
 }
 
@@ -58,6 +77,7 @@ pub enum ReadMark {
 pub struct Progress {
     /// The new checkpoint; attempt records up to it are deleted with it.
     pub checkpoint: Option<Cursor>,
+    /// What to do with the group's stored read mark.
     pub read_mark: ReadMark,
     /// Attempt numbers to record (a stored higher one stays).
     pub attempts: Vec<(Cursor, u32)>,
@@ -75,6 +95,7 @@ pub trait BusStore: EventLog {
     /// The row at `position`, read column by column without building an envelope.
     async fn raw_row(&self, position: i64) -> Result<Option<RawRow>>;
 
+    /// Stores a dead letter.
     async fn insert_dead_letter(&self, letter: &NewDeadLetter) -> Result<()>;
 
     /// Up to `limit` dead letters of a group, oldest first; with `retrying` those sent
@@ -94,6 +115,7 @@ pub trait BusStore: EventLog {
     async fn dead_letter_again(&self, id: &DeadLetterId, reason: &str, attempts: u32)
     -> Result<()>;
 
+    /// Deletes one dead letter (after it was retried or discarded).
     async fn delete_dead_letter(&self, id: &DeadLetterId) -> Result<()>;
 
     /// Deletes the letters of a group at rest; how many.
@@ -101,6 +123,7 @@ pub trait BusStore: EventLog {
 }
 
 /// The columns of a dead letter as stored.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 struct LetterColumns {
     event: Option<Vec<u8>>,
     raw_headers: Option<String>,
@@ -109,6 +132,7 @@ struct LetterColumns {
     error: Option<String>,
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn letter_columns(payload: &Payload) -> LetterColumns {
     match payload {
         Payload::Event(event) => LetterColumns {
@@ -135,6 +159,7 @@ fn letter_columns(payload: &Payload) -> LetterColumns {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn letter_payload(columns: LetterColumns) -> Payload {
     if let Some(json) = columns.event {
         match keel_core::codec::from_structured(&json) {
@@ -163,6 +188,7 @@ fn letter_payload(columns: LetterColumns) -> Payload {
 }
 
 /// The headers of a raw row: its columns, named like binary-mode CloudEvents headers.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn raw_headers(fields: &[(&str, Option<String>)]) -> Vec<(String, Bytes)> {
     fields
         .iter()
@@ -172,18 +198,22 @@ fn raw_headers(fields: &[(&str, Option<String>)]) -> Vec<(String, Bytes)> {
         .collect()
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn limit(limit: usize) -> i64 {
     i64::try_from(limit.max(1)).unwrap_or(i64::MAX)
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn attempts_of(value: i64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
 
+#[cfg(feature = "sqlite")]
 fn sqlite_cursor(position: i64) -> Cursor {
     Cursor { epoch: 0, txid: 0, position }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn decode_letter(row: &impl LetterRow) -> Result<DeadLetter> {
     Ok(DeadLetter {
         id: DeadLetterId(row.text("id")?),
@@ -203,6 +233,7 @@ fn decode_letter(row: &impl LetterRow) -> Result<DeadLetter> {
 }
 
 /// Column access shared by the two row types.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 trait LetterRow {
     fn text(&self, name: &str) -> Result<String>;
     fn opt_text(&self, name: &str) -> Result<Option<String>>;
@@ -211,6 +242,7 @@ trait LetterRow {
     fn time(&self, name: &str) -> Result<DateTime<Utc>>;
 }
 
+#[cfg(feature = "sqlite")]
 impl LetterRow for sqlx::sqlite::SqliteRow {
     fn text(&self, name: &str) -> Result<String> {
         Ok(self.try_get(name)?)
@@ -231,6 +263,7 @@ impl LetterRow for sqlx::sqlite::SqliteRow {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl LetterRow for sqlx::postgres::PgRow {
     fn text(&self, name: &str) -> Result<String> {
         Ok(self.try_get(name)?)
@@ -249,9 +282,11 @@ impl LetterRow for sqlx::postgres::PgRow {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 const LETTER_COLUMNS: &str = "id, topic, group_name, reason, attempts, dead_lettered_at, event, \
                               raw_headers, content_type, body, error";
 
+#[cfg(feature = "sqlite")]
 #[async_trait]
 impl BusStore for SqliteEventLog {
     async fn attempts(&self, name: &str, after: Cursor) -> Result<Attempts> {
@@ -454,6 +489,7 @@ impl BusStore for SqliteEventLog {
     }
 }
 
+#[cfg(feature = "postgres")]
 #[async_trait]
 impl BusStore for PgEventLog {
     async fn attempts(&self, name: &str, after: Cursor) -> Result<Attempts> {

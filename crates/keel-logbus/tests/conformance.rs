@@ -1,4 +1,6 @@
 //! The bus conformance suite on SQLite (a database file per test).
+// The tests open both stores (tests/common), behind the crate's store features.
+#![cfg(all(feature = "sqlite", feature = "postgres"))]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The log bus faults of issue 13 (items 2, 9 and 11), each shown on the stores it
 //! concerns: SQLite always, PostgreSQL with the `integration` feature.
-
+// The tests open both stores (tests/common), behind the crate's store features.
+#![cfg(all(feature = "sqlite", feature = "postgres"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;

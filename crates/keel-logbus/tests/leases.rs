@@ -1,6 +1,7 @@
 //! A consumer group's lease on SQLite: a renewal that finds the database busy does not
 //! deactivate the group (which would void and redeliver everything in flight).
-
+// The tests open both stores (tests/common), behind the crate's store features.
+#![cfg(all(feature = "sqlite", feature = "postgres"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,5 +1,6 @@
 //! The bus conformance suite on PostgreSQL (a fresh database per test).
-
+// The tests open both stores (tests/common), behind the crate's store features.
+#![cfg(all(feature = "sqlite", feature = "postgres"))]
 #![cfg(feature = "integration")]
 
 mod common;

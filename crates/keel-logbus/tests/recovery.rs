@@ -1,6 +1,7 @@
 //! Crash recovery, takeover across processes, and events appended by services, on
 //! SQLite.
-
+// The tests open both stores (tests/common), behind the crate's store features.
+#![cfg(all(feature = "sqlite", feature = "postgres"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;

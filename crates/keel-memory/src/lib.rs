@@ -14,6 +14,7 @@
 //!   delays, in-flight deliveries per member with prefetch).
 //! - `subscription.rs`: a group member (`Subscription`) and the settle handle of each
 //!   delivery (`Settle`, and `Drop` as an undelayed nack).
+#![warn(missing_docs)]
 
 mod group;
 mod subscription;

@@ -13,6 +13,7 @@ pub struct PgInbox {
 }
 
 impl PgInbox {
+    /// An inbox on the tables of the pool's database (`keel_inbox`).
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }

@@ -25,6 +25,7 @@
 //! - [`inbox`]: [`PgInbox`], the transactional inbox for `keel_bus`.
 //! - `relay_dead_letters`: the relay's dead letters as rows.
 //! - `skipped`: the events projections skipped as unreadable, as rows.
+#![warn(missing_docs)]
 
 pub mod append;
 pub mod inbox;
@@ -62,6 +63,7 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 /// How the log talks to PostgreSQL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PgOptions {
+    /// The pool's maximum number of connections.
     pub max_connections: u32,
     /// Send `NOTIFY keel_events` after standalone appends (outside their transaction,
     /// coalesced), so subscribers in other processes wake at once.

@@ -2,7 +2,7 @@
 //!
 //! The notification is sent on its own connection after the append's transaction has
 //! committed, never inside it: a `NOTIFY` inside a transaction takes a global lock at
-//! commit and serialises every writer. Notifications are at least [`NOTIFY_INTERVAL`]
+//! commit and serialises every writer. Notifications are at least `NOTIFY_INTERVAL`
 //! apart: pokes that arrive meanwhile coalesce into the next one, so under a heavy
 //! append load the wake-ups cost a few hundred small transactions a second instead of
 //! one per append (which measurably slowed appends: 0.72x raw instead of 0.83x with

@@ -12,6 +12,7 @@
 //!   queries that keep the last snapshot through outages ([`next_index`] is the index
 //!   reset rule of Consul's documentation).
 //! - `memory.rs`: [`InProcessRegistry`], which runs HTTP health checks itself.
+#![warn(missing_docs)]
 
 #[cfg(feature = "consul")]
 mod consul;
@@ -40,7 +41,9 @@ pub struct Registration {
 pub struct HealthCheck {
     /// Absolute URL answered with 2xx while the instance is healthy (e.g. `/ready`).
     pub http: String,
+    /// How often the registry checks `http`.
     pub interval: Duration,
+    /// How long one check may take.
     pub timeout: Duration,
     /// After this long critical, the registry removes the instance altogether.
     pub deregister_critical_after: Duration,
@@ -49,12 +52,17 @@ pub struct HealthCheck {
 /// One running instance of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Instance {
+    /// Unique id of this instance (e.g. `orders-<host>-<port>`).
     pub id: String,
+    /// The service name instances are discovered by.
     pub service: String,
     /// Host name or IP address callers connect to.
     pub address: String,
+    /// The port the instance listens on.
     pub port: u16,
+    /// Free-form tags.
     pub tags: Vec<String>,
+    /// Free-form metadata (e.g. the instance's version).
     pub meta: BTreeMap<String, String>,
 }
 
@@ -76,6 +84,7 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// Discovery answers from a watch channel of the current instances.
     pub fn new(rx: tokio::sync::watch::Receiver<Arc<[Instance]>>) -> Self {
         Self { rx }
     }
@@ -135,12 +144,21 @@ pub async fn connect(url: Option<&str>) -> Result<Arc<dyn Registry>, RegistryErr
 #[non_exhaustive]
 pub enum RegistryError {
     #[error("registry unreachable: {0}")]
+    /// The registry could not be reached (connection refused, timeout).
     Unreachable(String),
     #[error("registry refused the request: {0}")]
+    /// The registry answered with an error.
     Refused(String),
     #[error("invalid registry URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    /// The registry URL (`KEEL_CONSUL_URL`) is not usable.
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     #[error("registry closed")]
+    /// The registry was closed (an in-process registry after shutdown).
     Closed,
 }
 

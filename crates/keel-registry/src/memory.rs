@@ -49,6 +49,7 @@ impl Default for InProcessRegistry {
 }
 
 impl InProcessRegistry {
+    /// An empty in-process registry.
     pub fn new() -> Self {
         // Health checks target instances inside the deployment: never via a proxy.
         let client = reqwest::Client::builder().no_proxy().build().unwrap_or_default();

@@ -28,7 +28,9 @@ use crate::error::{Error, Result};
 /// A query argument of a type both dialects bind the same way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Arg {
+    /// A text value.
     Text(String),
+    /// An integer value.
     Int(i64),
     /// A text `NULL`.
     NullText,
@@ -120,8 +122,10 @@ impl<T> PgRowType for T {}
 #[derive(Clone, Debug)]
 pub enum Db {
     #[cfg(feature = "sqlite")]
+    /// The SQLite log.
     Sqlite(SqliteEventLog),
     #[cfg(feature = "postgres")]
+    /// The PostgreSQL log.
     Postgres(PgEventLog),
 }
 
@@ -258,8 +262,10 @@ impl Db {
 #[derive(Debug)]
 pub enum Tx {
     #[cfg(feature = "sqlite")]
+    /// A SQLite transaction and the log it appends to.
     Sqlite(Transaction<'static, Sqlite>, SqliteEventLog),
     #[cfg(feature = "postgres")]
+    /// A PostgreSQL transaction and the log it appends to.
     Postgres(Transaction<'static, Postgres>, PgEventLog),
 }
 
@@ -347,8 +353,10 @@ impl Tx {
 #[derive(Debug)]
 pub enum DbInbox {
     #[cfg(feature = "sqlite")]
+    /// The SQLite inbox and log.
     Sqlite(SqliteInbox, SqliteEventLog),
     #[cfg(feature = "postgres")]
+    /// The PostgreSQL inbox and log.
     Postgres(PgInbox, PgEventLog),
 }
 

@@ -34,6 +34,7 @@
 //!   rebuild on either store).
 //! - `error.rs`: [`Error`], with the questions callers ask of it (unique violation,
 //!   version conflict, worth retrying).
+#![warn(missing_docs)]
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!("keel-sql needs at least one of its features `sqlite` and `postgres`");

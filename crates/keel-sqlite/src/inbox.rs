@@ -13,6 +13,7 @@ pub struct SqliteInbox {
 }
 
 impl SqliteInbox {
+    /// An inbox on the tables of the pool's database (`keel_inbox`).
     pub fn new(pool: SqlitePool) -> Self {
         Self { pool }
     }

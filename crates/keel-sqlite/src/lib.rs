@@ -17,6 +17,7 @@
 //! - `relay_dead_letters`: the relay's dead letters as rows.
 //! - `skipped`: the events projections skipped as unreadable, as rows.
 //! - [`inbox`]: [`SqliteInbox`], the transactional inbox for `keel_bus`.
+#![warn(missing_docs)]
 
 pub mod append;
 pub mod inbox;

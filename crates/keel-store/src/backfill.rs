@@ -24,7 +24,9 @@ use crate::log::{EventLog, LogQuery};
 /// Which events of a topic a backfill sends to which group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupBackfill {
+    /// The topic whose events are sent.
     pub topic: String,
+    /// The consumer group that receives them.
     pub group: String,
     /// Events with a position above this one.
     pub from: Position,
@@ -34,6 +36,7 @@ pub struct GroupBackfill {
     /// backfilled with the same list: the backfill goes to its queue directly, past
     /// the broker's type bindings.
     pub types: Vec<String>,
+    /// Only this stream's events.
     pub stream: Option<StreamId>,
     /// Events read and published per batch.
     pub batch_size: usize,

@@ -13,21 +13,37 @@ pub enum StoreError {
     #[error(
         "version conflict on stream `{stream}`: expected {expected}, the stream is at version {actual}"
     )]
-    VersionConflict { stream: StreamId, expected: ExpectedVersion, actual: StreamVersion },
+    VersionConflict {
+        /// The stream appended to.
+        stream: StreamId,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append ran.
+        actual: StreamVersion,
+    },
     /// The stream's latest event was written by a transaction that started after this
     /// one; appending now would put the stream out of order for subscribers. Retry the
     /// whole transaction (it gets a newer transaction id).
     #[error("stream `{stream}` was appended to by a younger transaction; retry the transaction")]
-    WriteOrder { stream: StreamId },
+    WriteOrder {
+        /// The stream appended to.
+        stream: StreamId,
+    },
     /// Another transaction appended the same stream version at the same time. Retry
     /// the whole transaction.
     #[error(
         "another transaction appended to stream `{stream}` at the same time; retry the transaction"
     )]
-    ConcurrentAppend { stream: StreamId },
+    ConcurrentAppend {
+        /// The stream appended to.
+        stream: StreamId,
+    },
     /// An event with this id is already in the log.
     #[error("an event with id `{id}` is already in the log")]
-    DuplicateEvent { id: String },
+    DuplicateEvent {
+        /// The event id already in the log.
+        id: String,
+    },
     /// Something asked for does not exist.
     #[error("not found: {0}")]
     NotFound(String),
@@ -37,8 +53,10 @@ pub enum StoreError {
     /// A stored event could not be turned back into an envelope.
     #[error("event at position {position} does not decode: {source}")]
     Decode {
+        /// The log position of the event that did not decode.
         position: i64,
         #[source]
+        /// Why it did not decode.
         source: DecodeError,
     },
     /// The store is configured wrongly (URL, options) or not migrated.
@@ -51,7 +69,10 @@ pub enum StoreError {
     /// runner of the same projection, a rebuild) moved it meanwhile. The writer's
     /// transaction must be rolled back, and the writer stop.
     #[error("checkpoint `{name}` was moved by another writer")]
-    CheckpointMoved { name: String },
+    CheckpointMoved {
+        /// The checkpoint's name.
+        name: String,
+    },
     /// The database reported an error.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

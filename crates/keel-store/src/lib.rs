@@ -25,6 +25,7 @@
 //!   checkpoint in one transaction; one active runner per projection (its lease renewed
 //!   while it runs, each page's checkpoint a compare-and-set); rebuild by replay, with
 //!   progress.
+#![warn(missing_docs)]
 
 pub mod backfill;
 pub mod error;

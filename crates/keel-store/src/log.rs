@@ -28,8 +28,11 @@ use crate::relay_dlq::RelayDeadLetter;
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Cursor {
+    /// Restarts of the store's transaction counter (PostgreSQL; 0 on SQLite).
     pub epoch: i64,
+    /// The appending transaction's id (PostgreSQL; 0 on SQLite).
     pub txid: i64,
+    /// The event's position in the global log.
     pub position: i64,
 }
 
@@ -68,6 +71,7 @@ impl FromStr for Cursor {
 /// An event read from the log, with its place in subscription order and its topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEvent {
+    /// Where the event is in subscription order.
     pub cursor: Cursor,
     /// The bus topic the event is published to.
     pub topic: String,
@@ -79,6 +83,7 @@ pub struct LogEvent {
 /// A page of a subscription read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Page {
+    /// The events read, in subscription order.
     pub events: Vec<LogEvent>,
     /// Where the next read starts. At least the last event's cursor; past it when the
     /// store knows that nothing can ever appear before a later point (so an idle
@@ -89,14 +94,18 @@ pub struct Page {
 /// Which events a subscription or read wants. Empty fields match everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogFilter {
+    /// Only events on this topic.
     pub topic: Option<String>,
+    /// Only these event types (empty: all).
     pub types: Vec<String>,
+    /// Only this stream's events.
     pub stream: Option<StreamId>,
     /// Only events with a position above this one.
     pub after_position: Option<Position>,
 }
 
 impl LogFilter {
+    /// A filter on one topic.
     pub fn topic(topic: impl Into<String>) -> Self {
         Self { topic: Some(topic.into()), ..Self::default() }
     }
@@ -117,9 +126,13 @@ pub struct LogQuery {
     pub from: Position,
     /// Events whose `time` is at or after this instant.
     pub since: Option<DateTime<Utc>>,
+    /// Only these event types (empty: all).
     pub types: Vec<String>,
+    /// Only this stream's events.
     pub stream: Option<StreamId>,
+    /// Only events on this topic.
     pub topic: Option<String>,
+    /// At most this many events per page.
     pub limit: usize,
 }
 
@@ -140,7 +153,9 @@ impl Default for LogQuery {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Direction {
     #[default]
+    /// From older to newer versions.
     Forward,
+    /// From newer to older versions.
     Backward,
 }
 
@@ -199,6 +214,25 @@ pub trait EventLog: Send + Sync + 'static {
     /// Appends `events` to `stream` if its version satisfies `expected`. Each event
     /// gets the stream id as `subject`; its topic is its `topic` extension if set,
     /// else the stream's category.
+    ///
+    /// ```no_run
+    /// use keel_core::{CloudEvent, ExpectedVersion, StreamId};
+    /// use keel_store::{EventLog, StoreError};
+    ///
+    /// async fn open_account(log: &impl EventLog) -> Result<(), Box<dyn std::error::Error>> {
+    ///     let opened = CloudEvent::builder("account.opened", "/accounts")
+    ///         .json_data(&serde_json::json!({ "owner": "ada" }))?
+    ///         .build()?;
+    ///     let stream = StreamId::new("account-42")?;
+    ///     match log.append(&stream, ExpectedVersion::NoStream, &[opened]).await {
+    ///         Ok(appended) => println!("account-42 is at version {}", appended.version),
+    ///         // Someone opened it first: the append wrote nothing.
+    ///         Err(StoreError::VersionConflict { .. }) => println!("already open"),
+    ///         Err(other) => return Err(other.into()),
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
     async fn append(
         &self,
         stream: &StreamId,

@@ -70,7 +70,9 @@ pub trait Projection<Db: sqlx::Database>: Send + Sync + 'static {
 /// Progress of a rebuild: events applied so far of the log's total when it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RebuildProgress {
+    /// Events applied so far.
     pub applied: u64,
+    /// Events in the log when the rebuild started.
     pub total: u64,
 }
 
@@ -78,6 +80,30 @@ pub struct RebuildProgress {
 const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// Runs a projection. See the module docs.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use keel_store::{Projection, ProjectionRunner, SqlEventLog};
+///
+/// async fn serve<L, P>(
+///     log: Arc<L>,
+///     projection: Arc<P>,
+///     shutdown: impl Future<Output = ()> + Send,
+/// ) -> keel_store::Result<()>
+/// where
+///     L: SqlEventLog,
+///     P: Projection<L::Db>,
+///     for<'c> &'c mut <L::Db as sqlx::Database>::Connection:
+///         sqlx::Executor<'c, Database = L::Db>,
+/// {
+///     let runner = ProjectionRunner::new(log, projection);
+///     // After a change to the read model's shape: empty it and replay the whole log.
+///     let applied = runner.rebuild(|p| eprintln!("{}/{}", p.applied, p.total)).await?;
+///     eprintln!("rebuilt from {applied} events");
+///     // Then follow the log (one active runner per projection across processes).
+///     runner.run(shutdown).await
+/// }
+/// ```
 pub struct ProjectionRunner<L, P> {
     log: Arc<L>,
     projection: Arc<P>,
@@ -117,6 +143,7 @@ where
     P: Projection<L::Db>,
     for<'c> &'c mut <L::Db as sqlx::Database>::Connection: sqlx::Executor<'c, Database = L::Db>,
 {
+    /// A runner of `projection` on `log`, with default subscription options.
     pub fn new(log: Arc<L>, projection: Arc<P>) -> Self {
         Self {
             log,
@@ -127,6 +154,7 @@ where
     }
 
     #[must_use]
+    /// Sets how the runner reads the log (poll interval, page size).
     pub fn options(mut self, options: SubscribeOptions) -> Self {
         self.options = options;
         self

@@ -53,6 +53,23 @@ impl Default for RelayOptions {
 }
 
 /// Publishes the log to a bus. See the module docs.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use keel_core::Publisher;
+/// use keel_store::{EventLog, Relay, RelayOptions};
+///
+/// async fn relay(
+///     log: Arc<dyn EventLog>,
+///     bus: Arc<dyn Publisher>,
+///     shutdown: impl Future<Output = ()> + Send,
+/// ) -> keel_store::Result<()> {
+///     let options = RelayOptions { batch_size: 200, ..RelayOptions::default() };
+///     // Holds the lease named `main` (one active relay per name across processes) and
+///     // publishes the log in order until `shutdown` completes.
+///     Relay::new(log, bus, "main").options(options).run(shutdown).await
+/// }
+/// ```
 pub struct Relay {
     log: Arc<dyn EventLog>,
     bus: Arc<dyn Publisher>,
@@ -82,6 +99,7 @@ impl Relay {
     }
 
     #[must_use]
+    /// Sets batch size, standby poll and backoff.
     pub fn options(mut self, options: RelayOptions) -> Self {
         self.options = options;
         self

@@ -25,11 +25,15 @@ pub struct RelayDeadLetter {
     pub relay: String,
     /// The event's position in the log: with the relay, the record's key.
     pub position: Position,
+    /// The event's id.
     pub event_id: String,
+    /// The topic it was to be published on.
     pub topic: String,
+    /// The event's type.
     pub event_type: String,
     /// The bus's error.
     pub reason: String,
+    /// When the relay gave up on it.
     pub dead_lettered_at: DateTime<Utc>,
 }
 

@@ -10,6 +10,7 @@ use crate::log::{AppendResult, Cursor, EventLog, LogEvent};
 /// An [`EventLog`] in a SQL database, so a service can write its own state and its
 /// events in one transaction, and a projection its read model and its checkpoint.
 pub trait SqlEventLog: EventLog {
+    /// The sqlx database (`sqlx::Sqlite`, `sqlx::Postgres`).
     type Db: sqlx::Database;
 
     /// The store's connection pool.
@@ -21,6 +22,22 @@ pub trait SqlEventLog: EventLog {
     /// [`EventLog::append`] inside the caller's transaction. After the caller commits,
     /// [`SqlEventLog::notify_appended`] wakes subscribers at once (otherwise they
     /// notice at their next poll).
+    ///
+    /// ```no_run
+    /// use keel_core::{CloudEvent, ExpectedVersion, StreamId};
+    /// use keel_store::SqlEventLog;
+    ///
+    /// /// The service's own writes and the event commit together, or neither does.
+    /// async fn ship<L: SqlEventLog>(log: &L, shipped: CloudEvent) -> Result<(), Box<dyn std::error::Error>> {
+    ///     let mut tx = log.begin().await?;
+    ///     // ... the service's own statements on `&mut *tx` ...
+    ///     let stream = StreamId::new("order-42")?;
+    ///     log.append_in(&mut *tx, &stream, ExpectedVersion::StreamExists, &[shipped]).await?;
+    ///     tx.commit().await?;
+    ///     log.notify_appended();
+    ///     Ok(())
+    /// }
+    /// ```
     fn append_in(
         &self,
         conn: &mut <Self::Db as sqlx::Database>::Connection,

@@ -14,16 +14,27 @@ use crate::log::topic_of;
 /// live in columns, every other extension in a JSON object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEvent {
+    /// The event's position in the global log.
     pub position: i64,
+    /// The stream id.
     pub stream_id: String,
+    /// The event's version in its stream.
     pub stream_version: i64,
+    /// The CloudEvents `id`.
     pub event_id: String,
+    /// The bus topic.
     pub topic: String,
+    /// The CloudEvents `type`.
     pub event_type: String,
+    /// The CloudEvents `source`.
     pub source: String,
+    /// The CloudEvents `time`.
     pub time: DateTime<Utc>,
+    /// The CloudEvents `datacontenttype`.
     pub datacontenttype: Option<String>,
+    /// The CloudEvents `dataschema`.
     pub dataschema: Option<String>,
+    /// The event's data, as bytes.
     pub data: Option<Vec<u8>>,
     /// JSON object of the remaining extensions.
     pub extensions: String,
@@ -71,14 +82,23 @@ enum StoredExtension {
 /// The columns of one event to append (the store assigns position and version).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEvent {
+    /// The CloudEvents `id`.
     pub event_id: String,
+    /// The bus topic.
     pub topic: String,
+    /// The CloudEvents `type`.
     pub event_type: String,
+    /// The CloudEvents `source`.
     pub source: String,
+    /// The CloudEvents `time`.
     pub time: DateTime<Utc>,
+    /// The CloudEvents `datacontenttype`.
     pub datacontenttype: Option<String>,
+    /// The CloudEvents `dataschema`.
     pub dataschema: Option<String>,
+    /// The event's data, as bytes.
     pub data: Option<Vec<u8>>,
+    /// JSON object of the remaining extensions.
     pub extensions: String,
 }
 

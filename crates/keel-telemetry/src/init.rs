@@ -1,11 +1,17 @@
-//! The process's `tracing` subscriber and, when an OTLP endpoint is configured, the
-//! OpenTelemetry pipeline behind it.
+//! The process's `tracing` subscriber and, when an OTLP endpoint is configured (and the
+//! `otel` feature is on), the OpenTelemetry pipeline behind it.
 
+#[cfg(feature = "otel")]
 use opentelemetry::trace::TracerProvider as _;
+#[cfg(feature = "otel")]
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+#[cfg(feature = "otel")]
 use opentelemetry_sdk::Resource;
+#[cfg(feature = "otel")]
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+#[cfg(feature = "otel")]
 use opentelemetry_sdk::trace::SdkTracerProvider;
+#[cfg(feature = "otel")]
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -16,6 +22,7 @@ use crate::error::{Result, TelemetryError};
 /// (e.g. `http://127.0.0.1:4318`); spans go to `<base>/v1/traces`.
 pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 
+#[cfg(feature = "otel")]
 /// Crates whose spans the OpenTelemetry layer ignores: the exporter's own HTTP stack
 /// would otherwise feed every export back into the next batch.
 const NOT_EXPORTED: &[&str] = &[
@@ -30,6 +37,7 @@ const NOT_EXPORTED: &[&str] = &[
     "tower",
 ];
 
+#[cfg(feature = "otel")]
 /// The most detailed spans (and span events) exported over OTLP, whatever the log
 /// filter: Keel's request and message spans are `info` spans, and the `debug` and
 /// `trace` detail of libraries would swamp the collector.
@@ -76,36 +84,54 @@ pub fn init(service_name: &str, default_filter: &str) -> Result<TelemetryGuard> 
 /// Also sets the global OpenTelemetry propagator to W3C TraceContext and, when
 /// exporting, the global tracer provider. The exporter runs on the SDK's batch thread
 /// with a blocking HTTP client, so this works with or without a Tokio runtime.
+///
+/// Without the `otel` feature, a configured OTLP endpoint fails with
+/// [`TelemetryError::OtelFeatureMissing`] (nothing is installed) rather than
+/// silently exporting nothing.
 pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
     let (filter, bad_rust_log) = env_filter(&config.default_filter)?;
-    let provider = config.otlp_endpoint.as_deref().map(|e| provider(&config, e)).transpose()?;
-    // A filter per layer: the log filter decides what is printed, never what is
-    // exported (with one global filter, `keel`'s default `warn` hid every `info` span
-    // from the collector).
-    let otel = provider.as_ref().map(|provider| {
-        let targets = NOT_EXPORTED
-            .iter()
-            .fold(Targets::new().with_default(EXPORTED_LEVEL), |targets, target| {
-                targets.with_target(*target, LevelFilter::OFF)
-            });
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("keel")).with_filter(targets)
-    });
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
-        .with(otel);
-    if tracing::subscriber::set_global_default(subscriber).is_err() {
-        if let Some(provider) = provider {
-            // Nothing was recorded through it; stop its batch thread.
-            let _ = provider.shutdown();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter);
+    #[cfg(feature = "otel")]
+    let guard = {
+        let provider = config.otlp_endpoint.as_deref().map(|e| provider(&config, e)).transpose()?;
+        // A filter per layer: the log filter decides what is printed, never what is
+        // exported (with one global filter, `keel`'s default `warn` hid every `info` span
+        // from the collector).
+        let otel = provider.as_ref().map(|provider| {
+            let targets = NOT_EXPORTED
+                .iter()
+                .fold(Targets::new().with_default(EXPORTED_LEVEL), |targets, target| {
+                    targets.with_target(*target, LevelFilter::OFF)
+                });
+            tracing_opentelemetry::layer().with_tracer(provider.tracer("keel")).with_filter(targets)
+        });
+        let subscriber = tracing_subscriber::registry().with(fmt).with(otel);
+        if tracing::subscriber::set_global_default(subscriber).is_err() {
+            if let Some(provider) = provider {
+                // Nothing was recorded through it; stop its batch thread.
+                let _ = provider.shutdown();
+            }
+            return Err(TelemetryError::AlreadyInitialised);
         }
-        return Err(TelemetryError::AlreadyInitialised);
-    }
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        if let Some(provider) = &provider {
+            opentelemetry::global::set_tracer_provider(provider.clone());
+        }
+        TelemetryGuard { provider }
+    };
+    #[cfg(not(feature = "otel"))]
+    let guard = {
+        if config.otlp_endpoint.is_some() {
+            return Err(TelemetryError::OtelFeatureMissing);
+        }
+        let subscriber = tracing_subscriber::registry().with(fmt);
+        if tracing::subscriber::set_global_default(subscriber).is_err() {
+            return Err(TelemetryError::AlreadyInitialised);
+        }
+        TelemetryGuard {}
+    };
     // Forward `log` records (from crates that use it) unless someone else owns `log`.
     let _ = tracing_log::LogTracer::init();
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    if let Some(provider) = &provider {
-        opentelemetry::global::set_tracer_provider(provider.clone());
-    }
     if let Some(error) = bad_rust_log {
         tracing::warn!(%error, filter = %config.default_filter, "invalid RUST_LOG; using the default filter");
     }
@@ -114,7 +140,7 @@ pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
         otlp = config.otlp_endpoint.as_deref().unwrap_or("off"),
         "telemetry initialised"
     );
-    Ok(TelemetryGuard { provider })
+    Ok(guard)
 }
 
 /// `RUST_LOG` if set and valid, else the default (and why `RUST_LOG` was rejected). The
@@ -133,6 +159,7 @@ fn env_filter(
     }
 }
 
+#[cfg(feature = "otel")]
 fn provider(config: &TelemetryConfig, endpoint: &str) -> Result<SdkTracerProvider> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -149,25 +176,36 @@ fn provider(config: &TelemetryConfig, endpoint: &str) -> Result<SdkTracerProvide
 #[derive(Debug)]
 #[must_use = "dropping the guard stops span export"]
 pub struct TelemetryGuard {
+    #[cfg(feature = "otel")]
     provider: Option<SdkTracerProvider>,
 }
 
 impl TelemetryGuard {
     /// Whether spans are exported over OTLP.
     pub fn exporting(&self) -> bool {
-        self.provider.is_some()
+        #[cfg(feature = "otel")]
+        return self.provider.is_some();
+        #[cfg(not(feature = "otel"))]
+        false
     }
 
     /// Flushes and stops the exporter, reporting a failed final export. Blocks until
     /// the batch thread is done: from async code, call it in `spawn_blocking`.
-    pub fn shutdown(mut self) -> Result<()> {
-        match self.provider.take() {
-            Some(provider) => Ok(provider.shutdown()?),
-            None => Ok(()),
+    pub fn shutdown(self) -> Result<()> {
+        #[cfg(feature = "otel")]
+        {
+            let mut guard = self;
+            if let Some(provider) = guard.provider.take() {
+                provider.shutdown()?;
+            }
         }
+        #[cfg(not(feature = "otel"))]
+        let _ = self;
+        Ok(())
     }
 }
 
+#[cfg(feature = "otel")]
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take()

@@ -11,6 +11,7 @@
 //! - `prometheus.rs`: the process-wide Prometheus recorder ([`prometheus`],
 //!   [`render_metrics`]).
 //! - `error.rs`: [`TelemetryError`].
+#![warn(missing_docs)]
 
 mod error;
 mod init;

@@ -1,6 +1,7 @@
 //! Spans reach the collector whatever the log level (own test binary: `init_with`
 //! installs the global subscriber). The `keel` binary logs at `warn` by default and
 //! Keel's spans are `info` spans: with one filter for every layer, none was exported.
+#![cfg(feature = "otel")]
 #![allow(clippy::unwrap_used)]
 
 use std::sync::mpsc;

@@ -1,5 +1,6 @@
 //! OTLP/HTTP export to a local stand-in collector (own test binary: `init_with`
 //! installs the global subscriber).
+#![cfg(feature = "otel")]
 #![allow(clippy::unwrap_used)]
 
 use std::sync::mpsc;

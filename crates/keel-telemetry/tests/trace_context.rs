@@ -1,5 +1,6 @@
 //! W3C trace context on spans: `continue_trace` and `current_trace` against an
 //! in-memory span exporter (thread-local subscribers, so tests run in parallel).
+#![cfg(feature = "otel")]
 #![allow(clippy::unwrap_used)]
 
 use keel_core::TraceContext;

@@ -3,7 +3,7 @@
 //! lease is lost, and a page whose checkpoint another writer moved is rolled back); and
 //! the transactional inbox applies a redelivered event once (also across a crash
 //! between the handler's commit and the ack). Each SQL store runs it through
-//! [`projection_conformance!`], with its own dialect for the statements that differ.
+//! [`crate::projection_conformance!`], with its own dialect for the statements that differ.
 
 /// Expands to the projection and inbox cases for one SQL store.
 ///

@@ -43,6 +43,7 @@
 //! - [`gateway`], [`telemetry`].
 //!
 //! The guide (docs/guide.md in the repository) builds a first service step by step.
+#![warn(missing_docs)]
 
 pub use keel_bus as bus;
 pub use keel_core as core;
