@@ -359,11 +359,15 @@ pub trait EventLog: Send + Sync + 'static {
 pub struct Skipped {
     /// Who skipped it (`projection:<name>`).
     pub subscriber: String,
+    /// The skipped event's id.
     pub event_id: String,
+    /// Where the event is in the log.
     pub position: Position,
+    /// The event's type.
     pub event_type: String,
     /// Why it could not be read.
     pub reason: String,
+    /// When it was skipped.
     pub skipped_at: DateTime<Utc>,
 }
 
