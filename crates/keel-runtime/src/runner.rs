@@ -209,7 +209,13 @@ impl ServiceRunner {
         let command = crate::cli::parse(args);
         match command {
             crate::cli::Command::Serve => {
-                let _telemetry = keel_telemetry::init(&self.name, "info").ok();
+                // Telemetry set up by the program itself stays; any other failure (an
+                // OTLP endpoint without the `otel` feature) stops start-up, naming why.
+                let _telemetry = match keel_telemetry::init(&self.name, "info") {
+                    Ok(guard) => Some(guard),
+                    Err(keel_telemetry::TelemetryError::AlreadyInitialised) => None,
+                    Err(error) => return Err(error.into()),
+                };
                 let name = self.name.clone();
                 let running = self.start().await?;
                 println!("{name} listening on http://{}", running.local_addr());
