@@ -6,9 +6,13 @@ use std::time::Duration;
 /// is drawn from `[d/2, d]` so retries of many messages do not arrive in lockstep.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Backoff {
+    /// Delay before the first retry.
     pub initial: Duration,
+    /// Upper bound on any delay (before jitter).
     pub max: Duration,
+    /// Growth factor per attempt; values below 1 count as 1.
     pub multiplier: f64,
+    /// Whether to draw each delay from `[d/2, d]` instead of using `d`.
     pub jitter: bool,
 }
 
@@ -24,10 +28,12 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Backoff from `initial` up to `max`, doubling, with jitter.
     pub fn new(initial: Duration, max: Duration) -> Self {
         Self { initial, max, ..Self::default() }
     }
 
+    /// The same backoff with exact delays (for tests and predictable schedules).
     #[must_use]
     pub fn without_jitter(mut self) -> Self {
         self.jitter = false;

@@ -119,6 +119,7 @@ pub enum StartFrom {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SubscriptionSpec {
+    /// The topic to consume.
     pub topic: String,
     /// The consumer group: members of a group share the messages, groups each get all.
     pub group: String,
@@ -126,10 +127,12 @@ pub struct SubscriptionSpec {
     pub types: Vec<String>,
     /// How many deliveries this subscriber may hold unsettled at once.
     pub prefetch: u32,
+    /// Where a new group starts reading.
     pub start: StartFrom,
 }
 
 impl SubscriptionSpec {
+    /// All types of `topic` for `group`, 64 in flight, from the earliest message.
     pub fn new(topic: impl Into<String>, group: impl Into<String>) -> Self {
         Self {
             topic: topic.into(),
@@ -140,6 +143,7 @@ impl SubscriptionSpec {
         }
     }
 
+    /// Only events of these CloudEvents types (an empty list means all).
     #[must_use]
     pub fn types<I, S>(mut self, types: I) -> Self
     where
@@ -150,12 +154,14 @@ impl SubscriptionSpec {
         self
     }
 
+    /// How many deliveries may be held unsettled at once (at least 1).
     #[must_use]
     pub fn prefetch(mut self, prefetch: u32) -> Self {
         self.prefetch = prefetch.max(1);
         self
     }
 
+    /// Where the group starts if it does not exist yet.
     #[must_use]
     pub fn start(mut self, start: StartFrom) -> Self {
         self.start = start;
@@ -209,6 +215,8 @@ pub trait Publisher: Send + Sync {
 /// Joins consumer groups.
 #[async_trait]
 pub trait Subscriber: Send + Sync {
+    /// Joins `spec.group` on `spec.topic`; fails on invalid names or when the broker
+    /// refuses.
     async fn subscribe(&self, spec: SubscriptionSpec) -> BusResult<Box<dyn Subscription>>;
 }
 
@@ -227,15 +235,20 @@ pub trait Subscription: Send {
 /// could not be decoded (such messages go straight to the dead-letter destination).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Payload {
+    /// A valid CloudEvent.
     Event(CloudEvent),
+    /// A message that is not one, with the decoding error.
     Undecodable(RawMessage),
 }
 
 /// A message that is not a valid CloudEvent, kept as it arrived.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawMessage {
+    /// Broker headers as received (name, raw value).
     pub headers: Vec<(String, Bytes)>,
+    /// The content type the broker reported, if any.
     pub content_type: Option<String>,
+    /// The body as received.
     pub body: Bytes,
     /// Why it could not be decoded.
     pub error: String,
@@ -289,6 +302,7 @@ impl Delivery {
         Self { payload, attempt: attempt.max(1), settle }
     }
 
+    /// The message: an event, or raw bytes that did not decode.
     pub fn payload(&self) -> &Payload {
         &self.payload
     }
@@ -311,14 +325,17 @@ impl Delivery {
         self.event().and_then(CloudEvent::partition_key)
     }
 
+    /// Settles the delivery as done (see [`Settle::ack`]).
     pub async fn ack(self) -> BusResult<()> {
         self.settle.ack().await
     }
 
+    /// Gives the delivery back for a retry after `delay` (see [`Settle::nack`]).
     pub async fn nack(self, delay: Duration) -> BusResult<()> {
         self.settle.nack(delay).await
     }
 
+    /// Moves the delivery to the dead-letter destination (see [`Settle::dead_letter`]).
     pub async fn dead_letter(self, reason: DeadLetterReason) -> BusResult<()> {
         self.settle.dead_letter(reason).await
     }
@@ -342,12 +359,19 @@ impl fmt::Display for DeadLetterId {
 /// A dead-lettered message and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
+    /// Its id within the dead-letter destination (for `keel dlq retry`/`purge`).
     pub id: DeadLetterId,
+    /// The topic it was consumed from.
     pub topic: String,
+    /// The consumer group that gave up on it.
     pub group: String,
+    /// The handler's or decoder's error text.
     pub reason: String,
+    /// How many delivery attempts were made.
     pub attempts: u32,
+    /// When it was dead-lettered.
     pub dead_lettered_at: DateTime<Utc>,
+    /// The message as it was delivered.
     pub payload: Payload,
 }
 

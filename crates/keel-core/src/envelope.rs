@@ -22,6 +22,7 @@ pub mod ext {
     pub const PARTITION_KEY: &str = "partitionkey";
     /// W3C trace context of the request that caused the event.
     pub const TRACEPARENT: &str = "traceparent";
+    /// W3C `tracestate` accompanying [`TRACEPARENT`] (vendor entries, bounded).
     pub const TRACESTATE: &str = "tracestate";
     /// The id shared by every event of one business flow.
     pub const CORRELATION_ID: &str = "correlationid";
@@ -64,8 +65,11 @@ pub const RESERVED: &[&str] = &[
 /// integer extensions are read back as integers whichever way they travelled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExtensionValue {
+    /// A text value.
     String(String),
+    /// An integer value (Keel's `streamversion`, `position`, `schemaversion`).
     Integer(i64),
+    /// A boolean value.
     Boolean(bool),
 }
 
@@ -161,12 +165,15 @@ impl CloudEvent {
         }
     }
 
+    /// The `id` attribute: unique per `source`.
     pub fn id(&self) -> &str {
         &self.id
     }
+    /// The `source` attribute (URI-reference of the producer).
     pub fn source(&self) -> &str {
         &self.source
     }
+    /// The `specversion` attribute: always `1.0`.
     pub fn specversion(&self) -> &'static str {
         SPEC_VERSION
     }
@@ -174,9 +181,11 @@ impl CloudEvent {
     pub fn ty(&self) -> &str {
         &self.ty
     }
+    /// The `subject` attribute: for Keel's events, the stream id.
     pub fn subject(&self) -> Option<&str> {
         self.subject.as_deref()
     }
+    /// The `time` attribute, when the event occurred.
     pub fn time(&self) -> Option<DateTime<Utc>> {
         self.time
     }
@@ -184,18 +193,23 @@ impl CloudEvent {
     pub fn time_rfc3339(&self) -> Option<String> {
         self.time.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
     }
+    /// The `datacontenttype` attribute (absent means JSON).
     pub fn datacontenttype(&self) -> Option<&str> {
         self.datacontenttype.as_deref()
     }
+    /// The `dataschema` attribute (URI), if any.
     pub fn dataschema(&self) -> Option<&str> {
         self.dataschema.as_deref()
     }
+    /// The encoded data, if any.
     pub fn data(&self) -> Option<&Bytes> {
         self.data.as_ref()
     }
+    /// All extension attributes by name.
     pub fn extensions(&self) -> &BTreeMap<String, ExtensionValue> {
         &self.extensions
     }
+    /// One extension attribute by name.
     pub fn extension(&self, name: &str) -> Option<&ExtensionValue> {
         self.extensions.get(name)
     }
@@ -221,30 +235,40 @@ impl CloudEvent {
         }
     }
 
+    /// The [`ext::PARTITION_KEY`] extension: the ordering key.
     pub fn partition_key(&self) -> Option<&str> {
         self.string_extension(ext::PARTITION_KEY)
     }
+    /// The [`ext::TRACEPARENT`] extension.
     pub fn traceparent(&self) -> Option<&str> {
         self.string_extension(ext::TRACEPARENT)
     }
+    /// The [`ext::TRACESTATE`] extension.
     pub fn tracestate(&self) -> Option<&str> {
         self.string_extension(ext::TRACESTATE)
     }
+    /// The [`ext::CORRELATION_ID`] extension.
     pub fn correlation_id(&self) -> Option<&str> {
         self.string_extension(ext::CORRELATION_ID)
     }
+    /// The [`ext::CAUSATION_ID`] extension: the id of the event or request that caused
+    /// this one.
     pub fn causation_id(&self) -> Option<&str> {
         self.string_extension(ext::CAUSATION_ID)
     }
+    /// The [`ext::ACTOR`] extension: who caused the event.
     pub fn actor(&self) -> Option<&str> {
         self.string_extension(ext::ACTOR)
     }
+    /// The event's version within its stream, once stored in the log.
     pub fn stream_version(&self) -> Option<StreamVersion> {
         self.integer_extension(ext::STREAM_VERSION).map(StreamVersion)
     }
+    /// The event's global position in the log, once stored.
     pub fn position(&self) -> Option<Position> {
         self.integer_extension(ext::POSITION).map(Position)
     }
+    /// The schema version its data was written at (absent means 1).
     pub fn schema_version(&self) -> Option<u64> {
         self.integer_extension(ext::SCHEMA_VERSION)
     }
@@ -305,10 +329,12 @@ impl CloudEvent {
             .insert(ext::STREAM_VERSION.into(), ExtensionValue::Integer(to_i64(version.0)));
     }
 
+    /// Sets the `subject` attribute.
     pub fn set_subject(&mut self, subject: impl Into<String>) {
         self.subject = Some(subject.into());
     }
 
+    /// Removes an extension attribute, returning its value if it was set.
     pub fn remove_extension(&mut self, name: &str) -> Option<ExtensionValue> {
         self.extensions.remove(name)
     }
@@ -384,22 +410,27 @@ pub struct CloudEventBuilder {
 }
 
 impl CloudEventBuilder {
+    /// Sets the `id` (the default is a fresh UUIDv7).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.event.id = id.into();
         self
     }
+    /// Sets the `subject` attribute.
     pub fn subject(mut self, subject: impl Into<String>) -> Self {
         self.event.subject = Some(subject.into());
         self
     }
+    /// Sets the `time` attribute (the default is now).
     pub fn time(mut self, time: DateTime<Utc>) -> Self {
         self.event.time = Some(time);
         self
     }
+    /// Leaves out the `time` attribute.
     pub fn no_time(mut self) -> Self {
         self.event.time = None;
         self
     }
+    /// Sets the `dataschema` attribute (a URI).
     pub fn dataschema(mut self, schema: impl Into<String>) -> Self {
         self.event.dataschema = Some(schema.into());
         self
@@ -425,13 +456,19 @@ impl CloudEventBuilder {
         let bytes = serde_json::to_vec(value)?;
         Ok(self.data(JSON, bytes))
     }
+    /// Sets an extension attribute; [`build`](Self::build) checks its name.
     pub fn extension(mut self, name: impl Into<String>, value: impl Into<ExtensionValue>) -> Self {
         self.event.extensions.insert(name.into(), value.into());
         self
     }
+    /// Sets the partition key (the [`ext::PARTITION_KEY`] extension).
     pub fn partition_key(self, key: impl Into<String>) -> Self {
         self.extension(ext::PARTITION_KEY, key.into())
     }
+    /// Validates the event as the CloudEvents specification says.
+    ///
+    /// # Errors
+    /// [`DecodeError`] naming the first attribute that breaks the specification.
     pub fn build(self) -> Result<CloudEvent> {
         let CloudEvent {
             id,

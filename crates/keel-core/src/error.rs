@@ -15,10 +15,20 @@ pub enum DecodeError {
     MissingAttribute(&'static str),
     /// An attribute is present but its value breaks the specification.
     #[error("invalid CloudEvents attribute `{name}`: {reason}")]
-    InvalidAttribute { name: Cow<'static, str>, reason: String },
+    InvalidAttribute {
+        /// The attribute's name.
+        name: Cow<'static, str>,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// An extension attribute's name breaks the naming rules (`[a-z0-9]+`, not reserved).
     #[error("invalid CloudEvents attribute name `{name}`: {reason}")]
-    InvalidAttributeName { name: String, reason: &'static str },
+    InvalidAttributeName {
+        /// The name as given.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
     /// The `specversion` is not one this decoder understands.
     #[error("unsupported CloudEvents specversion `{0}` (this decoder understands 1.0)")]
     UnsupportedSpecVersion(String),
@@ -31,24 +41,41 @@ pub enum DecodeError {
     /// The event's data does not decode into the requested type.
     #[error("event `{ty}` data does not decode as {target}: {source}")]
     Data {
+        /// The event's type.
         ty: String,
+        /// The Rust type it was decoded into.
         target: &'static str,
+        /// The JSON error.
         #[source]
         source: serde_json::Error,
     },
     /// The event's type is not the one (or one of those) the caller asked for.
     #[error("unexpected event type `{found}` (expected {expected})")]
-    UnexpectedType { found: String, expected: String },
+    UnexpectedType {
+        /// The event's type.
+        found: String,
+        /// The type or types asked for.
+        expected: String,
+    },
     /// The data was written at a schema version newer than the code knows (an event
     /// from a newer deployment): never decoded with defaults.
     #[error(
         "event `{event_type}` has schema version {version}, newer than the {known} this code knows"
     )]
-    FutureVersion { event_type: String, version: u32, known: u32 },
+    FutureVersion {
+        /// The event's type.
+        event_type: String,
+        /// The schema version the data was written at.
+        version: u32,
+        /// The newest schema version the code knows.
+        known: u32,
+    },
     /// The data is at an older schema version and no upcaster step leads on from it.
     #[error("event `{event_type}` at schema version {from} has no upcaster to version {}", from + 1)]
     MissingUpcaster {
+        /// The event's type.
         event_type: String,
+        /// The version with no step leading on from it.
         from: u32,
         /// The version the code expects.
         to: u32,
@@ -56,8 +83,11 @@ pub enum DecodeError {
     /// An upcaster step failed on this data.
     #[error("upcasting event `{event_type}` from schema version {from} failed: {source}")]
     Upcast {
+        /// The event's type.
         event_type: String,
+        /// The version the failing step starts from.
         from: u32,
+        /// The step's error.
         #[source]
         source: crate::upcast::StepError,
     },

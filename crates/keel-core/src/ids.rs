@@ -19,6 +19,7 @@ impl EventId {
         Self(Uuid::now_v7())
     }
 
+    /// The id as a UUID.
     pub fn as_uuid(&self) -> Uuid {
         self.0
     }
@@ -60,8 +61,11 @@ impl FromStr for EventId {
 pub struct StreamId(String);
 
 impl StreamId {
+    /// The longest stream id, in bytes.
     pub const MAX_LEN: usize = 255;
 
+    /// A stream id; fails if it is empty, longer than [`Self::MAX_LEN`] bytes or
+    /// contains control characters.
     pub fn new(id: impl Into<String>) -> Result<Self, DecodeError> {
         let id = id.into();
         if id.is_empty() {
@@ -91,6 +95,7 @@ impl StreamId {
         self.0.split_once('-').map_or(&self.0, |(category, _)| category)
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -142,6 +147,7 @@ impl StreamVersion {
     /// The version of a stream with no events.
     pub const NONE: Self = Self(0);
 
+    /// The version after this one.
     pub fn next(self) -> Self {
         Self(self.0 + 1)
     }

@@ -21,6 +21,8 @@
 //!   subscribe as a consumer group, settle deliveries, dead letters).
 //! - [`error`]: the typed errors of decoding and validation.
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 pub mod bus;
 pub mod codec;

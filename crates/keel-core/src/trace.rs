@@ -84,6 +84,7 @@ impl TraceContext {
         self
     }
 
+    /// The trace id, 32 lowercase hex digits.
     pub fn trace_id(&self) -> String {
         encode_hex(&self.trace_id)
     }
@@ -93,14 +94,17 @@ impl TraceContext {
         self.trace_id
     }
 
+    /// The parent span id, 16 lowercase hex digits.
     pub fn span_id(&self) -> String {
         encode_hex(&self.span_id)
     }
 
+    /// Whether the `sampled` flag is set.
     pub fn sampled(&self) -> bool {
         self.flags & 1 == 1
     }
 
+    /// The `tracestate`, normalized, if any.
     pub fn tracestate(&self) -> Option<&str> {
         self.state.as_deref()
     }
