@@ -46,6 +46,7 @@ use keel_core::Backoff;
 pub struct RedeliveryPolicy {
     /// Deliveries in all, the first included (1 = never redeliver).
     pub max_attempts: u32,
+    /// Delay before each redelivery, by attempt.
     pub backoff: Backoff,
 }
 
@@ -56,6 +57,7 @@ impl Default for RedeliveryPolicy {
 }
 
 impl RedeliveryPolicy {
+    /// At most `max_attempts` deliveries (at least 1), redelivered after `backoff`.
     pub fn new(max_attempts: u32, backoff: Backoff) -> Self {
         Self { max_attempts: max_attempts.max(1), backoff }
     }
@@ -133,6 +135,26 @@ impl Default for BatchOptions {
 }
 
 /// Runs a handler for one member of a consumer group. See the module docs.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use keel_bus::{Consumer, HandlerError, Message, handler_fn};
+/// use keel_core::{BusError, Subscriber, SubscriptionSpec};
+///
+/// async fn bill(bus: Arc<dyn Subscriber>) -> Result<(), BusError> {
+///     // Group `billing` gets every `order.placed` event of topic `orders`.
+///     let spec = SubscriptionSpec::new("orders", "billing").types(["order.placed"]);
+///     let handle = Consumer::new(bus, spec)
+///         .concurrency(4)
+///         .start(handler_fn(|message: Message| async move {
+///             println!("order {} (attempt {})", message.event().id(), message.attempt());
+///             Ok::<(), HandlerError>(())
+///         }))
+///         .await?;
+///     // Later, at shutdown: stop taking messages, finish those in hand, leave the group.
+///     handle.stop().await
+/// }
+/// ```
 pub struct Consumer {
     subscriber: Arc<dyn Subscriber>,
     spec: SubscriptionSpec,
@@ -170,6 +192,8 @@ impl Labels {
 }
 
 impl Consumer {
+    /// A consumer of `spec` (topic, group, types, prefetch) on `subscriber`, with the
+    /// default redelivery policy, dead-lettering unreadable events, one message at a time.
     pub fn new(subscriber: Arc<dyn Subscriber>, spec: SubscriptionSpec) -> Self {
         Self {
             subscriber,
@@ -194,6 +218,8 @@ impl Consumer {
         self
     }
 
+    /// How often a failed message is redelivered, and after what delay (default: 5
+    /// attempts, 100 ms doubling to 30 s).
     #[must_use]
     pub fn redelivery(mut self, policy: RedeliveryPolicy) -> Self {
         self.policy = policy;

@@ -34,7 +34,9 @@ where
 /// A typed event and the message it came in.
 #[derive(Debug)]
 pub struct Typed<E> {
+    /// The decoded event.
     pub event: E,
+    /// The message it came in (attempt, topic, group, envelope).
     pub message: Message,
 }
 

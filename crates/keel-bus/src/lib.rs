@@ -24,6 +24,8 @@
 //! - [`publisher`]: [`EventPublisher`], which publishes typed events with the current
 //!   trace context.
 
+#![warn(missing_docs)]
+
 pub mod consumer;
 pub mod handler;
 pub mod layer;

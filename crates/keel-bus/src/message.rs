@@ -17,14 +17,17 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message of `topic` for `group`; `attempt` counts from 1.
     pub fn new(event: CloudEvent, attempt: u32, topic: Arc<str>, group: Arc<str>) -> Self {
         Self { event, attempt, topic, group }
     }
 
+    /// The CloudEvent as delivered.
     pub fn event(&self) -> &CloudEvent {
         &self.event
     }
 
+    /// The CloudEvent, by value.
     pub fn into_event(self) -> CloudEvent {
         self.event
     }
@@ -34,10 +37,12 @@ impl Message {
         self.attempt
     }
 
+    /// The topic it was consumed from.
     pub fn topic(&self) -> &str {
         &self.topic
     }
 
+    /// The consumer group it was delivered to.
     pub fn group(&self) -> &str {
         &self.group
     }
@@ -85,6 +90,7 @@ impl HandlerError {
         Self { permanent: true, unreadable: true, source: source.into() }
     }
 
+    /// Whether retrying cannot help (the message is dead-lettered at once).
     pub fn is_permanent(&self) -> bool {
         self.permanent
     }
@@ -107,6 +113,7 @@ impl HandlerError {
         }
     }
 
+    /// The underlying error.
     pub fn source_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.source
     }

@@ -8,6 +8,30 @@ use crate::layer::current_context;
 
 /// Publishes typed events as CloudEvents from one `source`, stamping the current
 /// [`crate::layer::EventContext`] (trace, correlation, causation, actor) on each.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use keel_bus::EventPublisher;
+/// use keel_core::{BusError, Event, Publisher};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Event, Serialize, Deserialize)]
+/// #[event(type = "order.placed", key = order_id)] // orders keep their order per id
+/// struct OrderPlaced {
+///     order_id: String,
+///     total_cents: u64,
+/// }
+///
+/// async fn place(bus: Arc<dyn Publisher>) -> Result<(), BusError> {
+///     let events = EventPublisher::new(bus, "/orders");
+///     let placed = OrderPlaced { order_id: "o-1".into(), total_cents: 4200 };
+///     // Returns once the broker has confirmed the event; inside a request or a handler
+///     // the envelope also carries its trace, correlation and actor.
+///     let envelope = events.publish("orders", &placed).await?;
+///     println!("published {}", envelope.id());
+///     Ok(())
+/// }
+/// ```
 #[derive(Clone)]
 pub struct EventPublisher {
     publisher: Arc<dyn Publisher>,
@@ -21,6 +45,8 @@ impl std::fmt::Debug for EventPublisher {
 }
 
 impl EventPublisher {
+    /// Publishes through `publisher`, with `source` as every envelope's `source`
+    /// attribute (a URI-reference naming the service, such as `/orders`).
     pub fn new(publisher: Arc<dyn Publisher>, source: impl Into<String>) -> Self {
         Self { publisher, source: source.into().into() }
     }

@@ -17,9 +17,13 @@ use crate::message::{HandlerError, Message};
 /// (without overriding attributes the event already has).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventContext {
+    /// The W3C trace context to continue.
     pub trace: Option<TraceContext>,
+    /// The id shared by every event of one business flow.
     pub correlation_id: Option<String>,
+    /// The id of the event or request that caused this work.
     pub causation_id: Option<String>,
+    /// Who the work is done for (a user or service id).
     pub actor: Option<String>,
     /// The caller's signed identity token (`x-keel-identity`), forwarded on calls to
     /// other services; never stored on events.
@@ -80,6 +84,7 @@ pub async fn with_context<F: Future>(context: EventContext, fut: F) -> F::Output
 pub struct TraceLayer;
 
 impl TraceLayer {
+    /// The layer (it has no settings).
     pub fn new() -> Self {
         Self
     }

@@ -49,6 +49,7 @@ impl<I> Clone for InboxLayer<I> {
 }
 
 impl<I: Inbox> InboxLayer<I> {
+    /// Deduplicates through `inbox`.
     pub fn new(inbox: Arc<I>) -> Self {
         Self { inbox }
     }
@@ -176,6 +177,7 @@ struct MemoryInboxState {
 }
 
 impl MemoryInbox {
+    /// An empty inbox.
     pub fn new() -> Self {
         Self::default()
     }

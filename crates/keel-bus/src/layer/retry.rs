@@ -20,6 +20,8 @@ pub struct RetryLayer {
 }
 
 impl RetryLayer {
+    /// Retries a transient failure up to `max_retries` times in the handler, waiting
+    /// `backoff` between tries; permanent failures are not retried.
     pub fn new(backoff: Backoff, max_retries: u32) -> Self {
         Self { backoff, max_retries }
     }

@@ -16,6 +16,7 @@ pub struct TimeoutLayer {
 }
 
 impl TimeoutLayer {
+    /// Fails a handler call that takes longer than `timeout` (a transient failure).
     pub fn new(timeout: Duration) -> Self {
         Self { timeout }
     }
