@@ -20,6 +20,7 @@ use crate::pool::{Endpoints, Pick, PoolConfig};
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// W3C trace context of the call.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C `tracestate` accompanying [`TRACEPARENT`].
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// The request (correlation) id, kept across the services one request goes through.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -28,6 +29,7 @@ pub const SUBJECT: HeaderName = HeaderName::from_static("x-keel-subject");
 /// The caller's signed identity (see `keel_service::identity`), forwarded as it came.
 pub(crate) const IDENTITY: HeaderName = HeaderName::from_static("x-keel-identity");
 
+/// Timeouts, retries and pooling of a [`ServiceClient`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Per attempt, from sending the request to the end of the response body.
@@ -66,6 +68,8 @@ pub struct ServiceClient {
 }
 
 impl ServiceClient {
+    /// A client calling `service` on the instances of `endpoints` (the name is used in
+    /// errors and metrics).
     pub fn new(service: &str, endpoints: Endpoints, config: ClientConfig) -> Self {
         let http = reqwest::Client::builder()
             // Calls go straight to the instances discovery returns.
@@ -95,6 +99,7 @@ impl ServiceClient {
         Self::new(service, endpoints, config)
     }
 
+    /// The name of the service called.
     pub fn service(&self) -> &str {
         &self.service
     }

@@ -9,35 +9,72 @@ use crate::pool::PickError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
+    /// Discovery knows no healthy instance of the named service.
     #[error("no healthy instance of {0}")]
     NoInstances(String),
+    /// Every instance of the named service has its circuit breaker open.
     #[error("every instance of {0} has its circuit breaker open")]
     AllOpen(String),
+    /// The last attempt did not complete (response and body) within the per-attempt
+    /// timeout.
     #[error("{service} at {instance} did not answer within {timeout:?}")]
-    Timeout { service: String, instance: String, timeout: Duration },
+    Timeout {
+        /// The upstream's name.
+        service: String,
+        /// The instance's base URL.
+        instance: String,
+        /// The per-attempt timeout that ran out.
+        timeout: Duration,
+    },
+    /// No connection could be made to the instance.
     #[error("cannot connect to {service} at {instance}")]
     Connect {
+        /// The upstream's name.
         service: String,
+        /// The instance's base URL.
         instance: String,
+        /// The HTTP client's error.
         #[source]
         source: reqwest::Error,
     },
     /// The connection broke after it was made (reset, closed mid-response).
     #[error("call to {service} at {instance} failed")]
     Transport {
+        /// The upstream's name.
         service: String,
+        /// The instance's base URL.
         instance: String,
+        /// The HTTP client's error.
         #[source]
         source: reqwest::Error,
     },
     /// The instance answered with a status the helper does not accept (non-2xx).
     #[error("{service} at {instance} answered {status}")]
-    Upstream { service: String, instance: String, status: http::StatusCode, body: String },
+    Upstream {
+        /// The upstream's name.
+        service: String,
+        /// The instance's base URL.
+        instance: String,
+        /// The status it answered with.
+        status: http::StatusCode,
+        /// The response body, as text (invalid UTF-8 replaced).
+        body: String,
+    },
+    /// The request cannot be sent as given (a bad path, header or method); nothing was
+    /// sent.
     #[error("invalid request to {service}: {reason}")]
-    InvalidRequest { service: String, reason: String },
+    InvalidRequest {
+        /// The upstream's name.
+        service: String,
+        /// What is wrong with the request.
+        reason: String,
+    },
+    /// The request body could not be encoded, or the response body decoded, as JSON.
     #[error("cannot encode or decode the JSON body of a call to {service}")]
     Json {
+        /// The upstream's name.
         service: String,
+        /// The JSON error.
         #[source]
         source: serde_json::Error,
     },

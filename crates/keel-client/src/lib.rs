@@ -13,6 +13,8 @@
 //!   retries and context propagation.
 //! - `error.rs`: [`ClientError`].
 
+#![warn(missing_docs)]
+
 mod budget;
 mod client;
 mod error;

@@ -16,12 +16,14 @@ use keel_registry::{Instance, Watch};
 /// How [`Endpoints::pick`] chooses among the instances whose breaker lets calls through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {
+    /// Each instance in turn.
     RoundRobin,
     /// Two random instances, the one with fewer calls in flight.
     #[default]
     PowerOfTwoChoices,
 }
 
+/// When an instance's circuit breaker opens, and for how long.
 #[derive(Debug, Clone)]
 pub struct BreakerConfig {
     /// Consecutive failures that open the breaker.
@@ -37,16 +39,23 @@ impl Default for BreakerConfig {
     }
 }
 
+/// How a pool balances calls and guards its instances.
 #[derive(Debug, Clone, Default)]
 pub struct PoolConfig {
+    /// How an instance is chosen.
     pub balance: Balance,
+    /// The circuit breaker every instance gets.
     pub breaker: BreakerConfig,
 }
 
+/// The state of one instance's circuit breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
+    /// Calls go through.
     Closed,
+    /// Calls are refused until `open_for` has passed.
     Open,
+    /// One probe call is let through; its outcome closes or re-opens the breaker.
     HalfOpen,
 }
 
@@ -77,8 +86,10 @@ const HALF_OPEN: u8 = 2;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PickError {
+    /// Discovery knows no healthy instance of the named upstream.
     #[error("no healthy instance of {0}")]
     NoInstances(String),
+    /// Every instance of the named upstream has its breaker open.
     #[error("every instance of {0} has its circuit breaker open")]
     AllOpen(String),
 }
@@ -146,6 +157,7 @@ impl Endpoints {
         self.shared.slots.load().len()
     }
 
+    /// Whether the snapshot holds no instance.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -479,11 +491,14 @@ impl Pick {
         self.probe
     }
 
+    /// Reports the call as a success (closes a half-open breaker).
     pub fn success(mut self) {
         self.reported = true;
         self.slot.breaker.on_success(self.probe, &self.slot);
     }
 
+    /// Reports the call as a failure (counts towards opening the breaker; re-opens a
+    /// half-open one).
     pub fn failure(mut self) {
         self.reported = true;
         self.slot.breaker.on_failure(self.probe, self.threshold, &self.slot);
