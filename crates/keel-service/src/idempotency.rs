@@ -131,6 +131,7 @@ impl Idempotency {
         self
     }
 
+    /// How long a key is remembered.
     pub fn ttl(&self) -> Duration {
         self.ttl
     }

@@ -51,14 +51,20 @@ pub struct Identity {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityError {
+    /// The subject is the empty string.
     #[error("the subject is empty")]
     EmptySubject,
+    /// The subject (or a role) is longer than [`MAX_SUBJECT_LEN`] bytes.
     #[error("the subject is longer than {MAX_SUBJECT_LEN} bytes")]
     SubjectTooLong,
+    /// The subject (or a role) contains control characters.
     #[error("the subject contains control characters")]
     ControlCharacters,
+    /// More roles than [`MAX_ROLES`].
     #[error("more than {MAX_ROLES} roles")]
     TooManyRoles,
+    /// The `x-keel-identity` token is malformed, not signed with this key, or expired
+    /// (with the JWT library's reason).
     #[error("invalid identity token: {0}")]
     Token(String),
 }
@@ -90,14 +96,17 @@ impl Identity {
         Ok(self)
     }
 
+    /// Who the request acts for (a user id, or a service name).
     pub fn subject(&self) -> &str {
         &self.subject
     }
 
+    /// The roles granted, as the gateway found them.
     pub fn roles(&self) -> &[String] {
         &self.roles
     }
 
+    /// Whether `role` is among the roles (exact match).
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
@@ -297,15 +306,19 @@ impl Caller {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Denied {
+    /// No identity came with the request (401).
     #[error("this request needs an authenticated caller")]
     Unauthenticated,
+    /// The caller is neither the owner nor an admin (403).
     #[error("the caller may not act for this resource's owner")]
     Forbidden,
+    /// The caller lacks the named role (403).
     #[error("this request needs the `{0}` role (or `admin`)")]
     MissingRole(&'static str),
 }
 
 impl Denied {
+    /// 401 for [`Denied::Unauthenticated`], 403 otherwise.
     pub fn status_code(self) -> http::StatusCode {
         match self {
             Self::Unauthenticated => http::StatusCode::UNAUTHORIZED,

@@ -30,6 +30,8 @@
 //! - `metrics.rs`: the process-wide Prometheus recorder ([`prometheus`]) and the
 //!   request counter and latency histogram, labelled from closed sets.
 
+#![warn(missing_docs)]
+
 mod context;
 mod fields;
 #[cfg(feature = "sql")]
@@ -63,10 +65,18 @@ pub use service::{RunningService, Service, ServiceConfig};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError {
+    /// The listen address cannot be bound (in use, not local, not permitted).
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The registry refused the registration or could not be reached.
     #[error("cannot register with the registry: {0}")]
     Register(#[from] keel_registry::RegistryError),
+    /// The server stopped with an I/O error while serving.
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }

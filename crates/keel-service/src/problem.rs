@@ -18,10 +18,14 @@ pub struct Problem {
     /// A URI naming the kind of problem; `about:blank` when the status says it all.
     #[serde(rename = "type")]
     pub kind: String,
+    /// A short summary of the problem kind (the status's reason phrase by default).
     pub title: String,
+    /// The HTTP status code, repeated in the body.
     pub status: u16,
+    /// What happened this time, in words the caller can act on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<Box<str>>,
+    /// A URI naming this occurrence (such as the request path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<Box<str>>,
     /// The input fields at fault, for validation errors (an extension member).
@@ -36,7 +40,9 @@ pub struct Problem {
 /// or a header or query parameter name) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProblemField {
+    /// Where the field is: a JSON pointer, or a header or query parameter name.
     pub pointer: String,
+    /// What is wrong with it.
     pub detail: String,
 }
 
@@ -54,21 +60,25 @@ impl Problem {
         }
     }
 
+    /// Sets the `type` URI.
     pub fn with_type(mut self, kind: impl Into<String>) -> Self {
         self.kind = kind.into();
         self
     }
 
+    /// Sets the `title`.
     pub fn with_title(mut self, title: impl Into<String>) -> Self {
         self.title = title.into();
         self
     }
 
+    /// Sets the `detail`.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into().into_boxed_str());
         self
     }
 
+    /// Sets the `instance` URI.
     pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
         self.instance = Some(instance.into().into_boxed_str());
         self
@@ -80,6 +90,7 @@ impl Problem {
         self
     }
 
+    /// Sends `Retry-After: seconds` with the response.
     pub fn with_retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
         self
@@ -112,10 +123,12 @@ impl Problem {
         problem
     }
 
+    /// 404 with `detail`.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND).with_detail(detail)
     }
 
+    /// 409 with `detail`.
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT).with_detail(detail)
     }
@@ -125,6 +138,7 @@ impl Problem {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
+    /// The status as a [`StatusCode`] (500 if `status` is not a valid code).
     pub fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }

@@ -33,6 +33,7 @@ pub struct ServiceConfig {
     /// The host name or address others (and the registry's health check) reach this
     /// instance at.
     pub advertise_host: String,
+    /// Where the service registers and others discover it.
     pub registry: Arc<dyn Registry>,
     /// How long shutdown waits for in-flight requests before dropping them.
     pub shutdown_grace: Duration,
@@ -40,9 +41,13 @@ pub struct ServiceConfig {
     pub body_limit: usize,
     /// The registry's health check of `/ready`.
     pub check_interval: Duration,
+    /// How long the registry's health check waits for `/ready`.
     pub check_timeout: Duration,
+    /// How long an instance may stay critical before the registry removes it.
     pub deregister_critical_after: Duration,
+    /// Registry tags of the instance.
     pub tags: Vec<String>,
+    /// Registry metadata of the instance (key, value).
     pub meta: BTreeMap<String, String>,
     /// Verifies the gateway's signed identities (see [`crate::identity`]); `None` is
     /// the open mode, where `x-keel-subject` is taken at its word.
@@ -94,10 +99,12 @@ pub struct Service {
 }
 
 impl Service {
+    /// A service with `config`, no readiness checks and no routes yet.
     pub fn new(config: ServiceConfig) -> Self {
         Self { config, readiness: Readiness::new(), router: Router::new() }
     }
 
+    /// The checks behind `/ready` (replacing any given before).
     #[must_use]
     pub fn readiness(mut self, readiness: Readiness) -> Self {
         self.readiness = readiness;
