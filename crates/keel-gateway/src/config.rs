@@ -26,6 +26,8 @@ pub struct GatewayConfig {
     /// Largest request body accepted, in bytes (413 above it); routes may lower or raise it.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// The credentials accepted; unset: none (routes that need auth cannot be
+    /// configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
     /// The secret that signs the identity forwarded to services as `x-keel-identity`
@@ -39,8 +41,10 @@ pub struct GatewayConfig {
     /// and closed. Unset: no cap (a proxy or NAT in front would make every client one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections_per_client: Option<u32>,
+    /// CORS answered by the gateway; unset: no CORS headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsConfig>,
+    /// The routes, matched by longest prefix.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
 }
@@ -49,8 +53,10 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    /// JWT verification keys, tried in order.
     #[serde(default)]
     pub jwt: Vec<JwtKeyConfig>,
+    /// Accepted API keys.
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
     /// The request header carrying an API key.
@@ -89,7 +95,9 @@ pub struct JwtKeyConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
+    /// The authenticated subject of requests with this key.
     pub name: String,
+    /// The secret a client sends in the API-key header.
     pub key: String,
     /// The roles the key's identity carries (e.g. `admin`, `events:read`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -118,6 +126,8 @@ pub struct CorsConfig {
     /// Allowed request headers; unset allows any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_headers: Option<Vec<String>>,
+    /// How long browsers may cache a preflight answer (`Access-Control-Max-Age`), in
+    /// seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age_s: Option<u64>,
 }
@@ -140,6 +150,7 @@ pub enum AuthMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
+    /// Requests allowed per second, sustained.
     pub per_second: u32,
     /// Requests allowed in a burst; defaults to `per_second`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +177,7 @@ impl Default for BreakerSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BalanceSetting {
+    /// Each instance in turn.
     RoundRobin,
     /// Two random instances, the one with fewer calls in flight.
     #[default]
@@ -197,18 +209,22 @@ pub struct RouteConfig {
     /// Extra attempts, for idempotent requests without a body only.
     #[serde(default)]
     pub retries: u32,
+    /// Which requests need credentials (default: none).
     #[serde(default)]
     pub auth: AuthMode,
     /// When set, only these authenticated subjects may use the route (others get 403).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_subjects: Option<Vec<String>>,
+    /// A per-client rate limit; unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
     /// Overrides the global `max_body_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    /// The breaker of each upstream instance.
     #[serde(default)]
     pub breaker: BreakerSettings,
+    /// How an instance is chosen.
     #[serde(default)]
     pub balance: BalanceSetting,
 }
@@ -285,36 +301,42 @@ impl GatewayConfig {
         Ok(config)
     }
 
+    /// Adds a route.
     #[must_use]
     pub fn route(mut self, route: RouteConfig) -> Self {
         self.routes.push(route);
         self
     }
 
+    /// Sets the accepted credentials.
     #[must_use]
     pub fn auth(mut self, auth: AuthConfig) -> Self {
         self.auth = Some(auth);
         self
     }
 
+    /// Sets the CORS policy.
     #[must_use]
     pub fn cors(mut self, cors: CorsConfig) -> Self {
         self.cors = Some(cors);
         self
     }
 
+    /// Sets the largest request body, in bytes.
     #[must_use]
     pub fn max_body_bytes(mut self, bytes: u64) -> Self {
         self.max_body_bytes = bytes;
         self
     }
 
+    /// Sets the secret that signs forwarded identities (at least 16 bytes).
     #[must_use]
     pub fn identity_secret(mut self, secret: impl Into<String>) -> Self {
         self.identity_secret = Some(secret.into());
         self
     }
 
+    /// Caps the connections one client IP may hold open.
     #[must_use]
     pub fn max_connections_per_client(mut self, max: u32) -> Self {
         self.max_connections_per_client = Some(max);
@@ -397,12 +419,14 @@ impl AuthConfig {
         })
     }
 
+    /// Adds a JWT verification key.
     #[must_use]
     pub fn jwt(mut self, key: JwtKeyConfig) -> Self {
         self.jwt.push(key);
         self
     }
 
+    /// Accepts API key `key`, authenticating as `name` without roles.
     #[must_use]
     pub fn api_key(mut self, name: impl Into<String>, key: impl Into<String>) -> Self {
         self.api_keys.push(ApiKeyConfig { name: name.into(), key: key.into(), roles: Vec::new() });
@@ -533,42 +557,50 @@ impl RouteConfig {
         }
     }
 
+    /// Whether to remove the prefix from the path sent upstream.
     #[must_use]
     pub fn strip_prefix(mut self, strip: bool) -> Self {
         self.strip_prefix = strip;
         self
     }
 
+    /// Allows only these methods (others get 405).
     #[must_use]
     pub fn methods(mut self, methods: &[&str]) -> Self {
         self.methods = Some(methods.iter().map(|m| (*m).to_owned()).collect());
         self
     }
 
+    /// Time allowed for the upstream's response head, per attempt, in milliseconds.
     #[must_use]
     pub fn timeout_ms(mut self, ms: u64) -> Self {
         self.timeout_ms = ms;
         self
     }
 
+    /// Extra attempts for idempotent requests without a body.
     #[must_use]
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
     }
 
+    /// Sets which requests need credentials.
     #[must_use]
     pub fn auth(mut self, auth: AuthMode) -> Self {
         self.auth = auth;
         self
     }
 
+    /// Limits each client to `per_second` requests, with bursts up to `burst`.
     #[must_use]
     pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
         self.rate_limit = Some(RateLimitConfig { per_second, burst: Some(burst) });
         self
     }
 
+    /// Opens an instance's breaker after `failure_threshold` consecutive failures, for
+    /// `open_for_ms` milliseconds.
     #[must_use]
     pub fn breaker(mut self, failure_threshold: u32, open_for_ms: u64) -> Self {
         self.breaker = BreakerSettings { failure_threshold, open_for_ms };

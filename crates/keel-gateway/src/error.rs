@@ -6,12 +6,23 @@
 pub enum ConfigError {
     /// A value is present but wrong, e.g. `routes[2].prefix: must start with '/'`.
     #[error("{key}: {reason}")]
-    Invalid { key: String, reason: String },
+    Invalid {
+        /// The key, as a path such as `routes[2].prefix`.
+        key: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// The TOML is malformed or has an unknown key (toml's message names it and its line).
     #[error("invalid gateway configuration: {0}")]
     Parse(String),
+    /// The configuration file cannot be read.
     #[error("cannot read gateway configuration {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        /// The file's path.
+        path: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
 }
 
 impl ConfigError {
@@ -28,4 +39,5 @@ impl ConfigError {
     }
 }
 
+/// The gateway's results, failing with [`ConfigError`] by default.
 pub type Result<T, E = ConfigError> = std::result::Result<T, E>;

@@ -38,6 +38,8 @@
 //! - `gateway.rs`: [`Gateway`]: build, serve on a listener, per core
 //!   ([`PerCoreListeners`]) or as an axum router, admin.
 
+#![warn(missing_docs)]
+
 mod auth;
 mod config;
 mod downstream;
