@@ -34,10 +34,16 @@ pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:0";
 /// Keel's settings, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// The event log's database (`KEEL_DATABASE_URL`): `sqlite://...` or `postgres://...`.
     pub database_url: String,
+    /// The broker (`KEEL_BUS_URL`); `None`: the log itself is the bus.
     pub bus_url: Option<String>,
+    /// Consul's HTTP address (`KEEL_CONSUL_URL`); `None`: the in-process registry.
     pub consul_url: Option<String>,
+    /// Where the gateway listens (`KEEL_GATEWAY_ADDR`).
     pub gateway_addr: SocketAddr,
+    /// The HMAC secret of the gateway's JWTs (`KEEL_JWT_SECRET`, at least 16 bytes);
+    /// `None`: write routes are open.
     pub jwt_secret: Option<String>,
     /// The secret of the gateway's signed identities (see [`Config::identity_key`]).
     pub identity_secret: Option<String>,
@@ -68,7 +74,10 @@ struct File {
 #[derive(Debug, thiserror::Error)]
 #[error("configuration key `{key}`: {reason}")]
 pub struct ConfigError {
+    /// The key at fault by its environment name (`KEEL_GATEWAY_ADDR`, ...), or
+    /// `keel.toml` when the file cannot be read.
     pub key: String,
+    /// What is wrong with its value.
     pub reason: String,
 }
 

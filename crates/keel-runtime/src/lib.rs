@@ -17,6 +17,8 @@
 //! - `shutdown.rs`: stopping a process's [`Parts`] in order, each failure logged
 //!   naming its part and the whole reported as a [`ShutdownError`].
 
+#![warn(missing_docs)]
+
 mod cli;
 pub mod config;
 mod redact;

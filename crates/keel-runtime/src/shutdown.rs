@@ -19,7 +19,9 @@ pub struct Parts {
     pub consumers: Vec<(String, ConsumerHandle)>,
     /// Each projection with the name it is reported by.
     pub projections: Vec<(String, ProjectionTask)>,
+    /// The relay from the outbox to the broker, stopped after the projections.
     pub relay: Option<RelayTask>,
+    /// The bus, closed last (waits for outstanding publish confirmations).
     pub bus: Option<Arc<dyn Bus>>,
 }
 
@@ -42,6 +44,7 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
+    /// Nothing noted yet.
     pub fn new() -> Self {
         Self::default()
     }
