@@ -54,7 +54,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --lock
 
 # Verification builds each packaged crate again from its .crate file (in
 # $CARGO_TARGET_DIR/package); the crates.io dependencies are shared with the builds
-# above, so only Keel's own crates are compiled again. The example services and the
-# test kit are `publish = false` and are left out.
+# above, so only Keel's own crates are compiled again. The test kit and examples/ are
+# `publish = false` and are left out.
 step "cargo package (with verification)"
-cargo package --workspace --exclude keel-testkit --locked
+cargo package --workspace --locked --exclude keel-testkit \
+  --exclude keel-example-hello-events --exclude keel-example-guide-service \
+  --exclude keel-example-notifications
