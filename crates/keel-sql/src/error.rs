@@ -57,25 +57,8 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Store(e) => e.is_retryable() || e.is_conflict(),
-            Self::Database(e) => is_transient(e),
+            Self::Database(e) => keel_store::is_transient(e),
             _ => false,
         }
-    }
-}
-
-/// Connection trouble, pool exhaustion, busy SQLite, Postgres serialization failures
-/// and deadlocks (the same rule as `keel_store::StoreError::is_retryable`).
-fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
-            Some("40001" | "40P01" | "57P01" | "5" | "6" | "517" | "261" | "262")
-        ),
-        _ => false,
     }
 }

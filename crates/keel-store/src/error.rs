@@ -105,9 +105,10 @@ impl StoreError {
     }
 }
 
-/// Connection trouble, pool exhaustion, serialization failures, deadlocks and busy
-/// databases pass; everything else does not.
-fn is_transient(error: &sqlx::Error) -> bool {
+/// Whether a database error may pass if the same work is tried again: connection
+/// trouble, pool exhaustion, serialization failures, deadlocks and busy databases do;
+/// everything else does not. The one rule for every SQL layer of Keel.
+pub fn is_transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut

@@ -38,7 +38,7 @@ pub mod stored;
 pub mod subscription;
 
 pub use backfill::{BackfillProgress, GroupBackfill, backfill_group};
-pub use error::{Result, StoreError};
+pub use error::{Result, StoreError, is_transient};
 pub use log::{
     AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, Skipped,
     topic_of,
