@@ -52,11 +52,18 @@ cargo test --workspace --all-features --locked --doc
 step "API docs (rustdoc warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked
 
-# Verification builds each packaged crate again from its .crate file (in
-# $CARGO_TARGET_DIR/package); the crates.io dependencies are shared with the builds
-# above, so only Keel's own crates are compiled again. The test kit and examples/ are
+# Verification builds each packaged crate again from its .crate file, against the
+# other packaged crates served from a local registry. Cargo treats those as registry
+# crates, whose builds it never fingerprints by content (a registry version never
+# changes), so a build of keel-store 0.1.0 left from an earlier run would be reused
+# even though the source changed. Verification therefore builds in its own target
+# directory, and Keel's own crates are removed from it first; the crates.io
+# dependencies stay cached there between runs. The test kit and examples/ are
 # `publish = false` and are left out.
+package_target="$CARGO_TARGET_DIR/package-verify"
+rm -rf "$package_target"/debug/.fingerprint/keel* "$package_target"/debug/deps/libkeel* \
+  "$package_target"/debug/deps/keel* "$package_target"/package
 step "cargo package (with verification)"
-cargo package --workspace --locked --exclude keel-testkit \
+CARGO_TARGET_DIR="$package_target" cargo package --workspace --locked --exclude keel-testkit \
   --exclude keel-example-hello-events --exclude keel-example-guide-service \
   --exclude keel-example-notifications
