@@ -6,9 +6,27 @@ use clap::{Parser, Subcommand};
 use crate::commands;
 use crate::config::Config;
 
+/// Environment variables every command reads (logging and tracing).
+const ENV_ALL: &str = "Every command also reads RUST_LOG (log filter; overrides -v) and \
+OTEL_EXPORTER_OTLP_ENDPOINT (export spans over OTLP). A keel.toml in the working directory may \
+set the KEEL_* settings (database_url, bus_url, ...); the environment wins over it, and \
+--database-url / --bus-url win over both.";
+const ENV_DB: &str = "Environment: KEEL_DATABASE_URL (or --database-url; default \
+sqlite://keel-data/keel.db).";
+const ENV_DB_BUS: &str = "Environment: KEEL_DATABASE_URL (or --database-url; default \
+sqlite://keel-data/keel.db), KEEL_BUS_URL (or --bus-url; unset: the log itself is the bus).";
+const ENV_UP: &str = "Environment: KEEL_DATABASE_URL (or --database-url), KEEL_BUS_URL (or \
+--bus-url), KEEL_CONSUL_URL, KEEL_GATEWAY_ADDR, KEEL_JWT_SECRET, KEEL_IDENTITY_SECRET, \
+KEEL_IDEMPOTENCY_TTL_SECS.";
+const ENV_GATEWAY: &str = "Environment: KEEL_GATEWAY_ADDR, KEEL_CONSUL_URL, KEEL_JWT_SECRET, \
+KEEL_IDENTITY_SECRET.";
+const ENV_EVENTS: &str = "Environment: KEEL_DATABASE_URL (or --database-url), KEEL_CONSUL_URL, \
+KEEL_JWT_SECRET, KEEL_IDENTITY_SECRET.";
+const ENV_NONE: &str = "Environment: none of Keel's settings.";
+
 /// Keel: an event-sourced async messaging backbone.
 #[derive(Debug, Parser)]
-#[command(name = "keel", version, about, long_about = None)]
+#[command(name = "keel", version, about, long_about = None, after_help = ENV_ALL)]
 pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -16,6 +34,14 @@ pub struct Cli {
     /// More logging (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The event log's database: `sqlite://PATH` or `postgres://...` (overrides
+    /// KEEL_DATABASE_URL and keel.toml).
+    #[arg(long, global = true, env = "KEEL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The broker: `amqp://...`, `kafka://...` or `memory://` (overrides KEEL_BUS_URL
+    /// and keel.toml; unset: the log itself is the bus).
+    #[arg(long, global = true, env = "KEEL_BUS_URL", hide_env_values = true)]
+    pub bus_url: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -26,8 +52,10 @@ pub enum Command {
     /// services, the events API, the relay (with a broker) and the gateway on
     /// KEEL_GATEWAY_ADDR. With no configuration: SQLite in ./keel-data, the log itself
     /// as the bus and an in-process registry. Ctrl-C stops it cleanly.
+    #[command(after_help = ENV_UP)]
     Up,
     /// Run the gateway alone, routing through KEEL_CONSUL_URL (or static upstreams).
+    #[command(after_help = ENV_GATEWAY)]
     Gateway {
         /// A gateway config file (TOML: listen, auth, cors, routes).
         #[arg(long)]
@@ -46,6 +74,7 @@ pub enum Command {
     },
     /// Serve the event log over HTTP (`/api/events`: pages, streams, live SSE tail) and
     /// register it as the `events` service.
+    #[command(after_help = ENV_EVENTS)]
     Events {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -55,8 +84,10 @@ pub enum Command {
         advertise_host: String,
     },
     /// Apply Keel's database migrations (also done at every start).
+    #[command(after_help = ENV_DB)]
     Migrate,
     /// Append one event to the log (the relay then publishes it).
+    #[command(after_help = ENV_DB)]
     Publish {
         /// The CloudEvents type, e.g. `order.placed`.
         #[arg(value_name = "TYPE")]
@@ -73,6 +104,7 @@ pub enum Command {
     },
     /// Read history from the log into stdout (CloudEvents JSON lines), the bus, or a
     /// projection.
+    #[command(after_help = ENV_DB_BUS)]
     Replay {
         /// Events after this position.
         #[arg(long, conflicts_with = "since")]
@@ -98,17 +130,22 @@ pub enum Command {
         source: String,
     },
     /// Show the latest events; `--follow` keeps printing new ones.
+    #[command(after_help = ENV_DB)]
     Tail {
+        /// Keep printing new events as they are appended (Ctrl-C stops).
         #[arg(long, short)]
         follow: bool,
         /// How many of the latest events to show first.
         #[arg(long, short = 'n', default_value_t = 10)]
         lines: usize,
     },
-    /// The log's head, relay checkpoints and lag, projection checkpoints.
+    /// The database read, the log's head, relay checkpoints and lag, projection
+    /// checkpoints.
+    #[command(after_help = ENV_DB_BUS)]
     Status,
     /// Run the relay alone: publish the log to KEEL_BUS_URL in order (one active relay
     /// per name across processes; others stand by). Ctrl-C or SIGTERM stops it.
+    #[command(after_help = ENV_DB_BUS)]
     Relay {
         /// The relay's name (its checkpoint and lease).
         #[arg(long, default_value = "main")]
@@ -127,9 +164,26 @@ pub enum Command {
     },
     /// Inspect and retry dead letters of a consumer group (KEEL_BUS_URL), or of a
     /// relay (`--relay NAME`: events the bus could never take, kept in the store).
+    #[command(after_help = ENV_DB_BUS)]
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// Consumer groups of the bus (KEEL_BUS_URL; unset: the log itself): their lag,
+    /// moving one to a position or a time, replaying the log to one group only.
+    /// `memory://` groups live inside the process that opened the bus: out of reach.
+    #[command(after_help = ENV_DB_BUS)]
+    Groups {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
+    /// Print a shell completion script: `keel completions bash > ~/.local/share/bash-completion/completions/keel`,
+    /// `keel completions zsh > ~/.zfunc/_keel`, `keel completions fish > ~/.config/fish/completions/keel.fish`.
+    #[command(after_help = ENV_NONE)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -137,18 +191,25 @@ pub enum Command {
 pub enum ProjectionAction {
     /// List the projections this binary knows (`streams`), and the services'
     /// projections found in the database (each rebuilt by its service's binary).
+    #[command(after_help = ENV_DB)]
     List,
     /// Reset a projection's read model and checkpoint, then replay the log into it.
-    Rebuild { name: String },
+    #[command(after_help = ENV_DB)]
+    Rebuild {
+        /// The projection (`keel projections list` names them).
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SchemaAction {
     /// Print the JSON Schema of each event type (at the version the code expects).
+    #[command(after_help = ENV_NONE)]
     Export,
     /// Decode up to `--sample` events of each (type, schema version) in the log as the
     /// current code would (upcasters included) and report those it cannot read; exits
     /// with an error if there are any.
+    #[command(after_help = ENV_DB)]
     Check {
         /// Events decoded per (type, version); 0 decodes every event.
         #[arg(long, default_value_t = 100)]
@@ -156,11 +217,89 @@ pub enum SchemaAction {
     },
 }
 
+/// `keel groups` actions.
+#[derive(Debug, Subcommand)]
+pub enum GroupAction {
+    /// Consumer groups with their lag. The log as the bus: every group (checkpoints
+    /// in the store). Kafka: the groups the brokers know, on `--topic`. RabbitMQ: give
+    /// `--topic` and `--group` (AMQP cannot list queues).
+    #[command(after_help = ENV_DB_BUS)]
+    List {
+        /// Only groups of this topic (required on Kafka and RabbitMQ).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only this group (required on RabbitMQ).
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Move a group: what it gets next starts after a log position, at a time, at the
+    /// start, or only what comes from now on. Stop the group's consumers first (the log
+    /// bus refuses while one runs). RabbitMQ cannot move a queue back: its queue is
+    /// emptied and refilled from the log. Kafka: by time, start or end only (offsets
+    /// are not log positions).
+    #[command(after_help = ENV_DB_BUS)]
+    Reset {
+        #[command(flatten)]
+        target: GroupTarget,
+        #[command(flatten)]
+        to: ResetTo,
+    },
+    /// Send the log's events (from a position or a time) to one group only: the
+    /// other groups get nothing again. The log as the bus: the group's checkpoint moves
+    /// back (a reset). RabbitMQ and Kafka: the events are published to that group alone
+    /// (as `keel replay --into group:TOPIC:GROUP`).
+    #[command(after_help = ENV_DB_BUS)]
+    Replay {
+        #[command(flatten)]
+        target: GroupTarget,
+        /// Events after this log position.
+        #[arg(long, conflicts_with = "since")]
+        from: Option<u64>,
+        /// Events at or after this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Only events of this type (repeatable; not with the log as the bus).
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+    },
+}
+
+/// One consumer group.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GroupTarget {
+    /// The topic the group consumes.
+    #[arg(long)]
+    pub topic: String,
+    /// The consumer group.
+    #[arg(long)]
+    pub group: String,
+}
+
+/// Where `keel groups reset` moves a group (exactly one).
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct ResetTo {
+    /// Next is the first event after this log position.
+    #[arg(long)]
+    pub to_position: Option<u64>,
+    /// Next is the first event at or after this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub to_time: Option<DateTime<Utc>>,
+    /// Next is the first event there is.
+    #[arg(long)]
+    pub to_start: bool,
+    /// Skip everything there is now: next is what comes after.
+    #[arg(long)]
+    pub to_end: bool,
+}
+
 /// Whose dead letters: a consumer group's, or a relay's.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DlqTarget {
+    /// The topic the group consumes.
     #[arg(long, required_unless_present = "relay")]
     pub topic: Option<String>,
+    /// The consumer group whose dead letters these are.
     #[arg(long, required_unless_present = "relay")]
     pub group: Option<String>,
     /// A relay's dead letters (events the bus could never take) instead of a
@@ -172,26 +311,33 @@ pub struct DlqTarget {
 #[derive(Debug, Subcommand)]
 pub enum DlqAction {
     /// List dead letters of a group or relay.
+    #[command(after_help = ENV_DB_BUS)]
     List {
         #[command(flatten)]
         target: DlqTarget,
+        /// Show at most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
     /// Show one dead letter in full.
+    #[command(after_help = ENV_DB_BUS)]
     Show {
+        /// The dead letter's id (as `keel dlq list` shows it).
         id: String,
         #[command(flatten)]
         target: DlqTarget,
     },
     /// Send a dead letter back to its group (a relay's: publish its event again
     /// through KEEL_BUS_URL, then delete the record).
+    #[command(after_help = ENV_DB_BUS)]
     Retry {
+        /// The dead letter's id (as `keel dlq list` shows it).
         id: String,
         #[command(flatten)]
         target: DlqTarget,
     },
     /// Delete every dead letter of a group or relay.
+    #[command(after_help = ENV_DB_BUS)]
     Purge {
         #[command(flatten)]
         target: DlqTarget,
@@ -217,9 +363,32 @@ pub fn init_tracing(verbose: u8) -> Option<keel_telemetry::TelemetryGuard> {
     keel_telemetry::init("keel", &format!("{default},lapin::returned_messages=error")).ok()
 }
 
+/// `error` and its causes on one line, each cause once: many errors already include
+/// their source in their own message (`connecting: {source}`), so printing the whole
+/// chain as `{error:#}` would repeat it. A cause whose text the message before it
+/// already contains is left out.
+pub fn error_report(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || parts.iter().any(|part| part.contains(text)) {
+            continue;
+        }
+        parts.push(text.to_owned());
+    }
+    parts.join(": ")
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load()?;
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let mut stdout = std::io::stdout().lock();
+        clap_complete::generate(shell, &mut command, "keel", &mut stdout);
+        return Ok(());
+    }
+    let config = config(&cli)?;
     let out = commands::Output { json: cli.json };
     match cli.command {
         Command::Up => crate::up::up(&config).await,
@@ -255,5 +424,98 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::schema_check(&config, out, sample).await
         }
         Command::Dlq { action } => commands::dlq(&config, out, action).await,
+        Command::Groups { action } => crate::groups::groups(&config, out, action).await,
+        Command::Completions { .. } => Ok(()),
+    }
+}
+
+/// The configuration: keel.toml, under the environment, under `--database-url` and
+/// `--bus-url` (clap has already read KEEL_DATABASE_URL and KEEL_BUS_URL into them
+/// when the flags are absent).
+fn config(cli: &Cli) -> Result<Config, crate::config::ConfigError> {
+    Config::from_sources(std::path::Path::new("keel.toml"), |key| match key {
+        "KEEL_DATABASE_URL" => cli.database_url.clone(),
+        "KEEL_BUS_URL" => cli.bus_url.clone(),
+        _ => std::env::var(key).ok(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every command (and subcommand) with its path, e.g. `keel dlq list`.
+    fn commands() -> Vec<(String, clap::Command)> {
+        fn walk(path: String, command: clap::Command, out: &mut Vec<(String, clap::Command)>) {
+            for sub in command.get_subcommands() {
+                walk(format!("{path} {}", sub.get_name()), sub.clone(), out);
+            }
+            out.push((path, command));
+        }
+        let mut out = Vec::new();
+        walk("keel".to_owned(), Cli::command(), &mut out);
+        out
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        let mut missing = Vec::new();
+        for (path, command) in commands() {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn every_command_lists_the_environment_it_reads() {
+        let mut missing = Vec::new();
+        for (path, command) in commands() {
+            if command.has_subcommands() && path != "keel" {
+                continue;
+            }
+            let after = command.get_after_help().map(ToString::to_string).unwrap_or_default();
+            if !after.contains("Environment:") && !after.contains("RUST_LOG") {
+                missing.push(path);
+            }
+        }
+        assert!(missing.is_empty(), "commands whose help names no environment: {missing:?}");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("pool timed out: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn an_error_report_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let error = anyhow::Error::new(Repeats(io)).context("connecting to PostgreSQL");
+        let report = error_report(&error);
+        assert_eq!(report, "connecting to PostgreSQL: pool timed out: connection refused");
+        assert_eq!(report.matches("connection refused").count(), 1, "{report}");
+    }
+
+    #[test]
+    fn flags_win_over_the_environment() {
+        let cli = Cli::parse_from([
+            "keel",
+            "status",
+            "--database-url",
+            "sqlite://elsewhere.db",
+            "--bus-url",
+            "memory://",
+        ]);
+        let config = config(&cli).expect("a valid configuration");
+        assert_eq!(config.database_url, "sqlite://elsewhere.db");
+        assert_eq!(config.bus_url.as_deref(), Some("memory://"));
     }
 }

@@ -26,7 +26,11 @@ pub struct Output {
 
 impl Output {
     /// Prints `value` as JSON, or `text` for people.
-    fn emit(self, value: &serde_json::Value, text: impl FnOnce() -> String) -> std::io::Result<()> {
+    pub(crate) fn emit(
+        self,
+        value: &serde_json::Value,
+        text: impl FnOnce() -> String,
+    ) -> std::io::Result<()> {
         if self.json { say(&value.to_string()) } else { say(&text()) }
     }
 }
@@ -165,7 +169,7 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
         if bus.is_some() {
             out.emit(&value, || format!("replayed {count} event(s) into the bus"))?;
         } else {
-            eprintln!("replayed {count} event(s)");
+            eprintln!("replayed {count} event(s) from {}", database_name(&config.database_url));
         }
     }
     Ok(())
@@ -315,6 +319,9 @@ pub async fn tail(config: &Config, out: Output, follow: bool, lines: usize) -> a
     let from = Position(head.0.saturating_sub(lines as u64));
     let recent =
         log.read_all(&LogQuery { from, limit: lines.max(1), ..LogQuery::default() }).await?;
+    if recent.is_empty() && !out.json {
+        eprintln!("no events yet in {}", database_name(&config.database_url));
+    }
     for event in &recent {
         say(&line(out, &event.event))?;
     }
@@ -355,10 +362,11 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
     let mut checkpoints = Vec::new();
     for (name, cursor, updated) in log.checkpoints().await? {
         let behind = log.count_after(cursor, Position(u64::MAX)).await?;
+        let position = caught_up_to(&*log, cursor, behind, head).await?;
         let kind = name.split_once(':').map_or("other", |(kind, _)| kind).to_owned();
         let mut row = json!({
             "name": name, "kind": kind, "cursor": cursor.to_string(),
-            "position": cursor.position, "lag": behind, "updated_at": updated.to_rfc3339(),
+            "position": position.0, "lag": behind, "updated_at": updated.to_rfc3339(),
         });
         if let (Some(bus), Some(("bus", rest))) = (&log_bus, name.split_once(':'))
             && let Some((topic, group)) = rest.split_once(':')
@@ -376,6 +384,7 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
     }
     let value = json!({
         "store": store.kind(),
+        "database": database_name(&config.database_url),
         "bus": config
             .bus_url
             .as_deref()
@@ -387,8 +396,9 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
     });
     out.emit(&value, || {
         let mut text = format!(
-            "store  {}\nbus    {}\nhead   position {}\n",
+            "store  {} {}\nbus    {}\nhead   position {}\n",
             store.kind(),
+            value["database"].as_str().unwrap_or_default(),
             value["bus"].as_str().unwrap_or_default(),
             head
         );
@@ -406,7 +416,7 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
                 text.push_str(&format!(
                     "{:<40} {:>10} {:>8} {:>6} {:>7}  {}\n",
                     c["name"].as_str().unwrap_or_default(),
-                    c["position"].as_i64().unwrap_or_default(),
+                    c["position"].as_u64().unwrap_or_default(),
                     c["lag"].as_u64().unwrap_or_default(),
                     count("dead_letters"),
                     count("skipped"),
@@ -431,6 +441,51 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         text.trim_end().to_owned()
     })?;
     Ok(())
+}
+
+/// The log position a checkpoint at `cursor` has caught up to: every event at or
+/// below it has been handled. `lag` events after the cursor are still to come.
+///
+/// The cursor's own position part is not that: on PostgreSQL a subscription's cursor
+/// may be a transaction horizon (`epoch.txid.9223372036854775807`: everything of the
+/// transactions before it), and subscription order is by writer's transaction, so a
+/// late-committing event can sit below the cursor's position. The answer is the
+/// highest position `p` with no unhandled event at or below it, found by bisection on
+/// the store's own count of events after the cursor up to `p`.
+async fn caught_up_to(
+    log: &dyn keel_store::EventLog,
+    cursor: keel_store::Cursor,
+    lag: u64,
+    head: Position,
+) -> anyhow::Result<Position> {
+    if lag == 0 {
+        return Ok(head);
+    }
+    // Invariant: nothing unhandled at or below `low`; something at or below `high`.
+    let (mut low, mut high) = (0u64, head.0);
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        if log.count_after(cursor, Position(mid)).await? == 0 {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    Ok(Position(low))
+}
+
+/// The database a command reads, fit for printing: its URL without secrets, and for
+/// SQLite the file's absolute path (a relative `sqlite://keel-data/keel.db` depends on
+/// the directory the command runs in).
+pub fn database_name(url: &str) -> String {
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        let (file, query) = path.split_once('?').map_or((path, None), |(f, q)| (f, Some(q)));
+        if let Ok(absolute) = std::path::Path::new(file).canonicalize() {
+            let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+            return redact_url(&format!("sqlite://{}{query}", absolute.display()));
+        }
+    }
+    redact_url(url)
 }
 
 /// `keel schema export`: the example system's event schemas, by type.
@@ -634,7 +689,7 @@ pub use keel_runtime::shutdown_signal;
 
 pub async fn projections_list(config: &Config, out: Output) -> anyhow::Result<()> {
     let names = projections::names();
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url).await?;
     let services = projections::services_projections(&store).await?;
     let json = json!({
         "projections": names,
@@ -762,7 +817,11 @@ async fn relay_dlq(
             format!("`{id}` is not a relay dead letter id (the event's log position)")
         })
     };
-    let store = Store::open(&config.database_url).await?;
+    let store = if matches!(action, DlqAction::List { .. } | DlqAction::Show { .. }) {
+        Store::open_read_only(&config.database_url).await?
+    } else {
+        Store::open(&config.database_url).await?
+    };
     let log = store.log();
     match action {
         DlqAction::List { limit, .. } => {

@@ -3,13 +3,15 @@
 //! (`crates/keel`) instead.
 //!
 //! Layout: [`config`] reads `KEEL_*` settings; [`backends`] opens the configured store
-//! and bus; [`cli`] parses the command line and [`commands`] carries it out;
+//! and bus; [`cli`] parses the command line and [`commands`] carries it out
+//! ([`groups`]: `keel groups`, consumer groups seen from outside);
 //! [`projections`] names the projections `keel projections rebuild` knows; [`up`] runs
 //! the whole example system in one process (`keel up`).
 
 pub mod backends;
 pub mod cli;
 pub mod commands;
+pub mod groups;
 pub use keel_runtime::config;
 pub mod projections;
 pub mod up;

@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
         // The reader of stdout has gone (`keel tail | head -1`): it has what it wanted.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("keel: {error:#}");
+            eprintln!("keel: {}", keel_cli::cli::error_report(&error));
             ExitCode::FAILURE
         }
     }

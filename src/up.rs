@@ -110,6 +110,11 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
     eprintln!("keel up: stopping");
 
     let mut report = Shutdown::new();
+    // Live tails (SSE through the gateway) end first: the gateway drains in-flight
+    // responses, and a live tail never finishes by itself.
+    for (_, service) in &services {
+        service.end_live_streams();
+    }
     let _ = stop_gateway.send(());
     let gateway = match gateway_task.await {
         Ok(served) => served.map_err(anyhow::Error::from),

@@ -85,6 +85,15 @@ fn exercise(keel: &Keel) {
     assert_eq!(status["head"], third["position"]);
     let checkpoints = status["checkpoints"].as_array().expect("checkpoints");
     assert!(checkpoints.iter().any(|c| c["name"] == "projection:streams" && c["lag"] == 0));
+    // Positions print as positions: a caught-up checkpoint is at the head, never at a
+    // cursor's i64::MAX sentinel (PostgreSQL's transaction horizon).
+    for c in checkpoints {
+        assert!(c["position"].as_u64().unwrap() <= status["head"].as_u64().unwrap(), "{status}");
+    }
+    let streams = checkpoints.iter().find(|c| c["name"] == "projection:streams").unwrap();
+    assert_eq!(streams["position"], third["position"], "{status}");
+    let text = keel.ok(&["status"]);
+    assert!(!text.contains(&i64::MAX.to_string()), "{text}");
 
     let tail = keel.ok(&["tail", "-n", "1"]);
     assert!(tail.contains("order.confirmed"), "{tail}");
@@ -567,4 +576,462 @@ fn read_commands_work_on_a_read_only_database() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("read-only") || stderr.contains("permission"), "{stderr}");
+}
+
+/// `keel` in `dir` with `KEEL_*` cleared, then `env` set.
+fn keel_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("KEEL_DATABASE_URL")
+        .env_remove("KEEL_BUS_URL")
+        .env_remove("RUST_LOG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn read_commands_refuse_a_database_that_does_not_exist() {
+    // A directory with no keel-data: the default database is not there.
+    let keel = Keel::sqlite();
+    for args in [
+        &["status"][..],
+        &["tail"],
+        &["replay"],
+        &["schema", "check"],
+        &["projections", "list"],
+        &["dlq", "list", "--topic", "t", "--group", "g"],
+        &["dlq", "list", "--relay", "main"],
+        &["dlq", "show", "1", "--relay", "main"],
+    ] {
+        let output = keel_in(&keel.dir, args, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "keel {args:?} succeeded on no database: {stderr}");
+        assert!(stderr.contains("no database at"), "keel {args:?}: {stderr}");
+        assert!(stderr.contains("keel-data/keel.db"), "keel {args:?} names it: {stderr}");
+        assert!(!keel.dir.join("keel-data").exists(), "keel {args:?} created the database");
+    }
+}
+
+#[test]
+fn status_names_the_database_it_reads() {
+    let keel = Keel::sqlite();
+    keel.ok(&["publish", "t.t", "--stream", "s-1", "--data", "{}"]);
+    let path = keel.dir.join("keel.db").canonicalize().unwrap();
+    let text = keel.ok(&["status"]);
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    let json = keel.json(&["status"]);
+    assert_eq!(json["database"], format!("sqlite://{}", path.display()), "{json}");
+    let replay = keel.run(&["replay"]);
+    assert!(String::from_utf8_lossy(&replay.stderr).contains(&path.display().to_string()));
+}
+
+#[test]
+fn database_and_bus_flags_override_the_environment() {
+    let keel = Keel::sqlite();
+    keel.ok(&["publish", "t.t", "--stream", "s-1", "--data", "{}"]);
+    let elsewhere = Keel::sqlite();
+    // The environment names an empty directory's database; the flag names the real one.
+    let output = keel_in(
+        &elsewhere.dir,
+        &["status", "--json", "--database-url", &keel.database_url, "--bus-url", "memory://"],
+        &[("KEEL_DATABASE_URL", &elsewhere.database_url), ("KEEL_BUS_URL", "amqp://nowhere")],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["head"], 1, "{status}");
+    assert_eq!(status["bus"], "memory://", "{status}");
+    // Without the flags, the environment is read.
+    let output = keel_in(&elsewhere.dir, &["status"], &[("KEEL_DATABASE_URL", &keel.database_url)]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn logs_to_a_file_or_pipe_carry_no_colour() {
+    let keel = Keel::sqlite();
+    keel.ok(&["publish", "t.t", "--stream", "s-1", "--data", "{}"]);
+    // Debug logging on stderr, which is a pipe here.
+    let output = keel.run(&["-vv", "status"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.lines().count() > 0, "no log lines to check");
+    assert!(!stderr.contains('\u{1b}'), "ANSI escape codes in piped logs:\n{stderr}");
+}
+
+#[test]
+fn errors_print_each_cause_once() {
+    let keel = Keel::sqlite();
+    let database = format!("postgres://keel@127.0.0.1:{}/keel", closed_port());
+    let output = keel_in(&keel.dir, &["status"], &[("KEEL_DATABASE_URL", &database)]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let parts: Vec<&str> = lines[0].trim_start_matches("keel: ").split(": ").collect();
+    for (n, part) in parts.iter().enumerate() {
+        assert!(
+            !parts[n + 1..].iter().any(|later| later.contains(part) || part.contains(later)),
+            "a cause printed twice: {stderr}"
+        );
+    }
+    assert!(stderr.to_lowercase().contains("refused"), "{stderr}");
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let keel = Keel::sqlite();
+    for (shell, marker) in
+        [("bash", "complete -F"), ("zsh", "#compdef keel"), ("fish", "complete -c keel")]
+    {
+        let script = keel.ok(&["completions", shell]);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("status") && script.contains("database-url"), "{shell}");
+    }
+}
+
+#[test]
+fn every_command_help_names_its_environment() {
+    let keel = Keel::sqlite();
+    let status = keel.ok(&["status", "--help"]);
+    assert!(status.contains("KEEL_DATABASE_URL") && status.contains("KEEL_BUS_URL"), "{status}");
+    let tail = keel.ok(&["tail", "--help"]);
+    assert!(tail.contains("--follow") && tail.contains("Keep printing"), "{tail}");
+}
+
+/// Ctrl-C on `keel up` with a live tail (SSE through the gateway) open stops it within
+/// a few seconds. The bound is not a benchmark: a shutdown that waits for the tail's
+/// client to hang up waits out every drain period (16 s before this was fixed), so
+/// any bound well under that tells the two behaviours apart; 5 s leaves room for a
+/// slow, shared machine while the aim is under 2 s.
+#[test]
+fn ctrl_c_with_a_live_tail_open_stops_soon() {
+    let keel = Keel::sqlite();
+    let mut up = spawn_up(&keel, &[]);
+    let banner = read_until(&mut up, "try:");
+    let gateway = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("gateway").map(|rest| rest.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no gateway in the banner: {banner}"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tail = runtime.block_on(async {
+        reqwest::get(format!("{gateway}/api/events/live")).await.expect("the live tail")
+    });
+    assert_eq!(tail.status(), 200);
+    assert!(
+        tail.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"),
+        "{:?}",
+        tail.headers()
+    );
+    let sent = Command::new("kill").args(["-INT", &up.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let output = wait_exit(
+        &mut up,
+        std::time::Duration::from_secs(5),
+        "keel up after Ctrl-C with a live tail open",
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    drop(tail);
+}
+
+/// `keel` in `keel`'s directory with `bus_url` (`None`: the log itself), `--json`
+/// added; the parsed output, or the failure's stderr.
+fn groups_cmd(
+    keel: &Keel,
+    bus_url: Option<&str>,
+    args: &[&str],
+) -> Result<serde_json::Value, String> {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+    command.args(&all).current_dir(&keel.dir).env("KEEL_DATABASE_URL", &keel.database_url);
+    match bus_url {
+        Some(url) => command.env("KEEL_BUS_URL", url),
+        None => command.env_remove("KEEL_BUS_URL"),
+    };
+    let output = command.output().expect("run keel");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&output.stdout).expect("JSON"))
+}
+
+fn sample(topic: &str, n: u64) -> keel_core::CloudEvent {
+    keel_core::CloudEvent::builder("grp.sample", "/tests/cli")
+        .subject(format!("{topic}-{n}"))
+        .json_data(&serde_json::json!({ "n": n }))
+        .unwrap()
+        .partition_key("k")
+        .build()
+        .unwrap()
+}
+
+/// The `n` of each of the next `count` deliveries, acknowledged.
+async fn receive(subscription: &mut Box<dyn keel_core::Subscription>, count: usize) -> Vec<u64> {
+    let mut seen = Vec::new();
+    for _ in 0..count {
+        let delivery = next(subscription).await;
+        let event = delivery.event().unwrap().clone();
+        let data: serde_json::Value = serde_json::from_slice(event.data().unwrap()).unwrap();
+        seen.push(data["n"].as_u64().unwrap());
+        delivery.ack().await.unwrap();
+    }
+    seen
+}
+
+/// The lag `keel groups list` shows for one group, once `done` holds for it (a group's
+/// progress is saved, or committed, a moment after the settle).
+async fn group_lag(keel: &Keel, bus_url: Option<&str>, topic: &str, group: &str, want: u64) {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..150 {
+        last = groups_cmd(keel, bus_url, &["groups", "list", "--topic", topic, "--group", group])
+            .unwrap_or_else(|e| panic!("keel groups list: {e}"));
+        let lag = last["groups"].as_array().and_then(|g| g.first()).map(|g| g["lag"].clone());
+        if lag == Some(serde_json::json!(want)) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("{topic}/{group} never showed lag {want}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_list_reset_and_replay_with_the_log_as_bus() {
+    use keel_core::{Subscriber as _, SubscriptionSpec};
+
+    let keel = Keel::sqlite();
+    keel.ok(&["migrate"]);
+    let topic = format!("grp{}", uuid_like());
+    let log = std::sync::Arc::new(
+        keel_sqlite::SqliteEventLog::connect(&keel.database_url).await.unwrap(),
+    );
+    let bus = keel_logbus::open(log.clone()).await.unwrap();
+    let mut subscription = bus.subscribe(SubscriptionSpec::new(&topic, "g")).await.unwrap();
+    let events: Vec<_> = (1..=3).map(|n| sample(&topic, n)).collect();
+    keel_core::Publisher::publish(&bus, &topic, &events).await.unwrap();
+    assert_eq!(receive(&mut subscription, 3).await, [1, 2, 3]);
+    group_lag(&keel, None, &topic, "g", 0).await;
+
+    // While the group is consumed, a reset would be undone by its next save.
+    let refused = groups_cmd(
+        &keel,
+        None,
+        &["groups", "reset", "--topic", &topic, "--group", "g", "--to-start"],
+    );
+    assert!(refused.as_ref().is_err_and(|e| e.contains("being consumed")), "{refused:?}");
+    subscription.close().await.unwrap();
+    drop(bus);
+
+    // Back to after the first event: the group gets the second and third again.
+    let replayed = keel.ok(&["replay", "--type", "grp.sample"]);
+    let first: serde_json::Value = serde_json::from_str(replayed.lines().next().unwrap()).unwrap();
+    assert_eq!(first["data"]["n"], 1, "{replayed}");
+    let position = first["position"].as_u64().unwrap().to_string();
+    let mut moved = Err(String::new());
+    for _ in 0..100 {
+        moved = groups_cmd(
+            &keel,
+            None,
+            &["groups", "reset", "--topic", &topic, "--group", "g", "--to-position", &position],
+        );
+        if moved.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let moved = moved.unwrap_or_else(|e| panic!("keel groups reset: {e}"));
+    assert_eq!(moved["lag"], 2, "{moved}");
+    group_lag(&keel, None, &topic, "g", 2).await;
+    let listed = groups_cmd(&keel, None, &["groups", "list"]).unwrap();
+    assert!(
+        listed["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["topic"] == topic.as_str() && g["lag"] == 2),
+        "{listed}"
+    );
+
+    let bus = keel_logbus::open(log.clone()).await.unwrap();
+    let mut subscription = bus.subscribe(SubscriptionSpec::new(&topic, "g")).await.unwrap();
+    assert_eq!(receive(&mut subscription, 2).await, [2, 3]);
+    subscription.close().await.unwrap();
+    drop(bus);
+
+    // `replay` with the log as the bus is a reset to the start.
+    let mut replayed = Err(String::new());
+    for _ in 0..100 {
+        replayed =
+            groups_cmd(&keel, None, &["groups", "replay", "--topic", &topic, "--group", "g"]);
+        if replayed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(replayed.unwrap()["lag"], 3);
+    let bus = keel_logbus::open(log).await.unwrap();
+    let mut subscription = bus.subscribe(SubscriptionSpec::new(&topic, "g")).await.unwrap();
+    assert_eq!(receive(&mut subscription, 3).await, [1, 2, 3]);
+    subscription.close().await.unwrap();
+
+    // memory:// groups are out of reach from another process, and it says so.
+    let memory = groups_cmd(&keel, Some("memory://"), &["groups", "list"]);
+    assert!(memory.is_err_and(|e| e.contains("inside the process")));
+}
+
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_list_reset_and_replay_on_rabbitmq() {
+    use keel_core::{Subscriber as _, SubscriptionSpec};
+
+    let url = std::env::var("KEEL_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let keel = Keel::sqlite();
+    let topic = format!("grp{}", uuid_like());
+    // The log has three events of the topic (the stream category is the topic).
+    let mut positions = Vec::new();
+    for n in 1..=3 {
+        let data = format!(r#"{{"n":{n}}}"#);
+        let stream = format!("{topic}-{n}");
+        let done = keel.json(&["publish", "grp.sample", "--stream", &stream, "--data", &data]);
+        positions.push(done["position"].as_u64().unwrap());
+    }
+    // The group subscribes (its queue exists) after they were published: it has none.
+    let bus = keel_amqp::AmqpBus::connect(&url, keel_amqp::AmqpConfig::default()).await.unwrap();
+    bus.subscribe(SubscriptionSpec::new(&topic, "g")).await.unwrap().close().await.unwrap();
+    group_lag(&keel, Some(&url), &topic, "g", 0).await;
+
+    let replayed =
+        groups_cmd(&keel, Some(&url), &["groups", "replay", "--topic", &topic, "--group", "g"])
+            .unwrap();
+    assert_eq!(replayed["replayed"], 3, "{replayed}");
+    group_lag(&keel, Some(&url), &topic, "g", 3).await;
+
+    let to_end = groups_cmd(
+        &keel,
+        Some(&url),
+        &["groups", "reset", "--topic", &topic, "--group", "g", "--to-end"],
+    )
+    .unwrap();
+    assert_eq!(to_end["purged"], 3, "{to_end}");
+    group_lag(&keel, Some(&url), &topic, "g", 0).await;
+
+    let after_first = positions[0].to_string();
+    let moved = groups_cmd(
+        &keel,
+        Some(&url),
+        &["groups", "reset", "--topic", &topic, "--group", "g", "--to-position", &after_first],
+    )
+    .unwrap();
+    assert_eq!(moved["replayed"], 2, "{moved}");
+    group_lag(&keel, Some(&url), &topic, "g", 2).await;
+
+    let mut subscription = bus.subscribe(SubscriptionSpec::new(&topic, "g")).await.unwrap();
+    assert_eq!(receive(&mut subscription, 2).await, [2, 3]);
+    subscription.close().await.unwrap();
+
+    let unnamed = groups_cmd(&keel, Some(&url), &["groups", "list"]);
+    assert!(unnamed.is_err_and(|e| e.contains("--topic and --group")));
+}
+
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_list_and_reset_on_kafka() {
+    use keel_core::{Subscriber as _, SubscriptionSpec};
+
+    let brokers =
+        std::env::var("KEEL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let url = format!("kafka://{brokers}");
+    let keel = Keel::sqlite();
+    keel.ok(&["migrate"]);
+    let topic = format!("grp{}", uuid_like());
+    let group = format!("g{}", uuid_like());
+    let bus = keel_kafka::KafkaBus::connect(&url).unwrap();
+    let mut subscription = bus.subscribe(SubscriptionSpec::new(&topic, &group)).await.unwrap();
+    // One record a batch: Tansu's end offset is the last batch's first offset plus one.
+    for n in 1..=3 {
+        keel_core::Publisher::publish(&bus, &topic, &[sample(&topic, n)]).await.unwrap();
+    }
+    let mut seen = receive(&mut subscription, 3).await;
+    seen.sort_unstable();
+    assert_eq!(seen, [1, 2, 3]);
+    subscription.close().await.unwrap();
+    group_lag(&keel, Some(&url), &topic, &group, 0).await;
+
+    let moved = groups_cmd(
+        &keel,
+        Some(&url),
+        &["groups", "reset", "--topic", &topic, "--group", &group, "--to-start"],
+    )
+    .unwrap();
+    assert_eq!(moved["lag"], 3, "{moved}");
+    group_lag(&keel, Some(&url), &topic, &group, 3).await;
+    let listed = groups_cmd(&keel, Some(&url), &["groups", "list", "--topic", &topic]).unwrap();
+    assert!(
+        listed["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["group"] == group.as_str() && g["lag"] == 3),
+        "{listed}"
+    );
+
+    let mut subscription = bus.subscribe(SubscriptionSpec::new(&topic, &group)).await.unwrap();
+    let mut again = receive(&mut subscription, 3).await;
+    again.sort_unstable();
+    assert_eq!(again, [1, 2, 3], "the group reads the topic again from the start");
+    subscription.close().await.unwrap();
+
+    let by_position = groups_cmd(
+        &keel,
+        Some(&url),
+        &["groups", "reset", "--topic", &topic, "--group", &group, "--to-position", "1"],
+    );
+    assert!(by_position.is_err_and(|e| e.contains("--to-time")));
+}
+
+/// On PostgreSQL a caught-up group's cursor is a transaction horizon whose position
+/// part is i64::MAX; `keel status` shows the log position it has reached instead.
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread")]
+async fn status_on_postgres_prints_positions_not_cursor_sentinels() {
+    use keel_core::{Subscriber as _, SubscriptionSpec};
+
+    let mut keel = Keel::sqlite();
+    keel.database_url = keel_testkit::postgres::fresh_database("cli-status").await;
+    keel.ok(&["migrate"]);
+    let log = std::sync::Arc::new(
+        keel_postgres::PgEventLog::connect(&keel.database_url, keel_postgres::PgOptions::default())
+            .await
+            .unwrap(),
+    );
+    let bus = keel_logbus::open(log).await.unwrap();
+    let topic = format!("st{}", uuid_like());
+    let mut subscription = bus.subscribe(SubscriptionSpec::new(&topic, "g")).await.unwrap();
+    let events: Vec<_> = (1..=2).map(|n| sample(&topic, n)).collect();
+    keel_core::Publisher::publish(&bus, &topic, &events).await.unwrap();
+    receive(&mut subscription, 2).await;
+    // Another transaction commits, so the group's cursor moves to the horizon past it.
+    keel.ok(&["publish", "other.thing", "--stream", "other-1", "--data", "{}"]);
+    let name = format!("bus:{topic}:g");
+    let mut status = serde_json::Value::Null;
+    for _ in 0..150 {
+        status = keel.json(&["status"]);
+        let row = status["checkpoints"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|c| c["name"] == name.as_str()).cloned());
+        if let Some(row) = row.filter(|r| {
+            r["lag"] == 0 && r["cursor"].as_str().unwrap().ends_with(&i64::MAX.to_string())
+        }) {
+            assert_eq!(row["position"], status["head"], "{status}");
+            let text = keel.ok(&["status"]);
+            assert!(!text.contains(&i64::MAX.to_string()), "{text}");
+            subscription.close().await.unwrap();
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("the group's checkpoint never reached the horizon: {status}");
 }

@@ -29,7 +29,7 @@ const TAKE: BasicGetOptions = BasicGetOptions { no_ack: false };
 
 /// A channel on the consuming connection, which the broker never blocks (it blocks
 /// connections that publish during a memory or disk alarm).
-async fn browse_channel(shared: &Shared) -> Result<Channel, BusError> {
+pub(crate) async fn browse_channel(shared: &Shared) -> Result<Channel, BusError> {
     if shared.publishing.is_closed() {
         return Err(BusError::Closed);
     }
@@ -41,7 +41,7 @@ async fn browse_channel(shared: &Shared) -> Result<Channel, BusError> {
 }
 
 /// Closing the channel returns every message it took.
-async fn give_back(channel: Channel) {
+pub(crate) async fn give_back(channel: Channel) {
     if channel.status().connected() {
         let _ = channel.close(200, "keel: done browsing".into()).await;
     }

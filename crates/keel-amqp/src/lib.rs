@@ -22,6 +22,7 @@
 //! - `publisher.rs`: confirmed, mandatory, pipelined publishing over a channel pool.
 //! - `subscription.rs`: a group member (re-joins after a failure) and settling.
 //! - `dead_letters.rs`: listing, retrying and purging a group's dead-letter queue.
+//! - `groups.rs`: a group's queue depth and emptying it (`keel groups`).
 //! - `error.rs`: lapin errors as `BusError`s (retryable or not).
 //!
 //! # Wire format
@@ -152,6 +153,7 @@ mod config;
 mod connector;
 mod dead_letters;
 mod error;
+mod groups;
 mod headers;
 mod names;
 mod publisher;
@@ -170,6 +172,7 @@ use tokio::sync::watch;
 
 pub use crate::config::{AmqpConfig, QueueType};
 use crate::connector::{Connector, Wait};
+pub use crate::groups::QueueDepth;
 use crate::publisher::Publishing;
 use crate::subscription::AmqpSubscription;
 
@@ -221,6 +224,26 @@ impl AmqpBus {
     /// The configuration in effect (after the URL's parameters).
     pub fn config(&self) -> &AmqpConfig {
         &self.shared.config
+    }
+
+    /// How many messages wait in consumer group `group`'s queue of `topic` (its lag)
+    /// and how many members consume it; `None` when the group was never subscribed.
+    /// AMQP cannot list queues: the caller names the group.
+    pub async fn queue_depth(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<Option<QueueDepth>, BusError> {
+        self.check_open()?;
+        groups::depth(&self.shared, topic, group).await
+    }
+
+    /// Drops every message waiting in consumer group `group`'s queue of `topic` (not
+    /// those its members hold), returning how many: the first step of moving a group,
+    /// which a backfill from the log then refills (`keel groups reset`).
+    pub async fn purge_group(&self, topic: &str, group: &str) -> Result<u64, BusError> {
+        self.check_open()?;
+        groups::purge(&self.shared, topic, group).await
     }
 
     fn check_open(&self) -> Result<(), BusError> {

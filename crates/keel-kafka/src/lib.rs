@@ -98,6 +98,7 @@
 //! - `subscription.rs`: a group member: its thread, per-partition queues, in-order
 //!   hand-out, settling, commits, rebalance callbacks, back-pressure, the watchdog.
 //! - `dead_letters.rs`: dead-letter and retry topics, `list`, `retry` and `purge`.
+//! - `groups.rs`: a group's committed offsets and lag, listing and moving them.
 //! - `reader.rs`: reading a topic outside a group up to its end.
 //! - `replay.rs`: [`KafkaReplay`].
 //! - `error.rs`: librdkafka errors as [`BusError`]s.
@@ -107,6 +108,7 @@ mod admin;
 mod config;
 mod dead_letters;
 mod error;
+mod groups;
 mod producer;
 mod reader;
 mod replay;
@@ -128,6 +130,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 pub use crate::config::{KafkaConfig, URL_PARAMETERS};
 pub use crate::dead_letters::{dead_letter_topic, retry_topic};
+pub use crate::groups::{GroupReset, PartitionLag};
 pub use crate::replay::{KafkaReplay, ReplayStart, ReplayedRecord};
 pub use crate::wire::{CONTENT_TYPE, dlq as dlq_headers};
 
@@ -212,6 +215,30 @@ impl KafkaBus {
     /// A replay reader on the same brokers.
     pub fn replay(&self) -> KafkaReplay {
         KafkaReplay::new(self.inner.config.clone())
+    }
+
+    /// Consumer group `group`'s committed offset, end and lag in each partition of
+    /// `topic` (empty when the topic does not exist).
+    pub async fn group_lag(&self, topic: &str, group: &str) -> Result<Vec<PartitionLag>, BusError> {
+        groups::lag(&self.inner.config, topic, group).await
+    }
+
+    /// Moves consumer group `group`'s committed offsets on `topic` to `to`, as a
+    /// client outside the group (stop its members first: a member's next commit would
+    /// undo the move); returns the partitions after the move.
+    pub async fn reset_group(
+        &self,
+        topic: &str,
+        group: &str,
+        to: GroupReset,
+    ) -> Result<Vec<PartitionLag>, BusError> {
+        groups::reset(&self.inner.config, topic, group, to).await
+    }
+
+    /// The consumer groups the brokers know (within [`KafkaConfig::group_prefix`],
+    /// which is taken off their names).
+    pub async fn group_names(&self) -> Result<Vec<String>, BusError> {
+        groups::names(&self.inner.config).await
     }
 }
 

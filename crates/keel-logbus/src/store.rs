@@ -92,6 +92,12 @@ pub trait BusStore: EventLog {
     /// Stores the progress of group `name` in one transaction.
     async fn save_progress(&self, name: &str, progress: &Progress) -> Result<()>;
 
+    /// Moves group `name`'s checkpoint to `checkpoint` (back or forward) and forgets
+    /// its read mark and recorded attempts, in one transaction: what the group gets
+    /// next starts at attempt 1. Call it holding the group's lease (nobody feeding
+    /// it), or the feeder's next save undoes it (`keel groups reset`).
+    async fn reset_group(&self, name: &str, checkpoint: Cursor) -> Result<()>;
+
     /// The row at `position`, read column by column without building an envelope.
     async fn raw_row(&self, position: i64) -> Result<Option<RawRow>>;
 
@@ -289,6 +295,19 @@ const LETTER_COLUMNS: &str = "id, topic, group_name, reason, attempts, dead_lett
 #[cfg(feature = "sqlite")]
 #[async_trait]
 impl BusStore for SqliteEventLog {
+    async fn reset_group(&self, name: &str, checkpoint: Cursor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.save_checkpoint_in(&mut tx, name, checkpoint).await?;
+        for table in ["keel_bus_attempts", "keel_bus_read_marks"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE name = ?"))
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn attempts(&self, name: &str, after: Cursor) -> Result<Attempts> {
         let read_mark: Option<i64> =
             sqlx::query_scalar("SELECT position FROM keel_bus_read_marks WHERE name = ?")
@@ -492,6 +511,19 @@ impl BusStore for SqliteEventLog {
 #[cfg(feature = "postgres")]
 #[async_trait]
 impl BusStore for PgEventLog {
+    async fn reset_group(&self, name: &str, checkpoint: Cursor) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.save_checkpoint_in(&mut tx, name, checkpoint).await?;
+        for table in ["keel_bus_attempts", "keel_bus_read_marks"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE name = $1"))
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn attempts(&self, name: &str, after: Cursor) -> Result<Attempts> {
         let read_mark: Option<(i64, i64, i64)> = sqlx::query_as(
             "SELECT epoch, transaction_id, position FROM keel_bus_read_marks WHERE name = $1",

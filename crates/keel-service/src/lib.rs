@@ -17,6 +17,8 @@
 //! - `problem.rs`: [`Problem`], RFC 9457 `application/problem+json` error responses.
 //! - `json.rs`: [`Json`], the strict JSON extractor (UTF-8 only, no duplicate
 //!   members, no NUL in text) whose rejections name the field.
+//! - `query.rs`: [`Query`], the query-string extractor whose rejections name the
+//!   parameter (unknown ones included, with `#[serde(deny_unknown_fields)]`).
 //! - `fields.rs`: [`JsonBody`] and [`Fields`], field-by-field checks of a JSON body
 //!   that answer every fault at once as a 422 naming each field (unknown members
 //!   included), and the body limit services carry ([`body_limit`]).
@@ -26,7 +28,7 @@
 //!   and replayed, stored in the effect's own transaction, scoped per caller, expiring.
 //! - `middleware.rs`: request id, trace context and the [`Caller`], problem+json for
 //!   the errors axum and tower-http produce, control characters in paths and queries
-//!   refused, panics as 500.
+//!   refused, panics as 500, live streams (SSE) ended when the service stops.
 //! - `metrics.rs`: the process-wide Prometheus recorder ([`prometheus`]) and the
 //!   request counter and latency histogram, labelled from closed sets.
 
@@ -41,6 +43,7 @@ mod json;
 mod metrics;
 mod middleware;
 mod problem;
+mod query;
 mod readiness;
 mod service;
 
@@ -58,6 +61,7 @@ pub use json::Json;
 pub use metrics::{HTTP_REQUEST_DURATION, HTTP_REQUESTS, prometheus};
 pub use middleware::{REQUEST_ID, SUBJECT};
 pub use problem::{PROBLEM_JSON, Problem, ProblemField};
+pub use query::Query;
 pub use readiness::Readiness;
 pub use service::{RunningService, Service, ServiceConfig};
 

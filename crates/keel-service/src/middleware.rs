@@ -229,3 +229,32 @@ mod tests {
         assert_eq!(span.tracestate(), None);
     }
 }
+
+/// Ends a live stream (a `text/event-stream` response) when the service starts
+/// stopping: a graceful shutdown waits for in-flight responses, and a Server-Sent
+/// Events tail is one that never finishes by itself, so without this Ctrl-C waited out
+/// the whole grace period for a client to hang up. The client sees the stream end and
+/// may reconnect (to another instance) with `Last-Event-ID`.
+pub(crate) async fn end_streams_on_shutdown(
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use futures::StreamExt as _;
+
+    let response = next.run(request).await;
+    let live = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !live {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let stopped = async move {
+        // An error: the service is gone, which ends the stream too.
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    Response::from_parts(parts, Body::from_stream(body.into_data_stream().take_until(stopped)))
+}

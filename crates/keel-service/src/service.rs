@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -121,7 +120,7 @@ impl Service {
     /// The complete app with the kit's endpoints and middleware, for driving with
     /// `tower::ServiceExt::oneshot` in tests; nothing is bound or registered.
     pub fn into_router(self) -> Router {
-        app(&self.config, self.readiness, self.router, Arc::new(AtomicBool::new(false)))
+        app(&self.config, self.readiness, self.router, Arc::new(watch::Sender::new(false)))
     }
 
     /// Binds the listener, starts serving and registers with the registry (with an
@@ -134,7 +133,7 @@ impl Service {
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServiceError::Bind { addr: config.listen, source })?;
-        let stopping = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(watch::Sender::new(false));
         let app = app(&config, readiness, router, stopping.clone());
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -172,6 +171,7 @@ impl Service {
         tracing::info!(service = %config.name, instance = %instance_id, %local_addr, "service started");
 
         let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+        let streams = stopping.clone();
         let task = tokio::spawn(async move {
             let mut server = server;
             // A registry drops an instance critical for too long (say, its database was
@@ -190,7 +190,7 @@ impl Service {
                 }
                 reregister(&*config.registry, &registration).await;
             };
-            stopping.store(true, Ordering::SeqCst);
+            stopping.send_replace(true);
             let id = &registration.instance.id;
             // The grace period bounds deregistering and draining together.
             let deadline = tokio::time::Instant::now() + config.shutdown_grace;
@@ -216,7 +216,7 @@ impl Service {
                 }
             }
         });
-        Ok(RunningService { local_addr, instance_id, shutdown_tx, task })
+        Ok(RunningService { local_addr, instance_id, shutdown_tx, stopping: streams, task })
     }
 
     /// [`Service::bind`], then serves until `shutdown` completes (e.g. Ctrl-C), then
@@ -263,6 +263,7 @@ pub struct RunningService {
     local_addr: SocketAddr,
     instance_id: String,
     shutdown_tx: watch::Sender<bool>,
+    stopping: Arc<watch::Sender<bool>>,
     task: tokio::task::JoinHandle<Result<(), ServiceError>>,
 }
 
@@ -277,8 +278,18 @@ impl RunningService {
         &self.instance_id
     }
 
-    /// Starts the graceful shutdown: `/ready` turns 503, the instance deregisters, the
-    /// listener closes and in-flight requests finish (within the grace period).
+    /// The first step of a shutdown, for a process that must drain something in front
+    /// of this service first (a gateway in the same process): `/ready` turns 503 and
+    /// live streams (Server-Sent Events) end, so that their clients, and any proxy
+    /// between, let go at once; the listener stays open and registered until
+    /// [`RunningService::shutdown`].
+    pub fn end_live_streams(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Starts the graceful shutdown: `/ready` turns 503, live streams (Server-Sent
+    /// Events) end, the instance deregisters, the listener closes and in-flight
+    /// requests finish (within the grace period).
     pub fn shutdown(&self) {
         self.shutdown_tx.send_replace(true);
     }
@@ -298,12 +309,13 @@ fn app(
     config: &ServiceConfig,
     readiness: Readiness,
     router: Router,
-    stopping: Arc<AtomicBool>,
+    stopping: Arc<watch::Sender<bool>>,
 ) -> Router {
+    let streams_end = stopping.clone();
     let prometheus = metrics::prometheus();
     let kit = Router::new()
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
-        .route("/ready", get(move || ready(readiness.clone(), stopping.clone())))
+        .route("/ready", get(move || ready(readiness.clone(), stopping.subscribe())))
         .route(
             "/metrics",
             get(move || {
@@ -323,6 +335,9 @@ fn app(
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(middleware::problems))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            middleware::end_streams_on_shutdown(streams_end.subscribe(), request, next)
+        }))
         .layer(axum::middleware::from_fn(middleware::input_hygiene))
         .layer(axum::middleware::from_fn(move |request, next| {
             metrics::record(name.clone(), request, next)
@@ -334,8 +349,8 @@ fn app(
         .layer(SetRequestIdLayer::new(request_id, MakeUuidV7))
 }
 
-async fn ready(readiness: Readiness, stopping: Arc<AtomicBool>) -> Response {
-    if stopping.load(Ordering::SeqCst) {
+async fn ready(readiness: Readiness, stopping: watch::Receiver<bool>) -> Response {
+    if *stopping.borrow() {
         return Problem::new(StatusCode::SERVICE_UNAVAILABLE)
             .with_detail("shutting down")
             .into_response();

@@ -90,7 +90,11 @@ pub fn init(service_name: &str, default_filter: &str) -> Result<TelemetryGuard> 
 /// silently exporting nothing.
 pub fn init_with(config: TelemetryConfig) -> Result<TelemetryGuard> {
     let (filter, bad_rust_log) = env_filter(&config.default_filter)?;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter);
+    // Colour only on a terminal: logs redirected to a file or a pipe carry no escape codes.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter);
     #[cfg(feature = "otel")]
     let guard = {
         let provider = config.otlp_endpoint.as_deref().map(|e| provider(&config, e)).transpose()?;

@@ -12,6 +12,10 @@
 //!   the cursor, so a reconnecting client resumes with `Last-Event-ID`); without
 //!   `from` it starts after the head, and never shows a position at or below either.
 //!
+//! A query parameter a route does not take is refused (400 problem+json naming it),
+//! as is a value of the wrong type: a misspelt paging parameter would otherwise
+//! answer the first page for ever.
+//!
 //! The log holds names and e-mail addresses: with identities verified (the service
 //! kit's [`Caller`]), every read needs the [`READER_ROLE`] or `admin` (401 without an
 //! identity, 403 without the role).
@@ -28,7 +32,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -37,7 +41,7 @@ use axum::{Json, Router};
 use futures::{Stream, StreamExt as _};
 use keel::core::codec::to_structured;
 use keel::core::{Position, StreamId, StreamVersion};
-use keel::http::{Caller, Problem};
+use keel::http::{Caller, Problem, Query};
 use keel::store::{
     Cursor, Direction, EventLog, LogFilter, StoreError, SubscribeOptions, subscribe,
 };
@@ -60,6 +64,7 @@ pub fn app(log: Arc<dyn EventLog>) -> Router {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PageQuery {
     from: Option<u64>,
     after: Option<String>,
@@ -72,10 +77,9 @@ struct PageQuery {
 async fn page(
     State(log): State<Arc<dyn EventLog>>,
     caller: Caller,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    Query(query): Query<PageQuery>,
 ) -> Result<Response, Problem> {
     caller.authorize_role(READER_ROLE)?;
-    let Query(query) = query.map_err(|e| Problem::invalid_field("query", e.body_text()))?;
     let limit = limit(query.limit)?;
     let cursor = start(&*log, query.from, query.after.as_deref()).await?;
     let filter = filter(query.ty, query.stream, query.from)?;
@@ -102,6 +106,7 @@ struct StreamBody<'a> {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StreamQuery {
     from: Option<u64>,
     limit: Option<usize>,
@@ -112,10 +117,9 @@ async fn stream(
     State(log): State<Arc<dyn EventLog>>,
     caller: Caller,
     Path(id): Path<String>,
-    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    Query(query): Query<StreamQuery>,
 ) -> Result<Response, Problem> {
     caller.authorize_role(READER_ROLE)?;
-    let Query(query) = query.map_err(|e| Problem::invalid_field("query", e.body_text()))?;
     let stream = StreamId::new(id).map_err(|e| Problem::invalid_field("id", e.to_string()))?;
     let limit = limit(query.limit)?;
     let direction = match query.direction.as_deref() {
@@ -143,6 +147,7 @@ async fn stream(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LiveQuery {
     from: Option<u64>,
     #[serde(rename = "type")]
@@ -154,10 +159,9 @@ async fn live(
     State(log): State<Arc<dyn EventLog>>,
     caller: Caller,
     headers: HeaderMap,
-    query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
+    Query(query): Query<LiveQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
     caller.authorize_role(READER_ROLE)?;
-    let Query(query) = query.map_err(|e| Problem::invalid_field("query", e.body_text()))?;
     let resume = headers
         .get("last-event-id")
         .map(|v| v.to_str().map_err(|_| Problem::invalid_field("Last-Event-ID", "not a cursor")))

@@ -95,8 +95,14 @@ async fn bad_parameters_name_the_field() {
         ("/api/events?after=-1.-1.-1", "after"),
         ("/api/events?after=0.0.-2", "after"),
         ("/api/events?after=0.-1.0", "after"),
-        ("/api/events?from=abc", "query"),
+        ("/api/events?from=abc", "from"),
         ("/api/events/streams/order-1?direction=sideways", "direction"),
+        // A parameter a route does not take: a pager sending `cursor` for `after`
+        // would otherwise get the first page for ever.
+        ("/api/events?cursor=0.0.5", "cursor"),
+        ("/api/events?limit=5&page=2", "page"),
+        ("/api/events/streams/order-1?after=3", "after"),
+        ("/api/events/live?limit=5", "limit"),
     ] {
         let (status, problem) = get(&log, uri).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");

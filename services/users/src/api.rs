@@ -1,12 +1,11 @@
 //! The HTTP handlers.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 use keel::core::ExpectedVersion;
-use keel::http::{Caller, Problem};
+use keel::http::{Caller, Problem, Query};
 use keel::http::{Fields, IdempotencyKey, JsonBody, request_context};
 use keel::sql::{args, envelope};
 use keel_services_common::events::{UserRegistered, stream_id, topics};
@@ -100,6 +99,7 @@ pub(crate) async fn get_user(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct OrdersQuery {
     limit: Option<i64>,
     after: Option<String>,
@@ -112,9 +112,8 @@ pub(crate) async fn user_orders(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    query: Result<Query<OrdersQuery>, QueryRejection>,
+    Query(query): Query<OrdersQuery>,
 ) -> Result<Json<Value>, Problem> {
-    let Query(query) = query.map_err(|e| Problem::invalid_field("query", e.body_text()))?;
     let limit = query.limit.unwrap_or(DEFAULT_ORDERS_PAGE);
     if !(1..=MAX_ORDERS_PAGE).contains(&limit) {
         return Err(Problem::invalid_field("limit", format!("must be 1 to {MAX_ORDERS_PAGE}")));
