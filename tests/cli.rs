@@ -1000,7 +1000,7 @@ async fn status_on_postgres_prints_positions_not_cursor_sentinels() {
     use keel_core::{Subscriber as _, SubscriptionSpec};
 
     let mut keel = Keel::sqlite();
-    keel.database_url = keel_testkit::postgres::fresh_database("cli-status").await;
+    keel.database_url = keel_testkit::postgres::fresh_database("cli_status").await;
     keel.ok(&["migrate"]);
     let log = std::sync::Arc::new(
         keel_postgres::PgEventLog::connect(&keel.database_url, keel_postgres::PgOptions::default())

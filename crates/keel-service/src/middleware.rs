@@ -208,28 +208,6 @@ pub(crate) fn panic_response(panic: Box<dyn Any + Send + 'static>) -> http::Resp
     Problem::internal().into_response()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_valid_traceparent_is_continued_and_an_invalid_one_replaced() {
-        let mut headers = HeaderMap::new();
-        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        headers.insert(TRACEPARENT, HeaderValue::from_static(parent));
-        headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
-        let span = server_span(&headers);
-        assert_eq!(span.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(span.span_id(), "00f067aa0ba902b7");
-        assert_eq!(span.tracestate(), Some("vendor=1"));
-
-        headers.insert(TRACEPARENT, HeaderValue::from_static("00-zz-00f067aa0ba902b7-01"));
-        let span = server_span(&headers);
-        assert_ne!(span.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(span.tracestate(), None);
-    }
-}
-
 /// Ends a live stream (a `text/event-stream` response) when the service starts
 /// stopping: a graceful shutdown waits for in-flight responses, and a Server-Sent
 /// Events tail is one that never finishes by itself, so without this Ctrl-C waited out
@@ -257,4 +235,26 @@ pub(crate) async fn end_streams_on_shutdown(
         let _ = stopping.wait_for(|stop| *stop).await;
     };
     Response::from_parts(parts, Body::from_stream(body.into_data_stream().take_until(stopped)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_traceparent_is_continued_and_an_invalid_one_replaced() {
+        let mut headers = HeaderMap::new();
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert(TRACEPARENT, HeaderValue::from_static(parent));
+        headers.insert(TRACESTATE, HeaderValue::from_static("vendor=1"));
+        let span = server_span(&headers);
+        assert_eq!(span.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(span.span_id(), "00f067aa0ba902b7");
+        assert_eq!(span.tracestate(), Some("vendor=1"));
+
+        headers.insert(TRACEPARENT, HeaderValue::from_static("00-zz-00f067aa0ba902b7-01"));
+        let span = server_span(&headers);
+        assert_ne!(span.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span.tracestate(), None);
+    }
 }
