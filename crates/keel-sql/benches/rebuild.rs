@@ -19,7 +19,7 @@ use keel_bus::HandlerError;
 use keel_core::codec::to_structured;
 use keel_core::{CloudEvent, ExpectedVersion, StreamId};
 use keel_sql::{Conn, Db, Projection, ProjectionSpec, args};
-use keel_store::{EventLog as _, LogQuery};
+use keel_store::LogQuery;
 use sqlx::Connection as _;
 
 const STREAMS: usize = 1_000;
@@ -107,7 +107,7 @@ async fn rebuild(db: &Db, events: usize) -> f64 {
         .fetch_optional("SELECT CAST(SUM(events) AS BIGINT) FROM bench_per_stream", args![])
         .await
         .expect("sum");
-    assert_eq!(rows, Some((events as i64,)));
+    assert_eq!(rows, Some((i64::try_from(events).expect("events"),)));
     events as f64 / started.elapsed().as_secs_f64()
 }
 
