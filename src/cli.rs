@@ -193,11 +193,17 @@ pub enum ProjectionAction {
     /// projections found in the database (each rebuilt by its service's binary).
     #[command(after_help = ENV_DB)]
     List,
-    /// Reset a projection's read model and checkpoint, then replay the log into it.
+    /// Rebuild a projection blue/green: replay the log into a new generation of its
+    /// read model beside the live one, then switch it in (one transaction). Rerunning
+    /// an interrupted rebuild resumes it.
     #[command(after_help = ENV_DB)]
     Rebuild {
         /// The projection (`keel projections list` names them).
         name: String,
+        /// Drop an interrupted rebuild's generation instead (the live model is
+        /// untouched).
+        #[arg(long)]
+        discard: bool,
     },
 }
 
@@ -415,8 +421,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay { name } => commands::relay(&config, &name).await,
         Command::Projections { action } => match action {
             ProjectionAction::List => commands::projections_list(&config, out).await,
-            ProjectionAction::Rebuild { name } => {
-                commands::projections_rebuild(&config, out, &name).await
+            ProjectionAction::Rebuild { name, discard } => {
+                commands::projections_rebuild(&config, out, &name, discard).await
             }
         },
         Command::Schema { action: SchemaAction::Export } => commands::schema_export(out),

@@ -9,7 +9,9 @@ use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_core::codec::to_structured;
 use keel_core::{CloudEvent, DeadLetterId, ExpectedVersion, Payload, Position, StreamId};
-use keel_store::{GroupBackfill, LogEvent, LogFilter, LogQuery, SubscribeOptions, subscribe};
+use keel_store::{
+    GroupBackfill, LogEvent, LogFilter, LogQuery, SqlEventLog as _, SubscribeOptions, subscribe,
+};
 use serde_json::json;
 
 use crate::backends::{Store, open_bus};
@@ -122,7 +124,7 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
                 "--into projection:{name} rebuilds the projection from the whole log; drop --from, --since, --type and --stream"
             );
         }
-        return projections_rebuild(config, out, name).await;
+        return projections_rebuild(config, out, name, false).await;
     }
     if let Some(target) = args.into.strip_prefix("group:") {
         return replay_into_group(config, out, target, &args).await;
@@ -359,6 +361,10 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
     let relay_dead_letters = log.relay_dead_letters(None, usize::MAX).await?;
     let skipped: std::collections::BTreeMap<String, u64> =
         log.skipped_counts().await?.into_iter().collect();
+    let rebuilds = match &store {
+        Store::Sqlite(log) => log.rebuilds().await?,
+        Store::Postgres(log) => log.rebuilds().await?,
+    };
     let mut checkpoints = Vec::new();
     for (name, cursor, updated) in log.checkpoints().await? {
         let behind = log.count_after(cursor, Position(u64::MAX)).await?;
@@ -393,6 +399,10 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         "checkpoints": checkpoints,
         "relay_dead_letters": relay_dead_letters.len(),
         "skipped": skipped,
+        "rebuilds": rebuilds
+            .iter()
+            .map(|(name, state)| json!({ "projection": name, "state": state.as_str() }))
+            .collect::<Vec<_>>(),
     });
     out.emit(&value, || {
         let mut text = format!(
@@ -423,6 +433,13 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
                     c["updated_at"].as_str().unwrap_or_default()
                 ));
             }
+        }
+        for (name, state) in &rebuilds {
+            text.push_str(&format!(
+                "\nprojection {name}: blue/green rebuild in progress ({state}; its new \
+                 generation's checkpoint is projection-rebuild:{name}; rerun the rebuild to \
+                 resume it, or discard it with --discard)\n"
+            ));
         }
         let skips: u64 = skipped.values().sum();
         if skips > 0 {
@@ -710,18 +727,40 @@ pub async fn projections_list(config: &Config, out: Output) -> anyhow::Result<()
     Ok(())
 }
 
-pub async fn projections_rebuild(config: &Config, out: Output, name: &str) -> anyhow::Result<()> {
+pub async fn projections_rebuild(
+    config: &Config,
+    out: Output,
+    name: &str,
+    discard: bool,
+) -> anyhow::Result<()> {
     let store = Store::open(&config.database_url).await?;
     let bar = progress_bar(0);
-    let applied = projections::rebuild(&store, name, |progress| {
+    let rebuilt = projections::rebuild(&store, name, discard, |progress| {
         bar.set_length(progress.total);
         bar.set_position(progress.applied);
     })
     .await?;
     bar.finish_and_clear();
-    out.emit(&json!({ "projection": name, "applied": applied }), || {
-        format!("rebuilt projection {name} from {applied} event(s)")
-    })?;
+    let Some(rebuilt) = rebuilt else {
+        out.emit(&json!({ "projection": name, "discarded": true }), || {
+            format!("discarded the rebuild of projection {name}; the live one is untouched")
+        })?;
+        return Ok(());
+    };
+    out.emit(
+        &json!({ "projection": name, "applied": rebuilt.applied, "switched": rebuilt.switched }),
+        || {
+            if rebuilt.switched {
+                format!("rebuilt projection {name} from {} event(s)", rebuilt.applied)
+            } else {
+                format!(
+                    "rebuilt projection {name} from {} event(s); its running replica switches \
+                     it in",
+                    rebuilt.applied
+                )
+            }
+        },
+    )?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use anyhow::bail;
 use async_trait::async_trait;
 use keel_bus::HandlerError;
 use keel_core::{CloudEvent, StreamId};
-use keel_store::{Cursor, Projection, ProjectionRunner, RebuildProgress};
+use keel_store::{Cursor, Projection, ProjectionRunner, RebuildProgress, Rebuilt, Tables};
 use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection};
 
 use crate::backends::Store;
@@ -52,25 +52,34 @@ pub fn elsewhere(name: &str, known_in_store: bool) -> String {
     )
 }
 
-/// Rebuilds projection `name` on `store`, reporting progress.
+/// Rebuilds projection `name` on `store` blue/green, reporting progress (see
+/// `keel_store::projection`), or with `discard`, drops an interrupted rebuild's
+/// generation.
 pub async fn rebuild(
     store: &Store,
     name: &str,
+    discard: bool,
     progress: impl FnMut(RebuildProgress) + Send,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Option<Rebuilt>> {
     if name != StreamIndex::NAME {
         let in_store = services_projections(store).await?.iter().any(|(n, _)| n == name);
         bail!("{}", elsewhere(name, in_store));
     }
-    let applied = match store {
-        Store::Postgres(log) => {
-            ProjectionRunner::new(log.clone(), Arc::new(StreamIndex)).rebuild(progress).await?
-        }
-        Store::Sqlite(log) => {
-            ProjectionRunner::new(log.clone(), Arc::new(StreamIndex)).rebuild(progress).await?
-        }
-    };
-    Ok(applied)
+    macro_rules! on_runner {
+        ($log:expr) => {{
+            let runner = ProjectionRunner::new($log.clone(), Arc::new(StreamIndex));
+            if discard {
+                runner.discard_rebuild().await?;
+                None
+            } else {
+                Some(runner.rebuild(progress).await?)
+            }
+        }};
+    }
+    Ok(match store {
+        Store::Postgres(log) => on_runner!(log),
+        Store::Sqlite(log) => on_runner!(log),
+    })
 }
 
 /// The stream index.
@@ -80,14 +89,19 @@ pub struct StreamIndex;
 impl StreamIndex {
     pub const NAME: &'static str = "streams";
 
-    /// The upsert with the placeholders of a dialect (`$n` or `?`).
-    fn upsert(placeholder: fn(usize) -> String) -> String {
+    /// The table, as the migrations create it.
+    const TABLE: &'static str = "keel_stream_index";
+
+    /// The upsert into the generation `tables`, with the placeholders of a dialect
+    /// (`$n` or `?`).
+    fn upsert(tables: &Tables, placeholder: fn(usize) -> String) -> String {
         let p: Vec<String> = (1..=6).map(placeholder).collect();
         format!(
-            "INSERT INTO keel_stream_index (stream_id, category, version, last_type, last_position, updated_at)
+            "INSERT INTO {} (stream_id, category, version, last_type, last_position, updated_at)
              VALUES ({}, {}, {}, {}, {}, {})
              ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, last_type = excluded.last_type,
                  last_position = excluded.last_position, updated_at = excluded.updated_at",
+            tables.name(Self::TABLE),
             p[0], p[1], p[2], p[3], p[4], p[5]
         )
     }
@@ -114,23 +128,24 @@ impl Projection<Postgres> for StreamIndex {
         Self::NAME
     }
 
-    async fn apply(&self, conn: &mut PgConnection, event: &CloudEvent) -> Result<(), HandlerError> {
+    fn tables(&self) -> &[&str] {
+        &[Self::TABLE]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        tables: &Tables,
+        event: &CloudEvent,
+    ) -> Result<(), HandlerError> {
         let (stream, category, version, ty, position) = Self::row(event)?;
-        sqlx::query(&Self::upsert(|n| format!("${n}")))
+        sqlx::query(&Self::upsert(tables, |n| format!("${n}")))
             .bind(stream)
             .bind(category)
             .bind(version)
             .bind(ty)
             .bind(position)
             .bind(event.time().unwrap_or_else(chrono::Utc::now))
-            .execute(conn)
-            .await
-            .map_err(HandlerError::transient)?;
-        Ok(())
-    }
-
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
-        sqlx::query("DELETE FROM keel_stream_index")
             .execute(conn)
             .await
             .map_err(HandlerError::transient)?;
@@ -144,27 +159,24 @@ impl Projection<Sqlite> for StreamIndex {
         Self::NAME
     }
 
+    fn tables(&self) -> &[&str] {
+        &[Self::TABLE]
+    }
+
     async fn apply(
         &self,
         conn: &mut SqliteConnection,
+        tables: &Tables,
         event: &CloudEvent,
     ) -> Result<(), HandlerError> {
         let (stream, category, version, ty, position) = Self::row(event)?;
-        sqlx::query(&Self::upsert(|_| "?".to_owned()))
+        sqlx::query(&Self::upsert(tables, |_| "?".to_owned()))
             .bind(stream)
             .bind(category)
             .bind(version)
             .bind(ty)
             .bind(position)
             .bind(event.time().unwrap_or_else(chrono::Utc::now).to_rfc3339())
-            .execute(conn)
-            .await
-            .map_err(HandlerError::transient)?;
-        Ok(())
-    }
-
-    async fn reset(&self, conn: &mut SqliteConnection) -> Result<(), HandlerError> {
-        sqlx::query("DELETE FROM keel_stream_index")
             .execute(conn)
             .await
             .map_err(HandlerError::transient)?;

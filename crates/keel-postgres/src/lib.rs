@@ -25,9 +25,11 @@
 //! - [`inbox`]: [`PgInbox`], the transactional inbox for `keel_bus`.
 //! - `relay_dead_letters`: the relay's dead letters as rows.
 //! - `skipped`: the events projections skipped as unreadable, as rows.
+//! - `generation`: blue/green rebuilds' shadow tables, their swap, and `keel_rebuilds`.
 #![warn(missing_docs)]
 
 pub mod append;
+mod generation;
 pub mod inbox;
 pub mod lease;
 pub mod notify;
@@ -464,6 +466,40 @@ impl SqlEventLog for PgEventLog {
 
     async fn clear_skips_in(&self, conn: &mut PgConnection, subscriber: &str) -> Result<()> {
         skipped::clear(conn, subscriber).await
+    }
+
+    async fn move_skips_in(&self, conn: &mut PgConnection, from: &str, to: &str) -> Result<()> {
+        generation::move_skips(conn, from, to).await
+    }
+
+    async fn create_shadow_table_in(
+        &self,
+        conn: &mut PgConnection,
+        live: &str,
+        shadow: &str,
+    ) -> Result<()> {
+        generation::create_shadow(conn, live, shadow).await
+    }
+
+    async fn swap_table_in(&self, conn: &mut PgConnection, live: &str, shadow: &str) -> Result<()> {
+        generation::swap(conn, live, shadow).await
+    }
+
+    async fn drop_table_in(&self, conn: &mut PgConnection, table: &str) -> Result<()> {
+        generation::drop_table(conn, table).await
+    }
+
+    async fn rebuilds(&self) -> Result<Vec<(String, keel_store::projection::RebuildState)>> {
+        generation::rebuilds(&self.inner.pool).await
+    }
+
+    async fn set_rebuild_in(
+        &self,
+        conn: &mut PgConnection,
+        projection: &str,
+        state: Option<keel_store::projection::RebuildState>,
+    ) -> Result<()> {
+        generation::set_rebuild(conn, projection, state).await
     }
 
     fn notify_appended(&self) {

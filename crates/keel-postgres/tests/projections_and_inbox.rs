@@ -26,9 +26,9 @@ keel_testkit::projection_conformance! {
     log: keel_postgres::PgEventLog,
     fresh_log: common::fresh_log().await,
     inbox: keel_postgres::PgInbox,
-    upsert: "INSERT INTO counts (stream_id, events, last_version) VALUES ($1, 1, $2)
+    upsert: "INSERT INTO {counts} AS c (stream_id, events, last_version) VALUES ($1, 1, $2)
              ON CONFLICT (stream_id) DO UPDATE
-             SET events = counts.events + 1, last_version = excluded.last_version",
+             SET events = c.events + 1, last_version = excluded.last_version",
     insert_effect: "INSERT INTO effects (event_id) VALUES ($1)",
     break_lease: break_lease,
 }

@@ -3,7 +3,6 @@
 
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use keel_store::StoreError;
@@ -35,25 +34,31 @@ pub(crate) enum Command {
         /// `projection:NAME`.
         #[arg(long, value_name = "projection:NAME")]
         into: String,
-        /// How long to wait for the projection's lease (see `projections rebuild`).
-        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-        wait: u64,
+        /// Wait until the new generation is switched in (see `projections rebuild`).
+        #[arg(long)]
+        wait: bool,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ProjectionAction {
-    /// List the projections with their checkpoints.
+    /// List the projections with their checkpoints (and rebuilds in progress).
     List,
-    /// Empty a projection's read model and checkpoint, then replay the log into it.
-    /// Stop the service first: refused while a running replica holds the projection.
+    /// Rebuild a projection blue/green: replay the log into a new generation of its
+    /// read model beside the live one, which keeps serving, then switch it in, in one
+    /// transaction. With the service running, its replica holding the projection
+    /// switches it in (within a second). Rerunning an interrupted rebuild resumes it.
     Rebuild {
         /// The projection's name.
         name: String,
-        /// How long to wait for the projection's lease, held by a running replica
-        /// (or, for its time to live, by one that was killed).
-        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-        wait: u64,
+        /// Wait until the new generation is switched in, also when the running
+        /// replica does it.
+        #[arg(long)]
+        wait: bool,
+        /// Drop an interrupted rebuild's generation instead (the live model is
+        /// untouched).
+        #[arg(long, conflicts_with = "wait")]
+        discard: bool,
     },
 }
 
@@ -65,7 +70,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = impl Into<OsString> + Clone>)
 
 /// Runs an admin subcommand, printing to stdout.
 pub(crate) async fn admin(mut runner: ServiceRunner, command: Command) -> anyhow::Result<()> {
-    let (name, wait) = match command {
+    let (name, wait, discard) = match command {
         Command::Serve => anyhow::bail!("serving is not an admin subcommand"),
         Command::Projections { action: ProjectionAction::List } => {
             let (_, db) = runner.open().await?;
@@ -74,14 +79,22 @@ pub(crate) async fn admin(mut runner: ServiceRunner, command: Command) -> anyhow
             for spec in &runner.projections {
                 let checkpoint = log.checkpoint(&spec.checkpoint_name()).await?;
                 let at = checkpoint.map_or_else(|| "not started".to_owned(), |c| format!("at {c}"));
-                listing.push_str(&format!("{}\t{at}\n", spec.name()));
+                listing.push_str(&format!("{}\t{at}", spec.name()));
+                if let Some(state) = spec.rebuild_state(&db).await? {
+                    let next = log.checkpoint(&spec.rebuild_checkpoint_name()).await?;
+                    let next = next.map_or_else(|| "not started".to_owned(), |c| format!("at {c}"));
+                    listing.push_str(&format!("\trebuild {state}, new generation {next}"));
+                }
+                listing.push('\n');
             }
             std::io::stdout().write_all(listing.as_bytes())?;
             return Ok(());
         }
-        Command::Projections { action: ProjectionAction::Rebuild { name, wait } } => (name, wait),
+        Command::Projections { action: ProjectionAction::Rebuild { name, wait, discard } } => {
+            (name, wait, discard)
+        }
         Command::Replay { into, wait } => match into.strip_prefix("projection:") {
-            Some(name) if !name.is_empty() => (name.to_owned(), wait),
+            Some(name) if !name.is_empty() => (name.to_owned(), wait, false),
             _ => anyhow::bail!(
                 "--into `{into}`: a service binary replays only into its projections \
                  (--into projection:NAME); `keel replay` does the rest"
@@ -91,37 +104,43 @@ pub(crate) async fn admin(mut runner: ServiceRunner, command: Command) -> anyhow
     runner.find_projection(&name)?;
     let (_, db) = runner.open().await?;
     let spec = runner.find_projection(&name)?;
-    let deadline = Instant::now() + Duration::from_secs(wait);
-    let mut told_waiting = false;
-    let applied = loop {
-        let mut last_reported = 0u64;
-        let rebuilt = spec
-            .rebuild(&db, |progress| {
-                if progress.applied >= last_reported + 1000 || progress.applied == progress.total {
-                    last_reported = progress.applied;
-                    eprintln!("{name}: {} of {} event(s)", progress.applied, progress.total);
-                }
-            })
-            .await;
-        match rebuilt {
-            Ok(applied) => break applied,
-            Err(keel_sql::Error::Store(StoreError::LeaseHeld(_))) if Instant::now() < deadline => {
-                if !told_waiting {
-                    eprintln!(
-                        "{name}: a running replica holds the projection (or one killed less \
-                         than the lease's time to live ago); waiting up to {wait} s"
-                    );
-                    told_waiting = true;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(keel_sql::Error::Store(StoreError::LeaseHeld(_))) => anyhow::bail!(
-                "rebuilding projection {name}: a running replica of the service holds it; \
-                 stop the service first"
-            ),
-            Err(error) => anyhow::bail!("rebuilding projection {name}: {error}"),
-        }
+    let busy = |error: keel_sql::Error| match error {
+        keel_sql::Error::Store(StoreError::LeaseHeld(_)) => anyhow::anyhow!(
+            "projection {name}: another rebuild of it is running (or one killed less than \
+             the lease's time to live ago); try again shortly"
+        ),
+        error => anyhow::anyhow!("rebuilding projection {name}: {error}"),
     };
-    println!("rebuilt projection {name} from {applied} event(s)");
+    if discard {
+        let discarded = spec.discard_rebuild(&db).await.map_err(busy)?;
+        if discarded {
+            println!("discarded the rebuild of projection {name}; the live one is untouched");
+        } else {
+            println!("projection {name} has no rebuild to discard");
+        }
+        return Ok(());
+    }
+    let mut last_reported = 0u64;
+    let rebuilt = spec
+        .rebuild(&db, |progress| {
+            if progress.applied >= last_reported + 1000 || progress.applied == progress.total {
+                last_reported = progress.applied;
+                eprintln!("{name}: {} of {} event(s)", progress.applied, progress.total);
+            }
+        })
+        .await
+        .map_err(busy)?;
+    if !rebuilt.switched && wait {
+        eprintln!("{name}: caught up; waiting for the running replica to switch it in");
+        spec.wait_for_switch(&db).await.map_err(busy)?;
+    } else if !rebuilt.switched {
+        println!(
+            "rebuilt projection {name} from {} event(s); the running replica switches it in \
+             (`projections list` shows the rebuild until then)",
+            rebuilt.applied
+        );
+        return Ok(());
+    }
+    println!("rebuilt projection {name} from {} event(s)", rebuilt.applied);
     Ok(())
 }

@@ -59,8 +59,9 @@ impl std::fmt::Debug for ServiceContext {
 ///
 /// The binary also answers admin subcommands, run against `KEEL_DATABASE_URL`
 /// without serving: `<bin> projections list`, `<bin> projections rebuild NAME`, and
-/// `<bin> replay --into projection:NAME` (the same rebuild). Stop the service's
-/// replicas before a rebuild; a rebuild is refused while one holds the projection.
+/// `<bin> replay --into projection:NAME` (the same rebuild). A rebuild is blue/green:
+/// the service keeps serving its read model while a new generation is built, and the
+/// replica holding the projection switches it in once it caught up.
 ///
 /// The runner starts no relay: in a deployment with a broker, `keel relay` runs
 /// alone (with the log as the bus, the default, none is needed).
@@ -73,8 +74,8 @@ impl std::fmt::Debug for ServiceContext {
 /// # #[async_trait::async_trait]
 /// # impl keel_sql::Projection for Notes {
 /// #     fn name(&self) -> &str { "notes" }
+/// #     fn tables(&self) -> &[&str] { &["notes"] }
 /// #     async fn apply(&self, _: &mut keel_sql::Conn<'_>, _: &keel_core::CloudEvent) -> Result<(), keel_bus::HandlerError> { Ok(()) }
-/// #     async fn reset(&self, _: &mut keel_sql::Conn<'_>) -> Result<(), keel_bus::HandlerError> { Ok(()) }
 /// # }
 /// async fn migrate(db: Db) -> keel_sql::Result<()> {
 ///     # let _ = db;

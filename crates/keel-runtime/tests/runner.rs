@@ -30,22 +30,21 @@ impl Projection for NoteCounts {
         "note-counts"
     }
 
+    fn tables(&self) -> &[&str] {
+        &["note_counts"]
+    }
+
     fn filter(&self) -> LogFilter {
         LogFilter::topic("note")
     }
 
     async fn apply(&self, conn: &mut Conn<'_>, event: &CloudEvent) -> Result<(), HandlerError> {
         conn.execute(
-            "INSERT INTO note_counts (ty, n) VALUES ($1, 1)
-             ON CONFLICT (ty) DO UPDATE SET n = note_counts.n + 1",
+            "INSERT INTO {note_counts} AS c (ty, n) VALUES ($1, 1)
+             ON CONFLICT (ty) DO UPDATE SET n = c.n + 1",
             args![event.ty()],
         )
         .await?;
-        Ok(())
-    }
-
-    async fn reset(&self, conn: &mut Conn<'_>) -> Result<(), HandlerError> {
-        conn.execute("DELETE FROM note_counts", args![]).await?;
         Ok(())
     }
 }
@@ -167,7 +166,7 @@ async fn exercise(database_url: &str) {
     let mut tx = db.begin().await.unwrap();
     tx.execute("UPDATE note_counts SET n = 99", args![]).await.unwrap();
     tx.commit().await.unwrap();
-    let rebuild = ["notes", "projections", "rebuild", "note-counts", "--wait", "0"];
+    let rebuild = ["notes", "projections", "rebuild", "note-counts"];
     runner(config(database_url)).run_with_args(rebuild).await.unwrap();
     let n = count(&db, "SELECT n FROM note_counts WHERE ty = $1", args![NOTE_ADDED]).await;
     assert_eq!(n, 4, "rebuilt from the four events");
@@ -195,25 +194,39 @@ async fn a_service_on_postgres_serves_consumes_projects_drains_and_rebuilds() {
     exercise(&keel_testkit::postgres::fresh_database("runner").await).await;
 }
 
-/// A rebuild is refused while a running replica holds the projection, naming the
-/// remedy.
+/// A rebuild beside a running replica: the replica keeps serving the read model and
+/// switches the new generation in; `--wait` returns once it did. `--discard` with
+/// nothing to discard says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuild_waits_for_a_running_replica_then_refuses() {
+async fn a_rebuild_beside_a_running_replica_is_switched_in_by_it() {
     let dir = std::env::temp_dir().join(keel_testkit::util::unique("keel-runner-held"));
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite://{}/keel.db", dir.display());
     let running = runner(config(&url)).start().await.unwrap();
     let base = format!("http://{}", running.local_addr());
+    add_notes(&base, &["a", "b"]).await;
     let http = reqwest::Client::new();
-    http.post(format!("{base}/api/notes/a")).send().await.unwrap();
-    eventually_async("the projection is active (it applied the note)", || async {
+    eventually_async("the projection is active (it applied the notes)", || async {
         let counts = http.get(format!("{base}/api/counts")).send().await.unwrap();
-        counts.text().await.unwrap() == "1"
+        counts.text().await.unwrap() == "2"
     })
     .await;
-    let rebuild = ["notes", "projections", "rebuild", "note-counts", "--wait", "0"];
-    let error = runner(config(&url)).run_with_args(rebuild).await.unwrap_err();
-    assert!(error.to_string().contains("stop the service first"), "{error}");
+    let db = Db::connect(&url).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    tx.execute("UPDATE note_counts SET n = 99", args![]).await.unwrap();
+    tx.commit().await.unwrap();
+    let rebuild = ["notes", "projections", "rebuild", "note-counts", "--wait"];
+    runner(config(&url)).run_with_args(rebuild).await.unwrap();
+    let counts = http.get(format!("{base}/api/counts")).send().await.unwrap();
+    assert_eq!(counts.text().await.unwrap(), "2", "switched in by the running replica");
+    add_notes(&base, &["c"]).await;
+    eventually_async("the replica to follow the log after the switch", || async {
+        let counts = http.get(format!("{base}/api/counts")).send().await.unwrap();
+        counts.text().await.unwrap() == "3"
+    })
+    .await;
+    let discard = ["notes", "projections", "rebuild", "note-counts", "--discard"];
+    runner(config(&url)).run_with_args(discard).await.unwrap();
     running.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,8 +1,9 @@
 //! Projections written once for both stores.
 //!
 //! [`keel_store::Projection`] is generic over the sqlx database; a service on [`Db`]
-//! implements [`Projection`] instead, whose `apply` and `reset` get a [`Conn`] (the
-//! runner's open transaction, with the same query methods as [`crate::Tx`]). A
+//! implements [`Projection`] instead, whose `apply` gets a [`Conn`] (the runner's open
+//! transaction, with the same query methods as [`crate::Tx`], writing the generation of
+//! the read model the runner builds: live, or rebuilt beside it). A
 //! [`ProjectionSpec`] is a registered projection with its options: it runs one
 //! (leased, checkpointed) [`ProjectionRunner`] on whichever store the [`Db`] is.
 
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keel_bus::HandlerError;
 use keel_core::CloudEvent;
-use keel_store::{LogFilter, ProjectionRunner, RebuildProgress, SubscribeOptions};
+use keel_store::{
+    LogFilter, ProjectionRunner, RebuildProgress, RebuildState, Rebuilt, SubscribeOptions, Tables,
+};
 #[cfg(feature = "postgres")]
 use sqlx::{PgConnection, Postgres};
 #[cfg(feature = "sqlite")]
@@ -20,45 +23,60 @@ use sqlx::{Sqlite, SqliteConnection};
 use crate::db::{Arg, Db, Row, bind_all};
 use crate::error::Result;
 
-/// The projection runner's open transaction on either store. Statements use the
-/// `$1..$n` placeholders and the argument types of [`crate::args!`], as on [`crate::Tx`].
+/// The projection runner's open transaction on either store, writing one generation
+/// of the read model. Statements use the `$1..$n` placeholders and the argument types
+/// of [`crate::args!`], as on [`crate::Tx`], and name the projection's tables in braces,
+/// `{users_orders}`: the runner writes them as the generation's names (the live table,
+/// or its twin being rebuilt, see [`Projection::tables`]). Other braces are left alone.
 #[derive(Debug)]
-pub enum Conn<'a> {
-    /// A SQLite connection inside the runner's transaction.
+pub struct Conn<'a> {
+    inner: Inner<'a>,
+    tables: &'a Tables,
+}
+
+#[derive(Debug)]
+enum Inner<'a> {
     #[cfg(feature = "sqlite")]
     Sqlite(&'a mut SqliteConnection),
-    /// A PostgreSQL connection inside the runner's transaction.
     #[cfg(feature = "postgres")]
     Postgres(&'a mut PgConnection),
 }
 
 impl Conn<'_> {
+    /// The name of the projection's table `table` in the generation being written
+    /// (for SQL built without the `{table}` form).
+    pub fn table<'t>(&'t self, table: &'t str) -> &'t str {
+        self.tables.name(table)
+    }
+
     /// Runs a statement; returns the number of rows it touched.
     pub async fn execute(&mut self, sql: &str, args: Vec<Arg>) -> Result<u64> {
-        Ok(match self {
+        let sql = self.tables.expand(sql);
+        Ok(match &mut self.inner {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(conn) => {
-                bind_all!(sqlx::query(sql), args).execute(&mut **conn).await?.rows_affected()
+            Inner::Sqlite(conn) => {
+                bind_all!(sqlx::query(&sql), args).execute(&mut **conn).await?.rows_affected()
             }
             #[cfg(feature = "postgres")]
-            Self::Postgres(conn) => {
-                bind_all!(sqlx::query(sql), args).execute(&mut **conn).await?.rows_affected()
+            Inner::Postgres(conn) => {
+                bind_all!(sqlx::query(&sql), args).execute(&mut **conn).await?.rows_affected()
             }
         })
     }
 
     /// One row or none.
     pub async fn fetch_optional<T: Row>(&mut self, sql: &str, args: Vec<Arg>) -> Result<Option<T>> {
-        Ok(match self {
+        let sql = self.tables.expand(sql);
+        Ok(match &mut self.inner {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(conn) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(sql), args)
+            Inner::Sqlite(conn) => {
+                bind_all!(sqlx::query_as::<Sqlite, T>(&sql), args)
                     .fetch_optional(&mut **conn)
                     .await?
             }
             #[cfg(feature = "postgres")]
-            Self::Postgres(conn) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(sql), args)
+            Inner::Postgres(conn) => {
+                bind_all!(sqlx::query_as::<Postgres, T>(&sql), args)
                     .fetch_optional(&mut **conn)
                     .await?
             }
@@ -67,14 +85,15 @@ impl Conn<'_> {
 
     /// Every row.
     pub async fn fetch_all<T: Row>(&mut self, sql: &str, args: Vec<Arg>) -> Result<Vec<T>> {
-        Ok(match self {
+        let sql = self.tables.expand(sql);
+        Ok(match &mut self.inner {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(conn) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_all(&mut **conn).await?
+            Inner::Sqlite(conn) => {
+                bind_all!(sqlx::query_as::<Sqlite, T>(&sql), args).fetch_all(&mut **conn).await?
             }
             #[cfg(feature = "postgres")]
-            Self::Postgres(conn) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(sql), args).fetch_all(&mut **conn).await?
+            Inner::Postgres(conn) => {
+                bind_all!(sqlx::query_as::<Postgres, T>(&sql), args).fetch_all(&mut **conn).await?
             }
         })
     }
@@ -84,6 +103,11 @@ impl Conn<'_> {
 /// [`filter`](Projection::filter) selects is applied in log order, each page of
 /// events committed with the projection's checkpoint (`projection:<name>`) in one
 /// transaction, so a crash never applies an event twice or skips one.
+///
+/// The projection declares its [`tables`](Projection::tables) (created by the
+/// service's migrations) and names them in braces in its SQL: a rebuild builds a new
+/// generation of each beside the live one while the live one keeps serving, and
+/// switches it in one transaction once it caught up (see [`ProjectionSpec::rebuild`]).
 ///
 /// ```
 /// use keel_bus::HandlerError;
@@ -100,19 +124,18 @@ impl Conn<'_> {
 ///         "counts"
 ///     }
 ///
+///     fn tables(&self) -> &[&str] {
+///         &["counts"]
+///     }
+///
 ///     fn filter(&self) -> LogFilter {
 ///         LogFilter::topic("note")
 ///     }
 ///
 ///     async fn apply(&self, conn: &mut Conn<'_>, event: &CloudEvent) -> Result<(), HandlerError> {
-///         let sql = "INSERT INTO counts (ty, n) VALUES ($1, 1)
-///                    ON CONFLICT (ty) DO UPDATE SET n = counts.n + 1";
+///         let sql = "INSERT INTO {counts} AS c (ty, n) VALUES ($1, 1)
+///                    ON CONFLICT (ty) DO UPDATE SET n = c.n + 1";
 ///         conn.execute(sql, args![event.ty()]).await?;
-///         Ok(())
-///     }
-///
-///     async fn reset(&self, conn: &mut Conn<'_>) -> Result<(), HandlerError> {
-///         conn.execute("DELETE FROM counts", args![]).await?;
 ///         Ok(())
 ///     }
 /// }
@@ -122,17 +145,20 @@ pub trait Projection: Send + Sync + 'static {
     /// Unique name (`users-orders`); the checkpoint and lease are `projection:<name>`.
     fn name(&self) -> &str;
 
+    /// The tables of the read model, as the service's migrations create them; the
+    /// projection's SQL names each in braces (`{users_orders}`) and reads and writes
+    /// no other table.
+    fn tables(&self) -> &[&str];
+
     /// Which events the projection reads (default: all).
     fn filter(&self) -> LogFilter {
         LogFilter::default()
     }
 
     /// Applies one event inside the runner's transaction. A transient error retries
-    /// the page; so does, today, a permanent one (the runner never skips an event).
+    /// the page; an event it cannot read ([`HandlerError::unreadable`], what decode
+    /// errors convert to) is skipped and recorded (`keel_skipped`).
     async fn apply(&self, conn: &mut Conn<'_>, event: &CloudEvent) -> Result<(), HandlerError>;
-
-    /// Empties the read model (before a rebuild), inside the rebuild's transaction.
-    async fn reset(&self, conn: &mut Conn<'_>) -> Result<(), HandlerError>;
 }
 
 /// A registered projection and how it runs: what a service hands its runner, what
@@ -158,6 +184,32 @@ impl<P: Projection> From<P> for ProjectionSpec {
     }
 }
 
+/// Runs `$call` on a [`ProjectionRunner`] of the spec on whichever store `$db` is.
+macro_rules! on_runner {
+    ($spec:expr, $db:expr, |$runner:ident| $call:expr) => {
+        match $db {
+            #[cfg(feature = "sqlite")]
+            Db::Sqlite(log) => {
+                let $runner = ProjectionRunner::new(
+                    Arc::new(log.clone()),
+                    Arc::new(Adapter($spec.projection.clone())),
+                )
+                .options($spec.options);
+                $call
+            }
+            #[cfg(feature = "postgres")]
+            Db::Postgres(log) => {
+                let $runner = ProjectionRunner::new(
+                    Arc::new(log.clone()),
+                    Arc::new(Adapter($spec.projection.clone())),
+                )
+                .options($spec.options);
+                $call
+            }
+        }
+    };
+}
+
 impl ProjectionSpec {
     /// `projection` with the default options.
     pub fn new(projection: impl Projection) -> Self {
@@ -181,30 +233,21 @@ impl ProjectionSpec {
         format!("projection:{}", self.name())
     }
 
+    /// The checkpoint (and lease) of a generation being rebuilt:
+    /// `projection-rebuild:<name>`.
+    pub fn rebuild_checkpoint_name(&self) -> String {
+        format!("projection-rebuild:{}", self.name())
+    }
+
     /// Follows the log until `shutdown`, as the only active runner of this projection
-    /// across processes (see [`ProjectionRunner::run`]: the others stand by).
+    /// across processes (see [`ProjectionRunner::run`]: the others stand by); switches
+    /// in a rebuilt generation once it is ready.
     pub async fn run(
         &self,
         db: &Db,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
-        let adapter = Arc::new(Adapter(self.projection.clone()));
-        match db {
-            #[cfg(feature = "sqlite")]
-            Db::Sqlite(log) => {
-                ProjectionRunner::new(Arc::new(log.clone()), adapter)
-                    .options(self.options)
-                    .run(shutdown)
-                    .await?
-            }
-            #[cfg(feature = "postgres")]
-            Db::Postgres(log) => {
-                ProjectionRunner::new(Arc::new(log.clone()), adapter)
-                    .options(self.options)
-                    .run(shutdown)
-                    .await?
-            }
-        }
+        on_runner!(self, db, |runner| runner.run(shutdown).await?);
         Ok(())
     }
 
@@ -212,50 +255,39 @@ impl ProjectionSpec {
     /// no runner of this projection is active meanwhile (see
     /// [`ProjectionRunner::catch_up`]).
     pub async fn catch_up(&self, db: &Db) -> Result<u64> {
-        let adapter = Arc::new(Adapter(self.projection.clone()));
-        Ok(match db {
-            #[cfg(feature = "sqlite")]
-            Db::Sqlite(log) => {
-                ProjectionRunner::new(Arc::new(log.clone()), adapter)
-                    .options(self.options)
-                    .catch_up()
-                    .await?
-            }
-            #[cfg(feature = "postgres")]
-            Db::Postgres(log) => {
-                ProjectionRunner::new(Arc::new(log.clone()), adapter)
-                    .options(self.options)
-                    .catch_up()
-                    .await?
-            }
-        })
+        Ok(on_runner!(self, db, |runner| runner.catch_up().await?))
     }
 
-    /// Empties the read model and its checkpoint in one transaction, then replays the
-    /// whole log into it, reporting progress; refused while a runner of this
-    /// projection holds its lease (stop the service first).
+    /// Builds a new generation of the read model beside the live one, which keeps
+    /// serving and following the log meanwhile, reporting progress; once it caught
+    /// up, switches it in (one transaction), or leaves the switch to the service's
+    /// running replica that holds the projection ([`Rebuilt::switched`] is then
+    /// `false`; see [`ProjectionSpec::wait_for_switch`]). Resumes an interrupted
+    /// rebuild. See [`keel_store::projection`].
     pub async fn rebuild(
         &self,
         db: &Db,
         progress: impl FnMut(RebuildProgress) + Send,
-    ) -> Result<u64> {
-        let adapter = Arc::new(Adapter(self.projection.clone()));
-        Ok(match db {
-            #[cfg(feature = "sqlite")]
-            Db::Sqlite(log) => {
-                ProjectionRunner::new(Arc::new(log.clone()), adapter)
-                    .options(self.options)
-                    .rebuild(progress)
-                    .await?
-            }
-            #[cfg(feature = "postgres")]
-            Db::Postgres(log) => {
-                ProjectionRunner::new(Arc::new(log.clone()), adapter)
-                    .options(self.options)
-                    .rebuild(progress)
-                    .await?
-            }
-        })
+    ) -> Result<Rebuilt> {
+        Ok(on_runner!(self, db, |runner| runner.rebuild(progress).await?))
+    }
+
+    /// Waits until a rebuilt generation is switched in (see
+    /// [`ProjectionRunner::wait_for_switch`]).
+    pub async fn wait_for_switch(&self, db: &Db) -> Result<()> {
+        on_runner!(self, db, |runner| runner.wait_for_switch().await?);
+        Ok(())
+    }
+
+    /// Drops an interrupted rebuild's generation; the live read model is untouched.
+    /// Returns whether there was one.
+    pub async fn discard_rebuild(&self, db: &Db) -> Result<bool> {
+        Ok(on_runner!(self, db, |runner| runner.discard_rebuild().await?))
+    }
+
+    /// The state of this projection's rebuild, if one is in progress or interrupted.
+    pub async fn rebuild_state(&self, db: &Db) -> Result<Option<RebuildState>> {
+        Ok(on_runner!(self, db, |runner| runner.rebuild_state().await?))
     }
 }
 
@@ -269,6 +301,10 @@ impl keel_store::Projection<Sqlite> for Adapter {
         self.0.name()
     }
 
+    fn tables(&self) -> &[&str] {
+        self.0.tables()
+    }
+
     fn filter(&self) -> LogFilter {
         self.0.filter()
     }
@@ -276,13 +312,10 @@ impl keel_store::Projection<Sqlite> for Adapter {
     async fn apply(
         &self,
         conn: &mut SqliteConnection,
+        tables: &Tables,
         event: &CloudEvent,
     ) -> Result<(), HandlerError> {
-        self.0.apply(&mut Conn::Sqlite(conn), event).await
-    }
-
-    async fn reset(&self, conn: &mut SqliteConnection) -> Result<(), HandlerError> {
-        self.0.reset(&mut Conn::Sqlite(conn)).await
+        self.0.apply(&mut Conn { inner: Inner::Sqlite(conn), tables }, event).await
     }
 }
 
@@ -293,15 +326,20 @@ impl keel_store::Projection<Postgres> for Adapter {
         self.0.name()
     }
 
+    fn tables(&self) -> &[&str] {
+        self.0.tables()
+    }
+
     fn filter(&self) -> LogFilter {
         self.0.filter()
     }
 
-    async fn apply(&self, conn: &mut PgConnection, event: &CloudEvent) -> Result<(), HandlerError> {
-        self.0.apply(&mut Conn::Postgres(conn), event).await
-    }
-
-    async fn reset(&self, conn: &mut PgConnection) -> Result<(), HandlerError> {
-        self.0.reset(&mut Conn::Postgres(conn)).await
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        tables: &Tables,
+        event: &CloudEvent,
+    ) -> Result<(), HandlerError> {
+        self.0.apply(&mut Conn { inner: Inner::Postgres(conn), tables }, event).await
     }
 }

@@ -16,10 +16,12 @@
 //!   busy database until they expire).
 //! - `relay_dead_letters`: the relay's dead letters as rows.
 //! - `skipped`: the events projections skipped as unreadable, as rows.
+//! - `generation`: blue/green rebuilds' shadow tables, their swap, and `keel_rebuilds`.
 //! - [`inbox`]: [`SqliteInbox`], the transactional inbox for `keel_bus`.
 #![warn(missing_docs)]
 
 pub mod append;
+mod generation;
 pub mod inbox;
 pub mod lease;
 pub mod read;
@@ -438,6 +440,45 @@ impl SqlEventLog for SqliteEventLog {
 
     async fn clear_skips_in(&self, conn: &mut SqliteConnection, subscriber: &str) -> Result<()> {
         skipped::clear(conn, subscriber).await
+    }
+
+    async fn move_skips_in(&self, conn: &mut SqliteConnection, from: &str, to: &str) -> Result<()> {
+        generation::move_skips(conn, from, to).await
+    }
+
+    async fn create_shadow_table_in(
+        &self,
+        conn: &mut SqliteConnection,
+        live: &str,
+        shadow: &str,
+    ) -> Result<()> {
+        generation::create_shadow(conn, live, shadow).await
+    }
+
+    async fn swap_table_in(
+        &self,
+        conn: &mut SqliteConnection,
+        live: &str,
+        shadow: &str,
+    ) -> Result<()> {
+        generation::swap(conn, live, shadow).await
+    }
+
+    async fn drop_table_in(&self, conn: &mut SqliteConnection, table: &str) -> Result<()> {
+        generation::drop_table(conn, table).await
+    }
+
+    async fn rebuilds(&self) -> Result<Vec<(String, keel_store::projection::RebuildState)>> {
+        generation::rebuilds(&self.inner.pool).await
+    }
+
+    async fn set_rebuild_in(
+        &self,
+        conn: &mut SqliteConnection,
+        projection: &str,
+        state: Option<keel_store::projection::RebuildState>,
+    ) -> Result<()> {
+        generation::set_rebuild(conn, projection, state).await
     }
 
     fn notify_appended(&self) {

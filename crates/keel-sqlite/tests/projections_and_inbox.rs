@@ -20,9 +20,9 @@ keel_testkit::projection_conformance! {
     // A short lease, so that a runner which does not renew it loses it within the test.
     fresh_log: common::fresh_log().await.with_lease_ttl(std::time::Duration::from_secs(2)),
     inbox: keel_sqlite::SqliteInbox,
-    upsert: "INSERT INTO counts (stream_id, events, last_version) VALUES (?, 1, ?)
+    upsert: "INSERT INTO {counts} AS c (stream_id, events, last_version) VALUES (?, 1, ?)
              ON CONFLICT (stream_id) DO UPDATE
-             SET events = counts.events + 1, last_version = excluded.last_version",
+             SET events = c.events + 1, last_version = excluded.last_version",
     insert_effect: "INSERT INTO effects (event_id) VALUES (?)",
     break_lease: break_lease,
 }

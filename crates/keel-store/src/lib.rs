@@ -23,8 +23,8 @@
 //!   consumer group created after they were published.
 //! - [`projection`]: read models fed from the log with the read-model change and the
 //!   checkpoint in one transaction; one active runner per projection (its lease renewed
-//!   while it runs, each page's checkpoint a compare-and-set); rebuild by replay, with
-//!   progress.
+//!   while it runs, each page's checkpoint a compare-and-set); blue/green rebuilds (a
+//!   new generation in shadow tables, switched in one transaction), with progress.
 #![warn(missing_docs)]
 
 pub mod backfill;
@@ -43,7 +43,9 @@ pub use log::{
     AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, Skipped,
     topic_of,
 };
-pub use projection::{Projection, ProjectionRunner, RebuildProgress};
+pub use projection::{
+    Projection, ProjectionRunner, RebuildProgress, RebuildState, Rebuilt, Tables,
+};
 pub use relay::{Relay, RelayOptions};
 pub use relay_dlq::RelayDeadLetter;
 pub use sql::SqlEventLog;

@@ -6,7 +6,7 @@
 //! lost. The lease alone cannot rule out an overlap (a holder notices a loss only at its
 //! next renewal), so every page's checkpoint write is also a compare-and-set from the
 //! cursor the runner last stored: a page whose checkpoint someone else moved meanwhile
-//! (another runner, a rebuild) is rolled back whole, and its runner stops.
+//! (another runner, a rebuild's switch) is rolled back whole, and its runner stops.
 //!
 //! An event the projection cannot read (its `apply` returns
 //! [`HandlerError::unreadable`], as every decode error converts to) meets the
@@ -21,6 +21,39 @@
 //! [`Unreadable::Stop`] keeps retrying the page instead (the read model stops there
 //! until the code can read the event); a projection has no queue to dead-letter to,
 //! so [`Unreadable::DeadLetter`] skips and records as `Skip` does.
+//!
+//! # Blue/green rebuilds
+//!
+//! A rebuild never touches the live read model. It builds a new *generation* beside
+//! it, in shadow tables: each table the projection declares ([`Projection::tables`])
+//! gets an empty twin `<table>__keel_next` with the same columns, constraints and
+//! indexes, and the generation its own checkpoint, `projection-rebuild:<name>`, and its
+//! own skip records. The projection's `apply` is told which generation it writes
+//! through [`Tables`] (with `keel_sql`, `{table}` in its SQL is replaced). Meanwhile
+//! the live runner goes on serving and following the log into the live tables.
+//!
+//! Shadow tables rather than versioned names (`users_orders_v2`), because readers keep
+//! querying a table by its one name: nothing in the service's queries, migrations or
+//! dashboards learns about generations, and after the switch the new generation simply
+//! *is* `users_orders`.
+//!
+//! When the generation has replayed the log up to its head, it is marked `ready`
+//! (`keel_rebuilds`), and the switch happens in ONE transaction, by whoever holds both
+//! the projection's lease (`projection:<name>`, so the live runner cannot write past
+//! the switch) and the rebuild's (`projection-rebuild:<name>`, so no rebuild writes the
+//! generation meanwhile): the rebuild itself when no live runner is running, else the
+//! live runner, which looks for a ready generation every second. The switch first
+//! applies the events that came in since (the tail), then in the transaction: each
+//! live table is dropped and its shadow renamed to its name; the generation's
+//! checkpoint becomes the projection's (both moved by compare-and-set, so a writer that
+//! moved either meanwhile makes the switch roll back); the generation's skip records
+//! become the projection's; the `keel_rebuilds` row goes. Readers see the old tables
+//! or the new, never a mix or an empty model.
+//!
+//! A rebuild interrupted (killed, failed, its lease lost) leaves the live model and its
+//! checkpoint as they were: running it again resumes the generation from its own
+//! checkpoint, and [`ProjectionRunner::discard_rebuild`] drops it. Progress is reported
+//! as [`RebuildProgress`]; `keel status` shows the generation's checkpoint and lag.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,26 +72,96 @@ use crate::log::{Cursor, EventLog, LogFilter, Page};
 use crate::sql::SqlEventLog;
 use crate::subscription::{SubscribeOptions, subscribe};
 
+/// The suffix of a table's name in a generation being rebuilt: `users_orders` is built
+/// as `users_orders__keel_next` until the switch renames it.
+pub const NEXT_SUFFIX: &str = "__keel_next";
+
+/// The names of a read model's tables in one generation (see the module docs): the
+/// live generation's are the declared names, a rebuild's are `<table>__keel_next`.
+///
+/// ```
+/// use keel_store::projection::Tables;
+///
+/// let next = Tables::next(&["task_stats"]);
+/// assert_eq!(next.name("task_stats"), "task_stats__keel_next");
+/// assert_eq!(
+///     next.expand("UPDATE {task_stats} SET open = {task_stats}.open + 1"),
+///     "UPDATE task_stats__keel_next SET open = task_stats__keel_next.open + 1"
+/// );
+/// assert_eq!(Tables::live(&["task_stats"]).name("task_stats"), "task_stats");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tables {
+    /// (declared name, name in this generation).
+    names: Vec<(String, String)>,
+}
+
+impl Tables {
+    /// The live generation: each declared table under its own name.
+    pub fn live(declared: &[&str]) -> Self {
+        Self { names: declared.iter().map(|t| ((*t).to_owned(), (*t).to_owned())).collect() }
+    }
+
+    /// A generation being rebuilt: each declared table as `<table>__keel_next`.
+    pub fn next(declared: &[&str]) -> Self {
+        Self {
+            names: declared
+                .iter()
+                .map(|t| ((*t).to_owned(), format!("{t}{NEXT_SUFFIX}")))
+                .collect(),
+        }
+    }
+
+    /// The name of the declared table `table` in this generation (any other name as
+    /// it is).
+    pub fn name<'a>(&'a self, table: &'a str) -> &'a str {
+        self.names.iter().find(|(declared, _)| declared == table).map_or(table, |(_, n)| n)
+    }
+
+    /// `sql` with each `{table}` of a declared table replaced by its name in this
+    /// generation (other braces are left alone).
+    pub fn expand<'a>(&self, sql: &'a str) -> std::borrow::Cow<'a, str> {
+        let mut sql = std::borrow::Cow::Borrowed(sql);
+        for (declared, name) in &self.names {
+            let braced = format!("{{{declared}}}");
+            if sql.contains(&braced) {
+                sql = std::borrow::Cow::Owned(sql.replace(&braced, name));
+            }
+        }
+        sql
+    }
+
+    /// Each table as (declared name, name in this generation).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.names.iter().map(|(declared, name)| (declared.as_str(), name.as_str()))
+    }
+}
+
 /// A read model built from events, in the same database as the log.
 #[async_trait]
 pub trait Projection<Db: sqlx::Database>: Send + Sync + 'static {
     /// Unique name; the checkpoint is stored as `projection:<name>`.
     fn name(&self) -> &str;
 
+    /// The tables the read model writes (created by the service's migrations). A
+    /// rebuild builds a new generation of each beside the live one and switches them
+    /// in one transaction (see the module docs); `apply` writes the generation's
+    /// [`Tables`].
+    fn tables(&self) -> &[&str];
+
     /// Which events the projection reads (default: all).
     fn filter(&self) -> LogFilter {
         LogFilter::default()
     }
 
-    /// Applies one event to the read model inside the runner's transaction.
+    /// Applies one event to the generation `tables` of the read model, inside the
+    /// runner's transaction.
     async fn apply(
         &self,
         conn: &mut Db::Connection,
+        tables: &Tables,
         event: &CloudEvent,
     ) -> Result<(), HandlerError>;
-
-    /// Empties the read model (before a rebuild), inside the runner's transaction.
-    async fn reset(&self, conn: &mut Db::Connection) -> Result<(), HandlerError>;
 
     /// What the runner does with an event `apply` cannot read (see the module docs;
     /// default: skip and record).
@@ -70,14 +173,65 @@ pub trait Projection<Db: sqlx::Database>: Send + Sync + 'static {
 /// Progress of a rebuild: events applied so far of the log's total when it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RebuildProgress {
-    /// Events applied so far.
+    /// Events applied so far (a resumed rebuild counts those before it resumed).
     pub applied: u64,
     /// Events in the log when the rebuild started.
     pub total: u64,
 }
 
+/// Where a blue/green rebuild in progress is (`keel_rebuilds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RebuildState {
+    /// The new generation is replaying the log (or was interrupted doing so: running
+    /// the rebuild again resumes it).
+    Building,
+    /// The new generation caught up with the log; the holder of the projection's lease
+    /// switches it in.
+    Ready,
+}
+
+impl RebuildState {
+    /// As stored: `building`, `ready`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Building => "building",
+            Self::Ready => "ready",
+        }
+    }
+
+    /// From its stored form.
+    pub fn parse(stored: &str) -> Option<Self> {
+        match stored {
+            "building" => Some(Self::Building),
+            "ready" => Some(Self::Ready),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RebuildState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What [`ProjectionRunner::rebuild`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Events in the new generation (a resumed rebuild counts those before it resumed).
+    pub applied: u64,
+    /// Whether the new generation is live now. `false`: a live runner holds the
+    /// projection's lease and switches the ready generation within a second or so
+    /// ([`ProjectionRunner::wait_for_switch`] waits for it).
+    pub switched: bool,
+}
+
 /// How often a standby runner asks for the lease.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// How often an active runner looks for a rebuilt generation ready to switch.
+const SWITCH_POLL: Duration = Duration::from_secs(1);
 
 /// Runs a projection. See the module docs.
 ///
@@ -97,9 +251,10 @@ const STANDBY_POLL: Duration = Duration::from_secs(1);
 ///         sqlx::Executor<'c, Database = L::Db>,
 /// {
 ///     let runner = ProjectionRunner::new(log, projection);
-///     // After a change to the read model's shape: empty it and replay the whole log.
-///     let applied = runner.rebuild(|p| eprintln!("{}/{}", p.applied, p.total)).await?;
-///     eprintln!("rebuilt from {applied} events");
+///     // After a change to the read model's code: build a new generation beside the
+///     // live one, and switch it in once it caught up.
+///     let rebuilt = runner.rebuild(|p| eprintln!("{}/{}", p.applied, p.total)).await?;
+///     eprintln!("rebuilt from {} events", rebuilt.applied);
 ///     // Then follow the log (one active runner per projection across processes).
 ///     runner.run(shutdown).await
 /// }
@@ -137,6 +292,27 @@ enum PageError {
     Unreadable { index: usize, label: &'static str, reason: String },
 }
 
+/// One generation of the read model: its checkpoint and its tables.
+struct Generation {
+    key: String,
+    tables: Tables,
+}
+
+/// How [`ProjectionRunner::follow`] follows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Up to the log's head, then return.
+    CatchUp,
+    /// Live, until a rebuilt generation is ready to switch in.
+    Live,
+}
+
+/// How [`ProjectionRunner::follow`] ended.
+struct Followed {
+    applied: u64,
+    switch_ready: bool,
+}
+
 impl<L, P> ProjectionRunner<L, P>
 where
     L: SqlEventLog,
@@ -165,8 +341,24 @@ where
         format!("projection:{name}")
     }
 
+    /// The checkpoint (and lease) name of a projection's generation being rebuilt.
+    pub fn rebuild_checkpoint_name(name: &str) -> String {
+        format!("projection-rebuild:{name}")
+    }
+
     fn key(&self) -> String {
         Self::checkpoint_name(self.projection.name())
+    }
+
+    fn live(&self) -> Generation {
+        Generation { key: self.key(), tables: Tables::live(self.projection.tables()) }
+    }
+
+    fn next(&self) -> Generation {
+        Generation {
+            key: Self::rebuild_checkpoint_name(self.projection.name()),
+            tables: Tables::next(self.projection.tables()),
+        }
     }
 
     /// Whether [`ProjectionRunner::run`] holds the lease and applies events now (not
@@ -178,7 +370,9 @@ where
     /// Follows the log until `shutdown`, as the only runner of this projection across
     /// processes: stands by while another holds the lease, renews the lease while
     /// applying, and stands by again when the lease is lost or another writer moved
-    /// the checkpoint. Failures are logged and retried; it returns at `shutdown`.
+    /// the checkpoint. While active it switches in a rebuilt generation once it is
+    /// ready (see the module docs). Failures are logged and retried; it returns at
+    /// `shutdown`.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
         let key = self.key();
@@ -203,13 +397,23 @@ where
             };
             tracing::info!(projection = %key, "projection runner is active");
             self.active.send_replace(true);
-            let mut ignore = |_| {};
+            let work = async {
+                let live = self.live();
+                let mut ignore = |_| {};
+                loop {
+                    let followed = self.follow(&live, Mode::Live, &mut ignore).await?;
+                    if !followed.switch_ready {
+                        return Ok(());
+                    }
+                    self.switch_if_free().await?;
+                }
+            };
             let ended = tokio::select! {
                 biased;
                 () = &mut shutdown => Ended::Shutdown,
                 () = lease.keep() => Ended::LeaseLost,
-                result = self.follow(false, &mut ignore) => match result {
-                    Ok(_) => Ended::Shutdown,
+                result = work => match result {
+                    Ok(()) => Ended::Shutdown,
                     Err(error) => Ended::Failed(error),
                 },
             };
@@ -241,55 +445,239 @@ where
     /// [`StoreError::CheckpointMoved`] rather than apply a page twice.
     pub async fn catch_up(&self) -> Result<u64> {
         let mut ignore = |_| {};
-        self.follow(true, &mut ignore).await
+        Ok(self.follow(&self.live(), Mode::CatchUp, &mut ignore).await?.applied)
     }
 
-    /// Resets the read model and its checkpoint in one transaction, then replays the
-    /// whole log into it, reporting progress. Fails with [`StoreError::LeaseHeld`]
-    /// while a runner of this projection is active elsewhere (or if the lease, renewed
-    /// meanwhile, is lost).
-    pub async fn rebuild(&self, mut progress: impl FnMut(RebuildProgress) + Send) -> Result<u64> {
-        let key = self.key();
-        let Some(mut lease) = self.log.try_lease(&key).await? else {
-            return Err(StoreError::LeaseHeld(key));
+    /// The state of this projection's rebuild, if one is in progress (or was
+    /// interrupted).
+    pub async fn rebuild_state(&self) -> Result<Option<RebuildState>> {
+        let name = self.projection.name();
+        Ok(self.log.rebuilds().await?.into_iter().find(|(n, _)| n == name).map(|(_, s)| s))
+    }
+
+    /// Builds a new generation of the read model beside the live one by replaying the
+    /// log, reporting progress, and switches it in once it caught up (see the module
+    /// docs): at once if no live runner holds the projection's lease, else that runner
+    /// does it ([`Rebuilt::switched`] is then `false`). Resumes an interrupted rebuild
+    /// from its own checkpoint. The live read model and its checkpoint are untouched
+    /// until the switch, whatever happens before. Fails with [`StoreError::LeaseHeld`]
+    /// while another rebuild of this projection runs.
+    pub async fn rebuild(
+        &self,
+        mut progress: impl FnMut(RebuildProgress) + Send,
+    ) -> Result<Rebuilt> {
+        let name = self.projection.name().to_owned();
+        if self.projection.tables().is_empty() {
+            return Err(StoreError::Config(format!(
+                "projection `{name}` declares no tables (Projection::tables): a rebuild \
+                 builds a new generation of each table beside the live one"
+            )));
+        }
+        let next = self.next();
+        let Some(mut lease) = self.log.try_lease(&next.key).await? else {
+            return Err(StoreError::LeaseHeld(next.key));
         };
         let work = async {
-            let mut tx = self.log.begin().await?;
-            self.projection
-                .reset(&mut tx)
-                .await
-                .map_err(|e| StoreError::InvalidEvent(format!("reset failed: {e}")))?;
-            self.log.delete_checkpoint_in(&mut tx, &key).await?;
-            self.log.clear_skips_in(&mut tx, &key).await?;
-            tx.commit().await?;
+            if self.rebuild_state().await?.is_none() {
+                self.start_generation(&next).await?;
+            }
             let total = self.log.count_after(Cursor::START, Position(u64::MAX)).await?;
-            progress(RebuildProgress { applied: 0, total });
-            let mut report =
-                |applied| progress(RebuildProgress { applied, total: total.max(applied) });
-            self.follow(true, &mut report).await
+            let before = match self.log.checkpoint(&next.key).await? {
+                Some(at) => {
+                    total.saturating_sub(self.log.count_after(at, Position(u64::MAX)).await?)
+                }
+                None => 0,
+            };
+            progress(RebuildProgress { applied: before, total });
+            let mut report = |applied: u64| {
+                let applied = before + applied;
+                progress(RebuildProgress { applied, total: total.max(applied) });
+            };
+            let followed = self.follow(&next, Mode::CatchUp, &mut report).await?;
+            let mut tx = self.log.begin().await?;
+            self.log.set_rebuild_in(&mut tx, &name, Some(RebuildState::Ready)).await?;
+            tx.commit().await?;
+            tracing::info!(projection = %name, "the rebuilt generation caught up; switching");
+            let switched = match self.log.try_lease(&self.key()).await? {
+                Some(mut live) => {
+                    let switched = tokio::select! {
+                        biased;
+                        () = live.keep() => Err(StoreError::LeaseHeld(self.key())),
+                        switched = self.switch() => switched,
+                    };
+                    live.release().await;
+                    switched?;
+                    true
+                }
+                None => false,
+            };
+            Ok(Rebuilt { applied: before + followed.applied, switched })
         };
         let result = tokio::select! {
             biased;
-            () = lease.keep() => Err(StoreError::LeaseHeld(key.clone())),
+            () = lease.keep() => Err(StoreError::LeaseHeld(next.key.clone())),
             result = work => result,
         };
         lease.release().await;
         result
     }
 
+    /// After a [`rebuild`](Self::rebuild) that left the switch to the live runner:
+    /// waits until the generation is switched in, by that runner or, if it stopped
+    /// meanwhile, by this call.
+    pub async fn wait_for_switch(&self) -> Result<()> {
+        loop {
+            if self.rebuild_state().await? != Some(RebuildState::Ready) {
+                return Ok(());
+            }
+            if let Some(mut live) = self.log.try_lease(&self.key()).await? {
+                let switched = tokio::select! {
+                    biased;
+                    () = live.keep() => Err(StoreError::LeaseHeld(self.key())),
+                    switched = self.switch_if_free() => switched,
+                };
+                live.release().await;
+                switched?;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Drops an interrupted (or unwanted) rebuild's generation: its tables, checkpoint
+    /// and skip records, in one transaction; the live read model is untouched. Fails
+    /// with [`StoreError::LeaseHeld`] while a rebuild of this projection runs. Returns
+    /// whether there was a generation to drop.
+    pub async fn discard_rebuild(&self) -> Result<bool> {
+        let next = self.next();
+        let Some(lease) = self.log.try_lease(&next.key).await? else {
+            return Err(StoreError::LeaseHeld(next.key));
+        };
+        let discard = async {
+            let existed = self.rebuild_state().await?.is_some();
+            let mut tx = self.log.begin().await?;
+            for (_, table) in next.tables.iter() {
+                self.log.drop_table_in(&mut tx, table).await?;
+            }
+            self.log.delete_checkpoint_in(&mut tx, &next.key).await?;
+            self.log.clear_skips_in(&mut tx, &next.key).await?;
+            self.log.set_rebuild_in(&mut tx, self.projection.name(), None).await?;
+            tx.commit().await?;
+            Ok(existed)
+        };
+        let result = discard.await;
+        lease.release().await;
+        result
+    }
+
+    /// Creates the new generation's empty tables, without checkpoint or skip
+    /// records, and marks the rebuild `building`, in one transaction.
+    async fn start_generation(&self, next: &Generation) -> Result<()> {
+        let mut tx = self.log.begin().await?;
+        for (live, shadow) in next.tables.iter() {
+            self.log.create_shadow_table_in(&mut tx, live, shadow).await?;
+        }
+        self.log.delete_checkpoint_in(&mut tx, &next.key).await?;
+        self.log.clear_skips_in(&mut tx, &next.key).await?;
+        self.log
+            .set_rebuild_in(&mut tx, self.projection.name(), Some(RebuildState::Building))
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The live runner's switch: with the projection's lease held, takes the
+    /// rebuild's lease too (none is running then) and switches; leaves it for later
+    /// if a rebuild runs.
+    async fn switch_if_free(&self) -> Result<()> {
+        let next = self.next();
+        let Some(mut lease) = self.log.try_lease(&next.key).await? else {
+            return Ok(());
+        };
+        let switched = tokio::select! {
+            biased;
+            () = lease.keep() => Err(StoreError::LeaseHeld(next.key.clone())),
+            switched = async {
+                if self.rebuild_state().await? == Some(RebuildState::Ready) {
+                    self.switch().await?;
+                }
+                Ok(())
+            } => switched,
+        };
+        lease.release().await;
+        switched
+    }
+
+    /// Switches the ready generation in; the caller holds the projection's lease and
+    /// the rebuild's. Applies the tail (what came in since the generation caught up),
+    /// then, in one transaction: the live tables are replaced by the generation's, the
+    /// generation's checkpoint becomes the projection's (both by compare-and-set), its
+    /// skip records the projection's, and the rebuild's row goes.
+    async fn switch(&self) -> Result<()> {
+        let (live, next) = (self.live(), self.next());
+        let mut ignore = |_| {};
+        self.follow(&next, Mode::CatchUp, &mut ignore).await?;
+        let live_at = self.log.checkpoint(&live.key).await?;
+        let next_at = self.log.checkpoint(&next.key).await?;
+        let at = next_at.unwrap_or(Cursor::START);
+        let mut tx = self.log.begin().await?;
+        self.log.move_checkpoint_in(&mut tx, &next.key, next_at, at).await?;
+        self.log.delete_checkpoint_in(&mut tx, &next.key).await?;
+        self.log.move_checkpoint_in(&mut tx, &live.key, live_at, at).await?;
+        for (table, shadow) in next.tables.iter() {
+            self.log.swap_table_in(&mut tx, table, shadow).await?;
+        }
+        self.log.move_skips_in(&mut tx, &next.key, &live.key).await?;
+        self.log.set_rebuild_in(&mut tx, self.projection.name(), None).await?;
+        tx.commit().await?;
+        tracing::info!(projection = %live.key, at = %at, "switched in the rebuilt generation");
+        metrics::counter!("keel_projection_switches_total", "projection" => live.key).increment(1);
+        Ok(())
+    }
+
+    /// Applies pages to `generation` from its checkpoint: up to the head
+    /// ([`Mode::CatchUp`]), or live until a rebuilt generation is ready to switch in
+    /// ([`Mode::Live`], which looks every [`SWITCH_POLL`]).
     async fn follow(
         &self,
-        stop_when_caught_up: bool,
+        generation: &Generation,
+        mode: Mode,
         progress: &mut (dyn FnMut(u64) + Send),
-    ) -> Result<u64> {
-        let key = self.key();
-        let mut stored = self.log.checkpoint(&key).await?;
+    ) -> Result<Followed> {
+        let key = &generation.key;
+        let mut stored = self.log.checkpoint(key).await?;
         let from = stored.unwrap_or(Cursor::START);
-        let options = SubscribeOptions { stop_when_caught_up, ..self.options };
+        let options =
+            SubscribeOptions { stop_when_caught_up: mode == Mode::CatchUp, ..self.options };
         let log: Arc<dyn EventLog> = self.log.clone();
         let mut pages = subscribe(log, from, self.projection.filter(), options);
         let mut applied = 0u64;
-        while let Some(page) = pages.next().await {
+        // The first look after a poll interval: a switch left for later (a rebuild
+        // still holds its lease) is not retried at once.
+        let mut look =
+            tokio::time::interval_at(tokio::time::Instant::now() + SWITCH_POLL, SWITCH_POLL);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let page = if mode == Mode::Live {
+                tokio::select! {
+                    // Cancel-safe: the subscription keeps its read in flight.
+                    page = pages.next() => page,
+                    _ = look.tick() => {
+                        match self.rebuild_state().await {
+                            Ok(Some(RebuildState::Ready)) => {
+                                return Ok(Followed { applied, switch_ready: true });
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                tracing::warn!(projection = %key, %error, "could not look for a rebuilt generation");
+                            }
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                pages.next().await
+            };
+            let Some(page) = page else { break };
             let page = match page {
                 Ok(page) => page,
                 Err(error) => {
@@ -300,13 +688,13 @@ where
             let mut backoff = Duration::from_millis(50);
             let mut skips = HashMap::new();
             loop {
-                match self.apply_page(&key, stored, &page, &skips).await {
+                match self.apply_page(generation, stored, &page, &skips).await {
                     Ok(()) => break,
                     Err(PageError::Moved(error)) => return Err(error),
                     Err(PageError::Unreadable { index, label, reason }) => {
                         let event = &page.events[index];
                         tracing::warn!(projection = %key, event = %event.event.id(), position = %event.cursor, %reason, "skipping an event the projection cannot read");
-                        count_skip(&key, label);
+                        count_skip(key, label);
                         skips.insert(index, reason);
                     }
                     Err(PageError::Failed(error)) => {
@@ -325,7 +713,7 @@ where
                 .increment(page.events.len() as u64);
             progress(applied);
         }
-        Ok(applied)
+        Ok(Followed { applied, switch_ready: false })
     }
 
     /// One transaction: every event of the page, then the checkpoint, moved from
@@ -334,12 +722,13 @@ where
     /// instead of applied.
     async fn apply_page(
         &self,
-        key: &str,
+        generation: &Generation,
         stored: Option<Cursor>,
         page: &Page,
         skips: &HashMap<usize, String>,
     ) -> Result<(), PageError> {
         let failed = |e: StoreError| PageError::Failed(e.to_string());
+        let key = generation.key.as_str();
         let Some(last) = page.events.last() else { return Ok(()) };
         let mut tx = self.log.begin().await.map_err(failed)?;
         for (index, event) in page.events.iter().enumerate() {
@@ -347,7 +736,7 @@ where
                 self.log.record_skip_in(&mut tx, key, event, reason).await.map_err(failed)?;
                 continue;
             }
-            if let Err(e) = self.projection.apply(&mut tx, &event.event).await {
+            if let Err(e) = self.projection.apply(&mut tx, &generation.tables, &event.event).await {
                 if e.is_unreadable() && self.projection.on_unreadable() != Unreadable::Stop {
                     return Err(PageError::Unreadable {
                         index,

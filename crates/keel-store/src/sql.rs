@@ -6,6 +6,7 @@ use keel_core::{CloudEvent, ExpectedVersion, StreamId};
 
 use crate::error::Result;
 use crate::log::{AppendResult, Cursor, EventLog, LogEvent};
+use crate::projection::RebuildState;
 
 /// An [`EventLog`] in a SQL database, so a service can write its own state and its
 /// events in one transaction, and a projection its read model and its checkpoint.
@@ -94,6 +95,61 @@ pub trait SqlEventLog: EventLog {
         subscriber: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Moves the skip records of `from` to `to` inside the caller's transaction,
+    /// replacing those `to` had (a rebuilt generation's skips become the live one's).
+    fn move_skips_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        from: &str,
+        to: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Creates, inside the caller's transaction, the empty table `shadow` with the
+    /// columns, constraints and indexes of the table `live` (dropping any `shadow`
+    /// left from before): a new generation of a read model's table. PostgreSQL:
+    /// `CREATE TABLE .. (LIKE .. INCLUDING ALL)`; SQLite: the live table's and
+    /// indexes' `CREATE` statements from `sqlite_schema`, renamed.
+    fn create_shadow_table_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        live: &str,
+        shadow: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Replaces, inside the caller's transaction, the table `live` with `shadow`:
+    /// drops `live` and renames `shadow` to `live` (readers see one or the other).
+    fn swap_table_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        live: &str,
+        shadow: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Drops `table` if it exists, inside the caller's transaction.
+    fn drop_table_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        table: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The blue/green rebuilds in progress (`keel_rebuilds`): projection names and
+    /// their states, by name.
+    fn rebuilds(&self) -> impl Future<Output = Result<Vec<(String, RebuildState)>>> + Send;
+
+    /// Records the state of `projection`'s rebuild inside the caller's transaction
+    /// (`None`: no rebuild in progress any more).
+    fn set_rebuild_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+        projection: &str,
+        state: Option<RebuildState>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Tells subscribers that a transaction with appends has committed.
     fn notify_appended(&self);
+}
+
+/// `name` quoted as an SQL identifier (the same in both dialects).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }

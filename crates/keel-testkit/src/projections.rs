@@ -1,4 +1,7 @@
 //! The projection and inbox suite: a read model rebuilt by replay equals the live one;
+//! rebuilds are blue/green (the live model answers throughout, a rebuild under live
+//! traffic loses and doubles nothing, an interrupted one leaves the live model alone
+//! and resumes or is discarded);
 //! one runner per projection is active (it keeps its lease while it runs, stops when the
 //! lease is lost, and a page whose checkpoint another writer moved is rolled back); and
 //! the transactional inbox applies a redelivered event once (also across a crash
@@ -12,7 +15,8 @@
 ///   empty one;
 /// - `inbox`: the store's inbox type (`new(pool)`);
 /// - `upsert`: counts one event of stream `$1`/`?` at version `$2`/`?` into the
-///   `counts (stream_id, events, last_version)` table;
+///   `counts (stream_id, events, last_version)` table, named `{counts}` (the runner
+///   writes the generation's name: `counts`, or `counts__keel_next` in a rebuild);
 /// - `insert_effect`: inserts event id `$1`/`?` into `effects (event_id)`;
 /// - `break_lease`: an async fn `(&log, name)` that takes the lease `name` away from its
 ///   holder without the holder's doing, as a stall past the lease's expiry (SQLite) or
@@ -40,8 +44,8 @@ macro_rules! projection_conformance {
         use keel_bus::{Consumer, HandlerError, Message};
         use keel_core::{CloudEvent, ExpectedVersion, StreamId, SubscriptionSpec};
         use keel_store::{
-            Cursor, EventLog, Projection, ProjectionRunner, SqlEventLog, StoreError,
-            SubscribeOptions,
+            Cursor, EventLog, Projection, ProjectionRunner, RebuildState, Rebuilt, SqlEventLog,
+            StoreError, SubscribeOptions, Tables,
         };
         use $crate::util::{eventually, eventually_async, unique};
 
@@ -54,25 +58,22 @@ macro_rules! projection_conformance {
                 "counts"
             }
 
+            fn tables(&self) -> &[&str] {
+                &["counts"]
+            }
+
             async fn apply(
                 &self,
                 conn: &mut <$db as sqlx::Database>::Connection,
+                tables: &Tables,
                 event: &CloudEvent,
             ) -> Result<(), HandlerError> {
-                sqlx::query($upsert)
+                sqlx::query(&tables.expand($upsert))
                     .bind(event.subject().unwrap_or_default())
                     .bind(event.stream_version().map_or(0, |v| i64::try_from(v.0).unwrap_or(0)))
                     .execute(conn)
                     .await
                     .map_err(HandlerError::transient)?;
-                Ok(())
-            }
-
-            async fn reset(
-                &self,
-                conn: &mut <$db as sqlx::Database>::Connection,
-            ) -> Result<(), HandlerError> {
-                sqlx::query("DELETE FROM counts").execute(conn).await.map_err(HandlerError::transient)?;
                 Ok(())
             }
         }
@@ -90,9 +91,14 @@ macro_rules! projection_conformance {
                 "counts"
             }
 
+            fn tables(&self) -> &[&str] {
+                &["counts"]
+            }
+
             async fn apply(
                 &self,
                 conn: &mut <$db as sqlx::Database>::Connection,
+                tables: &Tables,
                 event: &CloudEvent,
             ) -> Result<(), HandlerError> {
                 if !self.moved.swap(true, Ordering::SeqCst) {
@@ -102,14 +108,7 @@ macro_rules! projection_conformance {
                         .await
                         .map_err(HandlerError::transient)?;
                 }
-                Counts.apply(conn, event).await
-            }
-
-            async fn reset(
-                &self,
-                conn: &mut <$db as sqlx::Database>::Connection,
-            ) -> Result<(), HandlerError> {
-                Counts.reset(conn).await
+                Counts.apply(conn, tables, event).await
             }
         }
 
@@ -209,8 +208,8 @@ macro_rules! projection_conformance {
             );
 
             let mut reports = Vec::new();
-            let applied = runner.rebuild(|p| reports.push(p)).await.expect("rebuild");
-            assert_eq!(applied, 30);
+            let rebuilt = runner.rebuild(|p| reports.push(p)).await.expect("rebuild");
+            assert_eq!(rebuilt, Rebuilt { applied: 30, switched: true }, "no runner: it switched");
             assert_eq!(counts(&log).await, live_model, "rebuilt equals live");
             assert_eq!(reports.first().map(|p| p.applied), Some(0));
             assert_eq!(reports.last().map(|p| (p.applied, p.total)), Some((30, 30)));
@@ -248,11 +247,14 @@ macro_rules! projection_conformance {
             let renew_interval = probe.renew_interval();
             probe.release().await;
             tokio::time::sleep(renew_interval * 4).await;
-            let rebuild = ProjectionRunner::new(log.clone(), Arc::new(Counts)).rebuild(|_| {}).await;
-            assert!(
-                matches!(rebuild, Err(StoreError::LeaseHeld(_))),
-                "no rebuild beside the active runner: {rebuild:?}"
-            );
+            // A rebuild beside the active runner does not take its lease: the runner
+            // switches the generation in.
+            let rebuilder = ProjectionRunner::new(log.clone(), Arc::new(Counts));
+            let rebuild = rebuilder.rebuild(|_| {}).await.expect("rebuild");
+            assert!(!rebuild.switched, "the rebuild took the active runner's lease");
+            assert!(runner.is_active());
+            rebuilder.wait_for_switch().await.expect("switched");
+            assert_eq!(rebuilder.rebuild_state().await.expect("state"), None);
             assert!(runner.is_active());
             let _ = stop.send(());
             task.await.expect("task").expect("runner");
@@ -401,29 +403,27 @@ macro_rules! projection_conformance {
                 "placed-totals"
             }
 
+            fn tables(&self) -> &[&str] {
+                &["counts"]
+            }
+
             async fn apply(
                 &self,
                 conn: &mut <$db as sqlx::Database>::Connection,
+                tables: &Tables,
                 event: &CloudEvent,
             ) -> Result<(), HandlerError> {
                 if event.ty() != $crate::upcasting::PLACED {
                     return Ok(());
                 }
                 let placed: $crate::upcasting::PlacedV2 = event.decode()?;
-                sqlx::query($upsert)
+                sqlx::query(&tables.expand($upsert))
                     .bind(placed.order)
                     .bind(placed.total_cents)
                     .execute(conn)
                     .await
                     .map_err(HandlerError::transient)?;
                 Ok(())
-            }
-
-            async fn reset(
-                &self,
-                conn: &mut <$db as sqlx::Database>::Connection,
-            ) -> Result<(), HandlerError> {
-                Counts.reset(conn).await
             }
         }
 
@@ -444,7 +444,7 @@ macro_rules! projection_conformance {
             assert_eq!(runner.catch_up().await.expect("catch up"), 3);
             let want = vec![("o-1".to_owned(), 1, 1200), ("o-2".to_owned(), 1, 300), ("o-3".to_owned(), 1, 9)];
             assert_eq!(counts(&log).await, want, "the live projection sees v2");
-            assert_eq!(runner.rebuild(|_| {}).await.expect("rebuild"), 3);
+            assert_eq!(runner.rebuild(|_| {}).await.expect("rebuild").applied, 3);
             assert_eq!(counts(&log).await, want, "replay into the projection sees v2");
         }
 
@@ -482,10 +482,236 @@ macro_rules! projection_conformance {
             check_skips(log.skipped(None, 10).await.expect("skipped"));
             assert_eq!(log.skipped_counts().await.expect("counts"), vec![(key.clone(), 2)]);
 
-            assert_eq!(runner.rebuild(|_| {}).await.expect("rebuild completes"), 4);
+            assert_eq!(runner.rebuild(|_| {}).await.expect("rebuild completes").applied, 4);
             assert_eq!(counts(&log).await, want, "the rebuild equals the live model");
             check_skips(log.skipped(Some(&key), 10).await.expect("skipped"));
             assert_eq!(log.skipped_counts().await.expect("counts"), vec![(key.clone(), 2)]);
+        }
+        /// A rebuild while events flow and the live runner follows them: the live model
+        /// answers throughout, the live runner switches the generation in, and the
+        /// result equals a rebuild from scratch once the traffic stopped.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_rebuild_under_live_traffic_loses_and_doubles_nothing() {
+            let log = Arc::new($fresh_log);
+            counts_table(&log).await;
+            let options = SubscribeOptions {
+                poll_interval: Duration::from_millis(50),
+                batch_size: 7,
+                ..SubscribeOptions::default()
+            };
+            let runner =
+                Arc::new(ProjectionRunner::new(log.clone(), Arc::new(Counts)).options(options));
+            let (stop, task) = spawn_runner(&runner);
+            let streams: Vec<StreamId> =
+                (0..5).map(|_| StreamId::new(unique("order")).expect("valid")).collect();
+            append_round(&log, &streams, 50).await;
+            eventually_async("the live runner to apply 50 events", || async { counted(&log).await == 50 })
+                .await;
+
+            let traffic = {
+                let (log, streams) = (log.clone(), streams.clone());
+                tokio::spawn(async move {
+                    for n in 0..200 {
+                        append_round(&log, &streams[n % 5..=n % 5], 1).await;
+                        if n % 10 == 0 {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                })
+            };
+            let watcher = {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    // The live model answers, never empty, never shrinking.
+                    let mut last = 0;
+                    for _ in 0..100 {
+                        let now = counted(&log).await;
+                        assert!(now >= last.max(50), "the live model went from {last} to {now} events");
+                        last = now;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            };
+            let small_pages = SubscribeOptions { batch_size: 5, ..SubscribeOptions::default() };
+            let rebuilder = ProjectionRunner::new(log.clone(), Arc::new(Counts)).options(small_pages);
+            let rebuilt = rebuilder.rebuild(|_| {}).await.expect("rebuild");
+            assert!(!rebuilt.switched, "the live runner holds the lease, so it switches");
+            rebuilder.wait_for_switch().await.expect("switched");
+            assert_eq!(rebuilder.rebuild_state().await.expect("state"), None);
+            traffic.await.expect("traffic");
+            watcher.await.expect("the live model answered throughout");
+            eventually_async("the live runner to follow all 250 events after the switch", || async {
+                counted(&log).await == 250
+            })
+            .await;
+            let switched = counts(&log).await;
+            assert!(
+                switched.iter().all(|(_, events, last)| events == last),
+                "each event applied once, in order: {switched:?}"
+            );
+            let _ = stop.send(());
+            task.await.expect("task").expect("runner");
+
+            // From scratch, with the traffic stopped and no live runner.
+            let scratch = rebuilder.rebuild(|_| {}).await.expect("rebuild from scratch");
+            assert_eq!(scratch, Rebuilt { applied: 250, switched: true });
+            assert_eq!(counts(&log).await, switched, "the switched model equals a rebuild from scratch");
+            assert_eq!(
+                log.checkpoint(&counts_key()).await.expect("checkpoint"),
+                Some(log.read_after(Cursor::START, &Default::default(), 1000).await.expect("read").events.last().expect("events").cursor),
+                "the projection's checkpoint is the generation's, at the head"
+            );
+            assert_eq!(log.checkpoint("projection-rebuild:counts").await.expect("checkpoint"), None);
+        }
+
+        /// Runs `rebuilder`'s rebuild until it applied at least `events`, then drops it
+        /// (as a killed process would leave it: its lease not released).
+        async fn interrupt_rebuild<P: Projection<$db>>(rebuilder: &ProjectionRunner<$log, P>, events: u64) {
+            let (progress, mut seen) = tokio::sync::watch::channel(0u64);
+            tokio::select! {
+                rebuilt = rebuilder.rebuild(move |p| { progress.send_replace(p.applied); }) => {
+                    panic!("the rebuild finished before it was interrupted: {rebuilt:?}")
+                }
+                _ = seen.wait_for(|applied| *applied >= events) => {}
+            }
+        }
+
+        /// Retries `rebuild` while the interrupted one's lease is still held.
+        async fn rebuild_again<P: Projection<$db>>(
+            rebuilder: &ProjectionRunner<$log, P>,
+            progress: impl FnMut(keel_store::RebuildProgress) + Send,
+        ) -> Rebuilt {
+            let mut progress = progress;
+            let deadline = tokio::time::Instant::now() + $crate::util::PATIENCE;
+            loop {
+                match rebuilder.rebuild(&mut progress).await {
+                    Err(StoreError::LeaseHeld(_)) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    rebuilt => return rebuilt.expect("rebuild"),
+                }
+            }
+        }
+
+        /// An interrupted rebuild leaves the live model and its checkpoint as they
+        /// were; running it again resumes from the generation's own checkpoint, and
+        /// discarding drops the generation.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn an_interrupted_rebuild_leaves_the_live_model_and_resumes_or_is_discarded() {
+            let log = Arc::new($fresh_log);
+            counts_table(&log).await;
+            let streams: Vec<StreamId> =
+                (0..4).map(|_| StreamId::new(unique("order")).expect("valid")).collect();
+            append_round(&log, &streams, 60).await;
+            let live = ProjectionRunner::new(log.clone(), Arc::new(Counts));
+            assert_eq!(live.catch_up().await.expect("catch up"), 60);
+            let model = counts(&log).await;
+            let at = log.checkpoint(&counts_key()).await.expect("checkpoint");
+
+            let pages = SubscribeOptions { batch_size: 5, ..SubscribeOptions::default() };
+            let rebuilder = ProjectionRunner::new(log.clone(), Arc::new(Counts)).options(pages);
+            interrupt_rebuild(&rebuilder, 20).await;
+            assert_eq!(counts(&log).await, model, "the live model is untouched");
+            assert_eq!(log.checkpoint(&counts_key()).await.expect("checkpoint"), at);
+            assert_eq!(rebuilder.rebuild_state().await.expect("state"), Some(RebuildState::Building));
+            assert!(log.checkpoint("projection-rebuild:counts").await.expect("checkpoint").is_some());
+
+            let mut first = None;
+            let resumed = rebuild_again(&rebuilder, |p| {
+                first.get_or_insert(p.applied);
+            })
+            .await;
+            assert!(first.is_some_and(|applied| applied >= 20), "resumed, not restarted: {first:?}");
+            assert_eq!(resumed, Rebuilt { applied: 60, switched: true });
+            assert_eq!(counts(&log).await, model);
+            assert_eq!(log.checkpoint(&counts_key()).await.expect("checkpoint"), at);
+            assert_eq!(rebuilder.rebuild_state().await.expect("state"), None);
+
+            interrupt_rebuild(&rebuilder, 10).await;
+            let deadline = tokio::time::Instant::now() + $crate::util::PATIENCE;
+            let discarded = loop {
+                match rebuilder.discard_rebuild().await {
+                    Err(StoreError::LeaseHeld(_)) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    discarded => break discarded.expect("discard"),
+                }
+            };
+            assert!(discarded, "there was a generation to discard");
+            assert_eq!(rebuilder.rebuild_state().await.expect("state"), None);
+            assert_eq!(log.checkpoint("projection-rebuild:counts").await.expect("checkpoint"), None);
+            let shadow: Result<Vec<(String, i64, i64)>, _> =
+                sqlx::query_as("SELECT stream_id, events, last_version FROM counts__keel_next")
+                    .fetch_all(SqlEventLog::pool(&*log))
+                    .await;
+            assert!(shadow.is_err(), "the generation's table is dropped");
+            assert_eq!(counts(&log).await, model);
+            assert_eq!(log.checkpoint(&counts_key()).await.expect("checkpoint"), at);
+        }
+
+        /// The README's bad publish (an `order.placed` that does not decode), then a
+        /// rebuild beside the live runner: the live model answers during and after, the
+        /// policy records the bad event (under the projection's name once switched),
+        /// and the rebuild completes without loss.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_rebuild_past_a_bad_event_keeps_the_live_model_answering() {
+            use $crate::upcasting::{v1, PLACED};
+            let log = Arc::new($fresh_log);
+            counts_table(&log).await;
+            let s = StreamId::new(unique("placed")).expect("valid");
+            let bad = CloudEvent::builder(PLACED, "/cli")
+                .data("application/json", r#"{"total":12}"#)
+                .build()
+                .expect("valid envelope");
+            let bad_id = bad.id().to_owned();
+            let mut events: Vec<CloudEvent> =
+                (0..40).map(|n| v1(&format!("o-{n:02}"), 1 + n)).collect();
+            events.insert(20, bad);
+            log.append(&s, ExpectedVersion::NoStream, &events).await.expect("append");
+            let options = SubscribeOptions { poll_interval: Duration::from_millis(50), ..SubscribeOptions::default() };
+            let runner = Arc::new(ProjectionRunner::new(log.clone(), Arc::new(PlacedTotals)).options(options));
+            let (stop, task) = {
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let runner = runner.clone();
+                let task = tokio::spawn(async move { runner.run(async move { let _ = stopped.await; }).await });
+                (stop, task)
+            };
+            eventually_async("the live model to apply the 40 good events", || async {
+                counts(&log).await.len() == 40
+            })
+            .await;
+            let model = counts(&log).await;
+            let key = "projection:placed-totals";
+            let skipped = |subscriber: &'static str| {
+                let log = log.clone();
+                async move {
+                    log.skipped(Some(subscriber), 10).await.expect("skipped").into_iter().map(|s| s.event_id).collect::<Vec<_>>()
+                }
+            };
+            assert_eq!(skipped(key).await, vec![bad_id.clone()]);
+
+            let watcher = {
+                let log = log.clone();
+                let model = model.clone();
+                tokio::spawn(async move {
+                    for _ in 0..50 {
+                        assert_eq!(counts(&log).await, model, "the live model answers, whole");
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            };
+            let pages = SubscribeOptions { batch_size: 3, ..SubscribeOptions::default() };
+            let rebuilder = ProjectionRunner::new(log.clone(), Arc::new(PlacedTotals)).options(pages);
+            let rebuilt = rebuilder.rebuild(|_| {}).await.expect("the rebuild completes");
+            assert_eq!(rebuilt.applied, 41);
+            rebuilder.wait_for_switch().await.expect("switched");
+            watcher.await.expect("the live model answered during the rebuild");
+            assert_eq!(counts(&log).await, model, "the switched model lost nothing");
+            assert_eq!(skipped(key).await, vec![bad_id], "the policy's record is the projection's");
+            assert!(skipped("projection-rebuild:placed-totals").await.is_empty());
+            assert_eq!(log.skipped_counts().await.expect("counts"), vec![(key.to_owned(), 1)]);
+            let _ = stop.send(());
+            task.await.expect("task").expect("runner");
         }
     };
 }

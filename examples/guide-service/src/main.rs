@@ -143,6 +143,10 @@ impl Projection for TaskStats {
         "task-stats"
     }
 
+    fn tables(&self) -> &[&str] {
+        &["task_stats"]
+    }
+
     fn filter(&self) -> LogFilter {
         LogFilter::topic("task")
     }
@@ -156,17 +160,12 @@ impl Projection for TaskStats {
             return Ok(());
         };
         conn.execute(
-            "INSERT INTO task_stats (id, open, done) VALUES ('all', $1, $2)
+            "INSERT INTO {task_stats} AS s (id, open, done) VALUES ('all', $1, $2)
              ON CONFLICT (id) DO UPDATE
-             SET open = task_stats.open + excluded.open, done = task_stats.done + excluded.done",
+             SET open = s.open + excluded.open, done = s.done + excluded.done",
             args![open, done],
         )
         .await?;
-        Ok(())
-    }
-
-    async fn reset(&self, conn: &mut Conn<'_>) -> Result<(), HandlerError> {
-        conn.execute("DELETE FROM task_stats", args![]).await?;
         Ok(())
     }
 }

@@ -2,7 +2,9 @@
 //! orders service's events. A projection (see `keel::sql::Projection`): the runner
 //! applies the order events from the log in order, each page committed with the
 //! projection's checkpoint, so a crash never applies an event twice or skips one; the
-//! binary's `projections rebuild users-orders` rebuilds it by replay.
+//! binary's `projections rebuild users-orders` rebuilds it blue/green: a new generation
+//! of `users_orders` is built beside the live one (the SQL names it `{users_orders}`)
+//! and switched in one transaction once it caught up.
 
 use keel::bus::HandlerError;
 use keel::core::{CloudEvent, Event};
@@ -27,6 +29,10 @@ impl Projection for UsersOrders {
         Self::NAME
     }
 
+    fn tables(&self) -> &[&str] {
+        &["users_orders"]
+    }
+
     fn filter(&self) -> LogFilter {
         LogFilter {
             types: [
@@ -48,7 +54,7 @@ impl Projection for UsersOrders {
             let placed: OrderPlaced = event.decode().map_err(HandlerError::permanent)?;
             let items = serde_json::to_string(&placed.items).map_err(HandlerError::permanent)?;
             conn.execute(
-                "INSERT INTO users_orders (order_id, user_id, status, items, reason, placed_at, updated_at)
+                "INSERT INTO {users_orders} (order_id, user_id, status, items, reason, placed_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
                 args![placed.order_id, placed.user_id, "pending", items, None::<String>, now.clone(), now],
             )
@@ -74,15 +80,10 @@ impl Projection for UsersOrders {
             return Ok(());
         };
         conn.execute(
-            "UPDATE users_orders SET status = $1, reason = $2, updated_at = $3 WHERE order_id = $4",
+            "UPDATE {users_orders} SET status = $1, reason = $2, updated_at = $3 WHERE order_id = $4",
             args![status, reason, now, order_id],
         )
         .await?;
-        Ok(())
-    }
-
-    async fn reset(&self, conn: &mut Conn<'_>) -> Result<(), HandlerError> {
-        conn.execute("DELETE FROM users_orders", args![]).await?;
         Ok(())
     }
 }
