@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The W3C name of an element reference in WebDriver answers.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735da1c0ec";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A WebDriver session on a chromedriver this test started (killed when dropped).
 struct Browser {
@@ -125,7 +125,8 @@ impl Browser {
                 Some(json!({ "using": "css selector", "value": css })),
             )
             .await;
-        let element = found[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}"));
+        let element =
+            found[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {found}"));
         self.call(reqwest::Method::POST, &format!("/element/{element}/click"), Some(json!({})))
             .await;
     }
@@ -191,7 +192,7 @@ async fn every_page_loads_in_chromium_and_a_dead_letter_is_retried_from_it() {
     assert_eq!(letters.len(), 1, "one dead letter to retry");
     f.offline.store(false, std::sync::atomic::Ordering::SeqCst);
     browser.goto(&format!("{site}/_keel/console/dead-letters?topic=order&group=shipping")).await;
-    browser.click(&format!("#retry-{}", letters[0].id.0)).await;
+    browser.click(&format!("[id=\"retry-{}\"]", letters[0].id.0)).await;
     f.handled_eventually(f.placed.id()).await;
     let source = browser.source().await;
     assert!(source.contains("id=\"notice\"") && source.contains("sent "), "the page says so");
