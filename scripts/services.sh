@@ -13,7 +13,9 @@
 #   - Consul 1.8.7 from Debian bullseye's package (a static binary) into
 #     /usr/local/bin; runs as a dev agent with its HTTP API on 127.0.0.1:8500;
 #   - wrk, nginx-light and docker-compose from Debian's packages (the gateway
-#     benchmark and the compose file check; nothing of theirs is left running).
+#     benchmark and the compose file check; nothing of theirs is left running);
+#   - chromium and chromium-driver from Debian's packages (the console's browser
+#     test starts its own headless chromedriver).
 set -euo pipefail
 
 STATE_DIR="${KEEL_SERVICES_DIR:-/var/tmp/keel/services}"
@@ -89,6 +91,9 @@ install_tools() {
   type -P wrk >/dev/null 2>&1 || missing+=(wrk)
   [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
   type -P docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  # The console's browser test: headless Chromium driven over WebDriver.
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} from Debian's packages"
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
@@ -100,7 +105,7 @@ install_tools() {
     # The package starts nginx on port 80; Keel's benchmark runs its own instance.
     if [[ " ${missing[*]} " == *" nginx-light "* ]]; then nginx -s stop >/dev/null 2>&1 || true; fi
   fi
-  log "tools are installed (wrk, nginx, docker-compose)"
+  log "tools are installed (wrk, nginx, docker-compose, chromium, chromedriver)"
 }
 
 consul_installed() { type -P consul >/dev/null 2>&1; }

@@ -143,6 +143,22 @@ pub enum Command {
     /// checkpoints.
     #[command(after_help = ENV_DB_BUS)]
     Status,
+    /// An event's causal lineage: what caused it (through `causationid`, up to the
+    /// originating request) and what it caused, recursively, as a tree; and how many
+    /// events share its `correlationid`.
+    Why {
+        /// The event's CloudEvents id.
+        #[arg(value_name = "EVENT_ID")]
+        event_id: String,
+    },
+    /// Serve the web console alone (streams, events with their lineage, consumer
+    /// groups, dead letters, projections, relays) for KEEL_DATABASE_URL and
+    /// KEEL_BUS_URL, at http://LISTEN/_keel/console.
+    Console {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
     /// Run the relay alone: publish the log to KEEL_BUS_URL in order (one active relay
     /// per name across processes; others stand by). Ctrl-C or SIGTERM stops it.
     #[command(after_help = ENV_DB_BUS)]
@@ -418,6 +434,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tail { follow, lines } => commands::tail(&config, out, follow, lines).await,
         Command::Status => commands::status(&config, out).await,
+        Command::Why { event_id } => commands::why(&config, out, &event_id).await,
+        Command::Console { listen } => crate::console::serve(&config, listen).await,
         Command::Relay { name } => commands::relay(&config, &name).await,
         Command::Projections { action } => match action {
             ProjectionAction::List => commands::projections_list(&config, out).await,

@@ -505,6 +505,16 @@ pub fn database_name(url: &str) -> String {
     redact_url(url)
 }
 
+/// `keel why EVENT_ID`: the event's causal lineage as a tree, or JSON.
+pub async fn why(config: &Config, out: Output, event_id: &str) -> anyhow::Result<()> {
+    let store = Store::open_read_only(&config.database_url).await?;
+    let lineage = keel_store::lineage(&*store.log(), event_id).await?.ok_or_else(|| {
+        anyhow::anyhow!("no event {event_id} in {}", redact_url(&config.database_url))
+    })?;
+    out.emit(&lineage.to_json(), || lineage.to_string())?;
+    Ok(())
+}
+
 /// `keel schema export`: the example system's event schemas, by type.
 pub fn schema_export(out: Output) -> anyhow::Result<()> {
     let schemas = keel_services_common::events::catalog().schemas();

@@ -96,6 +96,8 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
     let metrics = keel_telemetry::prometheus().clone();
     let gateway = Gateway::new(gateway_config(config), registry.clone())?;
     gateway.set_metrics_handle(metrics);
+    let console = crate::console::console(config, db.log(), bus.clone()).await?;
+    gateway.mount_console(keel_console::router(console));
     let listener = tokio::net::TcpListener::bind(config.gateway_addr).await.with_context(|| {
         format!("binding the gateway to {} (KEEL_GATEWAY_ADDR)", config.gateway_addr)
     })?;
@@ -182,6 +184,7 @@ fn print_banner(config: &Config, gateway: SocketAddr, services: &[(&str, Running
     println!("  bus       {bus}");
     println!("  registry  {registry}");
     println!("  gateway   http://{gateway}");
+    println!("  console   http://{gateway}{}/", keel_console::BASE);
     for (name, service) in services {
         println!("  {name:<9} http://{}", service.local_addr());
     }

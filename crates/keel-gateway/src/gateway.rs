@@ -49,7 +49,12 @@ struct Inner {
     cors: Option<CorsLayer>,
     metrics: OnceLock<PrometheusHandle>,
     connections: Option<Arc<ConnectionLimit>>,
+    /// The web console, served under [`CONSOLE_PREFIX`] once mounted.
+    console: OnceLock<axum::Router>,
 }
+
+/// Where [`Gateway::mount_console`] serves the console.
+pub const CONSOLE_PREFIX: &str = "/_keel/console";
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,6 +130,7 @@ impl Gateway {
             cors,
             metrics,
             connections,
+            console: OnceLock::new(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(housekeeping(Arc::downgrade(&inner)));
@@ -136,6 +142,33 @@ impl Gateway {
     /// Prometheus recorder before the gateway could). Ignored if one is already set.
     pub fn set_metrics_handle(&self, handle: PrometheusHandle) {
         let _ = self.inner.metrics.set(handle);
+    }
+
+    /// Serves `app` (the web console, `keel-console`) for every request under
+    /// `/_keel/console`, whatever its method, with the full path. When the gateway
+    /// authenticates (`auth` configured), each of those requests needs credentials whose
+    /// identity has the `admin` role: 401 without valid ones, 403 with another role.
+    /// Ignored if a console is already mounted.
+    pub fn mount_console(&self, app: axum::Router) {
+        let _ = self.inner.console.set(app);
+    }
+
+    /// A request to the mounted console, after the admin check.
+    async fn console(&self, req: Request<Body>, app: axum::Router) -> Response<Body> {
+        if let Some(auth) = &self.inner.shared.auth {
+            match auth.authenticate(req.headers()) {
+                Ok(Some(identity)) if identity.is_admin() => {}
+                Ok(Some(_)) => {
+                    return problem(StatusCode::FORBIDDEN, "the console needs the `admin` role");
+                }
+                Ok(None) => return unauthorized("the console needs an admin's credentials"),
+                Err(refusal) => return unauthorized(refusal.detail()),
+            }
+        }
+        match tower::ServiceExt::oneshot(app, req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
     }
 
     /// Answers one request (admin endpoint, gateway error or proxied response).
@@ -152,6 +185,9 @@ impl Gateway {
     /// [`Gateway::handle`] for a connection the gateway serves itself.
     async fn handle_from(&self, req: Request<Body>, downstream: &Downstream) -> Response<Body> {
         if is_admin(req.uri().path()) {
+            if let Some(app) = self.inner.console.get().filter(|_| is_console(req.uri().path())) {
+                return self.console(req, app.clone()).await;
+            }
             return self.admin(&req);
         }
         self.inner.shared.proxy(req, downstream).await
@@ -414,6 +450,17 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
         stream.shutdown().await
     });
     let _ = written.await;
+}
+
+fn is_console(path: &str) -> bool {
+    path.starts_with(CONSOLE_PREFIX)
+        && matches!(path.as_bytes().get(CONSOLE_PREFIX.len()), None | Some(b'/'))
+}
+
+fn unauthorized(detail: &'static str) -> Response<Body> {
+    let mut response = problem(StatusCode::UNAUTHORIZED, detail);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 fn is_admin(path: &str) -> bool {

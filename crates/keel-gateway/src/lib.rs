@@ -5,7 +5,9 @@
 //! roles) reaches the upstream signed as `x-keel-identity` (see
 //! `keel_service::identity`; the subject also in clear as `x-keel-subject` when it is
 //! ASCII), CORS, a body size limit, and its own errors as `application/problem+json`.
-//! Admin endpoints: `/_keel/health`, `/_keel/metrics`, `/_keel/routes`.
+//! Admin endpoints: `/_keel/health`, `/_keel/metrics`, `/_keel/routes`, and the web
+//! console under `/_keel/console` once mounted ([`Gateway::mount_console`]; admins only
+//! when the gateway authenticates).
 //!
 //! A method a route does not list gets 405 with `Allow` (the path exists; the method
 //! does not); TRACE and CONNECT are never proxied. Per-route timeouts bound the wait
@@ -54,5 +56,5 @@ pub use config::{
     GatewayConfig, JwtKeyConfig, RateLimitConfig, RouteConfig,
 };
 pub use error::{ConfigError, Result};
-pub use gateway::{ConnectionService, Gateway, PerCoreListeners};
+pub use gateway::{CONSOLE_PREFIX, ConnectionService, Gateway, PerCoreListeners};
 pub use proxy::{IDENTITY_HEADER, REQUEST_ID_HEADER, SUBJECT_HEADER};

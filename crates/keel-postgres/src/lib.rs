@@ -43,6 +43,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
+use keel_core::envelope::ext;
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
 use keel_store::{
     AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page,
@@ -257,6 +258,30 @@ impl EventLog for PgEventLog {
                 .fetch_one(&self.inner.pool)
                 .await?;
         Ok(StreamVersion(version.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)))
+    }
+
+    async fn categories(&self) -> Result<Vec<keel_store::Category>> {
+        read::categories(&self.inner.pool).await
+    }
+
+    async fn streams(
+        &self,
+        category: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<keel_store::StreamSummary>> {
+        read::streams(&self.inner.pool, category, limit).await
+    }
+
+    async fn event_by_id(&self, id: &str) -> Result<Option<LogEvent>> {
+        read::by_id(&self.inner.pool, id).await
+    }
+
+    async fn caused_by(&self, id: &str, limit: usize) -> Result<Vec<LogEvent>> {
+        read::by_extension(&self.inner.pool, ext::CAUSATION_ID, id, limit).await
+    }
+
+    async fn correlated(&self, id: &str, limit: usize) -> Result<Vec<LogEvent>> {
+        read::by_extension(&self.inner.pool, ext::CORRELATION_ID, id, limit).await
     }
 
     async fn read_all(&self, query: &LogQuery) -> Result<Vec<LogEvent>> {

@@ -250,3 +250,72 @@ pub(crate) async fn cursor_before(pool: &PgPool, epoch: i64, position: Position)
     };
     Ok(Cursor { position: start.position - 1, ..start })
 }
+
+/// The event with this id (its unique index).
+pub(crate) async fn by_id(pool: &PgPool, id: &str) -> Result<Option<LogEvent>> {
+    let sql = format!("SELECT {COLUMNS} FROM keel_events WHERE event_id = $1");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
+    row.as_ref().map(decode).transpose()
+}
+
+/// Up to `count` events whose string extension `name` (`causationid` or
+/// `correlationid`, each with an index on its expression) is `value`.
+pub(crate) async fn by_extension(
+    pool: &PgPool,
+    name: &str,
+    value: &str,
+    count: usize,
+) -> Result<Vec<LogEvent>> {
+    // The expression as the index has it, so that the index is used; `name` is one of
+    // Keel's extension names, never user input.
+    let expression = format!("(extensions ->> '{name}')");
+    let sql = format!(
+        "SELECT {COLUMNS} FROM keel_events
+         WHERE {expression} = $1 AND {expression} IS NOT NULL ORDER BY position LIMIT $2"
+    );
+    let rows = sqlx::query(&sql).bind(value).bind(limit(count)).fetch_all(pool).await?;
+    rows.iter().map(decode).collect()
+}
+
+/// The stream categories with their stream and event counts.
+pub(crate) async fn categories(pool: &PgPool) -> Result<Vec<keel_store::Category>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT split_part(stream_id, '-', 1) AS c, count(DISTINCT stream_id), count(*)
+         FROM keel_events GROUP BY c ORDER BY c",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, streams, events)| keel_store::Category {
+            name,
+            streams: u64::try_from(streams).unwrap_or(0),
+            events: u64::try_from(events).unwrap_or(0),
+        })
+        .collect())
+}
+
+/// Up to `count` streams of `category` (all without one), by id.
+pub(crate) async fn streams(
+    pool: &PgPool,
+    category: Option<&str>,
+    count: usize,
+) -> Result<Vec<keel_store::StreamSummary>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT stream_id, max(stream_version), max(position) FROM keel_events
+         WHERE $1::text IS NULL OR split_part(stream_id, '-', 1) = $1
+         GROUP BY stream_id ORDER BY stream_id LIMIT $2",
+    )
+    .bind(category)
+    .bind(limit(count))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(stream, version, last_position)| keel_store::StreamSummary {
+            stream,
+            version: u64::try_from(version).unwrap_or(0),
+            last_position,
+        })
+        .collect())
+}

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use keel_core::envelope::ext;
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
 use keel_store::{
     AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page,
@@ -245,6 +246,30 @@ impl EventLog for SqliteEventLog {
                 .fetch_optional(&self.inner.pool)
                 .await?;
         Ok(StreamVersion(version.map_or(0, unsigned)))
+    }
+
+    async fn categories(&self) -> Result<Vec<keel_store::Category>> {
+        read::categories(&self.inner.pool).await
+    }
+
+    async fn streams(
+        &self,
+        category: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<keel_store::StreamSummary>> {
+        read::streams(&self.inner.pool, category, limit).await
+    }
+
+    async fn event_by_id(&self, id: &str) -> Result<Option<LogEvent>> {
+        read::by_id(&self.inner.pool, id).await
+    }
+
+    async fn caused_by(&self, id: &str, limit: usize) -> Result<Vec<LogEvent>> {
+        read::by_extension(&self.inner.pool, ext::CAUSATION_ID, id, limit).await
+    }
+
+    async fn correlated(&self, id: &str, limit: usize) -> Result<Vec<LogEvent>> {
+        read::by_extension(&self.inner.pool, ext::CORRELATION_ID, id, limit).await
     }
 
     async fn read_all(&self, query: &LogQuery) -> Result<Vec<LogEvent>> {

@@ -155,3 +155,81 @@ pub(crate) async fn after(
     }
     Ok(Page { events, next })
 }
+
+/// The event with this id (its unique index).
+pub(crate) async fn by_id(pool: &SqlitePool, id: &str) -> Result<Option<LogEvent>> {
+    let sql = format!("SELECT {COLUMNS} FROM keel_events WHERE event_id = ?");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
+    row.map(|row| decode_at(&row, 0)).transpose()
+}
+
+/// Up to `count` events whose string extension `name` (`causationid` or
+/// `correlationid`, each with an index on its expression) is `value`.
+pub(crate) async fn by_extension(
+    pool: &SqlitePool,
+    name: &str,
+    value: &str,
+    count: usize,
+) -> Result<Vec<LogEvent>> {
+    // The expression as the index has it, so that the index is used.
+    let expression = format!("json_extract(extensions, '$.{name}')");
+    let sql = format!(
+        "SELECT {COLUMNS} FROM keel_events
+         WHERE {expression} = ? AND {expression} IS NOT NULL ORDER BY position LIMIT ?"
+    );
+    let rows = sqlx::query(&sql).bind(value).bind(limit(count)).fetch_all(pool).await?;
+    rows.iter().map(|row| decode_at(row, 0)).collect()
+}
+
+/// The stream categories with their stream and event counts.
+pub(crate) async fn categories(pool: &SqlitePool) -> Result<Vec<keel_store::Category>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT CASE WHEN instr(stream_id, '-') > 0
+                     THEN substr(stream_id, 1, instr(stream_id, '-') - 1) ELSE stream_id END AS c,
+                count(DISTINCT stream_id), count(*)
+         FROM keel_events GROUP BY c ORDER BY c",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, streams, events)| keel_store::Category {
+            name,
+            streams: u64::try_from(streams).unwrap_or(0),
+            events: u64::try_from(events).unwrap_or(0),
+        })
+        .collect())
+}
+
+/// Up to `count` streams of `category` (all without one), by id.
+pub(crate) async fn streams(
+    pool: &SqlitePool,
+    category: Option<&str>,
+    count: usize,
+) -> Result<Vec<keel_store::StreamSummary>> {
+    let pattern = category.map(|c| format!("{}-%", like_escape(c)));
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT stream_id, max(stream_version), max(position) FROM keel_events
+         WHERE ? IS NULL OR stream_id = ? OR stream_id LIKE ? ESCAPE '\\'
+         GROUP BY stream_id ORDER BY stream_id LIMIT ?",
+    )
+    .bind(category)
+    .bind(category)
+    .bind(pattern)
+    .bind(limit(count))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(stream, version, last_position)| keel_store::StreamSummary {
+            stream,
+            version: u64::try_from(version).unwrap_or(0),
+            last_position,
+        })
+        .collect())
+}
+
+/// `text` matched literally by LIKE (with `ESCAPE '\'`).
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}

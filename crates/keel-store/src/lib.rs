@@ -21,6 +21,8 @@
 //!   take, and retrying one.
 //! - [`backfill`]: [`backfill_group`], publishing a topic's events from the log to one
 //!   consumer group created after they were published.
+//! - [`lineage`]: [`Lineage`], what caused an event and what it caused (through
+//!   `causationid` and `correlationid`), for `keel why` and the console.
 //! - [`projection`]: read models fed from the log with the read-model change and the
 //!   checkpoint in one transaction; one active runner per projection (its lease renewed
 //!   while it runs, each page's checkpoint a compare-and-set); blue/green rebuilds (a
@@ -29,6 +31,7 @@
 
 pub mod backfill;
 pub mod error;
+pub mod lineage;
 pub mod log;
 pub mod projection;
 pub mod relay;
@@ -39,9 +42,10 @@ pub mod subscription;
 
 pub use backfill::{BackfillProgress, GroupBackfill, backfill_group};
 pub use error::{Result, StoreError, is_transient};
+pub use lineage::{Caused, Lineage, lineage};
 pub use log::{
-    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page, Skipped,
-    topic_of,
+    AppendResult, Category, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery,
+    Page, Skipped, StreamSummary, topic_of,
 };
 pub use projection::{
     Projection, ProjectionRunner, RebuildProgress, RebuildState, Rebuilt, Tables,

@@ -1,5 +1,6 @@
 //! The event log seam.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use keel_core::envelope::ext;
-use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
+use keel_core::{CloudEvent, ExpectedVersion, ExtensionValue, Position, StreamId, StreamVersion};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -278,6 +279,98 @@ pub trait EventLog: Send + Sync + 'static {
     /// The highest position in the log.
     async fn head(&self) -> Result<Position>;
 
+    /// The categories of the log's streams (`order-17` is in `order`), with how many
+    /// streams and events each has, by name. The default scans the log.
+    async fn categories(&self) -> Result<Vec<Category>> {
+        let mut categories: std::collections::BTreeMap<String, (HashSet<String>, u64)> =
+            Default::default();
+        let mut batches = self.replay(LogQuery::default());
+        while let Some(batch) = batches.next().await {
+            for event in batch? {
+                let stream = event.event.subject().unwrap_or_default().to_owned();
+                let category = stream.split_once('-').map_or(stream.as_str(), |(c, _)| c);
+                let entry = categories.entry(category.to_owned()).or_default();
+                entry.1 += 1;
+                entry.0.insert(stream);
+            }
+        }
+        Ok(categories
+            .into_iter()
+            .map(|(name, (streams, events))| Category {
+                name,
+                streams: streams.len() as u64,
+                events,
+            })
+            .collect())
+    }
+
+    /// Up to `limit` streams of `category` (all without one), by stream id, each with
+    /// its version and last position. The default scans the log.
+    async fn streams(&self, category: Option<&str>, limit: usize) -> Result<Vec<StreamSummary>> {
+        let mut streams: std::collections::BTreeMap<String, StreamSummary> = Default::default();
+        let mut batches = self.replay(LogQuery::default());
+        while let Some(batch) = batches.next().await {
+            for event in batch? {
+                let stream = event.event.subject().unwrap_or_default().to_owned();
+                let in_category = stream.split_once('-').map_or(stream.as_str(), |(c, _)| c);
+                if category.is_some_and(|c| c != in_category) {
+                    continue;
+                }
+                let entry = streams.entry(stream.clone()).or_insert_with(|| StreamSummary {
+                    stream,
+                    version: 0,
+                    last_position: 0,
+                });
+                entry.version = event.event.stream_version().map_or(entry.version, |v| v.0);
+                entry.last_position = event.cursor.position;
+            }
+        }
+        Ok(streams.into_values().take(limit).collect())
+    }
+
+    /// The event with this CloudEvents `id`, if the log has it. The default scans the
+    /// log; SQL stores look it up by its unique index.
+    async fn event_by_id(&self, id: &str) -> Result<Option<LogEvent>> {
+        let mut batches = self.replay(LogQuery::default());
+        while let Some(batch) = batches.next().await {
+            if let Some(found) = batch?.into_iter().find(|e| e.event.id() == id) {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to `limit` events whose `causationid` is `id` (what the event or request `id`
+    /// caused), in position order. The default scans the log; SQL stores use an index.
+    async fn caused_by(&self, id: &str, limit: usize) -> Result<Vec<LogEvent>> {
+        self.scan_extension(ext::CAUSATION_ID, id, limit).await
+    }
+
+    /// Up to `limit` events whose `correlationid` is `id` (one request's whole story),
+    /// in position order. The default scans the log; SQL stores use an index.
+    async fn correlated(&self, id: &str, limit: usize) -> Result<Vec<LogEvent>> {
+        self.scan_extension(ext::CORRELATION_ID, id, limit).await
+    }
+
+    /// Up to `limit` events whose string extension `name` is `value`, scanning the whole
+    /// log: the default of [`EventLog::caused_by`] and [`EventLog::correlated`].
+    async fn scan_extension(&self, name: &str, value: &str, limit: usize) -> Result<Vec<LogEvent>> {
+        let mut found = Vec::new();
+        let mut batches = self.replay(LogQuery::default());
+        while let Some(batch) = batches.next().await {
+            for event in batch? {
+                if found.len() >= limit {
+                    return Ok(found);
+                }
+                if matches!(event.event.extension(name), Some(ExtensionValue::String(v)) if v == value)
+                {
+                    found.push(event);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Up to `limit` events after `cursor` in subscription order that match `filter`,
     /// and only those that no later commit can precede: a subscriber that reads page
     /// after page never skips an event and sees every stream in version order.
@@ -352,6 +445,28 @@ pub trait EventLog: Send + Sync + 'static {
         let _ = relay;
         Ok(0)
     }
+}
+
+/// A category of streams (the part of a stream id before its first `-`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Category {
+    /// The category's name.
+    pub name: String,
+    /// How many streams it has.
+    pub streams: u64,
+    /// How many events its streams have.
+    pub events: u64,
+}
+
+/// One stream, as the console lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StreamSummary {
+    /// The stream id.
+    pub stream: String,
+    /// Its current version.
+    pub version: u64,
+    /// The position of its last event.
+    pub last_position: i64,
 }
 
 /// An event a subscriber (a projection) could not read and skipped by its policy.

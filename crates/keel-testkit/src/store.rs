@@ -57,7 +57,8 @@ macro_rules! store_conformance {
             duplicate_event_ids_are_refused,
             relay_publishes_the_log_in_order,
             relay_fails_over_to_a_standby,
-            old_versions_read_back_upcast
+            old_versions_read_back_upcast,
+            causal_lineage
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -961,4 +962,92 @@ pub async fn old_versions_read_back_upcast<F: StoreFactory>(f: &F) {
         replay[..3].iter().map(|e| e.event.decode::<PlacedV2>().expect("decodes at v2")).collect();
     assert_eq!(decoded, want, "replay sees v2");
     assert_future(&replay[3].event);
+}
+
+/// An event caused by `cause` (or, without one, by the request `correlation`).
+fn caused(ty: &str, correlation: &str, cause: Option<&CloudEvent>) -> CloudEvent {
+    let mut builder = CloudEvent::builder(ty, "/keel/testkit")
+        .extension(keel_core::envelope::ext::CORRELATION_ID, correlation);
+    if let Some(cause) = cause {
+        builder = builder.extension(keel_core::envelope::ext::CAUSATION_ID, cause.id());
+    }
+    builder.build().expect("valid")
+}
+
+/// A request places an order, which reserves stock and sends a mail; the reservation
+/// confirms the order. `keel why` on each finds its causes and effects, through the
+/// stores' own lookups (by id, by `causationid`, by `correlationid`).
+pub async fn causal_lineage<F: StoreFactory>(f: &F) {
+    let log = f.log().await;
+    let request = unique("req");
+    let order = stream(&unique("order"));
+    let product = stream(&unique("product"));
+    let placed = caused("order.placed", &request, None);
+    let reserved = caused("stock.reserved", &request, Some(&placed));
+    let mailed = caused("mail.sent", &request, Some(&placed));
+    let confirmed = caused("order.confirmed", &request, Some(&reserved));
+    let unrelated = caused("order.placed", &unique("req"), None);
+    log.append(&order, ExpectedVersion::Any, std::slice::from_ref(&placed)).await.expect("append");
+    log.append(&product, ExpectedVersion::Any, &[reserved.clone(), unrelated.clone()])
+        .await
+        .expect("append");
+    log.append(&order, ExpectedVersion::Any, &[mailed.clone(), confirmed.clone()])
+        .await
+        .expect("append");
+
+    let ids = |events: &[LogEvent]| -> Vec<String> {
+        events.iter().map(|e| e.event.id().to_owned()).collect()
+    };
+    let found = log.event_by_id(reserved.id()).await.expect("by id").expect("found");
+    assert_eq!(found.event.subject(), Some(product.as_str()));
+    assert!(log.event_by_id("no-such-event").await.expect("by id").is_none());
+    let direct = log.caused_by(placed.id(), 10).await.expect("caused by");
+    assert_eq!(ids(&direct), [reserved.id(), mailed.id()], "in log order");
+    assert_eq!(log.caused_by(placed.id(), 1).await.expect("caused by").len(), 1, "limited");
+    assert_eq!(log.correlated(&request, 10).await.expect("correlated").len(), 4);
+
+    let why = keel_store::lineage(&*log, confirmed.id()).await.expect("lineage").expect("found");
+    assert_eq!(ids(&why.causes), [placed.id(), reserved.id()], "first cause first");
+    assert_eq!(why.origin.as_deref(), Some(request.as_str()), "the request started it");
+    assert_eq!(why.correlation_id.as_deref(), Some(request.as_str()));
+    assert!(why.caused.is_empty());
+    assert_eq!(why.correlated.len(), 4, "the unrelated request is not in it");
+    let text = why.to_string();
+    assert!(text.contains(&format!("* order.confirmed  {order}@3")), "{text}");
+
+    let root = keel_store::lineage(&*log, placed.id()).await.expect("lineage").expect("found");
+    assert!(root.causes.is_empty());
+    let tree: Vec<(String, Vec<String>)> = root
+        .caused
+        .iter()
+        .map(|c| {
+            (
+                c.event.event.id().to_owned(),
+                c.caused.iter().map(|d| d.event.event.id().to_owned()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tree,
+        [
+            (reserved.id().to_owned(), vec![confirmed.id().to_owned()]),
+            (mailed.id().to_owned(), vec![]),
+        ]
+    );
+    let json = root.to_json();
+    assert_eq!(json["caused"][0]["caused"][0]["type"], "order.confirmed");
+    assert_eq!(json["origin"], request.as_str());
+    assert!(keel_store::lineage(&*log, "no-such-event").await.expect("lineage").is_none());
+
+    // The console's stream list: categories, and the streams of one.
+    let categories = log.categories().await.expect("categories");
+    let counts: Vec<(&str, u64, u64)> =
+        categories.iter().map(|c| (c.name.as_str(), c.streams, c.events)).collect();
+    assert_eq!(counts, [("order", 1, 3), ("product", 1, 2)]);
+    let orders = log.streams(Some("order"), 10).await.expect("streams");
+    assert_eq!(orders.len(), 1);
+    assert_eq!((orders[0].stream.as_str(), orders[0].version), (order.as_str(), 3));
+    assert_eq!(log.streams(None, 10).await.expect("streams").len(), 2);
+    assert_eq!(log.streams(None, 1).await.expect("streams").len(), 1, "limited");
+    assert!(log.streams(Some("ord"), 10).await.expect("streams").is_empty(), "whole category");
 }

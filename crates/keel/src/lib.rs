@@ -20,6 +20,7 @@
 //! | `http` | [`http`] (the service kit), [`client`], [`registry`], [`runtime`] (the service runner) | yes |
 //! | `consul` | Consul in [`registry`] and [`runtime`] | |
 //! | `gateway` | [`gateway`] | |
+//! | `console` | [`console`]: the web console, to mount on your gateway or router | |
 //! | `otel` | OTLP trace export | |
 //! | `testing` | test kits: `aggregate::testing` (given/when/then) | |
 //!
@@ -40,7 +41,7 @@
 //! - [`http`], [`client`], [`registry`], [`runtime`]: services;
 //! - backends: [`sqlite`], [`postgres`], [`logbus`], [`memory`], [`amqp`], [`kafka`];
 //! - [`timers`]: durable timers and delayed messages, scheduled in your transaction;
-//! - [`gateway`], [`telemetry`].
+//! - [`gateway`], [`console`], [`telemetry`].
 //!
 //! The guide (docs/guide.md in the repository) builds a first service step by step.
 #![warn(missing_docs)]
@@ -57,6 +58,8 @@ pub use keel_aggregate as aggregate;
 pub use keel_amqp as amqp;
 #[cfg(feature = "http")]
 pub use keel_client as client;
+#[cfg(feature = "console")]
+pub use keel_console as console;
 #[cfg(feature = "gateway")]
 pub use keel_gateway as gateway;
 #[cfg(feature = "kafka")]
