@@ -15,8 +15,7 @@ use anyhow::Context as _;
 use keel_bus::ConsumerHandle;
 use keel_gateway::{AuthConfig, AuthMode, Gateway, GatewayConfig, RouteConfig};
 use keel_runtime::{
-    Parts, ProjectionTask, Shutdown, TimerTask, redact_url, start_relay, start_service,
-    system_bus,
+    Parts, ProjectionTask, Shutdown, TimerTask, redact_url, start_relay, start_service, system_bus,
 };
 use keel_service::RunningService;
 use keel_sql::Db;

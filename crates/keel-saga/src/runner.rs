@@ -9,7 +9,9 @@ use chrono::Utc;
 use keel_bus::layer::current_context;
 use keel_bus::{ConsumerHandle, HandlerError, Message};
 use keel_core::envelope::ext;
-use keel_core::{BusError, CloudEvent, EventSet, ExpectedVersion, StreamId, Subscriber, SubscriptionSpec};
+use keel_core::{
+    BusError, CloudEvent, EventSet, ExpectedVersion, StreamId, Subscriber, SubscriptionSpec,
+};
 use keel_sql::{Db, Tx, args, start_inbox_consumer};
 use keel_timers::{DEFAULT_DISPATCHER, Timer, cancel_named_in, schedule_in};
 
@@ -170,7 +172,11 @@ impl<S: Saga> SagaRunner<S> {
             )
             .await?;
         row.map(|(json, version)| {
-            Ok(Instance { correlation_id: correlation_id.to_owned(), state: from_json(&json)?, version })
+            Ok(Instance {
+                correlation_id: correlation_id.to_owned(),
+                state: from_json(&json)?,
+                version,
+            })
         })
         .transpose()
     }
@@ -212,11 +218,19 @@ impl<S: Saga> SagaRunner<S> {
     }
 
     /// Writes the state, expecting `version` (0: no row yet).
-    async fn store(&self, tx: &mut Tx, correlation_id: &str, state: &S, version: i64) -> Result<()> {
-        let json = serde_json::to_string(state).map_err(|source| Error::State { saga: S::NAME, source })?;
+    async fn store(
+        &self,
+        tx: &mut Tx,
+        correlation_id: &str,
+        state: &S,
+        version: i64,
+    ) -> Result<()> {
+        let json = serde_json::to_string(state)
+            .map_err(|source| Error::State { saga: S::NAME, source })?;
         let finished = i64::from(state.is_finished());
         let now = Utc::now().timestamp_micros();
-        let conflict = || Error::Conflict { saga: S::NAME, correlation_id: correlation_id.to_owned() };
+        let conflict =
+            || Error::Conflict { saga: S::NAME, correlation_id: correlation_id.to_owned() };
         if version == 0 {
             let inserted = tx
                 .execute(
@@ -264,7 +278,8 @@ impl<S: Saga> SagaRunner<S> {
                 schedule_in(tx, &timer).await?;
             }
             Step::Cancel { key } => {
-                cancel_named_in(tx, &self.dispatcher, &Self::timer_key(correlation_id, key)).await?;
+                cancel_named_in(tx, &self.dispatcher, &Self::timer_key(correlation_id, key))
+                    .await?;
             }
         }
         Ok(())
@@ -272,7 +287,8 @@ impl<S: Saga> SagaRunner<S> {
 
     /// The envelope of `event`, stamped with the current handling context.
     fn envelope<E: EventSet>(&self, event: &E, topic: Option<&str>) -> Result<CloudEvent, String> {
-        let mut builder = CloudEvent::from_event(event, self.source.as_ref()).map_err(|e| e.to_string())?;
+        let mut builder =
+            CloudEvent::from_event(event, self.source.as_ref()).map_err(|e| e.to_string())?;
         if let Some(topic) = topic {
             builder = builder.extension(ext::TOPIC, topic);
         }

@@ -135,7 +135,10 @@ impl<S: Saga> When<S> {
     {
         let expected: Steps<S> = expected.into_iter().collect();
         let Some(steps) = self.steps else {
-            panic!("expected steps {expected:?}, but the input found no {} saga to handle it", S::NAME)
+            panic!(
+                "expected steps {expected:?}, but the input found no {} saga to handle it",
+                S::NAME
+            )
         };
         assert_eq!(steps, expected, "the saga decided other steps than expected");
         self.instance.expect("an instance that handled an input")

@@ -19,13 +19,11 @@ type S = Step<Output, Input>;
 #[test]
 fn the_last_of_placed_paid_picked_ships_and_cancels_the_expiry() {
     let at = Utc::now();
-    let state = Given::<Shipping>::inputs([paid("o"), picked("o")])
-        .when(placed("o", at))
-        .then([
-            S::schedule(EXPIRY, at, Expired { order: "o".into() }),
-            S::emit("shipping-o", Shipped { order: "o".into() }),
-            S::cancel(EXPIRY),
-        ]);
+    let state = Given::<Shipping>::inputs([paid("o"), picked("o")]).when(placed("o", at)).then([
+        S::schedule(EXPIRY, at, Expired { order: "o".into() }),
+        S::emit("shipping-o", Shipped { order: "o".into() }),
+        S::cancel(EXPIRY),
+    ]);
     assert!(state.shipped);
     Given::<Shipping>::inputs([placed("o", at), paid("o")])
         .when(picked("o"))

@@ -99,7 +99,9 @@ async fn unknown_correlation_is_dead_lettered_with_the_reason(db: Db) {
     let stray = unique("stray");
     let mut tx = db.begin().await.unwrap();
     let error = runner.handle_in(&mut tx, &envelope(&expired(&stray))).await.unwrap_err();
-    assert!(matches!(&error, Error::UnknownCorrelation { correlation_id, .. } if *correlation_id == stray));
+    assert!(
+        matches!(&error, Error::UnknownCorrelation { correlation_id, .. } if *correlation_id == stray)
+    );
     assert!(!error.is_retryable());
     drop(tx);
 
@@ -141,11 +143,17 @@ async fn a_timeout_in_the_past_fires_at_once_and_compensates_once(db: Db) {
     let bus = log_bus(&db).await;
     let group = unique("shipping");
     let consumers = runner.start(&db, bus.clone(), &group, 4).await.unwrap();
-    let dispatcher = Dispatcher::new(db.clone())
-        .options(DispatcherOptions { poll_interval: Duration::from_millis(50), ..Default::default() });
+    let dispatcher = Dispatcher::new(db.clone()).options(DispatcherOptions {
+        poll_interval: Duration::from_millis(50),
+        ..Default::default()
+    });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let dispatching = tokio::spawn(async move {
-        dispatcher.run(async { let _ = stopped.await; }).await
+        dispatcher
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
     });
 
     let order = unique("o");
@@ -163,9 +171,7 @@ async fn a_timeout_in_the_past_fires_at_once_and_compensates_once(db: Db) {
     let (runner2, db2, other2) = (runner.clone(), db.clone(), other.clone());
     eventually_async("the other order to expire", || {
         let (runner, db, other) = (runner2.clone(), db2.clone(), other2.clone());
-        async move {
-            runner.load(&db, &other).await.unwrap().is_some_and(|i| i.state.expired)
-        }
+        async move { runner.load(&db, &other).await.unwrap().is_some_and(|i| i.state.expired) }
     })
     .await;
     let (runner2, db2, order2) = (runner.clone(), db.clone(), order.clone());

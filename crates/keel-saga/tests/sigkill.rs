@@ -71,7 +71,8 @@ async fn run(url: String, db: Db) {
         append(&db, &placed(order, due)).await;
         append(&db, &paid(order)).await;
     }
-    let finished = "SELECT CAST(COUNT(*) AS BIGINT) FROM keel_sagas WHERE saga = 'shipping' AND finished = 1";
+    let finished =
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM keel_sagas WHERE saga = 'shipping' AND finished = 1";
     let deadline = tokio::time::Instant::now() + PATIENCE * 3;
     let mut kills = 0;
     while count(&db, finished).await < i64::try_from(ORDERS).unwrap() {
@@ -93,7 +94,11 @@ async fn run(url: String, db: Db) {
             db.read_stream(&stream).await.unwrap().iter().map(|e| e.ty().to_owned()).collect();
         assert_eq!(types, ["shop.refunded"], "order {order}");
         let timer = StreamId::new(format!("timer-saga:shipping:{order}:expiry")).unwrap();
-        assert_eq!(db.read_stream(&timer).await.unwrap().len(), 1, "order {order}'s expiry fired once");
+        assert_eq!(
+            db.read_stream(&timer).await.unwrap().len(),
+            1,
+            "order {order}'s expiry fired once"
+        );
     }
     let pending = "SELECT CAST(COUNT(*) AS BIGINT) FROM keel_timers";
     assert_eq!(count(&db, pending).await, 0);

@@ -8,10 +8,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
+use keel::core::envelope::ext;
 use keel::core::{ExpectedVersion, StreamVersion};
 use keel::http::{Caller, Denied, Problem, ProblemField};
 use keel::http::{Fields, IdempotencyKey, JsonBody, request_context};
-use keel::core::envelope::ext;
 use keel::sql::envelope;
 use keel::timers::{Timer, schedule_in};
 use keel_services_common::events::{

@@ -13,8 +13,8 @@ use keel::bus::ConsumerHandle;
 use keel::core::{BusError, Subscriber};
 use keel::saga::{Saga, SagaRunner, Step, Steps};
 use keel_services_common::events::{
-    OrderCancelled, OrderConfirmed, OrderDeadlinePassed, OrderPlaced, OrderRejected,
-    StockRejected, StockReserved, topics,
+    OrderCancelled, OrderConfirmed, OrderDeadlinePassed, OrderPlaced, OrderRejected, StockRejected,
+    StockReserved, topics,
 };
 use serde::{Deserialize, Serialize};
 

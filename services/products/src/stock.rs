@@ -59,7 +59,8 @@ async fn reserve(order: OrderPlaced, mut tx: Tx) -> Result<Tx, SqlError> {
     if cancelled.is_some() {
         let reason = "the order was cancelled before its stock was reserved".to_owned();
         tracing::info!(order = %order.order_id, "placed after its cancellation: nothing reserved");
-        let event = envelope(&StockRejected { order_id: order.order_id, reason }, SOURCE, &context)?;
+        let event =
+            envelope(&StockRejected { order_id: order.order_id, reason }, SOURCE, &context)?;
         tx.append(&stream, ExpectedVersion::Any, &[event]).await?;
         return Ok(tx);
     }

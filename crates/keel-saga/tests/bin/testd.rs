@@ -33,8 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Db::Sqlite(log) => Arc::new(keel_logbus::open(Arc::new(log.clone())).await?),
         Db::Postgres(log) => Arc::new(keel_logbus::open(Arc::new(log.clone())).await?),
     };
-    let _consumers =
-        SagaRunner::<common::Shipping>::new().start(&db, bus, &group, 4).await?;
+    let _consumers = SagaRunner::<common::Shipping>::new().start(&db, bus, &group, 4).await?;
     let options = DispatcherOptions { page_size: 20, poll_interval: Duration::from_millis(100) };
     Dispatcher::new(db).options(options).run(std::future::pending()).await?;
     Ok(())
