@@ -26,7 +26,7 @@ async fn an_unsettled_order_is_cancelled_at_its_deadline_across_a_restart<F, Fut
     file: Option<std::path::PathBuf>,
     reopen: F,
 ) where
-    F: FnOnce() -> Fut,
+    F: Fn() -> Fut,
     Fut: std::future::Future<Output = Db>,
 {
     // The stock service is down: nothing settles the order.
@@ -42,7 +42,7 @@ async fn an_unsettled_order_is_cancelled_at_its_deadline_across_a_restart<F, Fut
     drop(db);
 
     // Restarted: the timer is still there, fires, and the saga cancels the order.
-    let mut system = System::with_options(reopen().await, file, options).await;
+    let system = System::with_options(reopen().await, file, options).await;
     let settled = system.settled(&order).await;
     assert_eq!(settled["status"], "cancelled", "{settled}");
     assert_eq!(system.db.pending_timers("default").await.unwrap(), 0);
@@ -51,9 +51,14 @@ async fn an_unsettled_order_is_cancelled_at_its_deadline_across_a_restart<F, Fut
         ["order.placed", "order.cancelled"]
     );
 
-    // The stock service comes back: it hears the placement (reserves) and then the
-    // cancellation (releases); the late reservation does not confirm the order.
-    system.start_products().await;
+    // The stock service comes back (the system restarts with it; the in-memory bus
+    // gives a new group only what is published after it subscribes, and the relay
+    // publishes the log from the start): it hears the placement (reserves) and then
+    // the cancellation (releases); the late reservation does not confirm the order.
+    let (db, file) = system.stop_keeping_the_store().await;
+    drop(db);
+    let options = Options { deadline: Duration::from_secs(3), ..Options::default() };
+    let system = System::with_options(reopen().await, file, options).await;
     let stock_stream = format!("stock-{order}");
     let db = system.db.clone();
     eventually(|| async {

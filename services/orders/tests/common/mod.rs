@@ -30,7 +30,6 @@ pub struct System {
     pub products: Router,
     pub orders: Router,
     consumers: Vec<ConsumerHandle>,
-    products_state: keel_products::AppState,
     /// The timer dispatcher (the orders' deadlines).
     timers: TimerTask,
     /// The users service's read model of each user's orders.
@@ -48,7 +47,7 @@ pub struct Options {
     /// The orders' deadline.
     pub deadline: Duration,
     /// Whether the products service's consumers run (false: the stock service is
-    /// down, so orders stay pending; see [`System::start_products`]).
+    /// down, so orders stay pending).
     pub products: bool,
 }
 
@@ -181,20 +180,12 @@ impl System {
             products,
             orders,
             consumers,
-            products_state,
             timers,
             projection,
             relay,
             file,
             identified,
         }
-    }
-
-    /// Starts the products service's consumers (after a system started without them).
-    pub async fn start_products(&mut self) {
-        let started =
-            keel_products::start_consumers(&self.products_state, self.bus.clone()).await.unwrap();
-        self.consumers.extend(started);
     }
 
     /// Stops everything but keeps the store (a restart: start another system on it).
