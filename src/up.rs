@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use keel_bus::ConsumerHandle;
 use keel_gateway::{AuthConfig, AuthMode, Gateway, GatewayConfig, RouteConfig};
 use keel_runtime::{
-    Parts, ProjectionTask, Shutdown, redact_url, start_relay, start_service, system_bus,
+    Parts, ProjectionTask, Shutdown, TimerTask, redact_url, start_relay, start_service, system_bus,
 };
 use keel_service::RunningService;
 use keel_sql::Db;
@@ -58,7 +58,9 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
     let users_state = keel_users::AppState::new(db.clone()).with_idempotency_ttl(ttl);
     let products_state = keel_products::AppState::new(db.clone()).with_idempotency_ttl(ttl);
     let directory = Arc::new(keel_orders::DiscoveryDirectory::new(registry.clone()));
-    let orders_state = keel_orders::AppState::new(db.clone(), directory).with_idempotency_ttl(ttl);
+    let orders_state = keel_orders::AppState::new(db.clone(), directory)
+        .with_idempotency_ttl(ttl)
+        .with_deadline(keel_orders::order_deadline_from_env()?);
 
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut services = Vec::new();
@@ -87,6 +89,11 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
             consumers.push((format!("the {service} service's consumer {}", n + 1), consumer));
         }
     }
+    // The timers (the orders' deadlines) fire through the log, as in the orders binary.
+    let timers = vec![(
+        "the timer dispatcher".to_owned(),
+        TimerTask::start(keel_timers::Dispatcher::new(db.clone())),
+    )];
     let relay =
         if brokered { Some(start_relay(config, &db, bus.clone(), RELAY).await?) } else { None };
 
@@ -125,8 +132,14 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
     report.record("the gateway", gateway);
     let services =
         services.into_iter().map(|(name, service)| (format!("the {name} service"), service));
-    let parts =
-        Parts { services: services.collect(), consumers, projections, relay, bus: Some(bus) };
+    let parts = Parts {
+        services: services.collect(),
+        consumers,
+        timers,
+        projections,
+        relay,
+        bus: Some(bus),
+    };
     keel_runtime::shutdown::stop_parts(parts, &mut report).await;
     report.finish()?;
     eprintln!("keel up: stopped");

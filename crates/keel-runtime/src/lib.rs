@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 pub use config::{Config, ConfigError};
 pub use keel_sql::{Conn, Projection, ProjectionSpec};
 pub use redact::redact_url;
-pub use runner::{ProjectionTask, RunningServiceRunner, ServiceContext, ServiceRunner};
+pub use runner::{ProjectionTask, RunningServiceRunner, ServiceContext, ServiceRunner, TimerTask};
 pub use shutdown::{Parts, Shutdown, ShutdownError};
 
 /// Connects to the broker at `url` (`KEEL_BUS_URL`); `None` when the log itself is the

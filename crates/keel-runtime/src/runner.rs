@@ -105,6 +105,7 @@ pub struct ServiceRunner {
     routes: Vec<RoutesFn>,
     consumers: Vec<ConsumersFn>,
     pub(crate) projections: Vec<ProjectionSpec>,
+    timers: Vec<String>,
 }
 
 impl std::fmt::Debug for ServiceRunner {
@@ -115,6 +116,7 @@ impl std::fmt::Debug for ServiceRunner {
             .field("routes", &self.routes.len())
             .field("consumers", &self.consumers.len())
             .field("projections", &self.projection_names())
+            .field("timers", &self.timers)
             .finish()
     }
 }
@@ -129,6 +131,7 @@ impl ServiceRunner {
             routes: Vec::new(),
             consumers: Vec::new(),
             projections: Vec::new(),
+            timers: Vec::new(),
         }
     }
 
@@ -185,6 +188,24 @@ impl ServiceRunner {
     /// `projections` subcommands list and rebuild it. Names must be unique.
     pub fn projection(mut self, projection: impl Into<ProjectionSpec>) -> Self {
         self.projections.push(projection.into());
+        self
+    }
+
+    /// Runs the timer dispatcher of the default name (`keel_timers::DEFAULT_DISPATCHER`)
+    /// while the service serves: it fires the durable timers and delayed messages
+    /// (sagas' timeouts among them) through the log. One dispatcher per name is active
+    /// across processes (a lease), so every replica may run it.
+    pub fn timers(self) -> Self {
+        self.timers_named(keel_timers::DEFAULT_DISPATCHER)
+    }
+
+    /// Runs the timer dispatcher named `name` while the service serves (see
+    /// [`ServiceRunner::timers`]).
+    pub fn timers_named(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        if !self.timers.contains(&name) {
+            self.timers.push(name);
+        }
         self
     }
 
@@ -288,6 +309,11 @@ impl ServiceRunner {
                 let label = format!("the {name} service's projection {}", spec.name());
                 parts.projections.push((label, ProjectionTask::start(db.clone(), spec)));
             }
+            for timers in self.timers {
+                let label = format!("the {name} service's timer dispatcher {timers}");
+                let dispatcher = keel_timers::Dispatcher::named(db.clone(), timers);
+                parts.timers.push((label, TimerTask::start(dispatcher)));
+            }
             for start in self.consumers {
                 for consumer in start(context.clone()).await? {
                     let n = parts.consumers.len() + 1;
@@ -356,6 +382,40 @@ impl RunningServiceRunner {
     pub async fn stop(self) -> anyhow::Result<()> {
         shutdown::stop(self.parts).await?;
         Ok(())
+    }
+}
+
+/// A timer dispatcher running in this process, and how to stop it.
+#[derive(Debug)]
+pub struct TimerTask {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<keel_timers::Result<()>>,
+}
+
+impl TimerTask {
+    /// Runs `dispatcher` (it stands by while another process holds its lease).
+    pub fn start(dispatcher: keel_timers::Dispatcher) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            dispatcher
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the dispatcher (a page in flight rolls back and fires later); an error
+    /// if it failed or panicked.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(result) => Ok(result?),
+            Err(panicked) => {
+                Err(anyhow::Error::from(panicked).context("the timer dispatcher panicked"))
+            }
+        }
     }
 }
 

@@ -7,16 +7,19 @@ use keel_bus::ConsumerHandle;
 use keel_core::Bus;
 use keel_service::RunningService;
 
-use crate::{ProjectionTask, RelayTask};
+use crate::{ProjectionTask, RelayTask, TimerTask};
 
 /// What a Keel process stops when it ends, in the order [`stop`] stops them: the
-/// services (deregister, drain), the consumers, the projections, the relay, the bus.
+/// services (deregister, drain), the consumers, the timer dispatchers, the
+/// projections, the relay, the bus.
 #[derive(Default)]
 pub struct Parts {
     /// Each service with the name it is reported by.
     pub services: Vec<(String, RunningService)>,
     /// Each consumer with the name it is reported by.
     pub consumers: Vec<(String, ConsumerHandle)>,
+    /// Each timer dispatcher with the name it is reported by.
+    pub timers: Vec<(String, TimerTask)>,
     /// Each projection with the name it is reported by.
     pub projections: Vec<(String, ProjectionTask)>,
     /// The relay from the outbox to the broker, stopped after the projections.
@@ -30,6 +33,7 @@ impl std::fmt::Debug for Parts {
         f.debug_struct("Parts")
             .field("services", &self.services.len())
             .field("consumers", &self.consumers.len())
+            .field("timers", &self.timers.len())
             .field("projections", &self.projections.len())
             .field("relay", &self.relay.is_some())
             .field("bus", &self.bus.is_some())
@@ -75,7 +79,7 @@ pub struct ShutdownError {
 /// Stops `parts` in order (every part, even after one failed), noting each outcome in
 /// `report`.
 pub async fn stop_parts(parts: Parts, report: &mut Shutdown) {
-    let Parts { services, consumers, projections, relay, bus } = parts;
+    let Parts { services, consumers, timers, projections, relay, bus } = parts;
     for (_, service) in &services {
         service.shutdown();
     }
@@ -84,6 +88,9 @@ pub async fn stop_parts(parts: Parts, report: &mut Shutdown) {
     }
     for (name, consumer) in consumers {
         report.record(&name, consumer.stop().await);
+    }
+    for (name, dispatcher) in timers {
+        report.record(&name, dispatcher.stop().await);
     }
     for (name, projection) in projections {
         report.record(&name, projection.stop().await);

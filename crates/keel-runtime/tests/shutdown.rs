@@ -93,6 +93,7 @@ async fn every_part_that_fails_to_stop_is_reported_by_name() {
             ("the orders service's consumer 1".to_owned(), failing),
             ("the users service's consumer 1".to_owned(), healthy),
         ],
+        timers: Vec::new(),
         projections: Vec::new(),
         relay: None,
         bus: Some(gone.clone()),

@@ -22,7 +22,8 @@
 //! | `gateway` | [`gateway`] | |
 //! | `console` | [`console`]: the web console, to mount on your gateway or router | |
 //! | `otel` | OTLP trace export | |
-//! | `testing` | test kits: `aggregate::testing` (given/when/then) | |
+//! | `saga` | [`saga`]: sagas (process managers), with `sqlite` or `postgres` | |
+//! | `testing` | test kits: `aggregate::testing` and `saga::testing` (given/when/then) | |
 //!
 //! A configuration naming a backend the build lacks (`KEEL_BUS_URL=amqp://...`
 //! without `amqp`) stops start-up with a message naming the feature.
@@ -41,6 +42,8 @@
 //! - [`http`], [`client`], [`registry`], [`runtime`]: services;
 //! - backends: [`sqlite`], [`postgres`], [`logbus`], [`memory`], [`amqp`], [`kafka`];
 //! - [`timers`]: durable timers and delayed messages, scheduled in your transaction;
+//! - `saga` (feature `saga`): sagas (process managers) keyed by a correlation id,
+//!   correct in any input order, with timeouts and compensation;
 //! - [`gateway`], [`console`], [`telemetry`].
 //!
 //! The guide (docs/guide.md in the repository) builds a first service step by step.
@@ -74,6 +77,8 @@ pub use keel_postgres as postgres;
 pub use keel_registry as registry;
 #[cfg(feature = "http")]
 pub use keel_runtime as runtime;
+#[cfg(all(feature = "saga", any(feature = "sqlite", feature = "postgres")))]
+pub use keel_saga as saga;
 #[cfg(feature = "http")]
 pub use keel_service as http;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -104,6 +104,15 @@ pub struct OrderCancelled {
     pub order_id: String,
 }
 
+/// An order was not settled (confirmed, rejected or cancelled) by its deadline: the
+/// message of the durable timer the orders service schedules with each order, which
+/// its fulfilment saga answers by cancelling the order.
+#[derive(Clone, Debug, PartialEq, Eq, Event, Serialize, Deserialize, JsonSchema)]
+#[event(type = "order.deadline_passed", key = order_id)]
+pub struct OrderDeadlinePassed {
+    pub order_id: String,
+}
+
 /// Every event type of the example system, for `keel schema export` and
 /// `keel schema check`.
 pub fn catalog() -> Catalog {
@@ -117,4 +126,5 @@ pub fn catalog() -> Catalog {
         .with::<OrderConfirmed>()
         .with::<OrderRejected>()
         .with::<OrderCancelled>()
+        .with::<OrderDeadlinePassed>()
 }

@@ -8,11 +8,15 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
+use keel::core::envelope::ext;
 use keel::core::{ExpectedVersion, StreamVersion};
 use keel::http::{Caller, Denied, Problem, ProblemField};
 use keel::http::{Fields, IdempotencyKey, JsonBody, request_context};
 use keel::sql::envelope;
-use keel_services_common::events::{OrderItem, OrderPlaced, stream_id, topics};
+use keel::timers::{Timer, schedule_in};
+use keel_services_common::events::{
+    OrderDeadlinePassed, OrderItem, OrderPlaced, stream_id, topics,
+};
 use serde_json::{Value, json};
 
 use crate::directory::UserLookup;
@@ -23,7 +27,8 @@ const MAX_ITEMS: usize = 100;
 const MAX_QUANTITY: i64 = 1_000_000;
 
 /// `POST /api/orders {"user_id", "items": [{"product_id", "quantity"}]}` -> 202 with
-/// `"id"` and `"status": "pending"`; the stock reservation decides the rest. A retry
+/// `"id"` and `"status": "pending"`; the stock reservation decides the rest. The
+/// order's deadline timer is scheduled in the same transaction as its placement. A retry
 /// with the caller's Idempotency-Key gets the first answer before anything else is
 /// looked at (the users and products services need not answer again).
 pub(crate) async fn place_order(
@@ -85,6 +90,7 @@ pub(crate) async fn place_order(
     }
 
     let context = request_context(&headers);
+    let deadline = state.deadline;
     state
         .idempotency
         .run(&state.db, key.as_ref(), |mut tx| async move {
@@ -93,6 +99,7 @@ pub(crate) async fn place_order(
             let stream = stream_id(topics::ORDER, &id)?;
             tx.append(&stream, ExpectedVersion::NoStream, &[envelope(&placed, SOURCE, &context)?])
                 .await?;
+            schedule_deadline(&mut tx, &id, deadline, &context).await?;
             let body = json!({
                 "id": id,
                 "user_id": placed.user_id,
@@ -102,6 +109,30 @@ pub(crate) async fn place_order(
             Ok((tx, StatusCode::ACCEPTED, body))
         })
         .await
+}
+
+/// Schedules order `id`'s deadline in `tx`: the fulfilment saga hears
+/// `order.deadline_passed` (on the `order` topic) when it is due, and cancels the
+/// order unless it was settled first (then it has cancelled the timer).
+async fn schedule_deadline(
+    tx: &mut keel::sql::Tx,
+    id: &str,
+    deadline: std::time::Duration,
+    context: &keel::bus::layer::EventContext,
+) -> Result<(), Problem> {
+    let mut event = envelope(&OrderDeadlinePassed { order_id: id.to_owned() }, SOURCE, context)?;
+    event.set_extension(ext::TOPIC, topics::ORDER).map_err(|e| {
+        tracing::error!(error = %e, "the deadline's topic");
+        Problem::internal()
+    })?;
+    let key = keel::saga::SagaRunner::<crate::Fulfilment>::timer_key(id, crate::DEADLINE);
+    schedule_in(tx, &Timer::after(key, deadline, event)).await.map_err(|e| match e {
+        keel::timers::Error::Sql(e) => Problem::from(e),
+        other => {
+            tracing::error!(error = %other, "scheduling the order's deadline");
+            Problem::internal()
+        }
+    })
 }
 
 /// Order `id` (404 if there is none) once the caller may act for it (401/403).

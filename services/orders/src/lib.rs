@@ -13,14 +13,17 @@
 //!   `POST /api/orders/{id}/cancel`. An order belongs to the subject that placed it.
 //! - `order.rs`: the [`Order`] aggregate: fold (an event that does not fit is
 //!   [`Error::Unreadable`], naming it) and command rules.
-//! - `status.rs`: confirms or rejects pending orders from `stock.*` events (consumer
-//!   group [`STATUS_GROUP`], through the store's inbox).
+//! - `fulfilment.rs`: the [`Fulfilment`] saga (consumer group [`FULFILMENT_GROUP`],
+//!   through the store's inbox): confirms or rejects the order from the stock's
+//!   answer, or cancels it when its deadline passes first, in whatever order it hears
+//!   of them.
 //! - `directory.rs`: [`Directory`] (does a product exist; a [`UserLookup`]: does a
 //!   user exist and may the caller act for it), with [`DiscoveryDirectory`] (the
 //!   services found through the registry) and [`RouterDirectory`] (their routers in
 //!   the same process), both asking on behalf of the caller.
 //! - `error.rs`: [`Error`].
-//! - `main.rs`: the binary: the service alone on `KEEL_DATABASE_URL`, listening on
+//! - `main.rs`: the binary: the service alone on `KEEL_DATABASE_URL` (with the timer
+//!   dispatcher that fires the orders' deadlines), listening on
 //!   `KEEL_LISTEN_ADDR`, finding users and products through the registry, verifying
 //!   identities with the key of `KEEL_IDENTITY_SECRET` or `KEEL_JWT_SECRET`.
 
@@ -31,10 +34,11 @@
 mod api;
 mod directory;
 mod error;
+mod fulfilment;
 mod order;
-mod status;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -45,11 +49,33 @@ use keel::sql::Db;
 
 pub use directory::{Directory, DiscoveryDirectory, RouterDirectory, UserLookup};
 pub use error::Error;
+pub use fulfilment::{DEADLINE, FULFILMENT_GROUP, Fulfilment, Settled, runner as fulfilment};
 pub use order::{Order, OrderStatus};
-pub use status::STATUS_GROUP;
 
 /// The CloudEvents `source` of the events this service writes.
 pub const SOURCE: &str = "/services/orders";
+
+/// The environment variable of the order deadline, in whole seconds.
+pub const ORDER_DEADLINE_ENV: &str = "KEEL_ORDER_DEADLINE_SECS";
+
+/// How long an order may stay unsettled before it is cancelled, by default.
+pub const DEFAULT_ORDER_DEADLINE: Duration = Duration::from_secs(300);
+
+/// The order deadline of the environment ([`ORDER_DEADLINE_ENV`]), else
+/// [`DEFAULT_ORDER_DEADLINE`]; a value that is not a whole number of seconds above 0
+/// is an error naming the variable.
+pub fn order_deadline_from_env() -> anyhow::Result<Duration> {
+    match std::env::var(ORDER_DEADLINE_ENV) {
+        Err(_) => Ok(DEFAULT_ORDER_DEADLINE),
+        Ok(text) if text.trim().is_empty() => Ok(DEFAULT_ORDER_DEADLINE),
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(seconds) if seconds > 0 => Ok(Duration::from_secs(seconds)),
+            _ => anyhow::bail!(
+                "configuration key `{ORDER_DEADLINE_ENV}`: `{text}` is not a whole number of seconds above 0"
+            ),
+        },
+    }
+}
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -57,6 +83,8 @@ pub struct AppState {
     pub db: Db,
     pub directory: Arc<dyn Directory>,
     pub idempotency: Idempotency,
+    /// How long an order may stay unsettled before it is cancelled.
+    pub deadline: Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -64,14 +92,28 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("db", &self.db)
             .field("idempotency", &self.idempotency)
+            .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
 }
 
 impl AppState {
-    /// Idempotency keys remembered for [`keel::http::DEFAULT_IDEMPOTENCY_TTL`].
+    /// Idempotency keys remembered for [`keel::http::DEFAULT_IDEMPOTENCY_TTL`], orders
+    /// cancelled after [`DEFAULT_ORDER_DEADLINE`].
     pub fn new(db: Db, directory: Arc<dyn Directory>) -> Self {
-        Self { db, directory, idempotency: Idempotency::new("orders_idempotency") }
+        Self {
+            db,
+            directory,
+            idempotency: Idempotency::new("orders_idempotency"),
+            deadline: DEFAULT_ORDER_DEADLINE,
+        }
+    }
+
+    /// The same, cancelling orders not settled within `deadline`.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// The same, remembering idempotency keys for `ttl`.
@@ -101,10 +143,12 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Starts the service's subscribers on `bus`: order outcomes.
+/// Starts the service's subscribers on `bus`: the fulfilment saga (one consumer per
+/// topic it hears). Its deadlines need a `keel::timers::Dispatcher` running on the
+/// same database (the service binary and `keel up` run one).
 pub async fn start_consumers(
     state: &AppState,
     bus: Arc<dyn Subscriber>,
 ) -> Result<Vec<ConsumerHandle>, BusError> {
-    Ok(vec![status::start(state, bus).await?])
+    fulfilment::start(state, bus).await
 }

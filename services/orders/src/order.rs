@@ -83,14 +83,23 @@ impl Order {
             let Some(o) = order.as_mut() else {
                 return Err(unreadable(&"comes before the order was placed"));
             };
+            // An outcome applies only where it can follow the status so far: the
+            // fulfilment saga appends its outcome at any version, so a confirmation
+            // can land after a cancellation (which wins) or twice (which is once).
             if ty == OrderConfirmed::TYPE {
-                o.status = OrderStatus::Confirmed;
+                if o.status == OrderStatus::Pending {
+                    o.status = OrderStatus::Confirmed;
+                }
             } else if ty == OrderRejected::TYPE {
                 let rejected: OrderRejected = event.decode().map_err(decode)?;
-                o.status = OrderStatus::Rejected;
-                o.reason = Some(rejected.reason);
+                if o.status == OrderStatus::Pending {
+                    o.status = OrderStatus::Rejected;
+                    o.reason = Some(rejected.reason);
+                }
             } else if ty == OrderCancelled::TYPE {
-                o.status = OrderStatus::Cancelled;
+                if matches!(o.status, OrderStatus::Pending | OrderStatus::Confirmed) {
+                    o.status = OrderStatus::Cancelled;
+                }
             } else {
                 return Err(unreadable(&"does not fit the order stream"));
             }
@@ -183,6 +192,19 @@ mod tests {
         assert_eq!(order.reason.as_deref(), Some("none left"));
         assert!(order.cancel().unwrap_err().contains("rejected"));
         assert_eq!(order.to_json()["status"], "rejected");
+    }
+
+    #[test]
+    fn a_cancellation_wins_over_a_confirmation_appended_after_it() {
+        let cancelled = at(&OrderCancelled { order_id: "o".into() }, 2);
+        let confirmed = at(&OrderConfirmed { order_id: "o".into() }, 3);
+        let order = Order::from_events(&[placed(), cancelled, confirmed]).unwrap().unwrap();
+        assert_eq!(order.status, OrderStatus::Cancelled);
+        assert_eq!(order.version, StreamVersion(3));
+        let rejected = at(&OrderRejected { order_id: "o".into(), reason: "late".into() }, 4);
+        let confirmed = at(&OrderConfirmed { order_id: "o".into() }, 2);
+        let order = Order::from_events(&[placed(), confirmed, rejected]).unwrap().unwrap();
+        assert_eq!((order.status, order.reason), (OrderStatus::Confirmed, None));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! falls short, the items already taken in this transaction are put back, and the
 //! order gets `stock.rejected` instead of `stock.reserved`. Products are visited in id
 //! order so two reservations never lock rows in opposite orders.
-//! `order.cancelled`: whatever the order holds goes back, with `stock.released`.
-//! Both run in the inbox's transaction, with the events they append.
+//! `order.cancelled`: whatever the order holds goes back, with `stock.released`, and
+//! the order is remembered as cancelled: an `order.placed` heard after it (in
+//! whichever order the bus delivers them) reserves nothing and is answered
+//! `stock.rejected`. Both run in the inbox's transaction, with the events they append.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,6 +48,22 @@ async fn handle(message: Message, tx: Tx) -> Result<Tx, HandlerError> {
 
 /// Reserves every item of `order` or none; appends the outcome to `stock-<order id>`.
 async fn reserve(order: OrderPlaced, mut tx: Tx) -> Result<Tx, SqlError> {
+    let context = current_context().unwrap_or_default();
+    let stream = stream_id(topics::STOCK, &order.order_id)?;
+    let cancelled: Option<(String,)> = tx
+        .fetch_optional(
+            "SELECT order_id FROM products_cancelled_orders WHERE order_id = $1",
+            args![&order.order_id],
+        )
+        .await?;
+    if cancelled.is_some() {
+        let reason = "the order was cancelled before its stock was reserved".to_owned();
+        tracing::info!(order = %order.order_id, "placed after its cancellation: nothing reserved");
+        let event =
+            envelope(&StockRejected { order_id: order.order_id, reason }, SOURCE, &context)?;
+        tx.append(&stream, ExpectedVersion::Any, &[event]).await?;
+        return Ok(tx);
+    }
     let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
     for item in &order.items {
         *wanted.entry(item.product_id.as_str()).or_default() += item.quantity;
@@ -68,8 +86,6 @@ async fn reserve(order: OrderPlaced, mut tx: Tx) -> Result<Tx, SqlError> {
         }
         taken.push((product, quantity));
     }
-    let context = current_context().unwrap_or_default();
-    let stream = stream_id(topics::STOCK, &order.order_id)?;
     let event = match shortfall {
         Some(reason) => {
             for (product, quantity) in taken {
@@ -113,8 +129,13 @@ async fn why_not(tx: &mut Tx, product: &str, quantity: i64) -> Result<String, Sq
     })
 }
 
-/// Gives back what a cancelled order holds.
+/// Gives back what a cancelled order holds, and remembers it cancelled.
 async fn release(order: OrderCancelled, mut tx: Tx) -> Result<Tx, SqlError> {
+    tx.execute(
+        "INSERT INTO products_cancelled_orders (order_id) VALUES ($1) ON CONFLICT (order_id) DO NOTHING",
+        args![&order.order_id],
+    )
+    .await?;
     let held: Vec<(String, i64)> = tx
         .fetch_all(
             "SELECT product_id, quantity FROM products_reservations WHERE order_id = $1 ORDER BY product_id",

@@ -61,6 +61,8 @@ impl Projection for UsersOrders {
             .await?;
             return Ok(());
         }
+        // The statuses an outcome may follow, as the order's own fold reads its stream:
+        // a confirmation appended after a cancellation does not undo it.
         let (order_id, status, reason) = if ty == OrderConfirmed::TYPE {
             (
                 event.decode::<OrderConfirmed>().map_err(HandlerError::permanent)?.order_id,
@@ -79,9 +81,11 @@ impl Projection for UsersOrders {
         } else {
             return Ok(());
         };
+        let from = if status == "cancelled" { "confirmed" } else { "pending" };
         conn.execute(
-            "UPDATE {users_orders} SET status = $1, reason = $2, updated_at = $3 WHERE order_id = $4",
-            args![status, reason, now, order_id],
+            "UPDATE {users_orders} SET status = $1, reason = $2, updated_at = $3
+             WHERE order_id = $4 AND status IN ('pending', $5)",
+            args![status, reason, now, order_id, from],
         )
         .await?;
         Ok(())

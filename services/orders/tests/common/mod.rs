@@ -14,9 +14,10 @@ use keel::bus::ConsumerHandle;
 use keel::http::{Identity, IdentityKey, Service, ServiceConfig};
 use keel::memory::MemoryBus;
 use keel::registry::InProcessRegistry;
-use keel::runtime::ProjectionTask;
+use keel::runtime::{ProjectionTask, TimerTask};
 use keel::sql::Db;
 use keel::store::{Relay, RelayOptions, SubscribeOptions};
+use keel::timers::{Dispatcher, DispatcherOptions};
 use keel_orders::RouterDirectory;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -29,12 +30,31 @@ pub struct System {
     pub products: Router,
     pub orders: Router,
     consumers: Vec<ConsumerHandle>,
+    /// The timer dispatcher (the orders' deadlines).
+    timers: TimerTask,
     /// The users service's read model of each user's orders.
     projection: ProjectionTask,
     relay: JoinHandle<keel::store::Result<()>>,
     file: Option<std::path::PathBuf>,
     /// Whether identities are verified (else the open mode).
     pub identified: bool,
+}
+
+/// How a test system runs.
+#[derive(Clone)]
+pub struct Options {
+    pub identity: Option<IdentityKey>,
+    /// The orders' deadline.
+    pub deadline: Duration,
+    /// Whether the products service's consumers run (false: the stock service is
+    /// down, so orders stay pending).
+    pub products: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { identity: None, deadline: keel_orders::DEFAULT_ORDER_DEADLINE, products: true }
+    }
 }
 
 /// A response: status, headers and the JSON body (`Null` when empty or not JSON).
@@ -93,7 +113,7 @@ impl System {
         Self::on_with(db, Some(file), Some(key())).await
     }
 
-    async fn sqlite_db() -> (Db, std::path::PathBuf) {
+    pub async fn sqlite_db() -> (Db, std::path::PathBuf) {
         let file = std::env::temp_dir().join(format!("keel-services-{}.db", uuid::Uuid::now_v7()));
         (Db::connect(&format!("sqlite://{}", file.display())).await.unwrap(), file)
     }
@@ -109,6 +129,12 @@ impl System {
         file: Option<std::path::PathBuf>,
         identity: Option<IdentityKey>,
     ) -> Self {
+        Self::with_options(db, file, Options { identity, ..Options::default() }).await
+    }
+
+    /// On an existing store, as `options` say.
+    pub async fn with_options(db: Db, file: Option<std::path::PathBuf>, options: Options) -> Self {
+        let identity = options.identity;
         keel_users::migrate(&db).await.unwrap();
         keel_products::migrate(&db).await.unwrap();
         keel_orders::migrate(&db).await.unwrap();
@@ -118,12 +144,13 @@ impl System {
         let products =
             behind_kit("products", keel_products::app(products_state.clone()), identity.clone());
         let directory = Arc::new(RouterDirectory::new(users.clone(), products.clone()));
-        let orders_state = keel_orders::AppState::new(db.clone(), directory);
+        let orders_state =
+            keel_orders::AppState::new(db.clone(), directory).with_deadline(options.deadline);
         let identified = identity.is_some();
         let orders = behind_kit("orders", keel_orders::app(orders_state.clone()), identity);
 
         let bus = Arc::new(MemoryBus::new());
-        let options = RelayOptions {
+        let relay_options = RelayOptions {
             subscribe: SubscribeOptions {
                 poll_interval: Duration::from_millis(200),
                 ..SubscribeOptions::default()
@@ -131,19 +158,49 @@ impl System {
             ..RelayOptions::default()
         };
         let relay = Relay::new(db.log(), bus.clone(), format!("test-{}", uuid::Uuid::now_v7()))
-            .options(options);
+            .options(relay_options);
         let relay = tokio::spawn(relay.run(std::future::pending()));
         let projection = ProjectionTask::start(db.clone(), keel_users::UsersOrders.into());
-        let mut consumers =
-            keel_products::start_consumers(&products_state, bus.clone()).await.unwrap();
+        let mut consumers = Vec::new();
+        if options.products {
+            consumers.extend(
+                keel_products::start_consumers(&products_state, bus.clone()).await.unwrap(),
+            );
+        }
         consumers.extend(keel_orders::start_consumers(&orders_state, bus.clone()).await.unwrap());
-        Self { db, bus, users, products, orders, consumers, projection, relay, file, identified }
+        let dispatcher = Dispatcher::new(db.clone()).options(DispatcherOptions {
+            poll_interval: Duration::from_millis(100),
+            ..DispatcherOptions::default()
+        });
+        let timers = TimerTask::start(dispatcher);
+        Self {
+            db,
+            bus,
+            users,
+            products,
+            orders,
+            consumers,
+            timers,
+            projection,
+            relay,
+            file,
+            identified,
+        }
+    }
+
+    /// Stops everything but keeps the store (a restart: start another system on it).
+    pub async fn stop_keeping_the_store(mut self) -> (Db, Option<std::path::PathBuf>) {
+        let file = self.file.take();
+        let db = self.db.clone();
+        self.stop().await;
+        (db, file)
     }
 
     pub async fn stop(self) {
         for consumer in self.consumers {
             consumer.stop().await.unwrap();
         }
+        self.timers.stop().await.unwrap();
         self.projection.stop().await.unwrap();
         self.relay.abort();
         if let Some(file) = self.file {
