@@ -12,8 +12,9 @@
 #     on 127.0.0.1:9092 with in-memory storage;
 #   - Consul 1.8.7 from Debian bullseye's package (a static binary) into
 #     /usr/local/bin; runs as a dev agent with its HTTP API on 127.0.0.1:8500;
-#   - wrk, nginx-light and docker-compose from Debian's packages (the gateway
-#     benchmark and the compose file check; nothing of theirs is left running).
+#   - wrk, nginx-light, docker-compose and prometheus from Debian's packages (the
+#     gateway benchmark, the compose file check, promtool and the scrape test in
+#     tests/metrics.rs; nothing of theirs is left running).
 set -euo pipefail
 
 STATE_DIR="${KEEL_SERVICES_DIR:-/var/tmp/keel/services}"
@@ -89,6 +90,9 @@ install_tools() {
   type -P wrk >/dev/null 2>&1 || missing+=(wrk)
   [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
   type -P docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  # promtool checks and unit-tests deploy/prometheus; the prometheus binary scrapes
+  # `keel up` in tests/metrics.rs (each test runs its own on a free port).
+  { type -P promtool && type -P prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} from Debian's packages"
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
@@ -99,8 +103,13 @@ install_tools() {
       || die "${missing[*]} failed to install; see $STATE_DIR/apt.log"
     # The package starts nginx on port 80; Keel's benchmark runs its own instance.
     if [[ " ${missing[*]} " == *" nginx-light "* ]]; then nginx -s stop >/dev/null 2>&1 || true; fi
+    # Where an init system ran it, the package's own Prometheus (port 9090) is stopped.
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+      service prometheus stop >/dev/null 2>&1 || true
+      service prometheus-node-exporter stop >/dev/null 2>&1 || true
+    fi
   fi
-  log "tools are installed (wrk, nginx, docker-compose)"
+  log "tools are installed (wrk, nginx, docker-compose, prometheus)"
 }
 
 consul_installed() { type -P consul >/dev/null 2>&1; }

@@ -23,6 +23,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
+use crate::admin::AdminAccess;
 use crate::auth::Authenticator;
 use crate::config::{ADMIN_PREFIX, CorsConfig, GatewayConfig};
 use crate::downstream::{ClientStream, ConnectionLimit, too_many_connections};
@@ -46,6 +47,7 @@ pub struct Gateway {
 
 struct Inner {
     shared: Shared,
+    admin: AdminAccess,
     cors: Option<CorsLayer>,
     metrics: OnceLock<PrometheusHandle>,
     connections: Option<Arc<ConnectionLimit>>,
@@ -89,6 +91,7 @@ impl Gateway {
             );
         }
         let connections = config.max_connections_per_client.map(ConnectionLimit::new);
+        let admin = AdminAccess::new(config.admin_token.as_deref());
         let cors = config.cors.as_ref().map(cors_layer);
         // One pool per service, shared by the routes that name it (the first route's
         // breaker and balance settings apply).
@@ -122,6 +125,7 @@ impl Gateway {
                 identity_key,
                 upstream: UpstreamPool::new(),
             },
+            admin,
             cors,
             metrics,
             connections,
@@ -130,6 +134,11 @@ impl Gateway {
             runtime.spawn(housekeeping(Arc::downgrade(&inner)));
         }
         Ok(Self { inner })
+    }
+
+    /// Who may use the admin endpoints (for admin routes served beside the gateway's).
+    pub fn admin_access(&self) -> &AdminAccess {
+        &self.inner.admin
     }
 
     /// Renders `/_keel/metrics` from `handle` (when the process installed its own
@@ -152,6 +161,11 @@ impl Gateway {
     /// [`Gateway::handle`] for a connection the gateway serves itself.
     async fn handle_from(&self, req: Request<Body>, downstream: &Downstream) -> Response<Body> {
         if is_admin(req.uri().path()) {
+            if let Some(refused) =
+                self.inner.admin.check(req.uri().path(), req.headers(), downstream.peer)
+            {
+                return refused;
+            }
             return self.admin(&req);
         }
         self.inner.shared.proxy(req, downstream).await

@@ -99,6 +99,7 @@
 //!   hand-out, settling, commits, rebalance callbacks, back-pressure, the watchdog.
 //! - `dead_letters.rs`: dead-letter and retry topics, `list`, `retry` and `purge`.
 //! - `reader.rs`: reading a topic outside a group up to its end.
+//! - `lag.rs`: a consumer group's lag (high watermarks minus committed offsets).
 //! - `replay.rs`: [`KafkaReplay`].
 //! - `error.rs`: librdkafka errors as [`BusError`]s.
 #![warn(missing_docs)]
@@ -107,6 +108,7 @@ mod admin;
 mod config;
 mod dead_letters;
 mod error;
+mod lag;
 mod producer;
 mod reader;
 mod replay;
@@ -120,8 +122,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_core::bus::{
-    DeadLetter, DeadLetterId, DeadLetters, Publisher, Subscriber, Subscription, validate_group,
-    validate_topic,
+    DeadLetter, DeadLetterId, DeadLetters, GroupDepth, Publisher, Subscriber, Subscription,
+    validate_group, validate_topic,
 };
 use keel_core::{BusError, CloudEvent, SubscriptionSpec};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -336,6 +338,17 @@ impl Subscriber for KafkaBus {
             KafkaSubscription::start(&self.inner.config, &spec, &[&spec.topic, &retry], sink)?;
         tracing::debug!(topic = %spec.topic, group = %spec.group, "subscribed");
         Ok(Box::new(subscription))
+    }
+
+    /// Lag: the topic's high watermarks minus the group's committed offsets, over its
+    /// partitions (see `lag.rs`); dead letters: the live letters of its dead-letter
+    /// topic (read from the topic's beginning).
+    async fn depth(&self, topic: &str, group: &str) -> Result<GroupDepth, BusError> {
+        validate_topic(topic)?;
+        validate_group(group)?;
+        let lag = lag::group_lag(&self.inner.config, topic, group).await?;
+        let dead = dead_letters::count(&self.inner.config, topic, group).await?;
+        Ok(GroupDepth::new(Some(lag), Some(dead)))
     }
 }
 
