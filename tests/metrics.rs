@@ -97,6 +97,8 @@ fn documented_series() -> BTreeSet<String> {
         .filter_map(|line| line.strip_prefix("| `"))
         .filter_map(|rest| rest.split_once('`'))
         .map(|(name, _)| name.to_owned())
+        // Series names only (the table of processes shares the layout).
+        .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
         .collect()
 }
 
