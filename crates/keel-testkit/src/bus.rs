@@ -1031,7 +1031,7 @@ pub async fn group_depth_counts_waiting_messages_and_dead_letters(f: &dyn BusFac
     }
     depth_when(&bus, &topic, "five waiting", |d| d.lag == Some(5)).await;
     let handler = handler_fn(|message: Message| async move {
-        if seq_of(message.event()) % 2 == 0 {
+        if seq_of(message.event()).is_multiple_of(2) {
             return Err(HandlerError::permanent("even"));
         }
         Ok(())
