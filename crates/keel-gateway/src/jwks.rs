@@ -29,11 +29,14 @@ pub(crate) struct JwksKey {
     pub(crate) key: DecodingKey,
 }
 
+/// The usable keys of a set, by `kid`.
+type KeySet = Arc<Vec<(String, Arc<JwksKey>)>>;
+
 /// The keys of a JWK set by `kid`, with what a token must claim.
 pub(crate) struct Jwks {
     url: String,
     client: reqwest::Client,
-    keys: RwLock<Arc<Vec<(String, Arc<JwksKey>)>>>,
+    keys: RwLock<KeySet>,
     /// When the set was last fetched; held while fetching, so that one fetch serves
     /// every request that waits for it.
     fetched: tokio::sync::Mutex<Option<Instant>>,
