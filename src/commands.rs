@@ -584,7 +584,7 @@ pub async fn gateway(
         gateway_config = gateway_config.admin_token(token.clone());
     }
     let addr = gateway_config.listen_addr()?;
-    let registry = keel_runtime::connect_registry(&config).await?;
+    let registry = keel_runtime::connect_registry(config).await?;
     // Keel's recorder first: the gateway would install its own otherwise, and Keel's
     // would then warn that it cannot be installed.
     let metrics = keel_telemetry::prometheus().clone();
@@ -614,7 +614,7 @@ pub async fn events(
     let db = keel_sql::Db::connect(&config.database_url)
         .await
         .with_context(|| format!("KEEL_DATABASE_URL `{}`", redact_url(&config.database_url)))?;
-    let registry = keel_runtime::connect_registry(&config).await?;
+    let registry = keel_runtime::connect_registry(config).await?;
     let router = keel_events::app(db.log());
     let running = keel_runtime::start_service(
         "events",

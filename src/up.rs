@@ -50,7 +50,7 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
     keel_users::migrate(&db).await.context("users migrations")?;
     keel_products::migrate(&db).await.context("products migrations")?;
     keel_orders::migrate(&db).await.context("orders migrations")?;
-    let registry = keel_runtime::connect_registry(&config).await?;
+    let registry = keel_runtime::connect_registry(config).await?;
     let (bus, brokered) = system_bus(config, &db).await?;
 
     let ttl = config.idempotency_ttl;
