@@ -12,8 +12,9 @@
 #     on 127.0.0.1:9092 with in-memory storage;
 #   - Consul 1.8.7 from Debian bullseye's package (a static binary) into
 #     /usr/local/bin; runs as a dev agent with its HTTP API on 127.0.0.1:8500;
-#   - wrk, nginx-light and docker-compose from Debian's packages (the gateway
-#     benchmark and the compose file check; nothing of theirs is left running);
+#   - wrk, nginx-light, docker-compose and prometheus from Debian's packages (the
+#     gateway benchmark, the compose file check, promtool and the scrape test in
+#     tests/metrics.rs; nothing of theirs is left running);
 #   - chromium and chromium-driver from Debian's packages (the console's browser
 #     test starts its own headless chromedriver).
 set -euo pipefail
@@ -94,6 +95,9 @@ install_tools() {
   # The console's browser test: headless Chromium driven over WebDriver.
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+  # promtool checks and unit-tests deploy/prometheus; the prometheus binary scrapes
+  # `keel up` in tests/metrics.rs (each test runs its own on a free port).
+  { type -P promtool && type -P prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]} from Debian's packages"
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
@@ -104,8 +108,13 @@ install_tools() {
       || die "${missing[*]} failed to install; see $STATE_DIR/apt.log"
     # The package starts nginx on port 80; Keel's benchmark runs its own instance.
     if [[ " ${missing[*]} " == *" nginx-light "* ]]; then nginx -s stop >/dev/null 2>&1 || true; fi
+    # Where an init system ran it, the package's own Prometheus (port 9090) is stopped.
+    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+      service prometheus stop >/dev/null 2>&1 || true
+      service prometheus-node-exporter stop >/dev/null 2>&1 || true
+    fi
   fi
-  log "tools are installed (wrk, nginx, docker-compose, chromium, chromedriver)"
+  log "tools are installed (wrk, nginx, docker-compose, prometheus, chromium, chromedriver)"
 }
 
 consul_installed() { type -P consul >/dev/null 2>&1; }

@@ -630,7 +630,7 @@ pub async fn gateway(
     routes: &[String],
     workers: Option<std::num::NonZeroUsize>,
 ) -> anyhow::Result<()> {
-    use keel_gateway::{AuthConfig, Gateway, GatewayConfig, PerCoreListeners};
+    use keel_gateway::{Gateway, GatewayConfig, PerCoreListeners};
 
     let mut gateway_config = match file {
         Some(path) => GatewayConfig::from_file(path)?,
@@ -649,9 +649,9 @@ pub async fn gateway(
         bail!("keel gateway has no routes: give --config FILE or --route PREFIX=URL");
     }
     if gateway_config.auth.is_none()
-        && let Some(secret) = &config.jwt_secret
+        && let Some(auth) = crate::up::auth_config(config)
     {
-        gateway_config = gateway_config.auth(AuthConfig::hs256(secret.clone()));
+        gateway_config = gateway_config.auth(auth);
     }
     // The services verify identities with the same key: KEEL_IDENTITY_SECRET, unless the
     // file names one.
@@ -660,9 +660,13 @@ pub async fn gateway(
     {
         gateway_config = gateway_config.identity_secret(secret.clone());
     }
+    if gateway_config.admin_token.is_none()
+        && let Some(token) = &config.admin_token
+    {
+        gateway_config = gateway_config.admin_token(token.clone());
+    }
     let addr = gateway_config.listen_addr()?;
-    let registry =
-        keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
+    let registry = keel_runtime::connect_registry(config).await?;
     // Keel's recorder first: the gateway would install its own otherwise, and Keel's
     // would then warn that it cannot be installed.
     let metrics = keel_telemetry::prometheus().clone();
@@ -692,8 +696,7 @@ pub async fn events(
     let db = keel_sql::Db::connect(&config.database_url)
         .await
         .with_context(|| format!("KEEL_DATABASE_URL `{}`", redact_url(&config.database_url)))?;
-    let registry =
-        keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
+    let registry = keel_runtime::connect_registry(config).await?;
     let router = keel_events::app(db.log());
     let running = keel_runtime::start_service(
         "events",

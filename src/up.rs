@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use keel_bus::ConsumerHandle;
-use keel_gateway::{AuthConfig, AuthMode, Gateway, GatewayConfig, RouteConfig};
+use keel_gateway::{AuthConfig, AuthMode, Gateway, GatewayConfig, JwksConfig, RouteConfig};
 use keel_runtime::{
     Parts, ProjectionTask, Shutdown, TimerTask, redact_url, start_relay, start_service, system_bus,
 };
@@ -50,8 +50,7 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
     keel_users::migrate(&db).await.context("users migrations")?;
     keel_products::migrate(&db).await.context("products migrations")?;
     keel_orders::migrate(&db).await.context("orders migrations")?;
-    let registry =
-        keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
+    let registry = keel_runtime::connect_registry(config).await?;
     let (bus, brokered) = system_bus(config, &db).await?;
 
     let ttl = config.idempotency_ttl;
@@ -152,7 +151,8 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
 /// the README's tour and the tests. Requests are forwarded with the caller's signed
 /// identity (the key as the services derive theirs).
 pub fn gateway_config(config: &Config) -> GatewayConfig {
-    let auth = if config.jwt_secret.is_some() { AuthMode::Write } else { AuthMode::None };
+    let credentials = auth_config(config);
+    let auth = if credentials.is_some() { AuthMode::Write } else { AuthMode::None };
     let mut gateway = GatewayConfig::new(config.gateway_addr.to_string())
         // The services' own limit: the gateway answers 413 before an upstream could
         // refuse the body half-way through.
@@ -178,15 +178,33 @@ pub fn gateway_config(config: &Config) -> GatewayConfig {
     if let Some(secret) = &config.identity_secret {
         gateway = gateway.identity_secret(secret.clone());
     }
-    match &config.jwt_secret {
-        Some(secret) => gateway.auth(AuthConfig::hs256(secret.clone())),
+    if let Some(token) = &config.admin_token {
+        gateway = gateway.admin_token(token.clone());
+    }
+    match credentials {
+        Some(credentials) => gateway.auth(credentials),
         None => {
             tracing::warn!(
-                "KEEL_JWT_SECRET is not set: the gateway's write routes are open to anyone"
+                "neither KEEL_JWT_SECRET nor KEEL_JWKS_URL is set: the gateway's write routes \
+                 are open to anyone"
             );
             gateway
         }
     }
+}
+
+/// The gateway's credentials: HS256 tokens signed with `KEEL_JWT_SECRET`, and tokens
+/// signed by the keys of the JWK set at `KEEL_JWKS_URL`; `None` when neither is set.
+pub fn auth_config(config: &Config) -> Option<AuthConfig> {
+    let mut auth = match &config.jwt_secret {
+        Some(secret) => AuthConfig::hs256(secret.clone()),
+        None if config.jwks_url.is_some() => AuthConfig::default(),
+        None => return None,
+    };
+    if let Some(url) = &config.jwks_url {
+        auth = auth.jwks(JwksConfig::new(url.clone()));
+    }
+    Some(auth)
 }
 
 fn print_banner(config: &Config, gateway: SocketAddr, services: &[(&str, RunningService)]) {

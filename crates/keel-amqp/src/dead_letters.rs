@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use keel_core::bus::DeadLetter;
+use keel_core::bus::{DeadLetter, GroupDepth};
 use keel_core::{BusError, DeadLetterId};
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
@@ -70,6 +70,40 @@ pub(crate) async fn bounded<T>(
     tokio::time::timeout(limit, operation)
         .await
         .map_err(|_| BusError::Timeout(format!("{what} took longer than {limit:?}")))?
+}
+
+/// The ready messages of the group queue and of its dead-letter queue, read with a
+/// passive declare each (on a channel of its own: a missing queue closes it); a queue
+/// that does not exist counts 0.
+pub(crate) async fn depth(
+    shared: &Arc<Shared>,
+    topic: &str,
+    group: &str,
+) -> Result<GroupDepth, BusError> {
+    let names = GroupNames::new(topic, group)?;
+    let lag = ready_messages(shared, &names.queue).await?;
+    let dead = ready_messages(shared, &names.dlq).await?;
+    Ok(GroupDepth::new(Some(lag), Some(dead)))
+}
+
+async fn ready_messages(shared: &Shared, queue: &str) -> Result<u64, BusError> {
+    const PASSIVE: QueueDeclareOptions = QueueDeclareOptions {
+        passive: true,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+    };
+    let channel = browse_channel(shared).await?;
+    let declared =
+        channel.queue_declare(short(queue, "queue name")?, PASSIVE, FieldTable::default()).await;
+    let count = match declared {
+        Ok(queue) => Ok(u64::from(queue.message_count())),
+        Err(error) if is_not_found(&error) => Ok(0),
+        Err(error) => Err(from_lapin(&format!("counting the messages of `{queue}`"), &error)),
+    };
+    give_back(channel).await;
+    count
 }
 
 pub(crate) async fn list(

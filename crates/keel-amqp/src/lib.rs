@@ -165,7 +165,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keel_core::bus::{DeadLetter, DeadLetterId, validate_topic};
+use keel_core::bus::{DeadLetter, DeadLetterId, GroupDepth, validate_topic};
 use keel_core::{
     BusError, CloudEvent, DeadLetters, Publisher, Subscriber, Subscription, SubscriptionSpec,
 };
@@ -365,6 +365,15 @@ impl Subscriber for AmqpBus {
         self.check_open()?;
         let subscription = AmqpSubscription::open(Arc::clone(&self.shared), spec).await?;
         Ok(Box::new(subscription))
+    }
+
+    /// Lag: the ready messages of the group's queue (not those its members hold
+    /// unacknowledged, nor those waiting in its retry queues); dead letters: the ready
+    /// messages of its dead-letter queue.
+    async fn depth(&self, topic: &str, group: &str) -> Result<GroupDepth, BusError> {
+        self.check_open()?;
+        let depth = dead_letters::depth(&self.shared, topic, group);
+        dead_letters::bounded(&self.shared, "counting a group's messages", depth).await
     }
 }
 

@@ -161,7 +161,11 @@ pub struct Consumer {
     policy: RedeliveryPolicy,
     unreadable: Unreadable,
     concurrency: usize,
+    depth_every: Duration,
 }
+
+/// How often a consumer reads its group's depth into its gauges, by default.
+pub const DEPTH_INTERVAL: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -170,6 +174,7 @@ impl std::fmt::Debug for Consumer {
             .field("policy", &self.policy)
             .field("unreadable", &self.unreadable)
             .field("concurrency", &self.concurrency)
+            .field("depth_every", &self.depth_every)
             .finish_non_exhaustive()
     }
 }
@@ -201,7 +206,17 @@ impl Consumer {
             policy: RedeliveryPolicy::default(),
             unreadable: Unreadable::default(),
             concurrency: 1,
+            depth_every: DEPTH_INTERVAL,
         }
+    }
+
+    /// How often the group's depth ([`Subscriber::depth`]) is read into the gauges
+    /// `keel_consumer_lag_messages` and `keel_dead_letters` while the consumer runs
+    /// (default [`DEPTH_INTERVAL`]).
+    #[must_use]
+    pub fn depth_every(mut self, every: Duration) -> Self {
+        self.depth_every = every.max(Duration::from_millis(10));
+        self
     }
 
     /// What to do with events the handler cannot read (default: dead-letter).
@@ -248,8 +263,9 @@ impl Consumer {
         let stop = async move {
             let _ = stop_rx.await;
         };
-        let drive = drive(subscription, handler, self.labels(), self.concurrency, stop);
-        let task = tokio::spawn(holding(self.subscriber, drive));
+        let labels = self.labels();
+        let drive = drive(subscription, handler, labels.clone(), self.concurrency, stop);
+        let task = tokio::spawn(holding(self.subscriber, labels, self.depth_every, drive));
         Ok(ConsumerHandle { stop: Some(stop_tx), task })
     }
 
@@ -271,8 +287,9 @@ impl Consumer {
         let stop = async move {
             let _ = stop_rx.await;
         };
-        let drive = drive_batches(subscription, handler, self.labels(), options, stop);
-        let task = tokio::spawn(holding(self.subscriber, drive));
+        let labels = self.labels();
+        let drive = drive_batches(subscription, handler, labels.clone(), options, stop);
+        let task = tokio::spawn(holding(self.subscriber, labels, self.depth_every, drive));
         Ok(ConsumerHandle { stop: Some(stop_tx), task })
     }
 
@@ -287,20 +304,67 @@ impl Consumer {
         S::Future: Send,
     {
         let subscription = self.subscriber.subscribe(self.spec.clone()).await?;
-        drive(subscription, handler, self.labels(), self.concurrency, shutdown).await
+        let labels = self.labels();
+        let drive = drive(subscription, handler, labels.clone(), self.concurrency, shutdown);
+        holding(self.subscriber, labels, self.depth_every, drive).await
     }
 }
 
 /// Runs `drive` while holding `subscriber`: a consumer keeps its bus alive, since some
 /// buses (the log bus) stop feeding their groups when their last handle is dropped, and
 /// a program that moved its bus into the consumer would otherwise get nothing, silently.
+/// Meanwhile the group's depth is sampled every `every`.
 async fn holding(
     subscriber: Arc<dyn Subscriber>,
+    labels: Labels,
+    every: Duration,
     drive: impl Future<Output = Result<(), BusError>>,
 ) -> Result<(), BusError> {
-    let result = drive.await;
+    let sampling = sample_depth(&*subscriber, &labels, every);
+    let result = tokio::select! {
+        result = drive => result,
+        never = sampling => match never {},
+    };
     drop(subscriber);
     result
+}
+
+/// Reads the group's depth into `keel_consumer_lag_messages{topic, group}` and
+/// `keel_dead_letters{topic, group}` every `every`, for ever. A failed reading is
+/// logged at debug level and leaves the gauges as they were; a reading is given at most
+/// `every` (and never less than a second) to answer.
+async fn sample_depth(
+    subscriber: &dyn Subscriber,
+    labels: &Labels,
+    every: Duration,
+) -> std::convert::Infallible {
+    let (topic, group) = (labels.topic.to_string(), labels.group.to_string());
+    let lag = metrics::gauge!("keel_consumer_lag_messages", "topic" => topic.clone(), "group" => group.clone());
+    let dead =
+        metrics::gauge!("keel_dead_letters", "topic" => topic.clone(), "group" => group.clone());
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let limit = every.max(Duration::from_secs(1));
+        match tokio::time::timeout(limit, subscriber.depth(&topic, &group)).await {
+            Ok(Ok(depth)) => {
+                #[allow(clippy::cast_precision_loss, reason = "a gauge is a float")]
+                {
+                    if let Some(n) = depth.lag {
+                        lag.set(n as f64);
+                    }
+                    if let Some(n) = depth.dead_letters {
+                        dead.set(n as f64);
+                    }
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, %topic, %group, "could not read the group's depth");
+            }
+            Err(_) => tracing::debug!(%topic, %group, "reading the group's depth timed out"),
+        }
+    }
 }
 
 /// A running consumer.
@@ -495,7 +559,9 @@ where
     let (payload, attempt, settle) = delivery.into_parts();
     let Payload::Event(event) = payload else { return };
     let message = Message::new(event, attempt, labels.topic.clone(), labels.group.clone());
+    let started = std::time::Instant::now();
     let result = call(handler, message).await;
+    record_duration(labels, started, &result);
     settle_outcome(settle, attempt, result, labels).await;
 }
 
@@ -593,6 +659,23 @@ fn halt(labels: &Labels, error: &str) {
     });
 }
 
+/// Records one handler call (a batch is one call) in
+/// `keel_handler_duration_seconds{topic, group, outcome}`, `outcome` `ok` or `error`.
+fn record_duration(
+    labels: &Labels,
+    started: std::time::Instant,
+    result: &Result<(), HandlerError>,
+) {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::histogram!(
+        "keel_handler_duration_seconds",
+        "topic" => labels.topic.to_string(),
+        "group" => labels.group.to_string(),
+        "outcome" => outcome,
+    )
+    .record(started.elapsed().as_secs_f64());
+}
+
 fn record(labels: &Labels, outcome: &'static str) {
     metrics::counter!(
         "keel_consumed_total",
@@ -681,7 +764,9 @@ where
     if messages.is_empty() {
         return;
     }
+    let started = std::time::Instant::now();
     let result = call(handler, messages).await;
+    record_duration(labels, started, &result);
     for (settle, attempt) in settles {
         let result = match &result {
             Ok(()) => Ok(()),

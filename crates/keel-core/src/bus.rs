@@ -218,6 +218,35 @@ pub trait Subscriber: Send + Sync {
     /// Joins `spec.group` on `spec.topic`; fails on invalid names or when the broker
     /// refuses.
     async fn subscribe(&self, spec: SubscriptionSpec) -> BusResult<Box<dyn Subscription>>;
+
+    /// How far consumer group `group` of `topic` is behind, as far as the backend can
+    /// tell: what the `keel_consumer_lag_messages` and `keel_dead_letters` gauges show.
+    /// The default knows nothing (both `None`).
+    async fn depth(&self, topic: &str, group: &str) -> BusResult<GroupDepth> {
+        let _ = (topic, group);
+        Ok(GroupDepth::default())
+    }
+}
+
+/// A consumer group's backlog ([`Subscriber::depth`]); `None` where the backend cannot
+/// tell. What "waiting" counts is the backend's own measure: the log bus counts the
+/// topic's events after the group's checkpoint, RabbitMQ the group queue's ready
+/// messages, Kafka the high watermarks minus the group's committed offsets, the
+/// in-memory bus the messages queued for the group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupDepth {
+    /// Messages waiting for the group (published, not yet settled by it).
+    pub lag: Option<u64>,
+    /// The group's dead letters at rest.
+    pub dead_letters: Option<u64>,
+}
+
+impl GroupDepth {
+    /// A depth with both figures known or not.
+    pub fn new(lag: Option<u64>, dead_letters: Option<u64>) -> Self {
+        Self { lag, dead_letters }
+    }
 }
 
 /// One member of a consumer group. Dropping it (or closing it) gives every delivery it

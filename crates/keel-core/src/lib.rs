@@ -37,8 +37,8 @@ pub mod upcast;
 
 pub use backoff::Backoff;
 pub use bus::{
-    Bus, BusError, DeadLetter, DeadLetterId, DeadLetters, Delivery, Payload, Publisher, RawMessage,
-    Settle, StartFrom, Subscriber, Subscription, SubscriptionSpec,
+    Bus, BusError, DeadLetter, DeadLetterId, DeadLetters, Delivery, GroupDepth, Payload, Publisher,
+    RawMessage, Settle, StartFrom, Subscriber, Subscription, SubscriptionSpec,
 };
 pub use envelope::{CloudEvent, CloudEventBuilder, ExtensionValue, SPEC_VERSION};
 pub use error::{DecodeError, Result};

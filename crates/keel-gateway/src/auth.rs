@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::config::{AuthConfig, JwtKeyConfig};
 use crate::error::ConfigError;
+use crate::jwks::Jwks;
 
 /// Why credentials were refused (the gateway answers 401; the reason goes to the log).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,8 @@ struct JwtKey {
 
 pub(crate) struct Authenticator {
     jwt: Vec<JwtKey>,
+    jwks: Option<Jwks>,
+    leeway_s: u64,
     api_keys: Vec<(Identity, Vec<u8>)>,
     api_key_header: HeaderName,
 }
@@ -171,18 +174,22 @@ impl Authenticator {
         for (i, key) in config.api_keys.iter().enumerate() {
             api_keys.push((key.identity(i)?, key.key.as_bytes().to_vec()));
         }
-        Ok(Self { jwt, api_keys, api_key_header })
+        let jwks = config.jwks.as_ref().map(Jwks::new);
+        Ok(Self { jwt, jwks, leeway_s: config.leeway_s, api_keys, api_key_header })
     }
 
     /// Who the request's credentials say is calling, `None` when it carries none, or
     /// why the credentials it carries are refused.
-    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Identity>, Refusal> {
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<Identity>, Refusal> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let value = value
                 .to_str()
                 .map_err(|_| Refusal::Token("unreadable Authorization header".into()))?;
             if let Some(token) = strip_bearer(value) {
-                let claims = self.verify_jwt(token.trim()).map_err(Refusal::Token)?;
+                let claims = self.verify_jwt(token.trim()).await.map_err(Refusal::Token)?;
                 return claims.into_identity().map(Some);
             }
         }
@@ -200,12 +207,27 @@ impl Authenticator {
         Ok(None)
     }
 
-    fn verify_jwt(&self, token: &str) -> Result<Claims, String> {
+    async fn verify_jwt(&self, token: &str) -> Result<Claims, String> {
         // The header's `alg` only selects among keys pinned to that very algorithm:
         // `none` does not parse, and an HS256 token never meets an RSA key.
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("bad token header: {e}"))?;
         let mut last_error = format!("no key for alg {:?}", header.alg);
+        let configured = self.jwt.iter().any(|key| {
+            key.alg == header.alg
+                && key.kid.as_ref().is_none_or(|kid| header.kid.as_deref() == Some(kid.as_str()))
+        });
+        // A token that no configured key can take goes to the JWK set by its `kid`.
+        if !configured && let (Some(jwks), Some(kid)) = (&self.jwks, header.kid.as_deref()) {
+            let key = jwks.key(kid).await?;
+            if key.alg != header.alg {
+                return Err(format!("key `{kid}` is for {:?}, not {:?}", key.alg, header.alg));
+            }
+            let validation = crate::jwks::validation(key.alg, jwks, self.leeway_s);
+            return jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+                .map(|data| data.claims)
+                .map_err(|e| e.to_string());
+        }
         for key in &self.jwt {
             if key.alg != header.alg {
                 continue;

@@ -37,6 +37,11 @@ pub struct GatewayConfig {
     /// either, no identity is signed and only `x-keel-subject` is forwarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_secret: Option<String>,
+    /// The bearer token the admin endpoints under `/_keel` (but `/_keel/health`) ask
+    /// for (what `KEEL_ADMIN_TOKEN` configures; at least 16 bytes). Unset: they answer
+    /// loopback clients only (see [`crate::AdminAccess`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
     /// The most connections one client IP may hold open at once; more are answered 429
     /// and closed. Unset: no cap (a proxy or NAT in front would make every client one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,6 +70,32 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[serde(default = "default_leeway_s")]
     pub leeway_s: u64,
+    /// Verification keys fetched from a JWK set URL (what `KEEL_JWKS_URL` configures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksConfig>,
+}
+
+/// JWT verification keys published as a JWK set (an OIDC provider's `jwks_uri`): fetched
+/// on first use and again when a token names an unknown `kid` (key rotation). Tokens
+/// verified with these keys must have a `kid`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// Where the set is, `https://...` (or `http://` inside a trusted network).
+    pub url: String,
+    /// Required `iss` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim (one of the token's audiences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+impl JwksConfig {
+    /// The set at `url`, with no issuer or audience required.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), issuer: None, audience: None }
+    }
 }
 
 /// One JWT verification key; the algorithm is pinned: a token is checked against this
@@ -256,6 +287,7 @@ impl Default for GatewayConfig {
             max_body_bytes: default_max_body_bytes(),
             auth: None,
             identity_secret: None,
+            admin_token: None,
             max_connections_per_client: None,
             cors: None,
             routes: Vec::new(),
@@ -336,6 +368,13 @@ impl GatewayConfig {
         self
     }
 
+    /// Sets the admin endpoints' bearer token (at least 16 bytes).
+    #[must_use]
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = Some(token.into());
+        self
+    }
+
     /// Caps the connections one client IP may hold open.
     #[must_use]
     pub fn max_connections_per_client(mut self, max: u32) -> Self {
@@ -370,6 +409,9 @@ impl GatewayConfig {
         if self.identity_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(ConfigError::invalid("identity_secret", "must be at least 16 bytes"));
         }
+        if self.admin_token.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(ConfigError::invalid("admin_token", "must be at least 16 bytes"));
+        }
         if self.max_connections_per_client == Some(0) {
             return Err(ConfigError::invalid("max_connections_per_client", "must be positive"));
         }
@@ -402,6 +444,7 @@ impl Default for AuthConfig {
             api_keys: Vec::new(),
             api_key_header: default_api_key_header(),
             leeway_s: default_leeway_s(),
+            jwks: None,
         }
     }
 }
@@ -417,6 +460,13 @@ impl AuthConfig {
             issuer: None,
             audience: None,
         })
+    }
+
+    /// Accepts tokens signed by the keys of the JWK set at `jwks.url`.
+    #[must_use]
+    pub fn jwks(mut self, jwks: JwksConfig) -> Self {
+        self.jwks = Some(jwks);
+        self
     }
 
     /// Adds a JWT verification key.
@@ -447,6 +497,11 @@ impl AuthConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(jwks) = &self.jwks
+            && !(jwks.url.starts_with("https://") || jwks.url.starts_with("http://"))
+        {
+            return Err(ConfigError::invalid("auth.jwks.url", "expected an https:// URL"));
+        }
         if http::HeaderName::from_str(&self.api_key_header).is_err() {
             return Err(ConfigError::invalid("auth.api_key_header", "not a valid header name"));
         }
@@ -474,7 +529,7 @@ impl AuthConfig {
     }
 
     fn is_empty(&self) -> bool {
-        self.jwt.is_empty() && self.api_keys.is_empty()
+        self.jwt.is_empty() && self.api_keys.is_empty() && self.jwks.is_none()
     }
 }
 

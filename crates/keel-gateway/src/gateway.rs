@@ -23,6 +23,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
+use crate::admin::AdminAccess;
 use crate::auth::Authenticator;
 use crate::config::{ADMIN_PREFIX, CorsConfig, GatewayConfig};
 use crate::downstream::{ClientStream, ConnectionLimit, too_many_connections};
@@ -46,6 +47,7 @@ pub struct Gateway {
 
 struct Inner {
     shared: Shared,
+    admin: AdminAccess,
     cors: Option<CorsLayer>,
     metrics: OnceLock<PrometheusHandle>,
     connections: Option<Arc<ConnectionLimit>>,
@@ -94,6 +96,7 @@ impl Gateway {
             );
         }
         let connections = config.max_connections_per_client.map(ConnectionLimit::new);
+        let admin = AdminAccess::new(config.admin_token.as_deref());
         let cors = config.cors.as_ref().map(cors_layer);
         // One pool per service, shared by the routes that name it (the first route's
         // breaker and balance settings apply).
@@ -127,6 +130,7 @@ impl Gateway {
                 identity_key,
                 upstream: UpstreamPool::new(),
             },
+            admin,
             cors,
             metrics,
             connections,
@@ -136,6 +140,11 @@ impl Gateway {
             runtime.spawn(housekeeping(Arc::downgrade(&inner)));
         }
         Ok(Self { inner })
+    }
+
+    /// Who may use the admin endpoints (for admin routes served beside the gateway's).
+    pub fn admin_access(&self) -> &AdminAccess {
+        &self.inner.admin
     }
 
     /// Renders `/_keel/metrics` from `handle` (when the process installed its own
@@ -154,8 +163,18 @@ impl Gateway {
     }
 
     /// A request to the mounted console, after the admin check.
-    async fn console(&self, req: Request<Body>, app: axum::Router) -> Response<Body> {
-        if let Some(auth) = &self.inner.shared.auth {
+    async fn console(
+        &self,
+        req: Request<Body>,
+        app: axum::Router,
+        peer: Option<SocketAddr>,
+    ) -> Response<Body> {
+        let admin = &self.inner.admin;
+        let token_presented =
+            admin.has_token() && admin.check(req.uri().path(), req.headers(), peer).is_none();
+        if token_presented {
+            // The admin token opens the console as it opens every admin endpoint.
+        } else if let Some(auth) = &self.inner.shared.auth {
             match auth.authenticate(req.headers()) {
                 Ok(Some(identity)) if identity.is_admin() => {}
                 Ok(Some(_)) => {
@@ -164,6 +183,8 @@ impl Gateway {
                 Ok(None) => return unauthorized("the console needs an admin's credentials"),
                 Err(refusal) => return unauthorized(refusal.detail()),
             }
+        } else if let Some(refused) = admin.check(req.uri().path(), req.headers(), peer) {
+            return refused;
         }
         match tower::ServiceExt::oneshot(app, req).await {
             Ok(response) => response,
@@ -186,7 +207,12 @@ impl Gateway {
     async fn handle_from(&self, req: Request<Body>, downstream: &Downstream) -> Response<Body> {
         if is_admin(req.uri().path()) {
             if let Some(app) = self.inner.console.get().filter(|_| is_console(req.uri().path())) {
-                return self.console(req, app.clone()).await;
+                return self.console(req, app.clone(), downstream.peer).await;
+            }
+            if let Some(refused) =
+                self.inner.admin.check(req.uri().path(), req.headers(), downstream.peer)
+            {
+                return refused;
             }
             return self.admin(&req);
         }

@@ -5,9 +5,11 @@
 //! roles) reaches the upstream signed as `x-keel-identity` (see
 //! `keel_service::identity`; the subject also in clear as `x-keel-subject` when it is
 //! ASCII), CORS, a body size limit, and its own errors as `application/problem+json`.
-//! Admin endpoints: `/_keel/health`, `/_keel/metrics`, `/_keel/routes`, and the web
-//! console under `/_keel/console` once mounted ([`Gateway::mount_console`]; admins only
-//! when the gateway authenticates).
+//! Admin endpoints: `/_keel/health`, `/_keel/metrics`, `/_keel/routes`, private by
+//! default ([`AdminAccess`]: the admin token as a bearer token, else loopback clients
+//! only; `/_keel/health` is open), and the web console under `/_keel/console` once
+//! mounted ([`Gateway::mount_console`]): the admin token opens it; otherwise, when the
+//! gateway authenticates, an identity with the `admin` role, else loopback clients only.
 //!
 //! A method a route does not list gets 405 with `Allow` (the path exists; the method
 //! does not); TRACE and CONNECT are never proxied. Per-route timeouts bound the wait
@@ -28,6 +30,7 @@
 //!   `--route PREFIX=URL`; validation that names the key at fault.
 //! - `error.rs`: [`ConfigError`], the crate's one error type.
 //! - `auth.rs`: JWT (algorithm pinned per key) and API-key authentication.
+//! - `jwks.rs`: JWT keys from a JWK set URL, fetched again on an unknown `kid`.
 //! - `route.rs`: the compiled route table (longest prefix), per-route pools, rate
 //!   limiters and metric handles.
 //! - `proxy.rs`: one proxied request: checks, header rewriting, the identity, the
@@ -37,23 +40,27 @@
 //!   per-client connection cap.
 //! - `upstream.rs`: the upstream HTTP/1.1 client, a keep-alive pool whose connections
 //!   are driven by the requests that use them (no task per connection).
+//! - `admin.rs`: [`AdminAccess`], who may use the admin endpoints.
 //! - `gateway.rs`: [`Gateway`]: build, serve on a listener, per core
 //!   ([`PerCoreListeners`]) or as an axum router, admin.
 
 #![warn(missing_docs)]
 
+mod admin;
 mod auth;
 mod config;
 mod downstream;
 mod error;
 mod gateway;
+mod jwks;
 mod proxy;
 mod route;
 mod upstream;
 
+pub use admin::AdminAccess;
 pub use config::{
     ADMIN_PREFIX, ApiKeyConfig, AuthConfig, AuthMode, BalanceSetting, BreakerSettings, CorsConfig,
-    GatewayConfig, JwtKeyConfig, RateLimitConfig, RouteConfig,
+    GatewayConfig, JwksConfig, JwtKeyConfig, RateLimitConfig, RouteConfig,
 };
 pub use error::{ConfigError, Result};
 pub use gateway::{CONSOLE_PREFIX, ConnectionService, Gateway, PerCoreListeners};

@@ -131,7 +131,7 @@ impl Shared {
 
         let identity = match (&self.auth, route.config.auth) {
             (Some(auth), mode) if mode != crate::AuthMode::None => {
-                match auth.authenticate(&parts.headers) {
+                match auth.authenticate(&parts.headers).await {
                     Ok(identity) => identity,
                     Err(refusal) => {
                         tracing::debug!(route = %route.prefix, ?refusal, "credentials refused");

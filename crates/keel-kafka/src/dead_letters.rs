@@ -80,6 +80,12 @@ struct Letter {
 }
 
 /// Reads the group's dead-letter topic and applies tombstones and purges.
+/// How many letters of a group are at rest.
+pub(crate) async fn count(config: &KafkaConfig, topic: &str, group: &str) -> Result<u64, BusError> {
+    let live = live_letters(config, topic, group).await?;
+    Ok(u64::try_from(live.len()).unwrap_or(u64::MAX))
+}
+
 async fn live_letters(
     config: &KafkaConfig,
     topic: &str,

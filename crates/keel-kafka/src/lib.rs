@@ -100,6 +100,7 @@
 //! - `dead_letters.rs`: dead-letter and retry topics, `list`, `retry` and `purge`.
 //! - `groups.rs`: a group's committed offsets and lag, listing and moving them.
 //! - `reader.rs`: reading a topic outside a group up to its end.
+//! - `lag.rs`: a consumer group's lag (high watermarks minus committed offsets).
 //! - `replay.rs`: [`KafkaReplay`].
 //! - `error.rs`: librdkafka errors as [`BusError`]s.
 #![warn(missing_docs)]
@@ -109,6 +110,7 @@ mod config;
 mod dead_letters;
 mod error;
 mod groups;
+mod lag;
 mod producer;
 mod reader;
 mod replay;
@@ -122,8 +124,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_core::bus::{
-    DeadLetter, DeadLetterId, DeadLetters, Publisher, Subscriber, Subscription, validate_group,
-    validate_topic,
+    DeadLetter, DeadLetterId, DeadLetters, GroupDepth, Publisher, Subscriber, Subscription,
+    validate_group, validate_topic,
 };
 use keel_core::{BusError, CloudEvent, SubscriptionSpec};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -363,6 +365,17 @@ impl Subscriber for KafkaBus {
             KafkaSubscription::start(&self.inner.config, &spec, &[&spec.topic, &retry], sink)?;
         tracing::debug!(topic = %spec.topic, group = %spec.group, "subscribed");
         Ok(Box::new(subscription))
+    }
+
+    /// Lag: the topic's high watermarks minus the group's committed offsets, over its
+    /// partitions (see `lag.rs`); dead letters: the live letters of its dead-letter
+    /// topic (read from the topic's beginning).
+    async fn depth(&self, topic: &str, group: &str) -> Result<GroupDepth, BusError> {
+        validate_topic(topic)?;
+        validate_group(group)?;
+        let lag = lag::group_lag(&self.inner.config, topic, group).await?;
+        let dead = dead_letters::count(&self.inner.config, topic, group).await?;
+        Ok(GroupDepth::new(Some(lag), Some(dead)))
     }
 }
 

@@ -68,11 +68,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keel_core::bus::{
-    BusError, DeadLetter, DeadLetterId, DeadLetters, Publisher, Subscriber, Subscription,
-    SubscriptionSpec, validate_group, validate_topic,
+    BusError, DeadLetter, DeadLetterId, DeadLetters, GroupDepth, Publisher, Subscriber,
+    Subscription, SubscriptionSpec, validate_group, validate_topic,
 };
 use keel_core::{CloudEvent, ExpectedVersion, StreamId};
-use keel_store::StoreError;
+use keel_store::{Cursor, LogFilter, StoreError};
 use tokio::sync::watch;
 
 pub use envelope::MARKER;
@@ -82,6 +82,10 @@ pub use store::BusStore;
 
 use crate::shared::{GroupShared, Registry};
 use crate::subscription::LogSubscription;
+
+/// A group's lag ([`Subscriber::depth`]) is counted by reading the topic's events after
+/// its checkpoint, up to this many: the figure stops there.
+pub const DEPTH_SCAN_LIMIT: usize = 10_000;
 
 /// How a [`LogBus`] reads and coordinates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,6 +287,26 @@ impl<L: BusStore> Subscriber for LogBus<L> {
         };
         group.feeder.notify_one();
         Ok(Box::new(LogSubscription::new(group, member)))
+    }
+
+    /// Lag: the events of the topic after the group's checkpoint (from the start of the
+    /// log when it has none yet), read and counted up to [`DEPTH_SCAN_LIMIT`].
+    async fn depth(&self, topic: &str, group: &str) -> Result<GroupDepth, BusError> {
+        validate_topic(topic)?;
+        validate_group(group)?;
+        let store = &self.inner.store;
+        let checkpoint = store
+            .checkpoint(&checkpoint_name(topic, group))
+            .await
+            .map_err(Error::from)?
+            .unwrap_or(Cursor::START);
+        let waiting = store
+            .read_after(checkpoint, &LogFilter::topic(topic), DEPTH_SCAN_LIMIT)
+            .await
+            .map_err(Error::from)?;
+        let lag = u64::try_from(waiting.events.len()).unwrap_or(u64::MAX);
+        let dead_letters = store.count_dead_letters(topic, group).await.map_err(Error::from)?;
+        Ok(GroupDepth::new(Some(lag), Some(dead_letters)))
     }
 }
 

@@ -126,6 +126,9 @@ pub trait BusStore: EventLog {
 
     /// Deletes the letters of a group at rest; how many.
     async fn purge_dead_letters(&self, topic: &str, group: &str) -> Result<u64>;
+
+    /// How many letters of a group are at rest (the `keel_dead_letters` gauge).
+    async fn count_dead_letters(&self, topic: &str, group: &str) -> Result<u64>;
 }
 
 /// The columns of a dead letter as stored.
@@ -496,6 +499,18 @@ impl BusStore for SqliteEventLog {
         Ok(())
     }
 
+    async fn count_dead_letters(&self, topic: &str, group: &str) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM keel_bus_dead_letters
+             WHERE topic = ? AND group_name = ? AND retrying = 0",
+        )
+        .bind(topic)
+        .bind(group)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     async fn purge_dead_letters(&self, topic: &str, group: &str) -> Result<u64> {
         let done = sqlx::query(
             "DELETE FROM keel_bus_dead_letters WHERE topic = ? AND group_name = ? AND retrying = 0",
@@ -726,6 +741,18 @@ impl BusStore for PgEventLog {
             .execute(self.pool())
             .await?;
         Ok(())
+    }
+
+    async fn count_dead_letters(&self, topic: &str, group: &str) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM keel_bus_dead_letters
+             WHERE topic = $1 AND group_name = $2 AND NOT retrying",
+        )
+        .bind(topic)
+        .bind(group)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn purge_dead_letters(&self, topic: &str, group: &str) -> Result<u64> {

@@ -208,6 +208,13 @@ impl Group {
         Ok(())
     }
 
+    /// The group's backlog: messages it wants and has not settled, and its dead letters.
+    pub(crate) fn depth(&self) -> (u64, u64) {
+        let waiting = self.done.iter().filter(|done| !**done).count();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        (count(waiting), count(self.dead.len()))
+    }
+
     pub(crate) fn dead_letters(&self, limit: usize) -> Vec<DeadLetter> {
         self.dead.iter().take(limit).cloned().collect()
     }

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use keel_core::CloudEvent;
 use keel_core::bus::{
-    BusError, DeadLetter, DeadLetterId, DeadLetters, Payload, Publisher, RawMessage, Subscriber,
-    Subscription, SubscriptionSpec, validate_group, validate_topic,
+    BusError, DeadLetter, DeadLetterId, DeadLetters, GroupDepth, Payload, Publisher, RawMessage,
+    Subscriber, Subscription, SubscriptionSpec, validate_group, validate_topic,
 };
 
 use crate::subscription::MemorySubscription;
@@ -158,6 +158,15 @@ impl Subscriber for MemoryBus {
         let topic = self.topic(&spec.topic)?;
         let (seat, notify) = topic.join(&spec);
         Ok(Box::new(MemorySubscription::new(topic, seat, notify)))
+    }
+
+    /// Lag: the messages the group wants and has not settled yet (0 for a group or a
+    /// topic that does not exist).
+    async fn depth(&self, topic: &str, group: &str) -> Result<GroupDepth, BusError> {
+        validate_topic(topic)?;
+        validate_group(group)?;
+        let (lag, dead) = self.existing_topic(topic).and_then(|t| t.depth(group)).unwrap_or((0, 0));
+        Ok(GroupDepth::new(Some(lag), Some(dead)))
     }
 }
 

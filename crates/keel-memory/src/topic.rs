@@ -258,6 +258,10 @@ impl Topic {
         self.with_group(group, |g| g.retry(id)).unwrap_or(false)
     }
 
+    pub(crate) fn depth(&self, group: &str) -> Option<(u64, u64)> {
+        self.with_group(group, |g| g.depth())
+    }
+
     pub(crate) fn purge(&self, group: &str) -> u64 {
         self.with_group(group, Group::purge).unwrap_or(0)
     }

@@ -23,40 +23,75 @@ pub struct ConsulRegistry {
     wait: Duration,
     backoff: Backoff,
     min_query_interval: Duration,
+    /// The ACL token sent as `X-Consul-Token` on every request.
+    token: Option<reqwest::header::HeaderValue>,
 }
 
 impl ConsulRegistry {
-    /// A client for the agent at `url` (`http://host:port`); no I/O happens here.
+    /// A client for the agent at `url` (`http://host:port`, or `https://host:port`
+    /// with the system's trusted certificate authorities); no I/O happens here.
     pub fn new(url: &str) -> Result<Self, RegistryError> {
+        Self::with_tls(url, None)
+    }
+
+    /// [`ConsulRegistry::new`], trusting also the certificate authority in `ca_pem`
+    /// (PEM; what `KEEL_CONSUL_CA_FILE` names) for `https://` agents whose certificates
+    /// a private CA signed, as Consul's own `consul tls ca create` makes them.
+    pub fn with_tls(url: &str, ca_pem: Option<&[u8]>) -> Result<Self, RegistryError> {
         let invalid = |reason: &str| RegistryError::InvalidUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
         let base = Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-        if base.scheme() != "http" {
-            return Err(invalid("expected http://host:port (Keel talks plain HTTP to Consul)"));
+        if base.scheme() != "http" && base.scheme() != "https" {
+            return Err(invalid("expected http://host:port or https://host:port"));
         }
         if base.host_str().is_none_or(str::is_empty) || base.cannot_be_a_base() {
             return Err(invalid("expected http://host:port"));
         }
         // Consul sits inside the deployment: never route it through an HTTP proxy.
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| invalid(&error_chain(&e)))?;
+        let mut client =
+            reqwest::Client::builder().no_proxy().connect_timeout(Duration::from_secs(5));
+        if let Some(pem) = ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| invalid(&format!("the CA file is not a PEM certificate: {e}")))?;
+            client = client.add_root_certificate(ca);
+        }
+        let client = client.build().map_err(|e| invalid(&error_chain(&e)))?;
         Ok(Self {
             base,
             client,
             wait: Duration::from_secs(60),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             min_query_interval: Duration::from_millis(50),
+            token: None,
         })
+    }
+
+    /// Sends `token` (Consul's ACL token, `KEEL_CONSUL_TOKEN`) as `X-Consul-Token` on
+    /// every request; fails if it cannot be a header value.
+    pub fn with_token(mut self, token: &str) -> Result<Self, RegistryError> {
+        let mut value = reqwest::header::HeaderValue::from_str(token).map_err(|_| {
+            RegistryError::InvalidUrl {
+                url: redact(&self.base),
+                reason: "the Consul token (KEEL_CONSUL_TOKEN) is not a valid header value"
+                    .to_owned(),
+            }
+        })?;
+        value.set_sensitive(true);
+        self.token = Some(value);
+        Ok(self)
     }
 
     /// [`ConsulRegistry::new`], then checks that the agent answers and knows a leader.
     pub async fn connect(url: &str) -> Result<Self, RegistryError> {
-        let registry = Self::new(url)?;
+        Self::new(url)?.checked().await
+    }
+
+    /// Checks that the agent answers (with this client's token) and knows a leader.
+    pub async fn checked(self) -> Result<Self, RegistryError> {
+        let registry = self;
+        let url = redact(&registry.base);
         let leader = registry.leader().await?;
         if leader.is_empty() {
             return Err(RegistryError::Unreachable(format!("Consul at {url} has no leader")));
@@ -98,6 +133,10 @@ impl ConsulRegistry {
         request: reqwest::RequestBuilder,
         url: &Url,
     ) -> Result<reqwest::Response, RegistryError> {
+        let request = match &self.token {
+            Some(token) => request.header("x-consul-token", token.clone()),
+            None => request,
+        };
         let response = request.send().await.map_err(|e| unreachable(url, &e))?;
         let status = response.status();
         if status.is_success() {

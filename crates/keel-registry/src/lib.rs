@@ -123,13 +123,67 @@ pub trait Registry: Send + Sync + fmt::Debug {
 }
 
 /// The registry for `url`: `None` (or empty) gives a new [`InProcessRegistry`],
-/// `http://host:port` a [`ConsulRegistry`] once the agent has answered with a leader.
+/// `http://host:port` (or `https://`) a [`ConsulRegistry`] once the agent has answered
+/// with a leader.
 /// Errors name the URL.
 pub async fn connect(url: Option<&str>) -> Result<Arc<dyn Registry>, RegistryError> {
+    connect_with(url, &ConsulAccess::default()).await
+}
+
+/// How Keel reaches a Consul agent beyond its URL.
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsulAccess {
+    /// Consul's ACL token (`KEEL_CONSUL_TOKEN`), sent as `X-Consul-Token`.
+    pub token: Option<String>,
+    /// A certificate authority (PEM) to trust for an `https://` agent, beside the
+    /// system's (the contents of `KEEL_CONSUL_CA_FILE`).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ConsulAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulAccess")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+impl ConsulAccess {
+    /// With the ACL token `token`.
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusting the certificate authority `ca_pem` (PEM).
+    #[must_use]
+    pub fn ca_pem(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(ca_pem.into());
+        self
+    }
+}
+
+/// [`connect`] with a token and a CA for Consul (ignored for the in-process registry).
+pub async fn connect_with(
+    url: Option<&str>,
+    access: &ConsulAccess,
+) -> Result<Arc<dyn Registry>, RegistryError> {
+    #[cfg(not(feature = "consul"))]
+    let _ = access;
     match url.map(str::trim).filter(|u| !u.is_empty()) {
         None => Ok(Arc::new(InProcessRegistry::new())),
         #[cfg(feature = "consul")]
-        Some(url) => Ok(Arc::new(ConsulRegistry::connect(url).await?)),
+        Some(url) => {
+            let registry = ConsulRegistry::with_tls(url, access.ca_pem.as_deref())?;
+            let registry = match &access.token {
+                Some(token) => registry.with_token(token)?,
+                None => registry,
+            };
+            Ok(Arc::new(registry.checked().await?))
+        }
         #[cfg(not(feature = "consul"))]
         Some(url) => Err(RegistryError::InvalidUrl {
             url: url.to_owned(),

@@ -11,6 +11,10 @@
 //! | `idempotency_ttl_secs` | `KEEL_IDEMPOTENCY_TTL_SECS` | `86400`: how long services remember an `Idempotency-Key` |
 //! | `listen_addr` | `KEEL_LISTEN_ADDR` | `127.0.0.1:0` (a service binary's own listener) |
 //! | `advertise_host` | `KEEL_ADVERTISE_HOST` | the listen IP, or 127.0.0.1 |
+//! | `admin_token` | `KEEL_ADMIN_TOKEN` | unset: the admin endpoints (`/_keel/*`) answer loopback clients only |
+//! | `consul_token` | `KEEL_CONSUL_TOKEN` | unset: no ACL token (sent as `X-Consul-Token`) |
+//! | `consul_ca_file` | `KEEL_CONSUL_CA_FILE` | unset: the system's CAs only (a PEM CA to trust for an `https://` Consul) |
+//! | `jwks_url` | `KEEL_JWKS_URL` | unset: no JWKS (the gateway's JWT keys, fetched again on an unknown `kid`) |
 //!
 //! A bad value stops start-up with a message naming the key.
 
@@ -53,6 +57,17 @@ pub struct Config {
     pub listen_addr: SocketAddr,
     /// The host other processes reach a service binary by (registered in Consul).
     pub advertise_host: Option<String>,
+    /// The bearer token of the admin endpoints (`KEEL_ADMIN_TOKEN`, at least 16
+    /// bytes); `None`: they answer loopback clients only.
+    pub admin_token: Option<String>,
+    /// Consul's ACL token (`KEEL_CONSUL_TOKEN`), sent as `X-Consul-Token`.
+    pub consul_token: Option<String>,
+    /// A CA certificate (PEM file, `KEEL_CONSUL_CA_FILE`) to trust for an `https://`
+    /// Consul, beside the system's.
+    pub consul_ca_file: Option<std::path::PathBuf>,
+    /// Where the gateway fetches its JWT verification keys (`KEEL_JWKS_URL`, a JWK
+    /// set as OIDC providers publish it).
+    pub jwks_url: Option<String>,
 }
 
 /// `keel.toml`: the same keys as the environment, in lower case.
@@ -68,6 +83,10 @@ struct File {
     idempotency_ttl_secs: Option<String>,
     listen_addr: Option<String>,
     advertise_host: Option<String>,
+    admin_token: Option<String>,
+    consul_token: Option<String>,
+    consul_ca_file: Option<String>,
+    jwks_url: Option<String>,
 }
 
 /// A configuration error that names the key.
@@ -175,6 +194,25 @@ impl Config {
             .parse()
             .map_err(|e| error("KEEL_LISTEN_ADDR", format!("`{listen}` is not host:port ({e})")))?;
         let advertise_host = pick("KEEL_ADVERTISE_HOST", from_file.advertise_host);
+        let admin_token = pick("KEEL_ADMIN_TOKEN", from_file.admin_token);
+        if admin_token.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(error("KEEL_ADMIN_TOKEN", "the token must be at least 16 bytes"));
+        }
+        let consul_token = pick("KEEL_CONSUL_TOKEN", from_file.consul_token);
+        if consul_token.as_ref().is_some_and(|t| t.chars().any(|c| c.is_control())) {
+            return Err(error("KEEL_CONSUL_TOKEN", "the token has control characters"));
+        }
+        let consul_ca_file =
+            pick("KEEL_CONSUL_CA_FILE", from_file.consul_ca_file).map(std::path::PathBuf::from);
+        let jwks_url = pick("KEEL_JWKS_URL", from_file.jwks_url);
+        if let Some(url) = &jwks_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(error(
+                "KEEL_JWKS_URL",
+                format!("`{}` is not an http:// or https:// URL", redact_url(url)),
+            ));
+        }
         Ok(Self {
             database_url,
             bus_url,
@@ -185,6 +223,10 @@ impl Config {
             idempotency_ttl,
             listen_addr,
             advertise_host,
+            admin_token,
+            consul_token,
+            consul_ca_file,
+            jwks_url,
         })
     }
 

@@ -11,7 +11,7 @@
 //! - `cli.rs`: the command line every runner binary gets: serving (the default),
 //!   `projections list`, `projections rebuild NAME`, `replay --into projection:NAME`.
 //! - `lib.rs`: opening the bus of `KEEL_BUS_URL` ([`open_bus`]) or the log itself
-//!   ([`system_bus`]), the relay, and [`start_service`], which puts an axum app behind
+//!   ([`system_bus`]), the registry ([`connect_registry`]), the relay, and [`start_service`], which puts an axum app behind
 //!   the service kit (health, readiness, metrics, registration).
 //! - `redact.rs`: [`redact_url`], a connection URL without its secrets, for printing.
 //! - `shutdown.rs`: stopping a process's [`Parts`] in order, each failure logged
@@ -143,6 +143,23 @@ impl RelayTask {
             Err(panicked) => Err(anyhow::Error::from(panicked).context("the relay task panicked")),
         }
     }
+}
+
+/// The registry of `KEEL_CONSUL_URL` (unset: in-process), reached with
+/// `KEEL_CONSUL_TOKEN` and, for `https://`, trusting `KEEL_CONSUL_CA_FILE`'s CA too.
+pub async fn connect_registry(config: &Config) -> anyhow::Result<Arc<dyn keel_registry::Registry>> {
+    let mut access = keel_registry::ConsulAccess::default();
+    if let Some(token) = &config.consul_token {
+        access = access.token(token.clone());
+    }
+    if let Some(path) = &config.consul_ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading KEEL_CONSUL_CA_FILE {}", path.display()))?;
+        access = access.ca_pem(pem);
+    }
+    keel_registry::connect_with(config.consul_url.as_deref(), &access)
+        .await
+        .context("KEEL_CONSUL_URL")
 }
 
 /// The bus services consume from: the broker of `KEEL_BUS_URL` (then `true`: the log

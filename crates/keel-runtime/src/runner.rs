@@ -293,9 +293,7 @@ impl ServiceRunner {
     pub async fn start(mut self) -> anyhow::Result<RunningServiceRunner> {
         let (config, db) = self.open().await?;
         let name = self.name;
-        let registry = keel_registry::connect(config.consul_url.as_deref())
-            .await
-            .context("KEEL_CONSUL_URL")?;
+        let registry = crate::connect_registry(&config).await?;
         let (bus, _) = system_bus(&config, &db).await?;
         let context = ServiceContext {
             config: config.clone(),

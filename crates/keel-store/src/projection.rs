@@ -229,6 +229,11 @@ pub struct Rebuilt {
 
 /// How often a standby runner asks for the lease.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// How often an active runner reads its lag into `keel_projection_lag_events`.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+/// A filtered projection's lag is counted by reading the matching events after its
+/// checkpoint, up to this many (the gauge stops there).
+const LAG_SCAN_LIMIT: usize = 1000;
 
 /// How often an active runner looks for a rebuilt generation ready to switch.
 const SWITCH_POLL: Duration = Duration::from_secs(1);
@@ -412,6 +417,7 @@ where
                 biased;
                 () = &mut shutdown => Ended::Shutdown,
                 () = lease.keep() => Ended::LeaseLost,
+                never = self.sample_lag(&key) => match never {},
                 result = work => match result {
                     Ok(()) => Ended::Shutdown,
                     Err(error) => Ended::Failed(error),
@@ -435,6 +441,34 @@ where
                 biased;
                 () = &mut shutdown => return Ok(()),
                 () = tokio::time::sleep(STANDBY_POLL) => {}
+            }
+        }
+    }
+
+    /// Reads the lag into `keel_projection_lag_events{projection}` every
+    /// [`LAG_INTERVAL`], for ever: the events after the checkpoint that the projection
+    /// wants (all of the log's when it has no filter; else counted up to
+    /// [`LAG_SCAN_LIMIT`]).
+    async fn sample_lag(&self, key: &str) -> std::convert::Infallible {
+        let gauge = metrics::gauge!("keel_projection_lag_events", "projection" => key.to_owned());
+        let filter = self.projection.filter();
+        let mut ticks = tokio::time::interval(LAG_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let lag = async {
+                let from = self.log.checkpoint(key).await?.unwrap_or(Cursor::START);
+                if filter == LogFilter::default() {
+                    self.log.count_after(from, Position(u64::MAX)).await
+                } else {
+                    let page = self.log.read_after(from, &filter, LAG_SCAN_LIMIT).await?;
+                    Ok(page.events.len() as u64)
+                }
+            };
+            match lag.await {
+                #[allow(clippy::cast_precision_loss, reason = "a gauge is a float")]
+                Ok(lag) => gauge.set(lag as f64),
+                Err(error) => tracing::debug!(projection = %key, %error, "could not read the lag"),
             }
         }
     }

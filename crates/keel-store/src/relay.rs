@@ -28,6 +28,9 @@ use crate::log::{Cursor, EventLog, Lease, LogEvent, LogFilter};
 use crate::relay_dlq::RelayDeadLetter;
 use crate::subscription::{SubscribeOptions, subscribe};
 
+/// How often an active relay reads its lag into `keel_relay_lag_events`.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How a relay runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelayOptions {
@@ -175,7 +178,12 @@ impl Relay {
         let options =
             SubscribeOptions { batch_size: self.options.batch_size, ..self.options.subscribe };
         let mut pages = subscribe(self.log.clone(), from, LogFilter::default(), options);
-        let mut last_lag_check = tokio::time::Instant::now();
+        // The lag (the log's events after the checkpoint) is read on a timer of its own,
+        // so the gauge goes on growing while publishing stalls and reaches 0 when idle.
+        let mut saved = from;
+        let lag = metrics::gauge!("keel_relay_lag_events", "relay" => self.name.clone());
+        let mut lag_check = tokio::time::interval(LAG_INTERVAL);
+        lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Renewed on a timer too, so an idle relay notices a lost lease (a dead
         // PostgreSQL lock connection) before a standby takes over and publishes.
         let mut renewal = tokio::time::interval(lease.renew_interval());
@@ -188,6 +196,13 @@ impl Relay {
                 _ = renewal.tick() => {
                     if !lease.renew().await {
                         return Ok(Ended::LeaseLost);
+                    }
+                    continue;
+                }
+                _ = lag_check.tick() => {
+                    if let Ok(behind) = self.log.count_after(saved, Position(u64::MAX)).await {
+                        #[allow(clippy::cast_precision_loss, reason = "a gauge is a float")]
+                        lag.set(behind as f64);
                     }
                     continue;
                 }
@@ -207,16 +222,9 @@ impl Relay {
             // Only now: every event of the page is confirmed by the broker, skipped as
             // unroutable, or recorded as a relay dead letter.
             self.log.save_checkpoint(key, last).await?;
+            saved = last;
             metrics::counter!("keel_relay_published_total", "relay" => self.name.clone())
                 .increment(page.events.len() as u64);
-            if last_lag_check.elapsed() > Duration::from_secs(1) {
-                last_lag_check = tokio::time::Instant::now();
-                if let Ok(lag) = self.log.count_after(last, Position(u64::MAX)).await {
-                    #[allow(clippy::cast_precision_loss)]
-                    metrics::gauge!("keel_relay_lag_events", "relay" => self.name.clone())
-                        .set(lag as f64);
-                }
-            }
         }
     }
 

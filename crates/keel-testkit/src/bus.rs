@@ -28,7 +28,7 @@ use keel_bus::{
     Backoff, Consumer, EventPublisher, HandlerError, Message, RedeliveryPolicy, Unreadable,
 };
 use keel_bus::{batch_fn, handler_fn, typed};
-use keel_core::bus::DeadLetter;
+use keel_core::bus::{DeadLetter, GroupDepth};
 use keel_core::envelope::ext;
 use keel_core::{Bus, BusError, CloudEvent, Payload, Publisher, SubscriptionSpec, TraceContext};
 use serde::{Deserialize, Serialize};
@@ -103,6 +103,7 @@ macro_rules! bus_conformance {
             batch_handler_gets_batches,
             ordered_concurrency_per_key,
             dead_letters_can_be_listed_retried_and_purged,
+            group_depth_counts_waiting_messages_and_dead_letters,
             trace_context_crosses_the_bus,
             inbox_applies_a_redelivered_event_once,
             broker_restarts_lose_nothing,
@@ -1011,6 +1012,56 @@ pub async fn dead_letters_can_be_listed_retried_and_purged(f: &dyn BusFactory) {
     assert_eq!(purged, 2);
     assert!(bus.list(&topic, "g", 10).await.expect("list").is_empty());
     handle.stop().await.expect("stop");
+}
+
+/// `Subscriber::depth`: five messages published to a group nobody consumes wait in
+/// it; once a consumer has settled them (acking the odd ones, dead-lettering the even
+/// ones) none waits and three are dead letters. The consumer's gauges follow.
+pub async fn group_depth_counts_waiting_messages_and_dead_letters(f: &dyn BusFactory) {
+    let bus = f.bus().await;
+    let topic = unique("depth");
+    // The group exists (a broker drops what no queue is bound for), nobody consumes.
+    let member = bus.subscribe(SubscriptionSpec::new(&topic, "g")).await.expect("subscribe");
+    member.close().await.expect("close");
+    // One publish per event: on Tansu a partition's high watermark is the base offset
+    // of its last batch plus one (see keel-kafka's lag.rs), so a lag figure can be
+    // short by the tail of a batch; single-record batches keep it exact.
+    for seq in 0..5 {
+        publish_seq(&bus, &topic, seq..seq + 1, None).await;
+    }
+    depth_when(&bus, &topic, "five waiting", |d| d.lag == Some(5)).await;
+    let handler = handler_fn(|message: Message| async move {
+        if seq_of(message.event()).is_multiple_of(2) {
+            return Err(HandlerError::permanent("even"));
+        }
+        Ok(())
+    });
+    let handle = Consumer::new(bus.clone(), SubscriptionSpec::new(&topic, "g"))
+        .redelivery(quick(1))
+        .start(handler)
+        .await
+        .expect("subscribe");
+    let settled = |d: &GroupDepth| d.lag == Some(0) && d.dead_letters == Some(3);
+    depth_when(&bus, &topic, "none waiting, three dead letters", settled).await;
+    handle.stop().await.expect("stop");
+}
+
+/// Reads the depth of group `g` of `topic` until `ready` holds for it.
+async fn depth_when(
+    bus: &Arc<dyn Bus>,
+    topic: &str,
+    what: &str,
+    ready: impl Fn(&GroupDepth) -> bool,
+) -> GroupDepth {
+    let deadline = tokio::time::Instant::now() + crate::util::PATIENCE;
+    loop {
+        let depth = bus.depth(topic, "g").await.expect("depth");
+        if ready(&depth) {
+            return depth;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {depth:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub async fn trace_context_crosses_the_bus(f: &dyn BusFactory) {
