@@ -41,7 +41,7 @@ fn say(line: &str) -> std::io::Result<()> {
 }
 
 pub async fn migrate(config: &Config, out: Output) -> anyhow::Result<()> {
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     let migrations: Vec<serde_json::Value> = match &store {
         Store::Postgres(_) => keel_postgres::migrator()
             .iter()
@@ -75,7 +75,7 @@ pub async fn publish(
         .json_data(&value)?
         .build()
         .context("the event is not a valid CloudEvent")?;
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     let result =
         store.log().append(&stream, ExpectedVersion::Any, std::slice::from_ref(&event)).await?;
     let position = result.positions.first().copied().unwrap_or_default();
@@ -125,7 +125,7 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
     }
     let bus = match args.into.as_str() {
         "stdout" => None,
-        "bus" => Some(open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
+        "bus" => Some(open_bus(config.bus_url.as_deref(), &config.namespace).await?.ok_or_else(|| {
             anyhow::anyhow!("--into bus needs KEEL_BUS_URL: without it the log itself is the bus, and subscribers already read it")
         })?),
         other => {
@@ -133,7 +133,7 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
         }
     };
     let stream = args.stream.map(StreamId::new).transpose().context("--stream")?;
-    let store = Store::open_read_only(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url, &config.namespace).await?;
     let log = store.log();
     let from = Position(args.from.unwrap_or(0));
     let head = log.head().await?;
@@ -183,12 +183,12 @@ async fn replay_into_group(
     let Some((topic, group)) = target.split_once(':') else {
         bail!("--into group:{target}: expected group:TOPIC:GROUP");
     };
-    let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
+    let bus = open_bus(config.bus_url.as_deref(), &config.namespace).await?.ok_or_else(|| {
         anyhow::anyhow!(
             "--into group:{target} needs KEEL_BUS_URL: with the log itself as the bus, a group reads the log and misses nothing"
         )
     })?;
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     let log = store.log();
     let mut spec = GroupBackfill::new(topic, group);
     spec.from = Position(args.from.unwrap_or(0));
@@ -242,7 +242,9 @@ async fn replay_kafka(config: &Config, topic: &str, args: &ReplayArgs) -> anyhow
         (None, Some(since)) => ReplayStart::Time(since),
         (None, None) => ReplayStart::Beginning,
     };
-    let records = KafkaReplay::new(kafka).read(topic, start, usize::MAX).await?;
+    // The bus's topics are qualified by the namespace (NamespacedBus); so is this one.
+    let records =
+        KafkaReplay::new(kafka).read(&config.namespace.qualify(topic), start, usize::MAX).await?;
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let (mut count, mut undecodable) = (0u64, 0u64);
     for record in &records {
@@ -309,7 +311,7 @@ fn line(out: Output, event: &CloudEvent) -> String {
 }
 
 pub async fn tail(config: &Config, out: Output, follow: bool, lines: usize) -> anyhow::Result<()> {
-    let store = Store::open_read_only(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url, &config.namespace).await?;
     let log = store.log();
     let head = log.head().await?;
     let from = Position(head.0.saturating_sub(lines as u64));
@@ -340,7 +342,7 @@ pub async fn tail(config: &Config, out: Output, follow: bool, lines: usize) -> a
 }
 
 pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
-    let store = Store::open_read_only(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url, &config.namespace).await?;
     let log = store.log();
     let head = log.head().await?;
     // With the log as the bus, its consumer groups and dead letters live in the store.
@@ -375,6 +377,7 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         checkpoints.push(row);
     }
     let value = json!({
+        "namespace": config.namespace.as_str(),
         "store": store.kind(),
         "bus": config
             .bus_url
@@ -386,12 +389,16 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         "skipped": skipped,
     });
     out.emit(&value, || {
-        let mut text = format!(
+        let mut text = config
+            .namespace
+            .as_str()
+            .map_or_else(String::new, |namespace| format!("namespace {namespace}\n"));
+        text.push_str(&format!(
             "store  {}\nbus    {}\nhead   position {}\n",
             store.kind(),
             value["bus"].as_str().unwrap_or_default(),
             head
-        );
+        ));
         if checkpoints.is_empty() {
             text.push_str("\nno relay, projection or consumer checkpoints yet");
         } else {
@@ -456,7 +463,7 @@ struct SchemaGroup {
 /// current code would and reports what it cannot read.
 pub async fn schema_check(config: &Config, out: Output, sample: u64) -> anyhow::Result<()> {
     let catalog = keel_services_common::events::catalog();
-    let store = Store::open_read_only(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url, &config.namespace).await?;
     let log = store.log();
     let mut groups: std::collections::BTreeMap<(String, String), SchemaGroup> = Default::default();
     let mut batches = log.replay(LogQuery { limit: 2000, ..LogQuery::default() });
@@ -524,10 +531,10 @@ pub async fn schema_check(config: &Config, out: Output, sample: u64) -> anyhow::
 }
 
 pub async fn relay(config: &Config, name: &str) -> anyhow::Result<()> {
-    let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
+    let bus = open_bus(config.bus_url.as_deref(), &config.namespace).await?.ok_or_else(|| {
         anyhow::anyhow!("keel relay needs KEEL_BUS_URL: without it the log itself is the bus and nothing needs relaying")
     })?;
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     eprintln!(
         "relay {name}: {} -> {}",
         store.kind(),
@@ -579,8 +586,9 @@ pub async fn gateway(
         gateway_config = gateway_config.identity_secret(secret.clone());
     }
     let addr = gateway_config.listen_addr()?;
-    let registry =
-        keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
+    let registry = keel_registry::connect_in(config.consul_url.as_deref(), &config.namespace)
+        .await
+        .context("KEEL_CONSUL_URL")?;
     // Keel's recorder first: the gateway would install its own otherwise, and Keel's
     // would then warn that it cannot be installed.
     let metrics = keel_telemetry::prometheus().clone();
@@ -607,11 +615,12 @@ pub async fn events(
     listen: std::net::SocketAddr,
     advertise_host: String,
 ) -> anyhow::Result<()> {
-    let db = keel_sql::Db::connect(&config.database_url)
+    let db = keel_sql::Db::connect_in(&config.database_url, &config.namespace)
         .await
         .with_context(|| format!("KEEL_DATABASE_URL `{}`", redact_url(&config.database_url)))?;
-    let registry =
-        keel_registry::connect(config.consul_url.as_deref()).await.context("KEEL_CONSUL_URL")?;
+    let registry = keel_registry::connect_in(config.consul_url.as_deref(), &config.namespace)
+        .await
+        .context("KEEL_CONSUL_URL")?;
     let router = keel_events::app(db.log());
     let running = keel_runtime::start_service(
         "events",
@@ -634,7 +643,7 @@ pub use keel_runtime::shutdown_signal;
 
 pub async fn projections_list(config: &Config, out: Output) -> anyhow::Result<()> {
     let names = projections::names();
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     let services = projections::services_projections(&store).await?;
     let json = json!({
         "projections": names,
@@ -656,7 +665,7 @@ pub async fn projections_list(config: &Config, out: Output) -> anyhow::Result<()
 }
 
 pub async fn projections_rebuild(config: &Config, out: Output, name: &str) -> anyhow::Result<()> {
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     let bar = progress_bar(0);
     let applied = projections::rebuild(&store, name, |progress| {
         bar.set_length(progress.total);
@@ -685,20 +694,21 @@ pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Res
     };
     // Dead letters live in the broker, or with the log as the bus, in the store.
     let reads_only = matches!(action, DlqAction::List { .. } | DlqAction::Show { .. });
-    let bus: Arc<dyn keel_core::Bus> = match open_bus(config.bus_url.as_deref()).await? {
-        Some(bus) => bus,
-        None => {
-            let store = if reads_only {
-                Store::open_read_only(&config.database_url).await?
-            } else {
-                Store::open(&config.database_url).await?
-            };
-            match store {
-                Store::Sqlite(log) => Arc::new(keel_logbus::open(log).await?),
-                Store::Postgres(log) => Arc::new(keel_logbus::open(log).await?),
+    let bus: Arc<dyn keel_core::Bus> =
+        match open_bus(config.bus_url.as_deref(), &config.namespace).await? {
+            Some(bus) => bus,
+            None => {
+                let store = if reads_only {
+                    Store::open_read_only(&config.database_url, &config.namespace).await?
+                } else {
+                    Store::open(&config.database_url, &config.namespace).await?
+                };
+                match store {
+                    Store::Sqlite(log) => Arc::new(keel_logbus::open(log).await?),
+                    Store::Postgres(log) => Arc::new(keel_logbus::open(log).await?),
+                }
             }
-        }
-    };
+        };
     match action {
         DlqAction::List { limit, .. } => {
             let letters = bus.list(&topic, &group, limit).await?;
@@ -762,7 +772,7 @@ async fn relay_dlq(
             format!("`{id}` is not a relay dead letter id (the event's log position)")
         })
     };
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     let log = store.log();
     match action {
         DlqAction::List { limit, .. } => {
@@ -799,11 +809,12 @@ async fn relay_dlq(
             out.emit(&value, || serde_json::to_string_pretty(&value).unwrap_or_default())?;
         }
         DlqAction::Retry { id, .. } => {
-            let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "keel dlq retry --relay needs KEEL_BUS_URL (the bus the relay publishes to)"
-                )
-            })?;
+            let bus =
+                open_bus(config.bus_url.as_deref(), &config.namespace).await?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "keel dlq retry --relay needs KEEL_BUS_URL (the bus the relay publishes to)"
+                    )
+                })?;
             let retried = relay_dlq::retry(&*log, &*bus, relay, position(&id)?).await;
             keel_core::Publisher::close(&*bus).await?;
             if !retried.with_context(|| format!("publishing dead letter {id} again"))? {

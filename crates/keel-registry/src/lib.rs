@@ -7,10 +7,11 @@
 //! # Layout
 //!
 //! - `lib.rs`: the [`Registry`] trait and the types it speaks: [`Registration`],
-//!   [`HealthCheck`], [`Instance`], [`Watch`]; [`connect`], which picks the backend.
+//!   [`HealthCheck`], [`Instance`], [`Watch`]; [`connect`] and [`connect_in`] (in a
+//!   namespace), which pick the backend.
 //! - `consul.rs`: [`ConsulRegistry`] over Consul's HTTP API; watches are blocking
 //!   queries that keep the last snapshot through outages ([`next_index`] is the index
-//!   reset rule of Consul's documentation).
+//!   reset rule of Consul's documentation); in a namespace, its names are qualified.
 //! - `memory.rs`: [`InProcessRegistry`], which runs HTTP health checks itself.
 #![warn(missing_docs)]
 
@@ -26,6 +27,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+
+use keel_core::Namespace;
 
 /// What a service says about itself when it registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,10 +129,23 @@ pub trait Registry: Send + Sync + fmt::Debug {
 /// `http://host:port` a [`ConsulRegistry`] once the agent has answered with a leader.
 /// Errors name the URL.
 pub async fn connect(url: Option<&str>) -> Result<Arc<dyn Registry>, RegistryError> {
+    connect_in(url, &Namespace::none()).await
+}
+
+/// [`connect`] within `namespace` (`KEEL_NAMESPACE`): Consul's service names and
+/// instance ids are qualified ([`ConsulRegistry::with_namespace`]). The in-process
+/// registry belongs to one process and needs no namespace.
+pub async fn connect_in(
+    url: Option<&str>,
+    namespace: &Namespace,
+) -> Result<Arc<dyn Registry>, RegistryError> {
+    let _ = namespace;
     match url.map(str::trim).filter(|u| !u.is_empty()) {
         None => Ok(Arc::new(InProcessRegistry::new())),
         #[cfg(feature = "consul")]
-        Some(url) => Ok(Arc::new(ConsulRegistry::connect(url).await?)),
+        Some(url) => {
+            Ok(Arc::new(ConsulRegistry::connect(url).await?.with_namespace(namespace.clone())))
+        }
         #[cfg(not(feature = "consul"))]
         Some(url) => Err(RegistryError::InvalidUrl {
             url: url.to_owned(),
