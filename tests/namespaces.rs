@@ -102,10 +102,9 @@ async fn two_keel_up_with_different_namespaces_share_one_consul() {
             assert_eq!(instances[0]["Service"]["Service"], name.as_str());
         }
     }
-    let port = |ns: &str| async move {
-        in_consul(&format!("{ns}.orders")).await[0]["Service"]["Port"].as_u64().unwrap()
-    };
-    assert_ne!(port(&ns_a).await, port(&ns_b).await, "two different orders services");
+    let port_a = in_consul(&format!("{ns_a}.orders")).await[0]["Service"]["Port"].clone();
+    let port_b = in_consul(&format!("{ns_b}.orders")).await[0]["Service"]["Port"].clone();
+    assert_ne!(port_a, port_b, "two different orders services");
 
     // Stopping A deregisters A's services only.
     a.stop();
