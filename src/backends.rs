@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use keel_core::Namespace;
 use keel_postgres::{PgEventLog, PgOptions};
 use keel_runtime::redact_url;
 use keel_sqlite::SqliteEventLog;
@@ -16,10 +17,10 @@ pub enum Store {
 }
 
 impl Store {
-    /// Connects to (and migrates) the store at `url`. A SQLite database in memory is
-    /// refused: each `keel` command is a process of its own, so it would start empty
-    /// and be gone when the command ends.
-    pub async fn open(url: &str) -> anyhow::Result<Self> {
+    /// Connects to (and migrates) the store at `url`, in `namespace`'s schema on
+    /// PostgreSQL. A SQLite database in memory is refused: each `keel` command is a
+    /// process of its own, so it would start empty and be gone when the command ends.
+    pub async fn open(url: &str, namespace: &Namespace) -> anyhow::Result<Self> {
         if url.starts_with("sqlite:") {
             refuse_in_memory(url)?;
             check_writable(url)?;
@@ -28,7 +29,8 @@ impl Store {
                 .with_context(|| format!("opening {}", redact_url(url)))?;
             Ok(Self::Sqlite(Arc::new(log)))
         } else {
-            let log = PgEventLog::connect(url, PgOptions::default())
+            let options = PgOptions { namespace: namespace.clone(), ..PgOptions::default() };
+            let log = PgEventLog::connect(url, options)
                 .await
                 .context("connecting to PostgreSQL (KEEL_DATABASE_URL)")?;
             Ok(Self::Postgres(Arc::new(log)))
@@ -38,13 +40,13 @@ impl Store {
     /// Opens the store at `url` for reading (status, tail, replay, listing dead
     /// letters): SQLite is opened read-only and not migrated, so these work on a
     /// database this user may only read. PostgreSQL is opened as by [`Store::open`].
-    pub async fn open_read_only(url: &str) -> anyhow::Result<Self> {
+    pub async fn open_read_only(url: &str, namespace: &Namespace) -> anyhow::Result<Self> {
         if url.starts_with("sqlite:") {
             refuse_in_memory(url)?;
             let log = SqliteEventLog::open_read_only(url).await?;
             Ok(Self::Sqlite(Arc::new(log)))
         } else {
-            Self::open(url).await
+            Self::open(url, namespace).await
         }
     }
 

@@ -47,7 +47,7 @@ fn say(line: &str) -> std::io::Result<()> {
 }
 
 pub async fn migrate(config: &Config, out: Output) -> anyhow::Result<()> {
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     let migrations: Vec<serde_json::Value> = match &store {
         Store::Postgres(_) => keel_postgres::migrator()
             .iter()
@@ -81,7 +81,7 @@ pub async fn publish(
         .json_data(&value)?
         .build()
         .context("the event is not a valid CloudEvent")?;
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     let result =
         store.log().append(&stream, ExpectedVersion::Any, std::slice::from_ref(&event)).await?;
     let position = result.positions.first().copied().unwrap_or_default();
@@ -131,7 +131,7 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
     }
     let bus = match args.into.as_str() {
         "stdout" => None,
-        "bus" => Some(open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
+        "bus" => Some(open_bus(config.bus_url.as_deref(), &config.namespace).await?.ok_or_else(|| {
             anyhow::anyhow!("--into bus needs KEEL_BUS_URL: without it the log itself is the bus, and subscribers already read it")
         })?),
         other => {
@@ -139,7 +139,7 @@ pub async fn replay(config: &Config, out: Output, args: ReplayArgs) -> anyhow::R
         }
     };
     let stream = args.stream.map(StreamId::new).transpose().context("--stream")?;
-    let store = Store::open_read_only(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url, &config.namespace).await?;
     let log = store.log();
     let from = Position(args.from.unwrap_or(0));
     let head = log.head().await?;
@@ -189,12 +189,12 @@ async fn replay_into_group(
     let Some((topic, group)) = target.split_once(':') else {
         bail!("--into group:{target}: expected group:TOPIC:GROUP");
     };
-    let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
+    let bus = open_bus(config.bus_url.as_deref(), &config.namespace).await?.ok_or_else(|| {
         anyhow::anyhow!(
             "--into group:{target} needs KEEL_BUS_URL: with the log itself as the bus, a group reads the log and misses nothing"
         )
     })?;
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     let log = store.log();
     let mut spec = GroupBackfill::new(topic, group);
     spec.from = Position(args.from.unwrap_or(0));
@@ -248,7 +248,9 @@ async fn replay_kafka(config: &Config, topic: &str, args: &ReplayArgs) -> anyhow
         (None, Some(since)) => ReplayStart::Time(since),
         (None, None) => ReplayStart::Beginning,
     };
-    let records = KafkaReplay::new(kafka).read(topic, start, usize::MAX).await?;
+    // The bus's topics are qualified by the namespace (NamespacedBus); so is this one.
+    let records =
+        KafkaReplay::new(kafka).read(&config.namespace.qualify(topic), start, usize::MAX).await?;
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let (mut count, mut undecodable) = (0u64, 0u64);
     for record in &records {
@@ -315,7 +317,7 @@ fn line(out: Output, event: &CloudEvent) -> String {
 }
 
 pub async fn tail(config: &Config, out: Output, follow: bool, lines: usize) -> anyhow::Result<()> {
-    let store = Store::open_read_only(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url, &config.namespace).await?;
     let log = store.log();
     let head = log.head().await?;
     let from = Position(head.0.saturating_sub(lines as u64));
@@ -349,7 +351,7 @@ pub async fn tail(config: &Config, out: Output, follow: bool, lines: usize) -> a
 }
 
 pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
-    let store = Store::open_read_only(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url, &config.namespace).await?;
     let log = store.log();
     let head = log.head().await?;
     // With the log as the bus, its consumer groups and dead letters live in the store.
@@ -389,6 +391,7 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         checkpoints.push(row);
     }
     let value = json!({
+        "namespace": config.namespace.as_str(),
         "store": store.kind(),
         "database": database_name(&config.database_url),
         "bus": config
@@ -405,13 +408,17 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
     });
     out.emit(&value, || {
-        let mut text = format!(
+        let mut text = config
+            .namespace
+            .as_str()
+            .map_or_else(String::new, |namespace| format!("namespace {namespace}\n"));
+        text.push_str(&format!(
             "store  {} {}\nbus    {}\nhead   position {}\n",
             store.kind(),
             value["database"].as_str().unwrap_or_default(),
             value["bus"].as_str().unwrap_or_default(),
             head
-        );
+        ));
         if checkpoints.is_empty() {
             text.push_str("\nno relay, projection or consumer checkpoints yet");
         } else {
@@ -507,7 +514,7 @@ pub fn database_name(url: &str) -> String {
 
 /// `keel why EVENT_ID`: the event's causal lineage as a tree, or JSON.
 pub async fn why(config: &Config, out: Output, event_id: &str) -> anyhow::Result<()> {
-    let store = Store::open_read_only(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url, &config.namespace).await?;
     let lineage = keel_store::lineage(&*store.log(), event_id).await?.ok_or_else(|| {
         anyhow::anyhow!("no event {event_id} in {}", redact_url(&config.database_url))
     })?;
@@ -538,7 +545,7 @@ struct SchemaGroup {
 /// current code would and reports what it cannot read.
 pub async fn schema_check(config: &Config, out: Output, sample: u64) -> anyhow::Result<()> {
     let catalog = keel_services_common::events::catalog();
-    let store = Store::open_read_only(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url, &config.namespace).await?;
     let log = store.log();
     let mut groups: std::collections::BTreeMap<(String, String), SchemaGroup> = Default::default();
     let mut batches = log.replay(LogQuery { limit: 2000, ..LogQuery::default() });
@@ -606,10 +613,10 @@ pub async fn schema_check(config: &Config, out: Output, sample: u64) -> anyhow::
 }
 
 pub async fn relay(config: &Config, name: &str) -> anyhow::Result<()> {
-    let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
+    let bus = open_bus(config.bus_url.as_deref(), &config.namespace).await?.ok_or_else(|| {
         anyhow::anyhow!("keel relay needs KEEL_BUS_URL: without it the log itself is the bus and nothing needs relaying")
     })?;
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     eprintln!(
         "relay {name}: {} -> {}",
         store.kind(),
@@ -693,7 +700,7 @@ pub async fn events(
     listen: std::net::SocketAddr,
     advertise_host: String,
 ) -> anyhow::Result<()> {
-    let db = keel_sql::Db::connect(&config.database_url)
+    let db = keel_sql::Db::connect_in(&config.database_url, &config.namespace)
         .await
         .with_context(|| format!("KEEL_DATABASE_URL `{}`", redact_url(&config.database_url)))?;
     let registry = keel_runtime::connect_registry(config).await?;
@@ -719,7 +726,7 @@ pub use keel_runtime::shutdown_signal;
 
 pub async fn projections_list(config: &Config, out: Output) -> anyhow::Result<()> {
     let names = projections::names();
-    let store = Store::open_read_only(&config.database_url).await?;
+    let store = Store::open_read_only(&config.database_url, &config.namespace).await?;
     let services = projections::services_projections(&store).await?;
     let json = json!({
         "projections": names,
@@ -746,7 +753,7 @@ pub async fn projections_rebuild(
     name: &str,
     discard: bool,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url, &config.namespace).await?;
     let bar = progress_bar(0);
     let rebuilt = projections::rebuild(&store, name, discard, |progress| {
         bar.set_length(progress.total);
@@ -792,20 +799,21 @@ pub async fn dlq(config: &Config, out: Output, action: DlqAction) -> anyhow::Res
     };
     // Dead letters live in the broker, or with the log as the bus, in the store.
     let reads_only = matches!(action, DlqAction::List { .. } | DlqAction::Show { .. });
-    let bus: Arc<dyn keel_core::Bus> = match open_bus(config.bus_url.as_deref()).await? {
-        Some(bus) => bus,
-        None => {
-            let store = if reads_only {
-                Store::open_read_only(&config.database_url).await?
-            } else {
-                Store::open(&config.database_url).await?
-            };
-            match store {
-                Store::Sqlite(log) => Arc::new(keel_logbus::open(log).await?),
-                Store::Postgres(log) => Arc::new(keel_logbus::open(log).await?),
+    let bus: Arc<dyn keel_core::Bus> =
+        match open_bus(config.bus_url.as_deref(), &config.namespace).await? {
+            Some(bus) => bus,
+            None => {
+                let store = if reads_only {
+                    Store::open_read_only(&config.database_url, &config.namespace).await?
+                } else {
+                    Store::open(&config.database_url, &config.namespace).await?
+                };
+                match store {
+                    Store::Sqlite(log) => Arc::new(keel_logbus::open(log).await?),
+                    Store::Postgres(log) => Arc::new(keel_logbus::open(log).await?),
+                }
             }
-        }
-    };
+        };
     match action {
         DlqAction::List { limit, .. } => {
             let letters = bus.list(&topic, &group, limit).await?;
@@ -870,9 +878,9 @@ async fn relay_dlq(
         })
     };
     let store = if matches!(action, DlqAction::List { .. } | DlqAction::Show { .. }) {
-        Store::open_read_only(&config.database_url).await?
+        Store::open_read_only(&config.database_url, &config.namespace).await?
     } else {
-        Store::open(&config.database_url).await?
+        Store::open(&config.database_url, &config.namespace).await?
     };
     let log = store.log();
     match action {
@@ -910,11 +918,12 @@ async fn relay_dlq(
             out.emit(&value, || serde_json::to_string_pretty(&value).unwrap_or_default())?;
         }
         DlqAction::Retry { id, .. } => {
-            let bus = open_bus(config.bus_url.as_deref()).await?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "keel dlq retry --relay needs KEEL_BUS_URL (the bus the relay publishes to)"
-                )
-            })?;
+            let bus =
+                open_bus(config.bus_url.as_deref(), &config.namespace).await?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "keel dlq retry --relay needs KEEL_BUS_URL (the bus the relay publishes to)"
+                    )
+                })?;
             let retried = relay_dlq::retry(&*log, &*bus, relay, position(&id)?).await;
             keel_core::Publisher::close(&*bus).await?;
             if !retried.with_context(|| format!("publishing dead letter {id} again"))? {

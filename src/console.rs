@@ -22,12 +22,14 @@ use crate::projections;
 fn example_groups(console: Console) -> Console {
     console
         .group(topics::ORDER, keel_products::STOCK_GROUP)
-        .group(topics::STOCK, keel_orders::STATUS_GROUP)
+        .group(topics::ORDER, keel_orders::FULFILMENT_GROUP)
+        .group(topics::STOCK, keel_orders::FULFILMENT_GROUP)
 }
 
 /// Rebuilds the projections this binary knows (`keel projections rebuild`).
 struct CliRebuild {
     url: String,
+    namespace: keel_core::Namespace,
 }
 
 #[async_trait]
@@ -37,8 +39,11 @@ impl Rebuild for CliRebuild {
     }
 
     async fn rebuild(&self, name: &str) -> Result<u64, String> {
-        let store = Store::open(&self.url).await.map_err(|e| format!("{e:#}"))?;
-        projections::rebuild(&store, name, |_| {}).await.map_err(|e| format!("{e:#}"))
+        let store = Store::open(&self.url, &self.namespace).await.map_err(|e| format!("{e:#}"))?;
+        let rebuilt = projections::rebuild(&store, name, false, |_| {})
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(rebuilt.map_or(0, |rebuilt| rebuilt.applied))
     }
 }
 
@@ -57,7 +62,10 @@ pub async fn console(
         .describe_store(redact_url(&config.database_url))
         .describe_bus(described)
         .dead_letters(bus.clone())
-        .rebuild(Arc::new(CliRebuild { url: config.database_url.clone() }));
+        .rebuild(Arc::new(CliRebuild {
+            url: config.database_url.clone(),
+            namespace: config.namespace.clone(),
+        }));
     console = example_groups(console);
     match config.bus_url.as_deref() {
         None => console = console.group_lag(Arc::new(LogBusGroups::new(log))),
@@ -76,8 +84,8 @@ pub async fn console(
 
 /// `keel console`: the console alone on `listen`, behind the gateway's admin check.
 pub async fn serve(config: &Config, listen: SocketAddr) -> anyhow::Result<()> {
-    let store = Store::open(&config.database_url).await?;
-    let bus: Arc<dyn Bus> = match open_bus(config.bus_url.as_deref()).await? {
+    let store = Store::open(&config.database_url, &config.namespace).await?;
+    let bus: Arc<dyn Bus> = match open_bus(config.bus_url.as_deref(), &config.namespace).await? {
         Some(bus) => bus,
         None => match &store {
             Store::Sqlite(log) => Arc::new(keel_logbus::open(log.clone()).await?),

@@ -73,7 +73,7 @@ async fn list(
     let mut rows = Vec::new();
     match bus {
         GroupBus::Log => {
-            let store = Store::open_read_only(&config.database_url).await?;
+            let store = Store::open_read_only(&config.database_url, &config.namespace).await?;
             let log = store.log();
             for (name, cursor, updated) in log.checkpoints().await? {
                 let Some((t, g)) = name.strip_prefix("bus:").and_then(|r| r.split_once(':')) else {
@@ -197,7 +197,7 @@ async fn reset(
     let (topic, group) = (target.topic.as_str(), target.group.as_str());
     let value = match bus {
         GroupBus::Log => {
-            let store = Store::open(&config.database_url).await?;
+            let store = Store::open(&config.database_url, &config.namespace).await?;
             let log = store.log();
             let after = log_start(&*log, to).await?;
             let cursor = reset_log_group(&store, topic, group, after).await?;
@@ -205,7 +205,7 @@ async fn reset(
             json!({"bus": "log", "topic": topic, "group": group, "lag": lag, "next_position": next})
         }
         GroupBus::Amqp(bus) => {
-            let store = Store::open(&config.database_url).await?;
+            let store = Store::open(&config.database_url, &config.namespace).await?;
             let log = store.log();
             let after = log_start(&*log, to).await?;
             let purged = bus.purge_group(topic, group).await?;

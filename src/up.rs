@@ -44,7 +44,7 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
             config.database_url
         );
     }
-    let db = Db::connect(&config.database_url).await.with_context(|| {
+    let db = Db::connect_in(&config.database_url, &config.namespace).await.with_context(|| {
         format!("opening the database (KEEL_DATABASE_URL={})", redact_url(&config.database_url))
     })?;
     keel_users::migrate(&db).await.context("users migrations")?;
@@ -211,6 +211,9 @@ fn print_banner(config: &Config, gateway: SocketAddr, services: &[(&str, Running
     let bus = config.bus_url.as_deref().map_or_else(|| "the event log itself".into(), redact_url);
     let registry = config.consul_url.as_deref().map_or_else(|| "in-process".into(), redact_url);
     println!("keel up: the example system is running (Ctrl-C stops it)");
+    if let Some(namespace) = config.namespace.as_str() {
+        println!("  namespace {namespace}");
+    }
     println!("  database  {}", redact_url(&config.database_url));
     println!("  bus       {bus}");
     println!("  registry  {registry}");

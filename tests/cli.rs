@@ -143,7 +143,7 @@ fn replay_into_kafka_and_back_out() {
     keel.ok(&["publish", "order.placed", "--stream", &two, "--data", r#"{"total":7}"#]);
     let brokers =
         std::env::var("KEEL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let bus = format!("kafka://{brokers}");
+    let bus = format!("kafka://{brokers}?profile=tansu");
     let run = |args: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_keel"))
             .args(args)
@@ -287,7 +287,7 @@ async fn dead_letter_tooling_on_rabbitmq() {
 async fn dead_letter_tooling_on_kafka() {
     let brokers =
         std::env::var("KEEL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let url = format!("kafka://{brokers}");
+    let url = format!("kafka://{brokers}?profile=tansu");
     let bus = keel_kafka::KafkaBus::connect(&url).unwrap();
     dead_letter_tooling(&Keel::sqlite(), Some(&url), std::sync::Arc::new(bus)).await;
 }

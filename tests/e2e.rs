@@ -465,7 +465,7 @@ async fn postgres_and_kafka() {
         std::env::var("KEEL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     whole_system(&[
         ("KEEL_DATABASE_URL", keel_testkit::postgres::fresh_database("e2e").await),
-        ("KEEL_BUS_URL", format!("kafka://{brokers}")),
+        ("KEEL_BUS_URL", format!("kafka://{brokers}?profile=tansu")),
     ])
     .await;
 }

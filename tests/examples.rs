@@ -174,7 +174,7 @@ async fn the_guide_service_runs_on_postgres_and_rabbitmq() {
 async fn the_guide_service_runs_on_postgres_and_kafka() {
     let brokers =
         std::env::var("KEEL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    guide_service_on_postgres_with(&format!("kafka://{brokers}")).await;
+    guide_service_on_postgres_with(&format!("kafka://{brokers}?profile=tansu")).await;
 }
 
 /// The guide's last section: the same service on a fresh PostgreSQL database with the

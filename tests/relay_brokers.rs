@@ -170,7 +170,8 @@ async fn poison_is_dead_lettered(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_over_the_kafka_size_limit_is_dead_lettered() {
     let topic = unique("poisonk");
-    let mut config = KafkaConfig::from_url(&format!("kafka://{}", kafka_brokers())).unwrap();
+    let mut config =
+        KafkaConfig::from_url(&format!("kafka://{}?profile=tansu", kafka_brokers())).unwrap();
     config.group_prefix = unique("relay-");
     config.partitions = 1;
     let subscriber = KafkaBus::new(config.clone()).unwrap();
@@ -275,7 +276,8 @@ async fn a_kafka_group_is_backfilled_through_its_retry_topic() {
     for n in 1..=3 {
         events.push(append(&*log, &stream, event("relay.early", n, 10)).await);
     }
-    let mut config = KafkaConfig::from_url(&format!("kafka://{}", kafka_brokers())).unwrap();
+    let mut config =
+        KafkaConfig::from_url(&format!("kafka://{}?profile=tansu", kafka_brokers())).unwrap();
     config.group_prefix = unique("relay-");
     config.partitions = 1;
     let bus = KafkaBus::new(config).unwrap();

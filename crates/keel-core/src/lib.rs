@@ -19,6 +19,8 @@
 //!   validated and bounded as the specification says.
 //! - [`bus`]: the small traits a bus backend implements (publish with confirmation,
 //!   subscribe as a consumer group, settle deliveries, dead letters).
+//! - [`namespace`]: [`Namespace`] (`KEEL_NAMESPACE`), how a deployment's shared names
+//!   are qualified, and [`NamespacedBus`], which applies it to a broker backend.
 //! - [`error`]: the typed errors of decoding and validation.
 
 #![warn(missing_docs)]
@@ -30,6 +32,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod namespace;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod trace;
@@ -44,6 +47,7 @@ pub use envelope::{CloudEvent, CloudEventBuilder, ExtensionValue, SPEC_VERSION};
 pub use error::{DecodeError, Result};
 pub use event::{Event, EventSet};
 pub use ids::{EventId, ExpectedVersion, Position, StreamId, StreamVersion};
+pub use namespace::{Namespace, NamespaceError, NamespacedBus};
 /// JSON data, as upcasting steps read and write it.
 pub use serde_json::Value as JsonValue;
 pub use trace::TraceContext;

@@ -209,6 +209,10 @@ async fn main() {
     let n = env_or("KEEL_BENCH_MESSAGES", 50_000);
     let rounds = env_or("KEEL_BENCH_ROUNDS", 3).max(1);
     let mut config = KafkaConfig::new(brokers());
+    // The test broker is Tansu unless KEEL_TEST_KAFKA_PROFILE=apache.
+    if std::env::var("KEEL_TEST_KAFKA_PROFILE").as_deref() != Ok("apache") {
+        config = config.tansu();
+    }
     config.partitions = 8;
     let bus = KafkaBus::new(config).expect("bus");
     let events = events(n);

@@ -29,7 +29,8 @@ impl Topics {
             .map_err(|e| from_kafka("creating the Kafka admin client", &e))?;
         Ok(Self {
             admin,
-            replication: config.replication,
+            // -1: the broker's default.replication.factor (Kafka 2.4 and later).
+            replication: config.replication.unwrap_or(-1),
             enabled: config.create_topics,
             known: Mutex::new(HashSet::new()),
         })

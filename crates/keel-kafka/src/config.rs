@@ -6,9 +6,32 @@ use std::time::Duration;
 use keel_core::BusError;
 use rdkafka::ClientConfig;
 
-/// How to reach the brokers and how the backend behaves. Every field has a default
-/// that suits a local broker; [`KafkaConfig::from_url`] reads the same fields from a
-/// `kafka://` URL.
+/// How consumer groups share partitions (`partition.assignment.strategy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Assignment {
+    /// `cooperative-sticky` (the default): a rebalance moves only the partitions that
+    /// change owner, and the other members go on reading theirs meanwhile.
+    #[default]
+    Cooperative,
+    /// `range`, the eager protocol: every rebalance revokes every partition of every
+    /// member first. The Tansu profile uses it.
+    Range,
+}
+
+impl Assignment {
+    /// librdkafka's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cooperative => "cooperative-sticky",
+            Self::Range => "range",
+        }
+    }
+}
+
+/// How to reach the brokers and how the backend behaves. The defaults are for Apache
+/// Kafka (and brokers that behave like it); [`KafkaConfig::tansu`] (URL parameter
+/// `profile=tansu`) applies the workarounds the Tansu broker needs (see the crate
+/// docs). [`KafkaConfig::from_url`] reads the same fields from a `kafka://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KafkaConfig {
@@ -17,8 +40,9 @@ pub struct KafkaConfig {
     /// Partitions of the topics the backend creates (Keel topics and their retry
     /// topics). Default 8.
     pub partitions: i32,
-    /// Replication factor of the topics the backend creates. Default 1.
-    pub replication: i32,
+    /// Replication factor of the topics the backend creates; `None` (the default):
+    /// the broker's `default.replication.factor` (Apache Kafka 2.4 and later).
+    pub replication: Option<i32>,
     /// Whether the backend creates missing topics through the admin API. Turn it off
     /// where topics are provisioned otherwise (then every topic, including the
     /// `.retry` and `.dlq` ones, must exist). Default true.
@@ -41,37 +65,43 @@ pub struct KafkaConfig {
     /// How long a subscription waits after being assigned a partition before it reads
     /// the committed offset and starts fetching, so that the previous owner has given
     /// the partition up and committed. Needed on brokers whose group coordinator does
-    /// not make a rebalance wait for every member (Tansu, see the crate docs); set it
-    /// to zero on Apache Kafka. Default 1 s.
+    /// not make a rebalance wait for every member (Tansu: 1 s, see the crate docs).
+    /// Default zero: Apache Kafka's rebalances wait for the previous owner.
     pub handoff_grace: Duration,
     /// How long closing a subscription waits for a group join still in progress
     /// before it leaves the group, so that it leaves under the member id the
-    /// coordinator knows (see the crate docs on Tansu). Default 4 s.
+    /// coordinator knows (Tansu: 4 s, see the crate docs). Default zero.
     pub leave_wait: Duration,
     /// How long a partition of a member's topics may go unread (records past the
     /// group's committed offset, no commit moving, not assigned to this member)
     /// before the member rejoins the group so that the coordinator assigns it again
-    /// (works around Tansu keeping stale assignments, see the crate docs). Zero turns
-    /// the watchdog off. Default 20 s.
+    /// (works around Tansu keeping stale assignments, see the crate docs; Tansu:
+    /// 20 s). Zero turns the watchdog off. Default zero.
     pub orphan_timeout: Duration,
-    /// Consumer group session timeout (`session.timeout.ms`). Default 10 s.
+    /// Consumer group session timeout (`session.timeout.ms`): how long the
+    /// coordinator waits for a silent member before it gives its partitions to the
+    /// others. Default 45 s (Apache Kafka's own; Tansu: 10 s).
     pub session_timeout: Duration,
-    /// Consumer heartbeat interval (`heartbeat.interval.ms`): how fast a member
-    /// notices a rebalance on Tansu. Default 100 ms.
+    /// Consumer heartbeat interval (`heartbeat.interval.ms`), at most a third of the
+    /// session timeout. Default 3 s (Tansu: 100 ms, how fast a member notices a
+    /// rebalance there).
     pub heartbeat_interval: Duration,
+    /// How consumer groups share partitions (`assignment`: `cooperative` or
+    /// `range`). Default [`Assignment::Cooperative`] (Tansu: range).
+    pub assignment: Assignment,
     /// Most records a subscription buffers per partition; a full partition is not
     /// read further until handlers settle some (back-pressure). Default 1024.
     pub buffer_per_partition: usize,
     /// Most records the producer puts in one batch (`batch.num.messages`). Default
-    /// 1000; see [`KafkaConfig::fetch_rewind`].
+    /// 10000, librdkafka's own (Tansu: 1000; see [`KafkaConfig::fetch_rewind`]).
     pub max_batch_records: usize,
     /// How many records before a committed offset a member starts fetching when it
     /// takes a partition over (skipping them), so the batch holding that offset is
     /// fetched whole. Tansu 0.6 serves a fetch only from batches that *start* at or
     /// after the fetch offset: fetching from the middle of a batch skips the rest of
     /// it. Must be at least the most records any producer of the topic puts in one
-    /// batch ([`KafkaConfig::max_batch_records`] for Keel). Set it to 0 on Apache
-    /// Kafka. Default 1000.
+    /// batch ([`KafkaConfig::max_batch_records`] for Keel; Tansu: 1000). Default 0:
+    /// Apache Kafka serves a fetch from any offset.
     pub fetch_rewind: i64,
     /// librdkafka `client.id`. Default `keel`.
     pub client_id: String,
@@ -91,21 +121,22 @@ impl Default for KafkaConfig {
         Self {
             brokers: "127.0.0.1:9092".to_owned(),
             partitions: 8,
-            replication: 1,
+            replication: None,
             create_topics: true,
             linger: Duration::from_millis(5),
             publish_timeout: Duration::from_secs(30),
             max_message_bytes: 8 * 1024 * 1024,
             commit_interval: Duration::from_millis(100),
             revoke_timeout: Duration::from_secs(10),
-            handoff_grace: Duration::from_secs(1),
-            leave_wait: Duration::from_secs(4),
-            orphan_timeout: Duration::from_secs(20),
-            session_timeout: Duration::from_secs(10),
-            heartbeat_interval: Duration::from_millis(100),
+            handoff_grace: Duration::ZERO,
+            leave_wait: Duration::ZERO,
+            orphan_timeout: Duration::ZERO,
+            session_timeout: Duration::from_secs(45),
+            heartbeat_interval: Duration::from_secs(3),
+            assignment: Assignment::Cooperative,
             buffer_per_partition: 1024,
-            max_batch_records: 1000,
-            fetch_rewind: 1000,
+            max_batch_records: 10_000,
+            fetch_rewind: 0,
             client_id: "keel".to_owned(),
             group_prefix: String::new(),
             librdkafka: std::collections::BTreeMap::new(),
@@ -113,8 +144,33 @@ impl Default for KafkaConfig {
     }
 }
 
+/// The URL parameters of the Tansu profile ([`KafkaConfig::tansu`]), for scripts
+/// and tests that build `kafka://` URLs for Tansu: `kafka://host:9092?profile=tansu`
+/// is the same.
+pub const TANSU_PARAMETERS: &str = "replication=1&handoff_grace_ms=1000&leave_wait_ms=4000\
+&orphan_timeout_ms=20000&session_timeout_ms=10000&heartbeat_interval_ms=100\
+&assignment=range&max_batch_records=1000&fetch_rewind=1000";
+
+/// Broker settings Keel needs on Apache Kafka (`server.properties` names; in the
+/// official image's environment, `KAFKA_` and the name in upper case with `_` for
+/// `.`). `message.max.bytes` and `replica.fetch.max.bytes` let Keel's largest record
+/// through (its default [`KafkaConfig::max_message_bytes`], 8 MiB, plus batch
+/// overhead); topics are created by Keel with its partition count (retry and
+/// dead-letter topics with one), never implicitly by a consumer's metadata request;
+/// `min.insync.replicas` below the replication factor is what `acks=all` waits for.
+/// Set `default.replication.factor` and `min.insync.replicas` to your cluster (3 and 2
+/// on three brokers; docker-compose.yml's single broker uses 1 and 1).
+pub const APACHE_KAFKA_BROKER_SETTINGS: &[(&str, &str)] = &[
+    ("message.max.bytes", "8500000"),
+    ("replica.fetch.max.bytes", "8500000"),
+    ("auto.create.topics.enable", "false"),
+    ("default.replication.factor", "1"),
+    ("min.insync.replicas", "1"),
+];
+
 /// The query parameters [`KafkaConfig::from_url`] understands.
 pub const URL_PARAMETERS: &[&str] = &[
+    "profile",
     "partitions",
     "replication",
     "create_topics",
@@ -128,6 +184,7 @@ pub const URL_PARAMETERS: &[&str] = &[
     "orphan_timeout_ms",
     "session_timeout_ms",
     "heartbeat_interval_ms",
+    "assignment",
     "buffer_per_partition",
     "max_batch_records",
     "fetch_rewind",
@@ -139,6 +196,26 @@ impl KafkaConfig {
     /// The defaults, with these brokers.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self { brokers: brokers.into(), ..Self::default() }
+    }
+
+    /// The workarounds the Tansu broker (0.6) needs, over the Apache Kafka defaults
+    /// (URL parameter `profile=tansu`, the same as [`TANSU_PARAMETERS`]): a 1 s
+    /// hand-off grace, a 4 s leave wait, the 20 s orphan watchdog, 10 s sessions with
+    /// 100 ms heartbeats, range assignment, batches of at most 1000 records with a
+    /// 1000-record fetch rewind, and a replication factor of 1 (Tansu has no broker
+    /// default). The crate docs say why each is needed.
+    #[must_use]
+    pub fn tansu(mut self) -> Self {
+        self.replication = Some(1);
+        self.handoff_grace = Duration::from_secs(1);
+        self.leave_wait = Duration::from_secs(4);
+        self.orphan_timeout = Duration::from_secs(20);
+        self.session_timeout = Duration::from_secs(10);
+        self.heartbeat_interval = Duration::from_millis(100);
+        self.assignment = Assignment::Range;
+        self.max_batch_records = 1000;
+        self.fetch_rewind = 1000;
+        self
     }
 
     /// Parses `kafka://host:port[,host2:port]?partitions=8&...`. The parameters are
@@ -168,8 +245,25 @@ impl KafkaConfig {
             }
         }
         let mut config = Self::new(hosts);
-        for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let pairs: Vec<(&str, &str)> = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|p| !p.is_empty())
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .collect();
+        // The profile first, wherever it is: the other parameters refine it.
+        for (_, value) in pairs.iter().filter(|(key, _)| *key == "profile") {
+            config = match *value {
+                "apache" => Self::new(hosts),
+                "tansu" => Self::new(hosts).tansu(),
+                other => {
+                    return Err(BusError::Config(format!(
+                        "bus URL parameter `profile` must be `apache` or `tansu`, not `{other}`"
+                    )));
+                }
+            };
+        }
+        for (key, value) in pairs.into_iter().filter(|(key, _)| *key != "profile") {
             config.set_parameter(key, value)?;
         }
         config.validate()?;
@@ -187,7 +281,7 @@ impl KafkaConfig {
         let millis = |value: &str| number::<u64>(key, value).map(Duration::from_millis);
         match key {
             "partitions" => self.partitions = number(key, value)?,
-            "replication" => self.replication = number(key, value)?,
+            "replication" => self.replication = Some(number(key, value)?),
             "create_topics" => {
                 self.create_topics = match value {
                     "true" => true,
@@ -209,6 +303,17 @@ impl KafkaConfig {
             "orphan_timeout_ms" => self.orphan_timeout = millis(value)?,
             "session_timeout_ms" => self.session_timeout = millis(value)?,
             "heartbeat_interval_ms" => self.heartbeat_interval = millis(value)?,
+            "assignment" => {
+                self.assignment = match value {
+                    "cooperative" | "cooperative-sticky" => Assignment::Cooperative,
+                    "range" => Assignment::Range,
+                    _ => {
+                        return Err(BusError::Config(format!(
+                            "bus URL parameter `assignment` must be `cooperative` or `range`, not `{value}`"
+                        )));
+                    }
+                }
+            }
             "buffer_per_partition" => self.buffer_per_partition = number(key, value)?,
             "max_batch_records" => self.max_batch_records = number(key, value)?,
             "fetch_rewind" => self.fetch_rewind = number(key, value)?,
@@ -236,7 +341,7 @@ impl KafkaConfig {
         if self.partitions < 1 {
             return bad("`partitions` must be at least 1");
         }
-        if self.replication < 1 || self.replication > i32::from(i16::MAX) {
+        if self.replication.is_some_and(|r| r < 1 || r > i32::from(i16::MAX)) {
             return bad("`replication` must be at least 1");
         }
         if self.max_message_bytes < 1024 || self.max_message_bytes > 1_000_000_000 {
@@ -310,7 +415,7 @@ impl KafkaConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", reset)
-            .set("partition.assignment.strategy", "range")
+            .set("partition.assignment.strategy", self.assignment.as_str())
             .set("session.timeout.ms", millis(self.session_timeout))
             .set("heartbeat.interval.ms", millis(self.heartbeat_interval))
             .set("queued.min.messages", "10000")
@@ -371,6 +476,43 @@ mod tests {
         assert_eq!(member.get("security.protocol"), Some("ssl"));
         assert_eq!(member.get("enable.auto.commit"), Some("false"));
         assert_eq!(KafkaConfig::from_url("kafka://h:1/").expect("valid").partitions, 8);
+    }
+
+    #[test]
+    fn defaults_are_for_apache_kafka_and_the_tansu_profile_is_a_parameter() {
+        let apache = KafkaConfig::from_url("kafka://h:1").expect("valid");
+        assert_eq!(apache, KafkaConfig::new("h:1"));
+        assert_eq!(apache.replication, None, "the broker's default.replication.factor");
+        assert_eq!(
+            (apache.handoff_grace, apache.leave_wait, apache.orphan_timeout, apache.fetch_rewind),
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0)
+        );
+        assert_eq!(apache.session_timeout, Duration::from_secs(45));
+        assert_eq!(apache.heartbeat_interval, Duration::from_secs(3));
+        let member = apache.member("g", "earliest");
+        assert_eq!(member.get("partition.assignment.strategy"), Some("cooperative-sticky"));
+        assert_eq!(member.get("session.timeout.ms"), Some("45000"));
+
+        let tansu = KafkaConfig::from_url("kafka://h:1?profile=tansu").expect("valid");
+        assert_eq!(tansu, KafkaConfig::new("h:1").tansu());
+        assert_eq!(
+            KafkaConfig::from_url(&format!("kafka://h:1?{TANSU_PARAMETERS}")).expect("valid"),
+            tansu,
+            "TANSU_PARAMETERS is the profile"
+        );
+        assert_eq!(
+            tansu.member("g", "earliest").get("partition.assignment.strategy"),
+            Some("range")
+        );
+        assert_eq!(tansu.replication, Some(1));
+        // Later parameters refine the profile, wherever it stands.
+        let refined =
+            KafkaConfig::from_url("kafka://h:1?fetch_rewind=5&profile=tansu").expect("valid");
+        assert_eq!((refined.fetch_rewind, refined.handoff_grace), (5, Duration::from_secs(1)));
+        let err = KafkaConfig::from_url("kafka://h:1?profile=redpanda").expect_err("unknown");
+        assert!(err.to_string().contains("`profile`"), "{err}");
+        let err = KafkaConfig::from_url("kafka://h:1?assignment=sticky").expect_err("unknown");
+        assert!(err.to_string().contains("`assignment`"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!
 //! - A Keel topic is the Kafka topic of the same name, created through the admin API
 //!   on first publish or subscribe with [`KafkaConfig::partitions`] partitions
-//!   (default 8) and [`KafkaConfig::replication`] (default 1); an existing topic is
+//!   (default 8) and [`KafkaConfig::replication`] (default: the broker's
+//!   `default.replication.factor`); an existing topic is
 //!   used as it is, and a refused creation is a [`BusError::Config`] or
 //!   [`BusError::Connection`] naming the topic.
 //! - An event is a record in the CloudEvents Kafka binding, binary mode: `ce_`
@@ -44,10 +45,22 @@
 //!   synchronously; a dropped or closed subscription does the same and leaves the
 //!   group, so its unsettled records go to the other members.
 //!
+//! # Apache Kafka
+//!
+//! The defaults are for Apache Kafka: 45 s sessions with 3 s heartbeats,
+//! cooperative-sticky assignment (a rebalance moves only the partitions that change
+//! owner), no hand-off grace, no fetch rewind, no orphan watchdog, and the broker's
+//! own replication factor for the topics Keel creates. The brokers need the settings
+//! of [`APACHE_KAFKA_BROKER_SETTINGS`] (records up to 8 MiB, no implicit topic
+//! creation, replication and `min.insync.replicas` for `acks=all`);
+//! docker-compose.yml's Kafka service has them.
+//!
 //! # Tansu
 //!
 //! The test broker, Tansu 0.6, differs from Apache Kafka in ways this crate works
-//! around; each was found with small experiments and confirmed in Tansu's source
+//! around when told to: [`KafkaConfig::tansu`], or `profile=tansu` in the URL (the
+//! tests and scripts use it; [`TANSU_PARAMETERS`] spells it out). Each workaround was
+//! found with small experiments and confirmed in Tansu's source
 //! (docs/benchmarks-kafka.md has the details):
 //! - **Fetches start at batch boundaries only.** A fetch at offset `n` returns the
 //!   batches whose *first* offset is `>= n`: starting inside a batch skips the rest of
@@ -79,7 +92,7 @@
 //!   purging dead letters writes a marker record. Offset-commit metadata is not
 //!   stored. Kafka transactions are not used.
 //!
-//! On Apache Kafka set `handoff_grace_ms=0&fetch_rewind=0&orphan_timeout_ms=0`.
+//! Without the profile none of these workarounds is on.
 //!
 //! Members of one Kafka group rebalance together even when they read different
 //! topics; [`KafkaConfig::group_prefix`] namespaces group ids (the tests give each
@@ -130,7 +143,9 @@ use keel_core::bus::{
 use keel_core::{BusError, CloudEvent, SubscriptionSpec};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
-pub use crate::config::{KafkaConfig, URL_PARAMETERS};
+pub use crate::config::{
+    APACHE_KAFKA_BROKER_SETTINGS, Assignment, KafkaConfig, TANSU_PARAMETERS, URL_PARAMETERS,
+};
 pub use crate::dead_letters::{dead_letter_topic, retry_topic};
 pub use crate::groups::{GroupReset, PartitionLag};
 pub use crate::replay::{KafkaReplay, ReplayStart, ReplayedRecord};

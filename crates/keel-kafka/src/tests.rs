@@ -40,10 +40,12 @@ fn topics(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, 
 
 fn bus(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>) -> KafkaBus {
     let mut config = KafkaConfig::new(cluster.bootstrap_servers());
-    // The mock cluster is a well-behaved Kafka: no hand-off grace or rewind needed.
-    config.handoff_grace = Duration::ZERO;
-    config.fetch_rewind = 0;
+    // The mock cluster is a well-behaved Kafka: the defaults (no hand-off grace, no
+    // rewind, cooperative-sticky assignment) are for it.
     config.partitions = 2;
+    // The mock's coordinator holds a new member's join until a member that left has
+    // timed out: keep that short (the defaults are otherwise Apache Kafka's).
+    config.session_timeout = Duration::from_secs(10);
     // The mock cluster does not answer CreateTopics: the tests create their topics.
     config.create_topics = false;
     KafkaBus::new(config).expect("bus")

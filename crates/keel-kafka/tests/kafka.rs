@@ -186,7 +186,7 @@ async fn dead_letter_records_carry_the_original_and_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_topic_creation_is_a_clear_error() {
     let mut config = common::config(&common::unique_prefix());
-    config.replication = 3; // one broker: the broker cannot place three replicas
+    config.replication = Some(3); // one broker: the broker cannot place three replicas
     let bus = KafkaBus::new(config).expect("bus");
     let topic = unique("refused");
     match bus.publish(&topic, &[seq_event(0, None)]).await {

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keel_core::Namespace;
 use keel_store::{Lease, Result};
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -26,18 +27,29 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 const KEY: &str = "hashtextextended('keel.lease.' || $1, 0)";
 
-pub(crate) async fn try_lease(pool: &PgPool, name: &str) -> Result<Option<Box<dyn Lease>>> {
+/// Tries to take lease `name` of `namespace` (whose leases are kept apart from other
+/// namespaces' in the same database; the default's keys are those of before
+/// namespaces, so old and new processes exclude each other).
+pub(crate) async fn try_lease(
+    pool: &PgPool,
+    namespace: &Namespace,
+    name: &str,
+) -> Result<Option<Box<dyn Lease>>> {
+    let name = match namespace.as_str() {
+        None => name.to_owned(),
+        Some(ns) => format!("{ns}:{name}"),
+    };
     // Off the pool: the lock lives as long as this connection.
     let mut conn = pool.acquire().await?.detach();
     let locked: bool = sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({KEY})"))
-        .bind(name)
+        .bind(&name)
         .fetch_one(&mut conn)
         .await?;
     if !locked {
         let _ = conn.close().await;
         return Ok(None);
     }
-    Ok(Some(Box::new(AdvisoryLease { name: name.to_owned(), conn: Some(conn) })))
+    Ok(Some(Box::new(AdvisoryLease { name, conn: Some(conn) })))
 }
 
 #[async_trait]

@@ -22,6 +22,11 @@
 //! - [`notify`]: wake-ups: a coalescing `NOTIFY` sender outside the appending
 //!   transaction, and a `LISTEN`ing task that feeds [`keel_store::EventLog::changes`].
 //! - [`lease`]: leases as session advisory locks on a dedicated connection.
+//!
+//! A namespace (`KEEL_NAMESPACE`, [`PgOptions::namespace`]) is a schema of its own:
+//! created if missing, the only schema on each connection's `search_path` (so the
+//! migrations, Keel's queries and the service's own run inside it), with its own
+//! notification channel ([`channel`]) and lease keys.
 //! - [`inbox`]: [`PgInbox`], the transactional inbox for `keel_bus`.
 //! - `relay_dead_letters`: the relay's dead letters as rows.
 //! - `skipped`: the events projections skipped as unreadable, as rows.
@@ -44,7 +49,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use keel_core::envelope::ext;
-use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
+use keel_core::{CloudEvent, ExpectedVersion, Namespace, Position, StreamId, StreamVersion};
 use keel_store::{
     AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page,
     RelayDeadLetter, Result, Skipped, SqlEventLog, StoreError,
@@ -75,16 +80,37 @@ pub struct PgOptions {
     pub listen: bool,
     /// Apply the migrations when connecting.
     pub migrate: bool,
+    /// The deployment's namespace (`KEEL_NAMESPACE`): Keel's tables (and the
+    /// service's, migrated through the same pool) live in the PostgreSQL schema of
+    /// that name, created if missing and first and only on every connection's
+    /// `search_path`; notifications and leases are kept apart from other namespaces
+    /// in the same database. The default uses the connection's own `search_path`
+    /// (normally `public`), as before namespaces.
+    pub namespace: Namespace,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        Self { max_connections: 10, notify: true, listen: true, migrate: true }
+        Self {
+            max_connections: 10,
+            notify: true,
+            listen: true,
+            migrate: true,
+            namespace: Namespace::none(),
+        }
     }
 }
 
-/// The notification channel.
+/// The notification channel (of the default namespace; see [`channel`]).
 pub const CHANNEL: &str = "keel_events";
+
+/// The notification channel of `namespace`: [`CHANNEL`], or `keel_events.<namespace>`.
+pub fn channel(namespace: &Namespace) -> String {
+    match namespace.as_str() {
+        None => CHANNEL.to_owned(),
+        Some(ns) => format!("{CHANNEL}.{ns}"),
+    }
+}
 
 /// The PostgreSQL event log. Cheap to clone.
 #[derive(Clone)]
@@ -94,6 +120,7 @@ pub struct PgEventLog {
 
 struct Inner {
     pool: PgPool,
+    namespace: Namespace,
     epoch: i64,
     changes: watch::Sender<u64>,
     notifier: Option<notify::Notifier>,
@@ -107,11 +134,18 @@ impl std::fmt::Debug for PgEventLog {
 }
 
 impl PgEventLog {
-    /// Connects to `url` (`postgres://...`), migrates and starts the wake-up tasks.
+    /// Connects to `url` (`postgres://...`), creates the namespace's schema if
+    /// missing, migrates and starts the wake-up tasks.
     pub async fn connect(url: &str, options: PgOptions) -> Result<Self> {
-        let connect: PgConnectOptions = url
+        let mut connect: PgConnectOptions = url
             .parse()
             .map_err(|e| StoreError::Config(format!("KEEL_DATABASE_URL `{}`: {e}", redact(url))))?;
+        if let Some(schema) = options.namespace.schema() {
+            create_schema(&connect, schema).await?;
+            // A startup parameter, so every connection of the pool (and the listener's,
+            // and a lease's detached one) has it, reconnections included.
+            connect = connect.options([("search_path", format!("\"{schema}\""))]);
+        }
         // A log handle is bound to one cluster: its epoch is cached, so a connection
         // to another cluster (a restore swapped in under the same address) is refused
         // until the process restarts and registers the new cluster's epoch.
@@ -144,20 +178,49 @@ impl PgEventLog {
 
     /// Uses an existing pool (shared with the service's own queries). The epoch is
     /// read once: the pool must not be pointed at another cluster while in use
-    /// ([`PgEventLog::connect`] guards its own pool against that).
+    /// ([`PgEventLog::connect`] guards its own pool against that). With a namespace,
+    /// the pool's connections must already have its schema as their current schema
+    /// (as [`PgEventLog::connect`] sets them up); a pool that does not is refused.
     pub async fn from_pool(pool: PgPool, options: PgOptions) -> Result<Self> {
+        if let Some(schema) = options.namespace.schema() {
+            let current: Option<String> =
+                sqlx::query_scalar("SELECT current_schema()").fetch_one(&pool).await?;
+            if current.as_deref() != Some(schema) {
+                return Err(StoreError::Config(format!(
+                    "namespace `{schema}`: the pool's current schema is {current:?}, not \
+                     `{schema}` (set search_path to it on every connection)"
+                )));
+            }
+        }
         if options.migrate {
             migrator().run(&pool).await?;
         }
         let epoch = register_epoch(&pool).await?;
         let (changes, _) = watch::channel(0u64);
         let listener = if options.listen {
-            Some(notify::listen(pool.clone(), changes.clone()).await?)
+            Some(notify::listen(pool.clone(), channel(&options.namespace), changes.clone()).await?)
         } else {
             None
         };
-        let notifier = options.notify.then(|| notify::Notifier::start(pool.clone()));
-        Ok(Self { inner: Arc::new(Inner { pool, epoch, changes, notifier, _listener: listener }) })
+        let notifier = options
+            .notify
+            .then(|| notify::Notifier::start(pool.clone(), channel(&options.namespace)));
+        let namespace = options.namespace;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                namespace,
+                epoch,
+                changes,
+                notifier,
+                _listener: listener,
+            }),
+        })
+    }
+
+    /// The namespace whose schema the log lives in.
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.namespace
     }
 
     /// The epoch of the cluster this process runs in.
@@ -171,6 +234,30 @@ impl PgEventLog {
             notifier.poke();
         }
     }
+}
+
+/// Creates `schema` unless it exists (several processes may race to create it).
+async fn create_schema(connect: &PgConnectOptions, schema: &str) -> Result<()> {
+    async fn exists(conn: &mut PgConnection, schema: &str) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(conn)
+            .await
+    }
+    let mut conn = sqlx::PgConnection::connect_with(connect).await?;
+    if !exists(&mut conn, schema).await? {
+        let created = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .execute(&mut conn)
+            .await;
+        // A concurrent CREATE SCHEMA IF NOT EXISTS can still fail on the unique index.
+        if let Err(error) = created
+            && !exists(&mut conn, schema).await?
+        {
+            return Err(error.into());
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
 }
 
 async fn system_identifier(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
@@ -353,7 +440,7 @@ impl EventLog for PgEventLog {
     }
 
     async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>> {
-        lease::try_lease(&self.inner.pool, name).await
+        lease::try_lease(&self.inner.pool, &self.inner.namespace, name).await
     }
 
     async fn skipped_counts(&self) -> Result<Vec<(String, u64)>> {

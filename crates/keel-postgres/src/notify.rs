@@ -22,8 +22,6 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::CHANNEL;
-
 /// The least time between two notifications.
 pub(crate) const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -44,14 +42,14 @@ impl Drop for TaskGuard {
     }
 }
 
-/// Sends `NOTIFY keel_events` after appends, coalescing bursts.
+/// Sends `NOTIFY keel_events` (the namespace's channel) after appends, coalescing bursts.
 pub(crate) struct Notifier {
     poke: Arc<Notify>,
     _task: TaskGuard,
 }
 
 impl Notifier {
-    pub(crate) fn start(pool: PgPool) -> Self {
+    pub(crate) fn start(pool: PgPool, channel: String) -> Self {
         let poke = Arc::new(Notify::new());
         let waiting = poke.clone();
         let task = tokio::spawn(async move {
@@ -59,7 +57,7 @@ impl Notifier {
                 waiting.notified().await;
                 let mut failures = 0;
                 while let Err(error) =
-                    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&pool).await
+                    sqlx::query("SELECT pg_notify($1, '')").bind(&channel).execute(&pool).await
                 {
                     failures += 1;
                     tracing::debug!(%error, failures, "could not send the append notification; sending it again");
@@ -78,9 +76,13 @@ impl Notifier {
 }
 
 /// Listens for notifications and bumps `changes` for each.
-pub(crate) async fn listen(pool: PgPool, changes: watch::Sender<u64>) -> Result<TaskGuard> {
+pub(crate) async fn listen(
+    pool: PgPool,
+    channel: String,
+    changes: watch::Sender<u64>,
+) -> Result<TaskGuard> {
     let mut listener = PgListener::connect_with(&pool).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen(&channel).await?;
     let task = tokio::spawn(async move {
         loop {
             match listener.recv().await {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_core::Backoff;
+use keel_core::{Backoff, Namespace};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -16,9 +16,16 @@ use crate::{Instance, Registration, Registry, RegistryError, Watch};
 
 /// Consul's agent and health endpoints. Registration goes to the local agent (the
 /// URL given); discovery asks the same agent, which forwards to the servers.
+///
+/// In a [`Namespace`] ([`ConsulRegistry::with_namespace`]) service names and instance
+/// ids are qualified in Consul (`<namespace>.<name>`) and unqualified again in what
+/// discovery returns, so deployments sharing one Consul never see each other's
+/// instances. (Consul's DNS interface does not resolve names with a `.`; Keel
+/// discovers through the HTTP API.)
 #[derive(Debug, Clone)]
 pub struct ConsulRegistry {
     base: Url,
+    namespace: Namespace,
     client: reqwest::Client,
     wait: Duration,
     backoff: Backoff,
@@ -60,6 +67,7 @@ impl ConsulRegistry {
         let client = client.build().map_err(|e| invalid(&error_chain(&e)))?;
         Ok(Self {
             base,
+            namespace: Namespace::none(),
             client,
             wait: Duration::from_secs(60),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
@@ -97,6 +105,13 @@ impl ConsulRegistry {
             return Err(RegistryError::Unreachable(format!("Consul at {url} has no leader")));
         }
         Ok(registry)
+    }
+
+    /// Registers and discovers within `namespace` (the default: names unchanged).
+    #[must_use]
+    pub fn with_namespace(mut self, namespace: Namespace) -> Self {
+        self.namespace = namespace;
+        self
     }
 
     /// How long one blocking query may wait for a change (Consul caps it at 10 minutes).
@@ -159,7 +174,8 @@ impl ConsulRegistry {
         service: &str,
         index: Option<u64>,
     ) -> Result<(u64, Vec<Instance>), RegistryError> {
-        let mut url = self.endpoint(&["v1", "health", "service", service]);
+        let service = self.namespace.qualify(service);
+        let mut url = self.endpoint(&["v1", "health", "service", &service]);
         url.query_pairs_mut().append_pair("passing", "true");
         let timeout = match index {
             Some(index) => {
@@ -182,7 +198,7 @@ impl ConsulRegistry {
         let entries: Vec<ServiceEntry> =
             response.json().await.map_err(|e| unreachable(&url, &e))?;
         let mut instances: Vec<Instance> =
-            entries.into_iter().map(ServiceEntry::into_instance).collect();
+            entries.into_iter().map(|entry| entry.into_instance(&self.namespace)).collect();
         instances.sort();
         Ok((returned, instances))
     }
@@ -193,8 +209,8 @@ impl Registry for ConsulRegistry {
     async fn register(&self, registration: &Registration) -> Result<(), RegistryError> {
         let instance = &registration.instance;
         let body = AgentService {
-            id: &instance.id,
-            name: &instance.service,
+            id: &self.namespace.qualify(&instance.id),
+            name: &self.namespace.qualify(&instance.service),
             address: &instance.address,
             port: instance.port,
             tags: &instance.tags,
@@ -213,7 +229,8 @@ impl Registry for ConsulRegistry {
     }
 
     async fn deregister(&self, instance_id: &str) -> Result<(), RegistryError> {
-        let url = self.endpoint(&["v1", "agent", "service", "deregister", instance_id]);
+        let instance_id = self.namespace.qualify(instance_id);
+        let url = self.endpoint(&["v1", "agent", "service", "deregister", &instance_id]);
         match self.send(self.client.put(url.clone()).timeout(Duration::from_secs(10)), &url).await {
             // The agent answers 404 for a service it does not know: already gone.
             Err(RegistryError::Refused(message)) if message.starts_with("404") => Ok(()),
@@ -222,7 +239,8 @@ impl Registry for ConsulRegistry {
     }
 
     async fn is_registered(&self, instance_id: &str) -> Result<bool, RegistryError> {
-        let url = self.endpoint(&["v1", "agent", "service", instance_id]);
+        let instance_id = self.namespace.qualify(instance_id);
+        let url = self.endpoint(&["v1", "agent", "service", &instance_id]);
         match self.send(self.client.get(url.clone()).timeout(Duration::from_secs(10)), &url).await {
             Ok(_) => Ok(true),
             Err(RegistryError::Refused(message)) if message.starts_with("404") => Ok(false),
@@ -397,11 +415,16 @@ struct ServiceJson {
 }
 
 impl ServiceEntry {
-    fn into_instance(self) -> Instance {
+    /// The instance as its service registered it: without `namespace`'s qualifier.
+    fn into_instance(self, namespace: &Namespace) -> Instance {
         let service = self.service;
+        let unqualified = |name: String| match namespace.unqualify(&name) {
+            Some(own) => own.to_owned(),
+            None => name,
+        };
         Instance {
-            id: service.id,
-            service: service.service,
+            id: unqualified(service.id),
+            service: unqualified(service.service),
             // An empty service address means "the node's address" in Consul.
             address: if service.address.is_empty() { self.node.address } else { service.address },
             port: service.port,
@@ -457,7 +480,7 @@ mod tests {
             "Checks":[]}]"#;
         let entries: Vec<ServiceEntry> = serde_json::from_str(json)?;
         let instances: Vec<Instance> =
-            entries.into_iter().map(ServiceEntry::into_instance).collect();
+            entries.into_iter().map(|e| e.into_instance(&Namespace::none())).collect();
         assert_eq!(instances[0].address, "10.0.0.1");
         assert_eq!(instances[0].base_url(), "http://10.0.0.1:8080");
         assert!(instances[0].tags.is_empty());

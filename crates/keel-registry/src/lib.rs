@@ -7,10 +7,11 @@
 //! # Layout
 //!
 //! - `lib.rs`: the [`Registry`] trait and the types it speaks: [`Registration`],
-//!   [`HealthCheck`], [`Instance`], [`Watch`]; [`connect`], which picks the backend.
+//!   [`HealthCheck`], [`Instance`], [`Watch`]; [`connect`] and [`connect_in`] (in a
+//!   namespace), which pick the backend.
 //! - `consul.rs`: [`ConsulRegistry`] over Consul's HTTP API; watches are blocking
 //!   queries that keep the last snapshot through outages ([`next_index`] is the index
-//!   reset rule of Consul's documentation).
+//!   reset rule of Consul's documentation); in a namespace, its names are qualified.
 //! - `memory.rs`: [`InProcessRegistry`], which runs HTTP health checks itself.
 #![warn(missing_docs)]
 
@@ -26,6 +27,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+
+use keel_core::Namespace;
 
 /// What a service says about itself when it registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +130,17 @@ pub trait Registry: Send + Sync + fmt::Debug {
 /// with a leader.
 /// Errors name the URL.
 pub async fn connect(url: Option<&str>) -> Result<Arc<dyn Registry>, RegistryError> {
-    connect_with(url, &ConsulAccess::default()).await
+    connect_in(url, &Namespace::none()).await
+}
+
+/// [`connect`] within `namespace` (`KEEL_NAMESPACE`): Consul's service names and
+/// instance ids are qualified ([`ConsulRegistry::with_namespace`]). The in-process
+/// registry belongs to one process and needs no namespace.
+pub async fn connect_in(
+    url: Option<&str>,
+    namespace: &Namespace,
+) -> Result<Arc<dyn Registry>, RegistryError> {
+    connect_with(url, &ConsulAccess::default().namespace(namespace.clone())).await
 }
 
 /// How Keel reaches a Consul agent beyond its URL.
@@ -139,6 +152,8 @@ pub struct ConsulAccess {
     /// A certificate authority (PEM) to trust for an `https://` agent, beside the
     /// system's (the contents of `KEEL_CONSUL_CA_FILE`).
     pub ca_pem: Option<Vec<u8>>,
+    /// The namespace (`KEEL_NAMESPACE`) qualifying service names and instance ids.
+    pub namespace: Namespace,
 }
 
 impl std::fmt::Debug for ConsulAccess {
@@ -146,6 +161,7 @@ impl std::fmt::Debug for ConsulAccess {
         f.debug_struct("ConsulAccess")
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("namespace", &self.namespace)
             .finish()
     }
 }
@@ -158,6 +174,13 @@ impl ConsulAccess {
         self
     }
 
+    /// Within `namespace`.
+    #[must_use]
+    pub fn namespace(mut self, namespace: Namespace) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
     /// Trusting the certificate authority `ca_pem` (PEM).
     #[must_use]
     pub fn ca_pem(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
@@ -166,7 +189,8 @@ impl ConsulAccess {
     }
 }
 
-/// [`connect`] with a token and a CA for Consul (ignored for the in-process registry).
+/// [`connect`] with a token, a CA and a namespace for Consul (ignored for the
+/// in-process registry).
 pub async fn connect_with(
     url: Option<&str>,
     access: &ConsulAccess,
@@ -182,7 +206,7 @@ pub async fn connect_with(
                 Some(token) => registry.with_token(token)?,
                 None => registry,
             };
-            Ok(Arc::new(registry.checked().await?))
+            Ok(Arc::new(registry.checked().await?.with_namespace(access.namespace.clone())))
         }
         #[cfg(not(feature = "consul"))]
         Some(url) => Err(RegistryError::InvalidUrl {

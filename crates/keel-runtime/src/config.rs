@@ -2,7 +2,8 @@
 //!
 //! | key | env | default |
 //! |---|---|---|
-//! | `database_url` | `KEEL_DATABASE_URL` | `sqlite://keel-data/keel.db` |
+//! | `namespace` | `KEEL_NAMESPACE` | unset: no namespace, every name as it always was |
+//! | `database_url` | `KEEL_DATABASE_URL` | `sqlite://keel-data/keel.db` (in a namespace: `sqlite://keel-data/<namespace>/keel.db`) |
 //! | `bus_url` | `KEEL_BUS_URL` | unset: the log itself is the bus |
 //! | `consul_url` | `KEEL_CONSUL_URL` | unset: in-process registry |
 //! | `gateway_addr` | `KEEL_GATEWAY_ADDR` | `127.0.0.1:8080` |
@@ -17,16 +18,38 @@
 //! | `jwks_url` | `KEEL_JWKS_URL` | unset: no JWKS (the gateway's JWT keys, fetched again on an unknown `kid`) |
 //!
 //! A bad value stops start-up with a message naming the key.
+//!
+//! `KEEL_NAMESPACE` (1 to 32 characters of `a-z`, `0-9`, `_`, `-`, starting with a
+//! letter; see [`Namespace`]) lets several deployments share one broker, Consul and
+//! PostgreSQL database: it qualifies their topics, exchanges, queues, consumer groups
+//! and Consul service names, and on PostgreSQL it is the schema of the tables. A SQLite
+//! file is one deployment already: the namespace only picks the default file.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use keel_core::Namespace;
 use keel_service::DEFAULT_IDEMPOTENCY_TTL;
 use keel_service::IdentityKey;
 use serde::Deserialize;
 
 use crate::redact::redact_url;
+
+/// Every environment variable [`Config`] reads, in the order of the table above (the
+/// compose file and the README are checked against it).
+pub const ENV_KEYS: &[&str] = &[
+    "KEEL_NAMESPACE",
+    "KEEL_DATABASE_URL",
+    "KEEL_BUS_URL",
+    "KEEL_CONSUL_URL",
+    "KEEL_GATEWAY_ADDR",
+    "KEEL_JWT_SECRET",
+    "KEEL_IDENTITY_SECRET",
+    "KEEL_IDEMPOTENCY_TTL_SECS",
+    "KEEL_LISTEN_ADDR",
+    "KEEL_ADVERTISE_HOST",
+];
 
 /// The default database: SQLite under `./keel-data`.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keel-data/keel.db";
@@ -38,6 +61,8 @@ pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:0";
 /// Keel's settings, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// The deployment's namespace (`KEEL_NAMESPACE`); the default is none.
+    pub namespace: Namespace,
     /// The event log's database (`KEEL_DATABASE_URL`): `sqlite://...` or `postgres://...`.
     pub database_url: String,
     /// The broker (`KEEL_BUS_URL`); `None`: the log itself is the bus.
@@ -74,6 +99,7 @@ pub struct Config {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    namespace: Option<String>,
     database_url: Option<String>,
     bus_url: Option<String>,
     consul_url: Option<String>,
@@ -129,8 +155,24 @@ impl Config {
             env(env_key).or(file_value).filter(|v| !v.trim().is_empty())
         };
 
-        let database_url = pick("KEEL_DATABASE_URL", from_file.database_url)
-            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        let namespace = match pick("KEEL_NAMESPACE", from_file.namespace) {
+            None => Namespace::none(),
+            Some(name) => Namespace::new(name.trim()).map_err(|e| {
+                error(
+                    "KEEL_NAMESPACE",
+                    format!(
+                        "{e}: use 1 to 32 characters of a-z, 0-9, `_` and `-`, starting \
+                         with a letter"
+                    ),
+                )
+            })?,
+        };
+        let database_url = pick("KEEL_DATABASE_URL", from_file.database_url).unwrap_or_else(|| {
+            match namespace.as_str() {
+                None => DEFAULT_DATABASE_URL.into(),
+                Some(ns) => format!("sqlite://keel-data/{ns}/keel.db"),
+            }
+        });
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://"))
@@ -214,6 +256,7 @@ impl Config {
             ));
         }
         Ok(Self {
+            namespace,
             database_url,
             bus_url,
             consul_url,
@@ -261,7 +304,10 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(&'static [(&'static str, &'static str)], &str); 8] = [
+        let cases: [(&'static [(&'static str, &'static str)], &str); 11] = [
+            (&[("KEEL_NAMESPACE", "Team A")], "KEEL_NAMESPACE"),
+            (&[("KEEL_NAMESPACE", "pg_team")], "KEEL_NAMESPACE"),
+            (&[("KEEL_NAMESPACE", "a-namespace-much-longer-than-32-chars")], "KEEL_NAMESPACE"),
             (&[("KEEL_LISTEN_ADDR", "nowhere")], "KEEL_LISTEN_ADDR"),
             (&[("KEEL_DATABASE_URL", "mysql://x")], "KEEL_DATABASE_URL"),
             (&[("KEEL_BUS_URL", "nats://x")], "KEEL_BUS_URL"),
@@ -276,6 +322,33 @@ mod tests {
             assert_eq!(err.key, key);
             assert!(err.to_string().starts_with(&format!("configuration key `{key}`")), "{err}");
         }
+    }
+
+    #[test]
+    fn env_keys_are_the_keys_read() {
+        let read = std::sync::Mutex::new(Vec::new());
+        let _ = Config::from_sources(Path::new("/nonexistent/keel.toml"), |key| {
+            read.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(key.to_owned());
+            None
+        });
+        let read = read.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert_eq!(read, ENV_KEYS, "ENV_KEYS lists what from_sources reads, in order");
+    }
+
+    #[test]
+    fn a_namespace_is_read_and_picks_its_own_sqlite_file() -> Result<(), ConfigError> {
+        let nowhere = Path::new("/nonexistent/keel.toml");
+        let config = Config::from_sources(nowhere, env(&[]))?;
+        assert!(config.namespace.is_default(), "no namespace by default");
+        let config = Config::from_sources(nowhere, env(&[("KEEL_NAMESPACE", "team-a")]))?;
+        assert_eq!(config.namespace.as_str(), Some("team-a"));
+        assert_eq!(config.database_url, "sqlite://keel-data/team-a/keel.db");
+        let config = Config::from_sources(
+            nowhere,
+            env(&[("KEEL_NAMESPACE", "team-a"), ("KEEL_DATABASE_URL", "postgres://h/db")]),
+        )?;
+        assert_eq!(config.database_url, "postgres://h/db", "an explicit URL is kept");
+        Ok(())
     }
 
     #[test]

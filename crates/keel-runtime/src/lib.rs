@@ -10,8 +10,9 @@
 //!   signal, then stopped in order; [`ProjectionTask`], a projection following the log.
 //! - `cli.rs`: the command line every runner binary gets: serving (the default),
 //!   `projections list`, `projections rebuild NAME`, `replay --into projection:NAME`.
-//! - `lib.rs`: opening the bus of `KEEL_BUS_URL` ([`open_bus`]) or the log itself
-//!   ([`system_bus`]), the registry ([`connect_registry`]), the relay, and [`start_service`], which puts an axum app behind
+//! - `lib.rs`: opening the bus of `KEEL_BUS_URL` in the namespace of `KEEL_NAMESPACE`
+//!   ([`open_bus`]) or the log itself ([`system_bus`]), the registry
+//!   ([`connect_registry`]), the relay, and [`start_service`], which puts an axum app behind
 //!   the service kit (health, readiness, metrics, registration).
 //! - `redact.rs`: [`redact_url`], a connection URL without its secrets, for printing.
 //! - `shutdown.rs`: stopping a process's [`Parts`] in order, each failure logged
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use keel_core::Bus;
+use keel_core::{Bus, Namespace, NamespacedBus};
 use keel_registry::Registry;
 use keel_service::{IdentityKey, Readiness, RunningService, Service, ServiceConfig};
 use keel_sql::Db;
@@ -45,10 +46,19 @@ pub use redact::redact_url;
 pub use runner::{ProjectionTask, RunningServiceRunner, ServiceContext, ServiceRunner, TimerTask};
 pub use shutdown::{Parts, Shutdown, ShutdownError};
 
-/// Connects to the broker at `url` (`KEEL_BUS_URL`); `None` when the log itself is the
-/// bus (unset or `log://`). A URL whose backend this build lacks is refused naming the
+/// Connects to the broker at `url` (`KEEL_BUS_URL`) within `namespace`
+/// (`KEEL_NAMESPACE`: its topics and groups are qualified, [`NamespacedBus`]); `None`
+/// when the log itself is the bus (unset or `log://`), which the store's namespace
+/// already keeps apart. A URL whose backend this build lacks is refused naming the
 /// cargo feature that brings it.
-pub async fn open_bus(url: Option<&str>) -> anyhow::Result<Option<Arc<dyn Bus>>> {
+pub async fn open_bus(
+    url: Option<&str>,
+    namespace: &Namespace,
+) -> anyhow::Result<Option<Arc<dyn Bus>>> {
+    Ok(open_broker(url).await?.map(|bus| NamespacedBus::wrap(bus, namespace)))
+}
+
+async fn open_broker(url: Option<&str>) -> anyhow::Result<Option<Arc<dyn Bus>>> {
     let Some(url) = url else { return Ok(None) };
     check_bus_backend(url, compiled)?;
     if url.starts_with("log://") {
@@ -148,7 +158,7 @@ impl RelayTask {
 /// The registry of `KEEL_CONSUL_URL` (unset: in-process), reached with
 /// `KEEL_CONSUL_TOKEN` and, for `https://`, trusting `KEEL_CONSUL_CA_FILE`'s CA too.
 pub async fn connect_registry(config: &Config) -> anyhow::Result<Arc<dyn keel_registry::Registry>> {
-    let mut access = keel_registry::ConsulAccess::default();
+    let mut access = keel_registry::ConsulAccess::default().namespace(config.namespace.clone());
     if let Some(token) = &config.consul_token {
         access = access.token(token.clone());
     }
@@ -165,7 +175,7 @@ pub async fn connect_registry(config: &Config) -> anyhow::Result<Arc<dyn keel_re
 /// The bus services consume from: the broker of `KEEL_BUS_URL` (then `true`: the log
 /// needs a relay to reach it), or (unset) the log itself.
 pub async fn system_bus(config: &Config, db: &Db) -> anyhow::Result<(Arc<dyn Bus>, bool)> {
-    if let Some(bus) = open_bus(config.bus_url.as_deref()).await? {
+    if let Some(bus) = open_bus(config.bus_url.as_deref(), &config.namespace).await? {
         return Ok((bus, true));
     }
     let bus: Arc<dyn Bus> = match db {
@@ -281,9 +291,10 @@ mod tests {
     /// the check before opening anything.
     #[tokio::test]
     async fn open_bus_checks_the_url_first() {
-        let error = open_bus(Some("nats://x")).await.err().expect("refused").to_string();
+        let none = Namespace::none();
+        let error = open_bus(Some("nats://x"), &none).await.err().expect("refused").to_string();
         assert!(error.contains("not a bus Keel knows"), "{error}");
-        assert!(open_bus(Some("log://")).await.expect("the log").is_none());
+        assert!(open_bus(Some("log://"), &none).await.expect("the log").is_none());
         assert!(!compiled("nats"));
     }
 }

@@ -47,7 +47,7 @@ impl std::fmt::Debug for ServiceContext {
 
 /// Runs one service as its own process: a builder of what the service is (its
 /// migrations, routes, consumers and projections), then [`ServiceRunner::run`], which
-/// reads [`Config`] (`KEEL_DATABASE_URL`, `KEEL_BUS_URL`, `KEEL_CONSUL_URL`,
+/// reads [`Config`] (`KEEL_NAMESPACE`, `KEEL_DATABASE_URL`, `KEEL_BUS_URL`, `KEEL_CONSUL_URL`,
 /// `KEEL_LISTEN_ADDR`, `KEEL_ADVERTISE_HOST`, the identity key of
 /// `KEEL_IDENTITY_SECRET` or `KEEL_JWT_SECRET`), sets up tracing (OTLP export with
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`), opens the database and applies the migrations,
@@ -256,7 +256,7 @@ impl ServiceRunner {
             None => Config::load()?,
         };
         self.check_projection_names()?;
-        let db = Db::connect(&config.database_url)
+        let db = Db::connect_in(&config.database_url, &config.namespace)
             .await
             .with_context(|| format!("KEEL_DATABASE_URL `{}`", redact_url(&config.database_url)))?;
         for migrate in self.migrations.drain(..) {

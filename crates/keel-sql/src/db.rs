@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use keel_bus::HandlerError;
 use keel_bus::layer::Inbox;
-use keel_core::{CloudEvent, ExpectedVersion, StreamId, StreamVersion};
+use keel_core::{CloudEvent, ExpectedVersion, Namespace, StreamId, StreamVersion};
 #[cfg(feature = "postgres")]
 use keel_postgres::{PgEventLog, PgInbox, PgOptions};
 #[cfg(feature = "sqlite")]
@@ -133,9 +133,24 @@ impl Db {
     /// Opens the store at `url` (`sqlite://...`, `sqlite::memory:`, `postgres://...`)
     /// and applies the event log's migrations.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_in(url, &Namespace::none()).await
+    }
+
+    /// [`Db::connect`] within `namespace` (`KEEL_NAMESPACE`): on PostgreSQL the
+    /// namespace's schema holds the log and the service's tables
+    /// ([`PgOptions::namespace`]); a SQLite file is one deployment's already, and is
+    /// opened as it is (the runtime's configuration picks a file per namespace).
+    pub async fn connect_in(url: &str, namespace: &Namespace) -> Result<Self> {
+        let _ = namespace;
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             #[cfg(feature = "postgres")]
-            return Ok(Self::Postgres(PgEventLog::connect(url, PgOptions::default()).await?));
+            return Ok(Self::Postgres(
+                PgEventLog::connect(
+                    url,
+                    PgOptions { namespace: namespace.clone(), ..PgOptions::default() },
+                )
+                .await?,
+            ));
             #[cfg(not(feature = "postgres"))]
             return Err(Error::Config(
                 "KEEL_DATABASE_URL is a postgres:// URL, but this build has no PostgreSQL \

@@ -77,7 +77,7 @@ async fn read(State(db): State<Db>, Path(name): Path<String>) -> Result<Json<Val
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = keel::runtime::Config::load()?;
-    let db = Db::connect(&config.database_url).await?;
+    let db = Db::connect_in(&config.database_url, &config.namespace).await?;
     let mut tx = db.begin().await?;
     tx.execute(
         "CREATE TABLE IF NOT EXISTS hello_counts

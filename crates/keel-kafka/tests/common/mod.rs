@@ -16,9 +16,13 @@ pub fn brokers() -> String {
 
 /// The configuration for the test brokers, with consumer groups prefixed by
 /// `group_prefix` (unique per test, so tests running side by side never share a
-/// Kafka group).
+/// Kafka group): the Tansu profile, unless `KEEL_TEST_KAFKA_PROFILE=apache` says the
+/// brokers are Apache Kafka.
 pub fn config(group_prefix: &str) -> KafkaConfig {
     let mut config = KafkaConfig::new(brokers());
+    if std::env::var("KEEL_TEST_KAFKA_PROFILE").as_deref() != Ok("apache") {
+        config = config.tansu();
+    }
     config.group_prefix = group_prefix.to_owned();
     // `KEEL_TEST_KAFKA_DEBUG=cgrp,fetch` turns on librdkafka's debug logs.
     if let Ok(debug) = std::env::var("KEEL_TEST_KAFKA_DEBUG") {
