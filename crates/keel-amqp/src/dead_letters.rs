@@ -197,36 +197,6 @@ pub(crate) async fn purge(shared: &Arc<Shared>, topic: &str, group: &str) -> Res
     }
 }
 
-/// How many messages wait in `queue` (passive declare: the queue is not created), or
-/// `None` when it does not exist.
-async fn depth(channel: &Channel, queue: &str) -> Result<Option<u64>, BusError> {
-    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-    match channel.queue_declare(short(queue, "queue name")?, passive, FieldTable::default()).await {
-        Ok(declared) => Ok(Some(u64::from(declared.message_count()))),
-        Err(error) if is_not_found(&error) => Ok(None),
-        Err(error) => Err(from_lapin(&format!("counting `{queue}`"), &error)),
-    }
-}
-
-/// The messages ready in a group's queue and in its dead-letter queue, or `None` if the
-/// group's queue does not exist. A passive declare of a missing queue closes the
-/// channel, so each count has a channel of its own.
-pub(crate) async fn group_depth(
-    shared: &Arc<Shared>,
-    topic: &str,
-    group: &str,
-) -> Result<Option<(u64, u64)>, BusError> {
-    let names = GroupNames::new(topic, group)?;
-    let channel = browse_channel(shared).await?;
-    let ready = depth(&channel, &names.queue).await;
-    give_back(channel).await;
-    let Some(ready) = ready? else { return Ok(None) };
-    let channel = browse_channel(shared).await?;
-    let dead = depth(&channel, &names.dlq).await;
-    give_back(channel).await;
-    Ok(Some((ready, dead?.unwrap_or(0))))
-}
-
 /// A dead letter's id: the `x-keel-dead-letter-id` Keel gives it; for a message the
 /// broker dead-lettered on its own, its message id, its CloudEvents id, or a hash of
 /// its headers and body.

@@ -22,7 +22,7 @@
 //! - `publisher.rs`: confirmed, mandatory, pipelined publishing over a channel pool.
 //! - `subscription.rs`: a group member (re-joins after a failure) and settling.
 //! - `dead_letters.rs`: listing, retrying and purging a group's dead-letter queue, and
-//!   counting a group's queues ([`AmqpBus::group_depth`]).
+//!   counting a group's queues (`Subscriber::depth`).
 //! - `groups.rs`: a group's queue depth and emptying it (`keel groups`).
 //! - `error.rs`: lapin errors as `BusError`s (retryable or not).
 //!
@@ -330,32 +330,6 @@ impl Publisher for AmqpBus {
         self.shared.consuming.close().await;
         flushed
     }
-}
-
-impl AmqpBus {
-    /// How far a consumer group is behind: the messages ready in its queue (not yet
-    /// handed to a member; those a member holds unacknowledged are not counted) and
-    /// those in its dead-letter queue, or `None` if the group's queue does not exist
-    /// (no member ever joined). Counted with passive declares, which create nothing.
-    pub async fn group_depth(
-        &self,
-        topic: &str,
-        group: &str,
-    ) -> Result<Option<GroupDepth>, BusError> {
-        self.check_open()?;
-        let counting = dead_letters::group_depth(&self.shared, topic, group);
-        let counted = dead_letters::bounded(&self.shared, "counting a group's queue", counting);
-        Ok(counted.await?.map(|(ready, dead_letters)| GroupDepth { ready, dead_letters }))
-    }
-}
-
-/// What [`AmqpBus::group_depth`] counted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GroupDepth {
-    /// Messages waiting in the group's queue.
-    pub ready: u64,
-    /// Messages in the group's dead-letter queue.
-    pub dead_letters: u64,
 }
 
 #[async_trait]

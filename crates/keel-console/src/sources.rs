@@ -102,7 +102,8 @@ fn store_error(error: keel_store::StoreError) -> BusError {
 }
 
 /// RabbitMQ: a group's lag is the messages ready in its queue, its dead letters those
-/// in its dead-letter queue ([`keel_amqp::AmqpBus::group_depth`]). RabbitMQ cannot list
+/// in its dead-letter queue ([`keel_amqp::AmqpBus::queue_depth`] and
+/// [`keel_core::Subscriber::depth`]). RabbitMQ cannot list
 /// groups; tell the console about them with [`crate::Console::group`].
 #[cfg(feature = "amqp")]
 #[async_trait]
@@ -112,13 +113,14 @@ impl GroupLag for keel_amqp::AmqpBus {
     }
 
     async fn status(&self, topic: &str, group: &str) -> Result<GroupStatus, BusError> {
-        Ok(match self.group_depth(topic, group).await? {
-            Some(depth) => GroupStatus {
-                lag: Some(depth.ready),
-                dead_letters: Some(depth.dead_letters),
-                at_least: false,
-            },
-            None => GroupStatus::default(),
+        let Some(queue) = self.queue_depth(topic, group).await? else {
+            return Ok(GroupStatus::default());
+        };
+        let depth = keel_core::Subscriber::depth(self, topic, group).await?;
+        Ok(GroupStatus {
+            lag: Some(queue.messages),
+            dead_letters: depth.dead_letters,
+            at_least: false,
         })
     }
 }

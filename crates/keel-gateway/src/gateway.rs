@@ -175,7 +175,7 @@ impl Gateway {
         if token_presented {
             // The admin token opens the console as it opens every admin endpoint.
         } else if let Some(auth) = &self.inner.shared.auth {
-            match auth.authenticate(req.headers()) {
+            match auth.authenticate(req.headers()).await {
                 Ok(Some(identity)) if identity.is_admin() => {}
                 Ok(Some(_)) => {
                     return problem(StatusCode::FORBIDDEN, "the console needs the `admin` role");
