@@ -7,8 +7,8 @@ use crate::commands;
 use crate::config::Config;
 
 /// Environment variables every command reads (logging and tracing).
-const ENV_ALL: &str = "Every command also reads RUST_LOG (log filter; overrides -v) and \
-OTEL_EXPORTER_OTLP_ENDPOINT (export spans over OTLP). A keel.toml in the working directory may \
+const ENV_ALL: &str = "Every command also reads KEEL_NAMESPACE (the deployment's namespace), \
+RUST_LOG (log filter; overrides -v) and OTEL_EXPORTER_OTLP_ENDPOINT (export spans over OTLP). A keel.toml in the working directory may \
 set the KEEL_* settings (database_url, bus_url, ...); the environment wins over it, and \
 --database-url / --bus-url win over both.";
 const ENV_DB: &str = "Environment: KEEL_DATABASE_URL (or --database-url; default \
@@ -17,11 +17,14 @@ const ENV_DB_BUS: &str = "Environment: KEEL_DATABASE_URL (or --database-url; def
 sqlite://keel-data/keel.db), KEEL_BUS_URL (or --bus-url; unset: the log itself is the bus).";
 const ENV_UP: &str = "Environment: KEEL_DATABASE_URL (or --database-url), KEEL_BUS_URL (or \
 --bus-url), KEEL_CONSUL_URL, KEEL_GATEWAY_ADDR, KEEL_JWT_SECRET, KEEL_IDENTITY_SECRET, \
-KEEL_IDEMPOTENCY_TTL_SECS.";
+KEEL_IDEMPOTENCY_TTL_SECS, KEEL_ADMIN_TOKEN, KEEL_CONSUL_TOKEN, KEEL_CONSUL_CA_FILE, KEEL_JWKS_URL, \
+KEEL_ORDER_DEADLINE_SECS.";
 const ENV_GATEWAY: &str = "Environment: KEEL_GATEWAY_ADDR, KEEL_CONSUL_URL, KEEL_JWT_SECRET, \
 KEEL_IDENTITY_SECRET.";
 const ENV_EVENTS: &str = "Environment: KEEL_DATABASE_URL (or --database-url), KEEL_CONSUL_URL, \
 KEEL_JWT_SECRET, KEEL_IDENTITY_SECRET.";
+const ENV_CONSOLE: &str = "Environment: KEEL_DATABASE_URL (or --database-url), KEEL_BUS_URL (or \
+--bus-url), KEEL_JWT_SECRET, KEEL_IDENTITY_SECRET, KEEL_ADMIN_TOKEN.";
 const ENV_NONE: &str = "Environment: none of Keel's settings.";
 
 /// Keel: an event-sourced async messaging backbone.
@@ -146,6 +149,7 @@ pub enum Command {
     /// An event's causal lineage: what caused it (through `causationid`, up to the
     /// originating request) and what it caused, recursively, as a tree; and how many
     /// events share its `correlationid`.
+    #[command(after_help = ENV_DB)]
     Why {
         /// The event's CloudEvents id.
         #[arg(value_name = "EVENT_ID")]
@@ -154,6 +158,7 @@ pub enum Command {
     /// Serve the web console alone (streams, events with their lineage, consumer
     /// groups, dead letters, projections, relays) for KEEL_DATABASE_URL and
     /// KEEL_BUS_URL, at http://LISTEN/_keel/console.
+    #[command(after_help = ENV_CONSOLE)]
     Console {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:8090")]

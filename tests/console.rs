@@ -34,6 +34,7 @@ async fn an_order_s_lineage(database_url: &str) {
         &[("KEEL_DATABASE_URL", database_url)],
         "gateway",
     );
+    up.until_services_answer().await;
     let (status, user) =
         post(&up.url("/api/users"), json!({"name": "Ada", "email": "ada@example.com"})).await;
     assert_eq!(status, 201, "{user}");
@@ -91,7 +92,7 @@ async fn an_order_s_lineage(database_url: &str) {
     assert!(page.contains(placed) && page.contains("stock.reserved"), "{page}");
     let groups = client.get(up.url("/_keel/console/groups")).send().await.unwrap();
     let groups = groups.text().await.unwrap();
-    assert!(groups.contains("products-stock") && groups.contains("orders-status"), "{groups}");
+    assert!(groups.contains("products-stock") && groups.contains("orders-fulfilment"), "{groups}");
     let lineage = client.get(up.url(&format!("/_keel/console/api/lineage?id={id}"))).send().await;
     assert_eq!(lineage.unwrap().json::<Value>().await.unwrap()["causes"], why["causes"]);
     up.stop();

@@ -49,7 +49,10 @@ fn keel_names(text: &str) -> std::collections::BTreeSet<String> {
             .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
             .collect();
         rest = &rest[at + name.len()..];
-        names.insert(name);
+        // `KEEL_*` in prose names no variable.
+        if name.len() > "KEEL_".len() {
+            names.insert(name);
+        }
     }
     names
 }
@@ -69,11 +72,16 @@ fn readme_section<'a>(readme: &'a str, title: &str) -> &'a str {
     &body[..body.find("\n## ").unwrap_or(body.len())]
 }
 
+/// Variables an example service reads itself, beside keel-runtime's `Config`.
+const SERVICE_KEYS: &[&str] = &["KEEL_ORDER_DEADLINE_SECS"];
+
 #[test]
-#[ignore = "fails at the README section lookup (readme_section); unfinished at the deadline"]
 fn the_compose_file_the_binaries_and_the_readme_name_the_same_variables() {
-    let known: std::collections::BTreeSet<String> =
-        keel_runtime::config::ENV_KEYS.iter().map(|k| (*k).to_owned()).collect();
+    let known: std::collections::BTreeSet<String> = keel_runtime::config::ENV_KEYS
+        .iter()
+        .chain(SERVICE_KEYS)
+        .map(|k| (*k).to_owned())
+        .collect();
     let compose = read("docker-compose.yml");
     let readme = read("README.md");
     let in_compose = keel_names(&compose);
@@ -88,7 +96,7 @@ fn the_compose_file_the_binaries_and_the_readme_name_the_same_variables() {
     // Every variable in the configuration table, and nothing unknown in it or in the
     // distributed section.
     let table = readme_section(&readme, "Configuration");
-    for key in &known {
+    for key in keel_runtime::config::ENV_KEYS.iter().chain(SERVICE_KEYS) {
         assert!(table.contains(&format!("| `{key}` |")), "the README's table lacks {key}");
     }
     let table_names = keel_names(table);

@@ -44,6 +44,7 @@ fn up(namespace: &str, database_url: &str) -> Running {
 /// it is confirmed (the products service reserved the stock over the bus, the orders
 /// service found it through Consul).
 async fn order_confirmed(system: &Running) -> (String, String) {
+    system.until_services_answer().await;
     let (status, user) =
         post(&system.url("/api/users"), json!({"name": "Ada", "email": "ada@example.com"})).await;
     assert_eq!(status, 201, "{user}");

@@ -60,7 +60,11 @@ fn export_prints_a_schema_per_event_type() {
     let (ok, schemas) = keel.json(&["schema", "export"]);
     assert!(ok);
     let schemas = schemas.as_array().expect("an array");
-    assert_eq!(schemas.len(), 9, "every event type of the example system");
+    assert_eq!(schemas.len(), 10, "every event type of the example system");
+    assert!(
+        schemas.iter().any(|s| s["event_type"] == "order.deadline_passed"),
+        "the orders saga's deadline event is in the catalog"
+    );
     let placed = schemas.iter().find(|s| s["event_type"] == "order.placed").expect("order.placed");
     assert_eq!(placed["version"], 1);
     let required = placed["schema"]["required"].as_array().expect("required");

@@ -73,6 +73,27 @@ impl Running {
         format!("{}{path}", self.base)
     }
 
+    /// Waits until every example service answers through the gateway `keel up` printed
+    /// (its URL comes before the services have registered; 404 for an unknown id is an
+    /// answer, 503 "no healthy upstream instance" is not yet).
+    pub(crate) async fn until_services_answer(&self) {
+        let client = http();
+        for path in ["/api/users/none", "/api/products/none", "/api/orders/none", "/api/events"] {
+            let mut last = None;
+            let answered = 'polling: {
+                for _ in 0..600 {
+                    match client.get(self.url(path)).send().await {
+                        Ok(r) if r.status() == 404 || r.status() == 200 => break 'polling true,
+                        other => last = Some(other.map(|r| r.status())),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                false
+            };
+            assert!(answered, "{path} never answered: {last:?}");
+        }
+    }
+
     /// SIGTERM, then the exit status must be a success (a clean, drained shutdown).
     pub(crate) fn stop(mut self) {
         let sent =

@@ -457,9 +457,10 @@ mod tests {
     }
 
     #[test]
-    fn urls_must_be_plain_http() {
+    fn urls_must_be_http_or_https() {
         assert!(ConsulRegistry::new("http://127.0.0.1:8500").is_ok());
-        for bad in ["https://consul:8501", "127.0.0.1:8500", "consul", "mailto:x@y"] {
+        assert!(ConsulRegistry::new("https://consul:8501").is_ok());
+        for bad in ["127.0.0.1:8500", "consul", "mailto:x@y", "ftp://consul:8500"] {
             let error = ConsulRegistry::new(bad).expect_err(bad);
             assert!(error.to_string().contains(bad), "{error}");
         }

@@ -49,6 +49,10 @@ pub const ENV_KEYS: &[&str] = &[
     "KEEL_IDEMPOTENCY_TTL_SECS",
     "KEEL_LISTEN_ADDR",
     "KEEL_ADVERTISE_HOST",
+    "KEEL_ADMIN_TOKEN",
+    "KEEL_CONSUL_TOKEN",
+    "KEEL_CONSUL_CA_FILE",
+    "KEEL_JWKS_URL",
 ];
 
 /// The default database: SQLite under `./keel-data`.
