@@ -21,7 +21,7 @@
 //!   take, and retrying one.
 //! - [`backfill`]: [`backfill_group`], publishing a topic's events from the log to one
 //!   consumer group created after they were published.
-//! - [`lineage`]: [`Lineage`], what caused an event and what it caused (through
+//! - [`lineage()`]: [`Lineage`], what caused an event and what it caused (through
 //!   `causationid` and `correlationid`), for `keel why` and the console.
 //! - [`projection`]: read models fed from the log with the read-model change and the
 //!   checkpoint in one transaction; one active runner per projection (its lease renewed
