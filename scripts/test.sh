@@ -54,15 +54,20 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --lock
 
 # Verification builds each packaged crate again from its .crate file, against the
 # other packaged crates served from a local registry. Cargo treats those as registry
-# crates, whose builds it never fingerprints by content (a registry version never
-# changes), so a build of keel-store 0.1.0 left from an earlier run would be reused
-# even though the source changed. Verification therefore builds in its own target
-# directory, and Keel's own crates are removed from it first; the crates.io
-# dependencies stay cached there between runs. The test kit and examples/ are
-# `publish = false` and are left out.
+# crates, which never change once published: it unpacks each one once into
+# $CARGO_HOME/registry/src/<that registry>/ and never unpacks it again, and never
+# fingerprints its builds by content. So keel-core 0.1.0 unpacked or built by an
+# earlier run would be used although the source changed. Verification therefore builds
+# in its own target directory, and Keel's crates are removed first from it and from
+# Cargo's unpacked sources of every registry but crates.io; the crates.io dependencies
+# stay cached. The test kit and examples/ are `publish = false` and are left out.
 package_target="$CARGO_TARGET_DIR/package-verify"
 rm -rf "$package_target"/debug/.fingerprint/keel* "$package_target"/debug/deps/libkeel* \
   "$package_target"/debug/deps/keel* "$package_target"/package
+for unpacked in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
+  case "$(basename "$unpacked")" in index.crates.io-*) continue ;; esac
+  rm -rf "$unpacked"keel-*
+done
 step "cargo package (with verification)"
 CARGO_TARGET_DIR="$package_target" cargo package --workspace --locked --exclude keel-testkit \
   --exclude keel-example-hello-events --exclude keel-example-guide-service \
