@@ -716,8 +716,18 @@ fn ctrl_c_with_a_live_tail_open_stops_soon() {
         .find_map(|l| l.trim().strip_prefix("gateway").map(|rest| rest.trim().to_owned()))
         .unwrap_or_else(|| panic!("no gateway in the banner: {banner}"));
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The banner comes before the events service has registered behind the gateway
+    // (503 "no healthy upstream instance" until then).
     let tail = runtime.block_on(async {
-        reqwest::get(format!("{gateway}/api/events/live")).await.expect("the live tail")
+        for _ in 0..300 {
+            let tail =
+                reqwest::get(format!("{gateway}/api/events/live")).await.expect("the live tail");
+            if tail.status() != 503 {
+                return tail;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the events service never registered behind the gateway");
     });
     assert_eq!(tail.status(), 200);
     assert!(
