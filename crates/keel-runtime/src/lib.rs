@@ -25,6 +25,7 @@ pub mod config;
 mod redact;
 mod runner;
 pub mod shutdown;
+mod task;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,8 +38,6 @@ use keel_registry::Registry;
 use keel_service::{IdentityKey, Readiness, RunningService, Service, ServiceConfig};
 use keel_sql::Db;
 use keel_store::{Cursor, EventLog, Relay};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub use config::{Config, ConfigError};
 pub use keel_sql::{Conn, Projection, ProjectionSpec};
@@ -129,29 +128,18 @@ fn missing_feature(key: &str, url: &str, feature: &str) -> anyhow::Error {
 
 /// A relay running in this process, and how to stop it.
 #[derive(Debug)]
-pub struct RelayTask {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<keel_store::Result<()>>,
-}
+pub struct RelayTask(task::StoppableTask<keel_store::StoreError>);
 
 impl RelayTask {
     /// Starts relay `name` from the log to `bus`.
     pub fn start(log: Arc<dyn EventLog>, bus: Arc<dyn Bus>, name: &str) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
         let relay = Relay::new(log, bus, name);
-        let task = tokio::spawn(relay.run(async {
-            let _ = stopped.await;
-        }));
-        Self { stop, task }
+        Self(task::StoppableTask::spawn(|stopped| relay.run(stopped)))
     }
 
     /// Stops the relay after its current batch; an error if it failed or panicked.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        match self.task.await {
-            Ok(result) => Ok(result?),
-            Err(panicked) => Err(anyhow::Error::from(panicked).context("the relay task panicked")),
-        }
+        self.0.stop("the relay task").await
     }
 }
 

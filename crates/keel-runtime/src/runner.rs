@@ -13,10 +13,9 @@ use keel_core::Bus;
 use keel_registry::Registry;
 use keel_service::RunningService;
 use keel_sql::{Db, ProjectionSpec};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::shutdown::{self, Parts};
+use crate::task::StoppableTask;
 use crate::{Config, redact_url, shutdown_signal, start_service, system_bus};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -385,67 +384,34 @@ impl RunningServiceRunner {
 
 /// A timer dispatcher running in this process, and how to stop it.
 #[derive(Debug)]
-pub struct TimerTask {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<keel_timers::Result<()>>,
-}
+pub struct TimerTask(StoppableTask<keel_timers::Error>);
 
 impl TimerTask {
     /// Runs `dispatcher` (it stands by while another process holds its lease).
     pub fn start(dispatcher: keel_timers::Dispatcher) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            dispatcher
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        Self { stop, task }
+        Self(StoppableTask::spawn(|stopped| async move { dispatcher.run(stopped).await }))
     }
 
     /// Stops the dispatcher (a page in flight rolls back and fires later); an error
     /// if it failed or panicked.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        match self.task.await {
-            Ok(result) => Ok(result?),
-            Err(panicked) => {
-                Err(anyhow::Error::from(panicked).context("the timer dispatcher panicked"))
-            }
-        }
+        self.0.stop("the timer dispatcher").await
     }
 }
 
 /// A projection following the log in this process, and how to stop it.
 #[derive(Debug)]
-pub struct ProjectionTask {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<keel_sql::Result<()>>,
-}
+pub struct ProjectionTask(StoppableTask<keel_sql::Error>);
 
 impl ProjectionTask {
     /// Starts `spec` on `db` (its runner stands by while another process holds the
     /// projection's lease).
     pub fn start(db: Db, spec: ProjectionSpec) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            spec.run(&db, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        Self { stop, task }
+        Self(StoppableTask::spawn(|stopped| async move { spec.run(&db, stopped).await }))
     }
 
     /// Stops the projection after its current page; an error if it failed or panicked.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        match self.task.await {
-            Ok(result) => Ok(result?),
-            Err(panicked) => {
-                Err(anyhow::Error::from(panicked).context("the projection task panicked"))
-            }
-        }
+        self.0.stop("the projection task").await
     }
 }
