@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use keel_console::{Console, LogBusGroups, Rebuild};
+use keel_console::{BusGroups, Console, LogBusGroups, Rebuild};
 use keel_core::Bus;
 use keel_gateway::{AuthConfig, Gateway, GatewayConfig};
 use keel_runtime::redact_url;
@@ -69,14 +69,9 @@ pub async fn console(
     console = example_groups(console);
     match config.bus_url.as_deref() {
         None => console = console.group_lag(Arc::new(LogBusGroups::new(log))),
-        Some(url) => {
-            console = console.relay_publisher(bus);
-            if url.starts_with("amqp://") || url.starts_with("amqps://") {
-                let amqp = keel_amqp::AmqpBus::connect(url, keel_amqp::AmqpConfig::default())
-                    .await
-                    .context("KEEL_BUS_URL (the console's connection)")?;
-                console = console.group_lag(Arc::new(amqp));
-            }
+        // A broker's lag through the system's own bus (namespaced like the services').
+        Some(_) => {
+            console = console.relay_publisher(bus.clone()).group_lag(Arc::new(BusGroups::new(bus)));
         }
     }
     Ok(console)

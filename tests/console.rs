@@ -110,3 +110,61 @@ async fn an_order_s_lineage_on_postgres() {
     let url = keel_testkit::postgres::fresh_database("why").await;
     an_order_s_lineage(&url).await;
 }
+
+/// The groups page on a broker: every example group shows a lag and a dead-letter
+/// count (the bus's own depth, namespaced as the services' names are), not "?".
+#[cfg(feature = "integration")]
+async fn broker_groups_show_their_lag(bus_url: &str) {
+    let dir = temp_dir("console-broker");
+    let database_url = keel_testkit::postgres::fresh_database("console").await;
+    let namespace = format!("console{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let up = Running::start(
+        Path::new(env!("CARGO_BIN_EXE_keel")),
+        &["up"],
+        &dir,
+        &[
+            ("KEEL_DATABASE_URL", &database_url),
+            ("KEEL_BUS_URL", bus_url),
+            ("KEEL_NAMESPACE", &namespace),
+        ],
+        "gateway",
+    );
+    up.until_services_answer().await;
+    let (status, user) =
+        post(&up.url("/api/users"), json!({"name": "Ada", "email": "ada@example.com"})).await;
+    assert_eq!(status, 201, "{user}");
+    let (status, product) =
+        post(&up.url("/api/products"), json!({"name": "Lamp", "price_cents": 1200, "stock": 3}))
+            .await;
+    assert_eq!(status, 201, "{product}");
+    let order =
+        json!({"user_id": user["id"], "items": [{"product_id": product["id"], "quantity": 1}]});
+    let (status, order) = post(&up.url("/api/orders"), order).await;
+    assert!(status == 201 || status == 202, "{status} {order}");
+    let order_id = order["id"].as_str().unwrap().to_owned();
+    eventually(&up.url(&format!("/api/orders/{order_id}")), |o| o["status"] == "confirmed").await;
+
+    let client = support::http();
+    let groups = client.get(up.url("/_keel/console/groups")).send().await.unwrap();
+    assert_eq!(groups.status(), 200);
+    let groups = groups.text().await.unwrap();
+    assert!(groups.contains("products-stock") && groups.contains("orders-fulfilment"), "{groups}");
+    assert!(!groups.contains(">?</td>"), "every group's lag and dead letters known: {groups}");
+    up.stop();
+}
+
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_groups_show_their_lag_on_kafka() {
+    let brokers =
+        std::env::var("KEEL_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    broker_groups_show_their_lag(&format!("kafka://{brokers}?profile=tansu")).await;
+}
+
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_groups_show_their_lag_on_rabbitmq() {
+    let url = std::env::var("KEEL_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    broker_groups_show_their_lag(&url).await;
+}

@@ -21,8 +21,8 @@
 //! Layout:
 //! - `lib.rs`: [`Console`] (what the console reads and acts on) and [`router`].
 //! - [`sources`]: the seams behind the pages: [`GroupLag`] (consumer groups and their
-//!   lag on each backend: [`LogBusGroups`] for the log bus, RabbitMQ's queue depths
-//!   with the `amqp` feature) and [`Rebuild`] (rebuilding projections).
+//!   lag on each backend: [`LogBusGroups`] for the log bus, [`BusGroups`] for a broker)
+//!   and [`Rebuild`] (rebuilding projections).
 //! - `html.rs`: escaping, links and the page frame (the style sheet is embedded).
 //! - `pages.rs`: one handler per page and action.
 #![warn(missing_docs)]
@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use keel_core::{DeadLetters, Publisher};
 use keel_store::EventLog;
 
-pub use sources::{GroupLag, GroupRef, GroupStatus, LogBusGroups, Rebuild};
+pub use sources::{BusGroups, GroupLag, GroupRef, GroupStatus, LogBusGroups, Rebuild};
 
 /// Where the console lives: every page is under this path.
 pub const BASE: &str = "/_keel/console";

@@ -101,27 +101,40 @@ fn store_error(error: keel_store::StoreError) -> BusError {
     BusError::Backend(Box::new(error))
 }
 
-/// RabbitMQ: a group's lag is the messages ready in its queue, its dead letters those
-/// in its dead-letter queue ([`keel_amqp::AmqpBus::queue_depth`] and
-/// [`keel_core::Subscriber::depth`]). RabbitMQ cannot list
-/// groups; tell the console about them with [`crate::Console::group`].
-#[cfg(feature = "amqp")]
+/// A broker's groups (RabbitMQ, Kafka, or any bus), through the bus's own
+/// [`keel_core::Subscriber::depth`], the figure the `keel_consumer_lag_messages` and
+/// `keel_dead_letters` gauges show: on RabbitMQ the ready messages of the group's queue
+/// and of its dead-letter queue, on Kafka the end offsets minus the group's committed
+/// ones. Give it the bus the services use (under a namespace, the namespaced one), so
+/// the names match theirs. Brokers are not asked to list groups here; tell the console
+/// about them with [`crate::Console::group`].
+#[derive(Clone)]
+pub struct BusGroups {
+    bus: Arc<dyn keel_core::Subscriber>,
+}
+
+impl std::fmt::Debug for BusGroups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusGroups").finish_non_exhaustive()
+    }
+}
+
+impl BusGroups {
+    /// The groups of `bus`.
+    pub fn new(bus: Arc<dyn keel_core::Subscriber>) -> Self {
+        Self { bus }
+    }
+}
+
 #[async_trait]
-impl GroupLag for keel_amqp::AmqpBus {
+impl GroupLag for BusGroups {
     async fn groups(&self) -> Result<Vec<GroupRef>, BusError> {
         Ok(Vec::new())
     }
 
     async fn status(&self, topic: &str, group: &str) -> Result<GroupStatus, BusError> {
-        let Some(queue) = self.queue_depth(topic, group).await? else {
-            return Ok(GroupStatus::default());
-        };
-        let depth = keel_core::Subscriber::depth(self, topic, group).await?;
-        Ok(GroupStatus {
-            lag: Some(queue.messages),
-            dead_letters: depth.dead_letters,
-            at_least: false,
-        })
+        let depth = self.bus.depth(topic, group).await?;
+        Ok(GroupStatus { lag: depth.lag, dead_letters: depth.dead_letters, at_least: false })
     }
 }
 

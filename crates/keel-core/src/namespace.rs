@@ -23,8 +23,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::bus::{
-    BusError, DeadLetter, DeadLetterId, DeadLetters, Publisher, Subscriber, Subscription,
-    SubscriptionSpec,
+    BusError, DeadLetter, DeadLetterId, DeadLetters, GroupDepth, Publisher, Subscriber,
+    Subscription, SubscriptionSpec,
 };
 use crate::envelope::CloudEvent;
 
@@ -210,6 +210,11 @@ impl Subscriber for NamespacedBus {
         spec.topic = self.namespace.qualify(&spec.topic).into_owned();
         spec.group = self.namespace.qualify(&spec.group).into_owned();
         self.inner.subscribe(spec).await
+    }
+
+    async fn depth(&self, topic: &str, group: &str) -> Result<GroupDepth, BusError> {
+        let (topic, group) = (self.namespace.qualify(topic), self.namespace.qualify(group));
+        self.inner.depth(&topic, &group).await
     }
 }
 

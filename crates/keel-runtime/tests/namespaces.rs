@@ -130,6 +130,11 @@ async fn two_namespaces_share_rabbitmq_consul_and_postgres_without_seeing_each_o
     assert!(b.bus.list("note", "readers", 10).await.unwrap().is_empty(), "B has no dead letters");
     assert_eq!(b.bus.purge("note", "readers").await.unwrap(), 0);
     assert_eq!(a.bus.list("note", "readers", 10).await.unwrap().len(), 1, "B's purge left A's");
+    // The depth gauges count each namespace's own queues (NamespacedBus forwards depth).
+    let depth_a = a.bus.depth("note", "readers").await.unwrap();
+    assert_eq!(depth_a.dead_letters, Some(1), "A's dead letter: {depth_a:?}");
+    let depth_b = b.bus.depth("note", "readers").await.unwrap();
+    assert_eq!(depth_b.dead_letters, Some(0), "B has none: {depth_b:?}");
 
     // The registry: the same service name and instance id, registered in both.
     let service = format!("notes-{}", &ns_a[1..9]);
