@@ -8,6 +8,12 @@
 //! | Kafka | the groups the brokers know, on `--topic` | commits the group's offsets (start, end, time) | publishes the log's events to the group only |
 //! | RabbitMQ | `--topic` and `--group` (AMQP cannot list queues) | empties the queue, then backfills it from the log | publishes the log's events to the group's queue |
 //! | `memory://` | its groups live in the process that opened the bus: nothing to reach from here | | |
+//!
+//! Under `KEEL_NAMESPACE` the broker's topics and groups are qualified (`NS.name`) as
+//! the services' own `NamespacedBus` qualifies them; commands take and print the
+//! unqualified names.
+
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
@@ -98,9 +104,15 @@ async fn list(
                      management plugin can: rabbitmqctl list_queues name messages consumers)"
                 );
             };
-            let depth = bus.queue_depth(&topic, &group).await?.ok_or_else(|| {
-                anyhow::anyhow!("group {group} of topic {topic} was never subscribed (no queue)")
-            })?;
+            let ns = &config.namespace;
+            let depth = bus
+                .queue_depth(&ns.qualify(&topic), &ns.qualify(&group))
+                .await?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "group {group} of topic {topic} was never subscribed (no queue)"
+                    )
+                })?;
             rows.push(json!({
                 "topic": topic, "group": group, "lag": depth.messages, "consumers": depth.consumers,
             }));
@@ -110,12 +122,20 @@ async fn list(
             let Some(topic) = topic else {
                 bail!("on Kafka give --topic: a group's lag is per topic");
             };
+            // Under a namespace the broker's names are qualified (`NS.name`, as
+            // NamespacedBus makes them); the rows show the caller's names.
+            let ns = &config.namespace;
             let names = match group {
                 Some(group) => vec![group],
-                None => bus.group_names().await?,
+                None => bus
+                    .group_names()
+                    .await?
+                    .iter()
+                    .filter_map(|name| ns.unqualify(name).map(str::to_owned))
+                    .collect(),
             };
             for group in names {
-                let partitions = bus.group_lag(&topic, &group).await?;
+                let partitions = bus.group_lag(&ns.qualify(&topic), &ns.qualify(&group)).await?;
                 if partitions.iter().all(|p| p.committed.is_none()) {
                     continue;
                 }
@@ -195,6 +215,9 @@ async fn reset(
     to: &ResetTo,
 ) -> anyhow::Result<()> {
     let (topic, group) = (target.topic.as_str(), target.group.as_str());
+    // On a broker the names are qualified by the namespace, as NamespacedBus does.
+    let ns = &config.namespace;
+    let (broker_topic, broker_group) = (ns.qualify(topic), ns.qualify(group));
     let value = match bus {
         GroupBus::Log => {
             let store = Store::open(&config.database_url, &config.namespace).await?;
@@ -208,12 +231,15 @@ async fn reset(
             let store = Store::open(&config.database_url, &config.namespace).await?;
             let log = store.log();
             let after = log_start(&*log, to).await?;
-            let purged = bus.purge_group(topic, group).await?;
+            let purged = bus.purge_group(&broker_topic, &broker_group).await?;
             let mut refilled = 0;
             if let Some(from) = after {
+                // The log's topic is the caller's; the bus qualifies it for the broker.
                 let mut spec = keel_store::GroupBackfill::new(topic, group);
                 spec.from = from;
-                refilled = keel_store::backfill_group(&*log, bus, &spec, |_| {}).await?.published;
+                let publisher = keel_core::NamespacedBus::wrap(Arc::new(bus.clone()), ns);
+                refilled =
+                    keel_store::backfill_group(&*log, &*publisher, &spec, |_| {}).await?.published;
             }
             keel_core::Publisher::close(bus).await?;
             json!({"bus": "amqp", "topic": topic, "group": group, "purged": purged, "replayed": refilled})
@@ -232,7 +258,7 @@ async fn reset(
                      to send the log's events from a position to this group"
                 );
             };
-            let partitions = bus.reset_group(topic, group, reset).await?;
+            let partitions = bus.reset_group(&broker_topic, &broker_group, reset).await?;
             let lag: u64 = partitions.iter().map(keel_kafka::PartitionLag::lag).sum();
             json!({"bus": "kafka", "topic": topic, "group": group, "lag": lag})
         }

@@ -753,10 +753,21 @@ fn groups_cmd(
     bus_url: Option<&str>,
     args: &[&str],
 ) -> Result<serde_json::Value, String> {
+    groups_cmd_env(keel, bus_url, &[], args)
+}
+
+/// [`groups_cmd`] with more environment.
+fn groups_cmd_env(
+    keel: &Keel,
+    bus_url: Option<&str>,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Result<serde_json::Value, String> {
     let mut all = args.to_vec();
     all.push("--json");
     let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
     command.args(&all).current_dir(&keel.dir).env("KEEL_DATABASE_URL", &keel.database_url);
+    command.envs(env.iter().copied());
     match bus_url {
         Some(url) => command.env("KEEL_BUS_URL", url),
         None => command.env_remove("KEEL_BUS_URL"),
@@ -944,6 +955,50 @@ async fn groups_list_reset_and_replay_on_rabbitmq() {
 
     let unnamed = groups_cmd(&keel, Some(&url), &["groups", "list"]);
     assert!(unnamed.is_err_and(|e| e.contains("--topic and --group")));
+}
+
+/// Under `KEEL_NAMESPACE` the services' queues are `NS.topic`/`NS.group`
+/// (NamespacedBus); `keel groups` with the same namespace reaches them by the plain
+/// names, and without it does not see them.
+#[cfg(feature = "integration")]
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_under_a_namespace_reach_the_namespaced_queue_on_rabbitmq() {
+    use keel_core::SubscriptionSpec;
+
+    let url = std::env::var("KEEL_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let keel = Keel::sqlite();
+    keel.ok(&["migrate"]);
+    let namespace = format!("ns{}", &uuid_like()[..12]);
+    let topic = format!("grp{}", uuid_like());
+    let amqp = keel_amqp::AmqpBus::connect(&url, keel_amqp::AmqpConfig::default()).await.unwrap();
+    let bus = keel_core::NamespacedBus::wrap(
+        std::sync::Arc::new(amqp),
+        &keel_core::Namespace::new(&namespace).unwrap(),
+    );
+    bus.subscribe(SubscriptionSpec::new(&topic, "g")).await.unwrap().close().await.unwrap();
+    let events: Vec<_> = (1..=2).map(|n| sample(&topic, n)).collect();
+    keel_core::Publisher::publish(&*bus, &topic, &events).await.unwrap();
+
+    let in_namespace = [("KEEL_NAMESPACE", namespace.as_str())];
+    let list = ["groups", "list", "--topic", &topic, "--group", "g"];
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..50 {
+        listed = groups_cmd_env(&keel, Some(&url), &in_namespace, &list).unwrap();
+        if listed["groups"][0]["lag"] == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed["groups"][0]["lag"], 2, "{listed}");
+    assert_eq!(listed["groups"][0]["topic"], topic.as_str(), "the caller's name: {listed}");
+    let outside = groups_cmd(&keel, Some(&url), &list);
+    assert!(outside.as_ref().is_err_and(|e| e.contains("never subscribed")), "{outside:?}");
+
+    let reset = ["groups", "reset", "--topic", &topic, "--group", "g", "--to-end"];
+    let emptied = groups_cmd_env(&keel, Some(&url), &in_namespace, &reset).unwrap();
+    assert_eq!(emptied["purged"], 2, "{emptied}");
+    keel_core::Publisher::close(&*bus).await.unwrap();
 }
 
 #[cfg(feature = "integration")]
