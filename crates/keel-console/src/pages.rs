@@ -28,6 +28,16 @@ type Params = Query<HashMap<String, String>>;
 
 pub(crate) fn router(console: Shared) -> Router {
     let at = |path: &str| format!("{BASE}{path}");
+    // The actions change state: a cross-site form post (CSRF) is refused, since
+    // loopback clients need no token and a browser on the operator's machine is one.
+    let actions = Router::new()
+        .route(&at("/dead-letters/retry"), post(retry_dead_letter))
+        .route(&at("/dead-letters/retry-all"), post(retry_all_dead_letters))
+        .route(&at("/dead-letters/purge"), post(purge_dead_letters))
+        .route(&at("/projections/rebuild"), post(rebuild_projection))
+        .route(&at("/relays/retry"), post(retry_relay_dead_letter))
+        .route(&at("/relays/purge"), post(purge_relay_dead_letters))
+        .route_layer(axum::middleware::from_fn(same_origin_only));
     Router::new()
         .route("/", get(home))
         .route("/_keel", get(home))
@@ -39,16 +49,36 @@ pub(crate) fn router(console: Shared) -> Router {
         .route(&at("/event"), get(event))
         .route(&at("/groups"), get(groups))
         .route(&at("/dead-letters"), get(dead_letters))
-        .route(&at("/dead-letters/retry"), post(retry_dead_letter))
-        .route(&at("/dead-letters/retry-all"), post(retry_all_dead_letters))
-        .route(&at("/dead-letters/purge"), post(purge_dead_letters))
         .route(&at("/projections"), get(projections))
-        .route(&at("/projections/rebuild"), post(rebuild_projection))
         .route(&at("/relays"), get(relays))
-        .route(&at("/relays/retry"), post(retry_relay_dead_letter))
-        .route(&at("/relays/purge"), post(purge_relay_dead_letters))
         .route(&at("/api/lineage"), get(lineage_json))
+        .merge(actions)
         .with_state(console)
+}
+
+/// Refuses a request a browser made from another site: `Sec-Fetch-Site` other than
+/// `same-origin` or `none` (typed or bookmarked), or an `Origin` whose host is not the
+/// request's `Host`. Clients that send neither (curl, scripts) are not browsers and pass.
+async fn same_origin_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let cross_site = match (text("sec-fetch-site"), text("origin")) {
+        (Some(site), _) if site != "same-origin" && site != "none" => true,
+        (_, Some(origin)) => {
+            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            text("host") != Some(origin_host)
+        }
+        _ => false,
+    };
+    if cross_site {
+        return Problem::new(StatusCode::FORBIDDEN)
+            .with_detail("a console action must come from the console's own pages (cross-site request refused)")
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// `/`, `/_keel` and `/_keel/console` lead to the overview.

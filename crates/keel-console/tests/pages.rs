@@ -143,3 +143,37 @@ async fn a_dead_letter_retried_from_the_page_reaches_its_group() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A form post a browser makes from another site (CSRF) is refused and changes
+/// nothing; the console's own pages (same origin) and non-browser clients pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_site_action_is_refused_and_changes_nothing() {
+    let f = common::fixture().await;
+    let app = keel_console::router(f.console.clone());
+    let purge = |headers: &[(&str, &str)]| {
+        let mut request = Request::post("/_keel/console/dead-letters/purge")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::HOST, "127.0.0.1:8080");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(Body::from("topic=order&group=shipping")).expect("request")
+    };
+    let letters = || f.bus.list(common::TOPIC, common::GROUP, 10);
+
+    for cross_site in [
+        &[("origin", "http://evil.example")][..],
+        &[("origin", "null")],
+        &[("sec-fetch-site", "cross-site")],
+        &[("sec-fetch-site", "same-site"), ("origin", "http://127.0.0.1:8080")],
+    ] {
+        let (status, body, _) = call(&app, purge(cross_site)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{cross_site:?}: {body}");
+        assert_eq!(letters().await.expect("list").len(), 1, "{cross_site:?} purged");
+    }
+
+    let same_origin = [("origin", "http://127.0.0.1:8080"), ("sec-fetch-site", "same-origin")];
+    let (status, body, _) = call(&app, purge(&same_origin)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert!(letters().await.expect("list").is_empty(), "the console's own form purges");
+}
