@@ -12,8 +12,8 @@
 #     on 127.0.0.1:9092 with in-memory storage;
 #   - Consul 1.8.7 from Debian bullseye's package (a static binary) into
 #     /usr/local/bin; runs as a dev agent with its HTTP API on 127.0.0.1:8500;
-#   - wrk, nginx-light, docker-compose and prometheus from Debian's packages (the
-#     gateway benchmark, the compose file check, promtool and the scrape test in
+#   - wrk, nginx-light, haproxy, caddy, docker-compose and prometheus from Debian's packages (the
+#     gateway benchmark against its peers, the compose file check, promtool and the scrape test in
 #     tests/metrics.rs; nothing of theirs is left running);
 #   - chromium and chromium-driver from Debian's packages (the console's browser
 #     test starts its own headless chromedriver).
@@ -86,11 +86,14 @@ start_python_clients() {
 }
 
 install_tools() {
-  # Debian packages for the gateway benchmark (wrk against nginx as the peer proxy) and
+  # Debian packages for the gateway benchmark (wrk against nginx, HAProxy and Caddy as
+  # the peer proxies) and
   # for checking docker-compose.yml (`docker-compose config`); nothing is started.
   local missing=()
   type -P wrk >/dev/null 2>&1 || missing+=(wrk)
   [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  type -P haproxy >/dev/null 2>&1 || missing+=(haproxy)
+  type -P caddy >/dev/null 2>&1 || missing+=(caddy)
   type -P docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   # The console's browser test: headless Chromium driven over WebDriver.
   [ -x /usr/bin/chromium ] || missing+=(chromium)
@@ -108,13 +111,16 @@ install_tools() {
       || die "${missing[*]} failed to install; see $STATE_DIR/apt.log"
     # The package starts nginx on port 80; Keel's benchmark runs its own instance.
     if [[ " ${missing[*]} " == *" nginx-light "* ]]; then nginx -s stop >/dev/null 2>&1 || true; fi
+    # Likewise HAProxy's and Caddy's own services, where an init system started them.
+    service haproxy stop >/dev/null 2>&1 || true
+    service caddy stop >/dev/null 2>&1 || true
     # Where an init system ran it, the package's own Prometheus (port 9090) is stopped.
     if [[ " ${missing[*]} " == *" prometheus "* ]]; then
       service prometheus stop >/dev/null 2>&1 || true
       service prometheus-node-exporter stop >/dev/null 2>&1 || true
     fi
   fi
-  log "tools are installed (wrk, nginx, docker-compose, prometheus, chromium, chromedriver)"
+  log "tools are installed (wrk, nginx, haproxy, caddy, docker-compose, prometheus, chromium, chromedriver)"
 }
 
 consul_installed() { type -P consul >/dev/null 2>&1; }

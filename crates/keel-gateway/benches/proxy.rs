@@ -1,16 +1,19 @@
-//! Keel gateway vs nginx as a reverse proxy, side by side, with wrk.
+//! Keel gateway vs the reverse proxies users would pick instead (nginx, HAProxy,
+//! Caddy), side by side, with wrk.
 //!
 //! Starts a tiny hyper upstream (a 13-byte body), the Keel gateway (release build,
-//! `cargo bench` makes one) and nginx (`worker_processes auto`, upstream keepalive),
-//! then runs the same wrk load against the upstream directly, nginx and Keel and prints
-//! requests/s, p50 and p99. Needs `wrk` and `nginx` (Debian: `wrk`, `nginx-light`).
+//! `cargo bench` makes one), nginx (`worker_processes auto`, upstream keepalive),
+//! HAProxy (threads = CPUs, `http-reuse always`) and Caddy (`reverse_proxy`), then runs
+//! the same wrk load against the upstream directly, each peer and Keel and prints
+//! requests/s, p50 and p99, and Keel's ratios to each peer. Needs `wrk`, `nginx`,
+//! `haproxy` and `caddy` (Debian: `wrk`, `nginx-light`, `haproxy`, `caddy`).
 //!
 //! `cargo bench -p keel-gateway --bench proxy`; tune with KEEL_BENCH_DURATION (seconds,
 //! default 10), KEEL_BENCH_CONNECTIONS (default 64), KEEL_BENCH_THREADS (default 2),
 //! KEEL_BENCH_GATEWAY_THREADS (default: the number of CPUs, as nginx's `auto`; also the
 //! number of per-core workers), KEEL_BENCH_SKIP_MT (leave out the multi-thread row).
-//! The CPU/request column is user + system time of the target's threads (or nginx's
-//! worker processes) during the measured run, from /proc, over the requests served;
+//! The CPU/request column is user + system time of the target's threads (or the peer's
+//! processes) during the measured run, from /proc, over the requests served;
 //! the user and system parts follow in brackets (the kernel's work per request is the
 //! same for every proxy doing the same syscalls, so user time is what tells them apart).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -51,7 +54,7 @@ fn main() {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let gateway_threads =
         usize::try_from(env_or("KEEL_BENCH_GATEWAY_THREADS", cpus as u64)).unwrap_or(cpus);
-    for tool in ["wrk", "nginx"] {
+    for tool in ["wrk", "nginx", "haproxy", "caddy"] {
         if Command::new("which")
             .arg(tool)
             .stdout(Stdio::null())
@@ -59,7 +62,7 @@ fn main() {
             .map(|s| !s.success())
             .unwrap_or(true)
         {
-            eprintln!("`{tool}` not found: apt-get install -y wrk nginx-light");
+            eprintln!("`{tool}` not found: apt-get install -y wrk nginx-light haproxy caddy");
             std::process::exit(1);
         }
     }
@@ -92,19 +95,21 @@ fn main() {
     });
     wait_for(per_core_addr);
 
-    let nginx = Nginx::start(upstream_addr);
+    let peers = [
+        Peer::nginx(upstream_addr),
+        Peer::haproxy(upstream_addr, cpus),
+        Peer::caddy(upstream_addr),
+    ];
 
     println!(
-        "wrk -t{threads} -c{connections} -d{duration}s, {cpus} CPUs, gateway runtime {gateway_threads} threads, nginx worker_processes auto"
+        "wrk -t{threads} -c{connections} -d{duration}s, {cpus} CPUs, gateway runtime {gateway_threads} threads, nginx worker_processes auto, haproxy nbthread {cpus}"
     );
     // What each target's CPU time is charged to: the bench's own threads by name, or
-    // nginx's worker processes.
-    let targets = [
-        ("direct (upstream)", upstream_addr, Cpu::Threads("upstream")),
-        ("nginx", nginx.addr, Cpu::ChildrenOf(nginx.child.id())),
-        ("keel gateway", gateway_addr, Cpu::Threads("gateway")),
-        ("keel gateway, per-core runtimes", per_core_addr, Cpu::Threads(PER_CORE_THREAD)),
-    ];
+    // the peer's processes.
+    let mut targets = vec![("direct (upstream)", upstream_addr, Cpu::Threads("upstream"))];
+    targets.extend(peers.iter().map(|peer| (peer.name, peer.addr, peer.cpu())));
+    targets.push(("keel gateway", gateway_addr, Cpu::Threads("gateway")));
+    targets.push(("keel gateway, per-core runtimes", per_core_addr, Cpu::Threads(PER_CORE_THREAD)));
     // KEEL_BENCH_SKIP_MT=1 leaves out the multi-thread gateway row (faster A/B runs).
     let skip_mt = std::env::var_os("KEEL_BENCH_SKIP_MT").is_some();
     let mut results = Vec::new();
@@ -125,7 +130,7 @@ fn main() {
         result.cpu_us_per_request = result.user_us_per_request + result.system_us_per_request;
         results.push((name, result));
     }
-    drop(nginx);
+    drop(peers);
 
     println!();
     println!("| target | requests/s | p50 | p99 | CPU/request (user + system) | non-2xx |");
@@ -142,15 +147,18 @@ fn main() {
             r.non_2xx
         );
     }
-    let nginx = &results[1].1;
+    let (keel, others): (Vec<_>, Vec<_>) =
+        results.iter().partition(|(name, _)| name.starts_with("keel"));
     println!();
-    for (name, keel) in &results[2..] {
-        println!(
-            "{name} / nginx: requests/s x{:.2}, p99 x{:.2}, CPU/request x{:.2} (lower is better)",
-            keel.rps / nginx.rps.max(1.0),
-            keel.p99_us / nginx.p99_us.max(1.0),
-            keel.cpu_us_per_request / nginx.cpu_us_per_request.max(0.001)
-        );
+    for (name, keel) in &keel {
+        for (peer, theirs) in others.iter().filter(|(name, _)| !name.starts_with("direct")) {
+            println!(
+                "{name} / {peer}: requests/s x{:.2}, p99 x{:.2}, CPU/request x{:.2} (lower is better)",
+                keel.rps / theirs.rps.max(1.0),
+                keel.p99_us / theirs.p99_us.max(1.0),
+                keel.cpu_us_per_request / theirs.cpu_us_per_request.max(0.001)
+            );
+        }
     }
 }
 
@@ -160,6 +168,8 @@ enum Cpu {
     Threads(&'static str),
     /// The processes whose parent is the given one (nginx's workers).
     ChildrenOf(u32),
+    /// One process, all its threads (HAProxy, Caddy).
+    Process(u32),
 }
 
 impl Cpu {
@@ -182,6 +192,10 @@ impl Cpu {
                 .filter_map(|proc| std::fs::read_to_string(proc.path().join("stat")).ok())
                 .filter_map(|stat| parse_stat(&stat).filter(|s| s.ppid == *parent).map(|s| s.ticks))
                 .sum(),
+            Cpu::Process(pid) => std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| parse_stat(&stat).map(|s| s.ticks))
+                .unwrap_or_default(),
         }
     }
 }
@@ -247,16 +261,37 @@ async fn serve_upstream(listener: TcpListener) {
     }
 }
 
-struct Nginx {
+/// A peer reverse proxy, run from its own config in a temporary directory, stopped
+/// (and its directory removed) when dropped.
+struct Peer {
+    name: &'static str,
     child: Child,
     dir: PathBuf,
     addr: SocketAddr,
 }
 
-impl Nginx {
-    fn start(upstream: SocketAddr) -> Self {
-        let dir = std::env::temp_dir().join(format!("keel-bench-nginx-{}", std::process::id()));
+impl Peer {
+    /// A fresh directory for a peer's config and state.
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("keel-bench-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn spawn(name: &'static str, dir: PathBuf, addr: SocketAddr, command: &mut Command) -> Self {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        wait_for(addr);
+        Self { name, child, dir, addr }
+    }
+
+    /// nginx: `worker_processes auto`, keep-alive to the upstream, the same forwarding
+    /// headers Keel sets.
+    fn nginx(upstream: SocketAddr) -> Self {
+        let dir = Self::dir("nginx");
         let addr = free_port();
         let d = dir.display();
         let conf = format!(
@@ -284,28 +319,102 @@ impl Nginx {
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new("nginx")
-            .args(["-p", &d.to_string(), "-c"])
+        let prefix = d.to_string();
+        Self::spawn(
+            "nginx",
+            dir,
+            addr,
+            Command::new("nginx")
+                .args(["-p", &prefix, "-c"])
+                .arg(&conf_path)
+                .args(["-g", "daemon off;"]),
+        )
+    }
+
+    /// HAProxy: one process with a thread per CPU, upstream connections reused across
+    /// requests (`http-reuse always`, HAProxy's nearest to nginx's keep-alive pool),
+    /// X-Forwarded-For added.
+    fn haproxy(upstream: SocketAddr, cpus: usize) -> Self {
+        let dir = Self::dir("haproxy");
+        let addr = free_port();
+        let conf = format!(
+            "global\n\
+               nbthread {cpus}\n\
+               maxconn 8192\n\
+             defaults\n\
+               mode http\n\
+               timeout connect 5s\n\
+               timeout client 30s\n\
+               timeout server 30s\n\
+               http-reuse always\n\
+               option forwardfor\n\
+             frontend bench\n\
+               bind {addr}\n\
+               http-request set-header X-Forwarded-Proto http\n\
+               default_backend upstream\n\
+             backend upstream\n\
+               server upstream {upstream}\n"
+        );
+        let conf_path = dir.join("haproxy.cfg");
+        std::fs::write(&conf_path, conf).unwrap();
+        Self::spawn(
+            "haproxy",
+            dir,
+            addr,
+            Command::new("haproxy").arg("-db").arg("-f").arg(&conf_path),
+        )
+    }
+
+    /// Caddy: `reverse_proxy` (keep-alive and X-Forwarded-* are its defaults), no admin
+    /// endpoint, no automatic HTTPS, state in the temporary directory.
+    fn caddy(upstream: SocketAddr) -> Self {
+        let dir = Self::dir("caddy");
+        let addr = free_port();
+        let conf = format!(
+            "{{\n\
+               admin off\n\
+               auto_https off\n\
+               persist_config off\n\
+             }}\n\
+             http://{addr} {{\n\
+               reverse_proxy {upstream}\n\
+             }}\n"
+        );
+        let conf_path = dir.join("Caddyfile");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut command = Command::new("caddy");
+        command
+            .args(["run", "--adapter", "caddyfile", "--config"])
             .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("nginx starts");
-        wait_for(addr);
-        Self { child, dir, addr }
+            .env("XDG_DATA_HOME", &dir)
+            .env("XDG_CONFIG_HOME", &dir)
+            .env("HOME", &dir);
+        Self::spawn("caddy", dir, addr, &mut command)
+    }
+
+    /// Where this peer's CPU time is counted: nginx's workers are the master's
+    /// children; HAProxy and Caddy are one process each.
+    fn cpu(&self) -> Cpu {
+        match self.name {
+            "nginx" => Cpu::ChildrenOf(self.child.id()),
+            _ => Cpu::Process(self.child.id()),
+        }
     }
 }
 
-impl Drop for Nginx {
+impl Drop for Peer {
     fn drop(&mut self) {
-        // `nginx -s stop` signals our child master, which stops its workers.
-        let _ = Command::new("nginx")
-            .args(["-p", &self.dir.display().to_string(), "-c"])
-            .arg(self.dir.join("nginx.conf"))
-            .args(["-s", "stop"])
-            .stderr(Stdio::null())
-            .status();
+        if self.name == "nginx" {
+            // `nginx -s stop` signals our child master, which stops its workers.
+            let _ = Command::new("nginx")
+                .args(["-p", &self.dir.display().to_string(), "-c"])
+                .arg(self.dir.join("nginx.conf"))
+                .args(["-s", "stop"])
+                .stderr(Stdio::null())
+                .status();
+        } else {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
