@@ -278,13 +278,18 @@ impl Peer {
         dir
     }
 
+    /// Starts the peer with its output in `dir/stdout.log` and `dir/stderr.log`; the
+    /// latter is shown if it never listens.
     fn spawn(name: &'static str, dir: PathBuf, addr: SocketAddr, command: &mut Command) -> Self {
         let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("{name} starts: {e}"));
-        wait_for(addr);
+        if !listening(addr) {
+            let output = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            panic!("{name} never listened on {addr}:\n{output}");
+        }
         Self { name, child, dir, addr }
     }
 
@@ -374,7 +379,6 @@ impl Peer {
             "{{\n\
                admin off\n\
                auto_https off\n\
-               persist_config off\n\
              }}\n\
              http://{addr} {{\n\
                reverse_proxy {upstream}\n\
@@ -425,16 +429,21 @@ fn free_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+fn wait_for(addr: SocketAddr) {
+    assert!(listening(addr), "nothing listens on {addr}");
+}
+
+/// Whether something listens on `addr` within 20 s (a peer starting on a busy machine).
 // The bench's main thread, not a tokio worker: blocking is fine here.
 #[allow(clippy::disallowed_methods)]
-fn wait_for(addr: SocketAddr) {
-    for _ in 0..100 {
+fn listening(addr: SocketAddr) -> bool {
+    for _ in 0..400 {
         if std::net::TcpStream::connect(addr).is_ok() {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("nothing listens on {addr}");
+    false
 }
 
 #[derive(Debug, Default)]
