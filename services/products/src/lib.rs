@@ -8,7 +8,8 @@
 //! - `lib.rs`: [`AppState`], [`migrate`], [`app`] (the axum router) and
 //!   [`start_consumers`].
 //! - `api.rs`: the HTTP handlers: `POST /api/products` (an authenticated caller when
-//!   identities are verified), `GET /api/products/{id}` (the catalogue is public).
+//!   identities are verified), `GET /api/products/{id}` (the catalogue is public);
+//!   [`ApiDoc`] describes them (OpenAPI).
 //! - `stock.rs`: reservations, fed by `order.placed` and `order.cancelled` through the
 //!   store's inbox (consumer group [`STOCK_GROUP`]): stock changes, reservation rows,
 //!   the answering event and the processed mark in one transaction.
@@ -26,6 +27,7 @@ mod stock;
 use std::sync::Arc;
 
 use axum::Router;
+use utoipa::OpenApi as _;
 use axum::routing::{get, post};
 use keel::bus::ConsumerHandle;
 use keel::core::{BusError, Subscriber};
@@ -67,11 +69,21 @@ pub async fn migrate(db: &Db) -> keel::sql::Result<()> {
     db.migrate(&sqlite, &postgres).await
 }
 
+/// The service's OpenAPI document: its routes as the gateway exposes them.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    paths(api::create_product, api::get_product),
+    tags((name = "products", description = "The catalogue and its stock")),
+    modifiers(&keel::http::openapi::Shared),
+)]
+pub struct ApiDoc;
+
 /// The service's routes.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/products", post(api::create_product))
         .route("/api/products/{id}", get(api::get_product))
+        .route(keel::http::openapi::SERVICE_PATH, keel::http::openapi::route(&ApiDoc::openapi()))
         .layer(body_limit())
         .with_state(state)
 }
