@@ -803,6 +803,16 @@ mod tests {
     }
 
     #[test]
+    fn the_openapi_path_is_a_path_outside_the_admin_surface() {
+        let config = GatewayConfig::from_toml_str("openapi_path = \"/api/openapi.json\"").unwrap();
+        assert_eq!(config.openapi_path.as_deref(), Some("/api/openapi.json"));
+        for bad in ["api/openapi.json", "/_keel/openapi.json", "/api/openapi.json?x"] {
+            let error = err(&format!("openapi_path = \"{bad}\""));
+            assert!(error.contains("openapi_path"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn full_example_parses() {
         let config = GatewayConfig::from_toml_str(
             r#"

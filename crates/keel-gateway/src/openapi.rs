@@ -166,13 +166,15 @@ fn add_admin(document: &mut OpenApi, admin_token: bool) {
         admin_token.then(|| vec![SecurityRequirement::new(ADMIN_TOKEN, Vec::<String>::new())])
     };
     let guarded = |builder: OperationBuilder| {
-        let builder = builder.tag("admin").security(security());
-        let builder = if admin_token {
+        let builder = builder.tag("admin");
+        let mut operation = if admin_token {
             builder.response("401", problem_ref("Unauthorized"))
         } else {
             builder.response("403", problem_ref("Forbidden"))
-        };
-        builder.build()
+        }
+        .build();
+        operation.security = security();
+        operation
     };
     let health = ObjectBuilder::new()
         .property("status", ObjectBuilder::new().schema_type(Type::String))

@@ -13,8 +13,8 @@ use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, Ref, RefOr, Type};
-use utoipa::{Modify, ToResponse, ToSchema};
+use utoipa::openapi::{ComponentsBuilder, InfoBuilder, ObjectBuilder, OpenApi, Ref, RefOr, Type};
+use utoipa::{Modify, PartialSchema, ToResponse, ToSchema};
 
 use crate::{PROBLEM_JSON, Problem, ProblemField};
 
@@ -67,10 +67,12 @@ fn retry_response(description: &str) -> Response {
     let mut response = problem_response(description);
     response.headers.insert(
         "Retry-After".to_owned(),
-        HeaderBuilder::new()
-            .schema(utoipa::openapi::ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)))
-            .description(Some("Seconds to wait before retrying."))
-            .build(),
+        RefOr::T(
+            HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0))))
+                .description(Some("Seconds to wait before retrying."))
+                .build(),
+        ),
     );
     response
 }
@@ -159,13 +161,13 @@ impl Modify for Shared {
             if let SecurityScheme::Http(http) = &mut scheme {
                 http.bearer_format = Some("JWT".to_owned());
             }
-            scheme
+            RefOr::T(scheme)
         });
         components.security_schemes.entry(ADMIN_TOKEN.to_owned()).or_insert_with(|| {
-            bearer(
+            RefOr::T(bearer(
                 "KEEL_ADMIN_TOKEN as a bearer token; without one set, the admin surface answers \
                  loopback clients only.",
-            )
+            ))
         });
     }
 }

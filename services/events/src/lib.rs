@@ -39,6 +39,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{Stream, StreamExt as _};
+use keel::http::openapi::Shared;
 use keel::core::codec::to_structured;
 use keel::core::{Position, StreamId, StreamVersion};
 use keel::http::openapi::{BadRequest, Forbidden, NotFound, Unauthorized};
@@ -61,7 +62,7 @@ pub const READER_ROLE: &str = "events:read";
 #[openapi(
     paths(page, stream, live),
     tags((name = "events", description = "The event log: the global log paged by cursor, one stream, a live tail")),
-    modifiers(&keel::http::openapi::Shared),
+    modifiers(&Shared),
 )]
 pub struct ApiDoc;
 
@@ -116,7 +117,8 @@ struct CloudEvent {
     datacontenttype: String,
     #[schema(required = false)]
     dataschema: String,
-    #[schema(required = false, value_type = Object)]
+    /// Any JSON value.
+    #[schema(required = false)]
     data: serde_json::Value,
     #[schema(required = false)]
     data_base64: String,
@@ -199,7 +201,7 @@ struct StreamQuery {
     tag = "events",
     params(("id" = String, Path, description = "The stream's id, `<category>-<id>` (such as `order-0192...`)"), StreamQuery),
     responses(
-        (status = 200, description = "The stream's events", body = StreamBody),
+        (status = 200, description = "The stream's events", body = StreamBody<'static>),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),

@@ -44,6 +44,7 @@ use std::time::Duration;
 use axum::Router;
 use utoipa::OpenApi as _;
 use axum::routing::{get, post};
+use keel::http::openapi::Shared;
 use keel::bus::ConsumerHandle;
 use keel::core::{BusError, Subscriber};
 use keel::http::{Idempotency, body_limit};
@@ -84,7 +85,7 @@ pub fn order_deadline_from_env() -> anyhow::Result<Duration> {
 #[openapi(
     paths(api::place_order, api::get_order, api::cancel_order),
     tags((name = "orders", description = "Orders: placed, confirmed or rejected by the stock, cancelled")),
-    modifiers(&keel::http::openapi::Shared),
+    modifiers(&Shared),
 )]
 pub struct ApiDoc;
 

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use axum::Router;
 use utoipa::OpenApi as _;
 use axum::routing::{get, post};
+use keel::http::openapi::Shared;
 use keel::bus::ConsumerHandle;
 use keel::core::{BusError, Subscriber};
 use keel::http::{Idempotency, body_limit};
@@ -74,7 +75,7 @@ pub async fn migrate(db: &Db) -> keel::sql::Result<()> {
 #[openapi(
     paths(api::create_product, api::get_product),
     tags((name = "products", description = "The catalogue and its stock")),
-    modifiers(&keel::http::openapi::Shared),
+    modifiers(&Shared),
 )]
 pub struct ApiDoc;
 

@@ -27,6 +27,7 @@ mod orders;
 use axum::Router;
 use utoipa::OpenApi as _;
 use axum::routing::{get, post};
+use keel::http::openapi::Shared;
 use keel::http::{Idempotency, body_limit};
 use keel::sql::Db;
 
@@ -71,7 +72,7 @@ pub async fn migrate(db: &Db) -> keel::sql::Result<()> {
 #[openapi(
     paths(api::create_user, api::get_user, api::user_orders),
     tags((name = "users", description = "Users sign up; each user's orders, paged")),
-    modifiers(&keel::http::openapi::Shared),
+    modifiers(&Shared),
 )]
 pub struct ApiDoc;
 
