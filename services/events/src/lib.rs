@@ -117,8 +117,8 @@ struct CloudEvent {
     datacontenttype: String,
     #[schema(required = false)]
     dataschema: String,
-    /// Any JSON value.
-    #[schema(required = false)]
+    /// The event's JSON data (an object in the example system).
+    #[schema(required = false, value_type = Object)]
     data: serde_json::Value,
     #[schema(required = false)]
     data_base64: String,

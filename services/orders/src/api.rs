@@ -44,7 +44,8 @@ pub(crate) struct NewOrder {
     items: Vec<OrderItem>,
 }
 
-/// The answer to placing an order: it is pending until the stock is reserved.
+/// The answer to placing an order: it is pending until the stock is reserved (its
+/// `status` is always `pending`).
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct PlacedOrder {
@@ -52,7 +53,6 @@ pub(crate) struct PlacedOrder {
     id: String,
     user_id: String,
     items: Vec<OrderItem>,
-    /// Always `pending`.
     #[schema(inline)]
     status: crate::order::OrderStatus,
 }
@@ -254,6 +254,7 @@ pub(crate) async fn get_order(
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
+        (status = 422, response = Unprocessable),
     ),
     security((), ("bearer_jwt" = [])),
 )]
