@@ -141,10 +141,15 @@ async fn the_document_is_openapi_3_and_describes_every_route() {
 
     // What the document promises that this test can see for itself.
     let page = &document["paths"]["/api/events"]["get"];
-    let names: BTreeSet<&str> =
-        page["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: BTreeSet<&str> = page["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, BTreeSet::from(["from", "after", "limit", "type", "stream"]));
-    let limit = page["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "limit").unwrap();
+    let limit =
+        page["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "limit").unwrap();
     assert_eq!(limit["schema"]["maximum"], 1000, "{limit}");
     assert!(limit["description"].as_str().unwrap().contains("default 100"), "{limit}");
     let live = &document["paths"]["/api/events/live"]["get"]["responses"]["200"]["content"];
@@ -153,8 +158,12 @@ async fn the_document_is_openapi_3_and_describes_every_route() {
     let body = &create["requestBody"]["content"]["application/json"]["schema"]["$ref"];
     let schema = document.pointer(&body.as_str().unwrap()[1..]).unwrap();
     assert_eq!(schema["required"], serde_json::json!(["name", "email"]), "{schema}");
-    let headers: Vec<&str> =
-        create["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let headers: Vec<&str> = create["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(headers, ["Idempotency-Key"]);
     for status in ["201", "409", "422", "429", "503"] {
         assert!(create["responses"][status].is_object(), "POST /api/users answers {status}");

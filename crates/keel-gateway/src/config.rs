@@ -436,7 +436,9 @@ impl GatewayConfig {
             cors.validate()?;
         }
         if let Some(path) = &self.openapi_path
-            && (!path.starts_with('/') || path.starts_with(ADMIN_PREFIX) || path.contains(['?', '#']))
+            && (!path.starts_with('/')
+                || path.starts_with(ADMIN_PREFIX)
+                || path.contains(['?', '#']))
         {
             return Err(ConfigError::invalid(
                 "openapi_path",
@@ -804,7 +806,8 @@ mod tests {
 
     #[test]
     fn the_openapi_path_is_a_path_outside_the_admin_surface() {
-        let config = GatewayConfig::from_toml_str("openapi_path = \"/api/openapi.json\"").unwrap();
+        let config = GatewayConfig::from_toml_str("openapi_path = \"/api/openapi.json\"")
+            .expect("a path outside /_keel");
         assert_eq!(config.openapi_path.as_deref(), Some("/api/openapi.json"));
         for bad in ["api/openapi.json", "/_keel/openapi.json", "/api/openapi.json?x"] {
             let error = err(&format!("openapi_path = \"{bad}\""));

@@ -162,9 +162,8 @@ fn json_response(description: &str, schema: RefOr<utoipa::openapi::Schema>) -> R
 /// The admin endpoints (`/_keel/health` open; the others behind the admin token, or
 /// loopback clients only without one).
 fn add_admin(document: &mut OpenApi, admin_token: bool) {
-    let security = || {
-        admin_token.then(|| vec![SecurityRequirement::new(ADMIN_TOKEN, Vec::<String>::new())])
-    };
+    let security =
+        || admin_token.then(|| vec![SecurityRequirement::new(ADMIN_TOKEN, Vec::<String>::new())]);
     let guarded = |builder: OperationBuilder| {
         let builder = builder.tag("admin");
         let mut operation = if admin_token {
@@ -184,22 +183,24 @@ fn add_admin(document: &mut OpenApi, admin_token: bool) {
     let health = OperationBuilder::new()
         .tag("admin")
         .summary(Some("Liveness of the gateway"))
-        .description(Some("Open to anyone (for load balancers): says nothing but `ok` and the number of routes."))
+        .description(Some(
+            "Open to anyone (for load balancers): says nothing but `ok` and the number of routes.",
+        ))
         .response("200", json_response("The gateway is up", health.into()))
         .build();
-    let routes = OperationBuilder::new()
-        .summary(Some("The routes and their instances"))
-        .response(
-            "200",
-            json_response(
-                "Every route, longest prefix first, with the instances it sends to",
-                ArrayBuilder::new().items(Ref::from_schema_name("RouteInfo")).into(),
-            ),
-        );
+    let routes = OperationBuilder::new().summary(Some("The routes and their instances")).response(
+        "200",
+        json_response(
+            "Every route, longest prefix first, with the instances it sends to",
+            ArrayBuilder::new().items(Ref::from_schema_name("RouteInfo")).into(),
+        ),
+    );
     let text = ObjectBuilder::new().schema_type(Type::String);
     let metrics = OperationBuilder::new()
         .summary(Some("Prometheus metrics"))
-        .description(Some("The process's series in the Prometheus text format (see docs/metrics.md)."))
+        .description(Some(
+            "The process's series in the Prometheus text format (see docs/metrics.md).",
+        ))
         .response(
             "200",
             ResponseBuilder::new()
@@ -211,7 +212,10 @@ fn add_admin(document: &mut OpenApi, admin_token: bool) {
     let paths = &mut document.paths.paths;
     paths.insert(format!("{ADMIN_PREFIX}/health"), PathItem::new(HttpMethod::Get, health));
     paths.insert(format!("{ADMIN_PREFIX}/routes"), PathItem::new(HttpMethod::Get, guarded(routes)));
-    paths.insert(format!("{ADMIN_PREFIX}/metrics"), PathItem::new(HttpMethod::Get, guarded(metrics)));
+    paths.insert(
+        format!("{ADMIN_PREFIX}/metrics"),
+        PathItem::new(HttpMethod::Get, guarded(metrics)),
+    );
     let components = document.components.get_or_insert_with(Default::default);
     components.schemas.insert(RouteInfo::name().into_owned(), RouteInfo::schema());
     components.schemas.insert(InstanceInfo::name().into_owned(), InstanceInfo::schema());

@@ -58,7 +58,10 @@ pub const ADMIN_TOKEN: &str = "admin_token";
 pub fn problem_response(description: &str) -> Response {
     ResponseBuilder::new()
         .description(description)
-        .content(PROBLEM_JSON, ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build())
+        .content(
+            PROBLEM_JSON,
+            ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+        )
         .build()
 }
 
@@ -175,7 +178,10 @@ impl Modify for Shared {
 /// One document of `documents` (their paths, tags and components; an earlier one wins
 /// a clash), titled `title`, with the [`Shared`] components.
 pub fn merge(title: &str, version: &str, documents: impl IntoIterator<Item = OpenApi>) -> OpenApi {
-    let mut merged = OpenApi::new(InfoBuilder::new().title(title).version(version).build(), utoipa::openapi::Paths::new());
+    let mut merged = OpenApi::new(
+        InfoBuilder::new().title(title).version(version).build(),
+        utoipa::openapi::Paths::new(),
+    );
     for document in documents {
         merged.merge(document);
     }

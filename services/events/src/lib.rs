@@ -39,9 +39,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{Stream, StreamExt as _};
-use keel::http::openapi::Shared;
 use keel::core::codec::to_structured;
 use keel::core::{Position, StreamId, StreamVersion};
+use keel::http::openapi::Shared;
 use keel::http::openapi::{BadRequest, Forbidden, NotFound, Unauthorized};
 use keel::http::{Caller, Problem, Query};
 use keel::store::{

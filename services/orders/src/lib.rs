@@ -42,13 +42,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use utoipa::OpenApi as _;
 use axum::routing::{get, post};
-use keel::http::openapi::Shared;
 use keel::bus::ConsumerHandle;
 use keel::core::{BusError, Subscriber};
+use keel::http::openapi::Shared;
 use keel::http::{Idempotency, body_limit};
 use keel::sql::Db;
+use utoipa::OpenApi as _;
 
 pub use directory::{Directory, DiscoveryDirectory, RouterDirectory, UserLookup};
 pub use error::Error;

@@ -12,8 +12,8 @@ use keel::http::openapi::{
 use keel::http::{Caller, Problem, Query};
 use keel::http::{Fields, IdempotencyKey, JsonBody, request_context};
 use keel::sql::{args, envelope};
-use keel_services_common::events::{UserRegistered, stream_id, topics};
 use keel_services_common::events::OrderItem;
+use keel_services_common::events::{UserRegistered, stream_id, topics};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};

@@ -25,11 +25,11 @@ mod api;
 mod orders;
 
 use axum::Router;
-use utoipa::OpenApi as _;
 use axum::routing::{get, post};
 use keel::http::openapi::Shared;
 use keel::http::{Idempotency, body_limit};
 use keel::sql::Db;
+use utoipa::OpenApi as _;
 
 pub use api::{DEFAULT_ORDERS_PAGE, MAX_ORDERS_PAGE};
 pub use orders::UsersOrders;
