@@ -57,7 +57,8 @@ pub const MAX_PAGE: usize = 1000;
 /// The role (besides `admin`) that may read the log when identities are verified.
 pub const READER_ROLE: &str = "events:read";
 
-/// The API's OpenAPI document: its routes as the gateway exposes them.
+/// The API's OpenAPI document: its routes as the gateway exposes them; [`app`]
+/// serves it at `/openapi.json`, where the gateway fetches it to merge.
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
     paths(page, stream, live),

@@ -80,7 +80,8 @@ pub fn order_deadline_from_env() -> anyhow::Result<Duration> {
     }
 }
 
-/// The service's OpenAPI document: its routes as the gateway exposes them.
+/// The service's OpenAPI document: its routes as the gateway exposes them; [`app`]
+/// serves it at `/openapi.json`, where the gateway fetches it to merge.
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
     paths(api::place_order, api::get_order, api::cancel_order),

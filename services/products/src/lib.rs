@@ -70,7 +70,8 @@ pub async fn migrate(db: &Db) -> keel::sql::Result<()> {
     db.migrate(&sqlite, &postgres).await
 }
 
-/// The service's OpenAPI document: its routes as the gateway exposes them.
+/// The service's OpenAPI document: its routes as the gateway exposes them; [`app`]
+/// serves it at `/openapi.json`, where the gateway fetches it to merge.
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
     paths(api::create_product, api::get_product),
