@@ -20,6 +20,7 @@
 set -euo pipefail
 
 STATE_DIR="${KEEL_SERVICES_DIR:-/var/tmp/keel/services}"
+SCHEMATHESIS_VERSION=4.32.5
 mkdir -p "$STATE_DIR"
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -82,7 +83,17 @@ start_python_clients() {
     python3 -m pip install --quiet confluent-kafka > "$STATE_DIR/pip.log" 2>&1 \
       || die "confluent-kafka failed to install; see $STATE_DIR/pip.log"
   fi
-  log "python interop clients are installed"
+  # schemathesis fuzzes `keel up` from its OpenAPI document (tests/openapi.rs), from
+  # its own venv (pinned; its dependencies stay out of the system's Python).
+  local venv=/var/tmp/keel/schemathesis
+  if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    log "installing schemathesis $SCHEMATHESIS_VERSION from PyPI into $venv (API tests)"
+    { python3 -m venv "$venv" \
+        && "$venv/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"; } \
+      > "$STATE_DIR/schemathesis.log" 2>&1 \
+      || die "schemathesis failed to install; see $STATE_DIR/schemathesis.log"
+  fi
+  log "python interop clients and schemathesis are installed"
 }
 
 install_tools() {

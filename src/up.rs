@@ -157,7 +157,9 @@ pub fn gateway_config(config: &Config) -> GatewayConfig {
         // The services' own limit: the gateway answers 413 before an upstream could
         // refuse the body half-way through.
         .max_body_bytes(u64::try_from(keel_service::MAX_BODY_BYTES).unwrap_or(u64::MAX))
-        .max_connections_per_client(MAX_CONNECTIONS_PER_CLIENT);
+        .max_connections_per_client(MAX_CONNECTIONS_PER_CLIENT)
+        // One document of the services' APIs, from each service's own.
+        .openapi_path(keel_service::openapi::OPENAPI_PATH);
     for (prefix, service) in [
         ("/api/users", "users"),
         ("/api/products", "products"),

@@ -49,6 +49,12 @@ pub struct GatewayConfig {
     /// CORS answered by the gateway; unset: no CORS headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsConfig>,
+    /// Where the gateway serves one OpenAPI document of everything it routes to (such
+    /// as `/api/openapi.json`): the documents the routed services serve at
+    /// [`keel_service::openapi::SERVICE_PATH`], merged, with the gateway's own answers
+    /// and admin endpoints (see `crate::openapi`). Unset: not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi_path: Option<String>,
     /// The routes, matched by longest prefix.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -164,7 +170,7 @@ pub struct CorsConfig {
 }
 
 /// Which requests of a route need credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Open; credentials, if any, are ignored.
@@ -290,6 +296,7 @@ impl Default for GatewayConfig {
             admin_token: None,
             max_connections_per_client: None,
             cors: None,
+            openapi_path: None,
             routes: Vec::new(),
         }
     }
@@ -375,6 +382,13 @@ impl GatewayConfig {
         self
     }
 
+    /// Serves the merged OpenAPI document of the routed services at `path`.
+    #[must_use]
+    pub fn openapi_path(mut self, path: impl Into<String>) -> Self {
+        self.openapi_path = Some(path.into());
+        self
+    }
+
     /// Caps the connections one client IP may hold open.
     #[must_use]
     pub fn max_connections_per_client(mut self, max: u32) -> Self {
@@ -420,6 +434,16 @@ impl GatewayConfig {
         }
         if let Some(cors) = &self.cors {
             cors.validate()?;
+        }
+        if let Some(path) = &self.openapi_path
+            && (!path.starts_with('/')
+                || path.starts_with(ADMIN_PREFIX)
+                || path.contains(['?', '#']))
+        {
+            return Err(ConfigError::invalid(
+                "openapi_path",
+                format!("`{path}` must be a path starting with / outside {ADMIN_PREFIX}"),
+            ));
         }
         let mut seen: Vec<String> = Vec::with_capacity(self.routes.len());
         for (i, route) in self.routes.iter().enumerate() {
@@ -778,6 +802,17 @@ mod tests {
 
     fn err(text: &str) -> String {
         GatewayConfig::from_toml_str(text).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_openapi_path_is_a_path_outside_the_admin_surface() {
+        let config = GatewayConfig::from_toml_str("openapi_path = \"/api/openapi.json\"")
+            .expect("a path outside /_keel");
+        assert_eq!(config.openapi_path.as_deref(), Some("/api/openapi.json"));
+        for bad in ["api/openapi.json", "/_keel/openapi.json", "/api/openapi.json?x"] {
+            let error = err(&format!("openapi_path = \"{bad}\""));
+            assert!(error.contains("openapi_path"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ struct Inner {
     connections: Option<Arc<ConnectionLimit>>,
     /// The web console, served under [`CONSOLE_PREFIX`] once mounted.
     console: OnceLock<axum::Router>,
+    /// Where the merged OpenAPI document is served (`openapi_path`).
+    openapi_path: Option<String>,
 }
 
 /// Where [`Gateway::mount_console`] serves the console.
@@ -98,6 +100,7 @@ impl Gateway {
         let connections = config.max_connections_per_client.map(ConnectionLimit::new);
         let admin = AdminAccess::new(config.admin_token.as_deref());
         let cors = config.cors.as_ref().map(cors_layer);
+        let openapi_path = config.openapi_path.clone();
         // One pool per service, shared by the routes that name it (the first route's
         // breaker and balance settings apply).
         let mut services: HashMap<String, Endpoints> = HashMap::new();
@@ -135,6 +138,7 @@ impl Gateway {
             metrics,
             connections,
             console: OnceLock::new(),
+            openapi_path,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(housekeeping(Arc::downgrade(&inner)));
@@ -205,6 +209,11 @@ impl Gateway {
 
     /// [`Gateway::handle`] for a connection the gateway serves itself.
     async fn handle_from(&self, req: Request<Body>, downstream: &Downstream) -> Response<Body> {
+        if self.inner.openapi_path.as_deref() == Some(req.uri().path())
+            && (req.method() == Method::GET || req.method() == Method::HEAD)
+        {
+            return self.openapi(req.uri().path()).await;
+        }
         if is_admin(req.uri().path()) {
             if let Some(app) = self.inner.console.get().filter(|_| is_console(req.uri().path())) {
                 return self.console(req, app.clone(), downstream.peer).await;
@@ -217,6 +226,23 @@ impl Gateway {
             return self.admin(&req);
         }
         self.inner.shared.proxy(req, downstream).await
+    }
+
+    /// The merged OpenAPI document of the routed services, served at `path`
+    /// (see `crate::openapi`): 503 naming the service whose document is missing.
+    async fn openapi(&self, path: &str) -> Response<Body> {
+        use axum::response::IntoResponse as _;
+        let admin_token = self.inner.admin.has_token();
+        match crate::openapi::document(&self.inner.shared.routes, path, admin_token).await {
+            Ok(document) => json(&document),
+            Err(detail) => {
+                tracing::warn!(%detail, "the OpenAPI document cannot be assembled");
+                keel_service::Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                    .with_detail(detail)
+                    .with_retry_after(1)
+                    .into_response()
+            }
+        }
     }
 
     /// The gateway as an axum router (for `keel up`); serve it with
@@ -405,16 +431,20 @@ impl Gateway {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return problem(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints are read-only");
         }
-        match &req.uri().path()[ADMIN_PREFIX.len()..] {
-            "/health" => json(&serde_json::json!({
+        let path = &req.uri().path()[ADMIN_PREFIX.len()..];
+        let Some(endpoint) = AdminEndpoint::ALL.into_iter().find(|e| e.path() == path) else {
+            return problem(StatusCode::NOT_FOUND, "no such admin endpoint");
+        };
+        match endpoint {
+            AdminEndpoint::Health => json(&serde_json::json!({
                 "status": "ok",
                 "routes": self.inner.shared.routes.iter().count(),
             })),
-            "/routes" => {
+            AdminEndpoint::Routes => {
                 let routes: Vec<_> = self.inner.shared.routes.iter().map(Route::describe).collect();
                 json(&routes)
             }
-            "/metrics" => match self.inner.metrics.get() {
+            AdminEndpoint::Metrics => match self.inner.metrics.get() {
                 Some(handle) => {
                     let mut response = Response::new(Body::from(handle.render()));
                     response.headers_mut().insert(
@@ -428,7 +458,29 @@ impl Gateway {
                     "another metrics recorder is installed in this process",
                 ),
             },
-            _ => problem(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+}
+
+/// The gateway's own endpoints under [`ADMIN_PREFIX`] (the console aside), so that
+/// the OpenAPI document can be checked to describe each (`crate::openapi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AdminEndpoint {
+    Health,
+    Routes,
+    Metrics,
+}
+
+impl AdminEndpoint {
+    /// Every endpoint.
+    pub(crate) const ALL: [Self; 3] = [Self::Health, Self::Routes, Self::Metrics];
+
+    /// Its path under [`ADMIN_PREFIX`].
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Self::Health => "/health",
+            Self::Routes => "/routes",
+            Self::Metrics => "/metrics",
         }
     }
 }

@@ -5,7 +5,8 @@
 //! roles) reaches the upstream signed as `x-keel-identity` (see
 //! `keel_service::identity`; the subject also in clear as `x-keel-subject` when it is
 //! ASCII), CORS, a body size limit, and its own errors as `application/problem+json`.
-//! Admin endpoints: `/_keel/health`, `/_keel/metrics`, `/_keel/routes`, private by
+//! With `openapi_path` set, the gateway serves there one OpenAPI document of every
+//! routed service (fetched from the services) and of its own answers. Admin endpoints: `/_keel/health`, `/_keel/metrics`, `/_keel/routes`, private by
 //! default ([`AdminAccess`]: the admin token as a bearer token, else loopback clients
 //! only; `/_keel/health` is open), and the web console under `/_keel/console` once
 //! mounted ([`Gateway::mount_console`]): the admin token opens it; otherwise, when the
@@ -41,6 +42,8 @@
 //! - `upstream.rs`: the upstream HTTP/1.1 client, a keep-alive pool whose connections
 //!   are driven by the requests that use them (no task per connection).
 //! - `admin.rs`: [`AdminAccess`], who may use the admin endpoints.
+//! - `openapi.rs`: the merged OpenAPI document of the routed services (each serves
+//!   its own), with the gateway's answers and admin endpoints, at `openapi_path`.
 //! - `gateway.rs`: [`Gateway`]: build, serve on a listener, per core
 //!   ([`PerCoreListeners`]) or as an axum router, admin.
 
@@ -53,6 +56,7 @@ mod downstream;
 mod error;
 mod gateway;
 mod jwks;
+mod openapi;
 mod proxy;
 mod route;
 mod upstream;

@@ -208,8 +208,9 @@ impl Route {
 }
 
 /// One row of `/_keel/routes`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct RouteInfo {
+    /// The path prefix the route matches.
     prefix: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<String>,
@@ -221,13 +222,17 @@ pub(crate) struct RouteInfo {
     timeout_ms: u64,
     retries: u32,
     auth: AuthMode,
+    /// Requests per second and burst, per client.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<u32>>, min_items = 2, max_items = 2)]
     rate_limit: Option<(u32, u32)>,
+    /// The instances the route sends to, with their breakers' states.
     instances: Vec<InstanceInfo>,
 }
 
-#[derive(Debug, Serialize)]
-struct InstanceInfo {
+/// An instance a route sends to.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct InstanceInfo {
     url: String,
     breaker: String,
 }

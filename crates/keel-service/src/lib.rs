@@ -29,6 +29,8 @@
 //! - `middleware.rs`: request id, trace context and the [`Caller`], problem+json for
 //!   the errors axum and tower-http produce, control characters in paths and queries
 //!   refused, panics as 500, live streams (SSE) ended when the service stops.
+//! - [`openapi`]: what the services' OpenAPI documents share (the `Problem` schema,
+//!   the error responses, the security schemes) and [`openapi::merge`].
 //! - `metrics.rs`: the process-wide Prometheus recorder ([`prometheus`]) and the
 //!   request counter and latency histogram, labelled from closed sets.
 
@@ -42,6 +44,7 @@ pub mod identity;
 mod json;
 mod metrics;
 mod middleware;
+pub mod openapi;
 mod problem;
 mod query;
 mod readiness;

@@ -13,7 +13,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 ///
 /// Handlers return it as their error (`Result<_, Problem>`); it is kept under 128 bytes
 /// so such results stay cheap to move (and clippy's `result_large_err` quiet).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem; `about:blank` when the status says it all.
     #[serde(rename = "type")]
@@ -24,9 +24,11 @@ pub struct Problem {
     pub status: u16,
     /// What happened this time, in words the caller can act on.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub detail: Option<Box<str>>,
     /// A URI naming this occurrence (such as the request path).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub instance: Option<Box<str>>,
     /// The input fields at fault, for validation errors (an extension member).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -38,7 +40,7 @@ pub struct Problem {
 
 /// One invalid input field: where it is (a JSON pointer such as `/items/0/quantity`,
 /// or a header or query parameter name) and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ProblemField {
     /// Where the field is: a JSON pointer, or a header or query parameter name.
     pub pointer: String,

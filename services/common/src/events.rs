@@ -45,9 +45,13 @@ pub struct ProductCreated {
 }
 
 /// One line of an order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 pub struct OrderItem {
+    /// The product's id.
+    #[schema(min_length = 1, max_length = 100)]
     pub product_id: String,
+    /// How many, 1 to 1,000,000.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub quantity: i64,
 }
 

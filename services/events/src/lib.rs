@@ -22,7 +22,7 @@
 //!
 //! # Layout
 //!
-//! - `lib.rs`: [`app`] and the handlers.
+//! - `lib.rs`: [`app`], the handlers and [`ApiDoc`] (their OpenAPI description).
 
 // `keel::http::Problem` (the problem+json answer, built at most once per request)
 // is the error type of the HTTP paths; boxing it would only add allocations.
@@ -41,12 +41,15 @@ use axum::{Json, Router};
 use futures::{Stream, StreamExt as _};
 use keel::core::codec::to_structured;
 use keel::core::{Position, StreamId, StreamVersion};
+use keel::http::openapi::Shared;
+use keel::http::openapi::{BadRequest, Forbidden, NotFound, Unauthorized};
 use keel::http::{Caller, Problem, Query};
 use keel::store::{
     Cursor, Direction, EventLog, LogFilter, StoreError, SubscribeOptions, subscribe,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::{IntoParams, OpenApi as _, ToSchema};
 
 /// The largest page a client may ask for.
 pub const MAX_PAGE: usize = 1000;
@@ -54,26 +57,88 @@ pub const MAX_PAGE: usize = 1000;
 /// The role (besides `admin`) that may read the log when identities are verified.
 pub const READER_ROLE: &str = "events:read";
 
+/// The API's OpenAPI document: its routes as the gateway exposes them; [`app`]
+/// serves it at `/openapi.json`, where the gateway fetches it to merge.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    paths(page, stream, live),
+    tags((name = "events", description = "The event log: the global log paged by cursor, one stream, a live tail")),
+    modifiers(&Shared),
+)]
+pub struct ApiDoc;
+
 /// The routes, over `log`.
 pub fn app(log: Arc<dyn EventLog>) -> Router {
     Router::new()
         .route("/api/events", get(page))
         .route("/api/events/streams/{id}", get(stream))
         .route("/api/events/live", get(live))
+        .route(keel::http::openapi::SERVICE_PATH, keel::http::openapi::route(&ApiDoc::openapi()))
         .with_state(log)
 }
 
-#[derive(Debug, Deserialize)]
+/// The paging parameters of the global log. Any other parameter is a 400.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// Only events at positions above this one (default 0: from the start). Give it
+    /// again with `after` to keep the floor on the following pages.
+    #[param(minimum = 0)]
     from: Option<u64>,
+    /// The `next` cursor of the previous page: the events after it, in subscription
+    /// order (`epoch.txid.position`, as this API hands it out).
     after: Option<String>,
+    /// The page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Only events of this CloudEvents type (such as `order.placed`).
     #[serde(rename = "type")]
     ty: Option<String>,
+    /// Only the events of this stream (such as `order-0192...`).
     stream: Option<String>,
 }
 
+/// A CloudEvent in the JSON format (CloudEvents 1.0): the attributes, the
+/// extensions (`topic`, `position`, `streamversion`, `causationid`,
+/// `correlationid`, ...) as members, and `data` (or `data_base64`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+struct CloudEvent {
+    specversion: String,
+    id: String,
+    source: String,
+    #[schema(rename = "type")]
+    ty: String,
+    #[schema(required = false)]
+    subject: String,
+    #[schema(required = false, format = DateTime)]
+    time: String,
+    #[schema(required = false)]
+    datacontenttype: String,
+    #[schema(required = false)]
+    dataschema: String,
+    /// The event's JSON data (an object in the example system).
+    #[schema(required = false, value_type = Object)]
+    data: serde_json::Value,
+    #[schema(required = false)]
+    data_base64: String,
+}
+
+/// A page of the global log in subscription order.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "events",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of the log; ask for the following one with `after=<next>`", body = PageBody),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+    security((), ("bearer_jwt" = [])),
+)]
 async fn page(
     State(log): State<Arc<dyn EventLog>>,
     caller: Caller,
@@ -90,29 +155,61 @@ async fn page(
 }
 
 /// A page of the global log; events are embedded as stored, not re-encoded.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct PageBody {
+    /// The events, in subscription order.
+    #[schema(value_type = Vec<CloudEvent>)]
     events: Vec<Box<RawValue>>,
-    /// Pass as `after` for the next page.
+    /// Pass as `after` for the next page (the same cursor when the page is empty).
     next: String,
+    /// The log's highest position now.
     head: u64,
 }
 
-#[derive(Serialize)]
+/// Events of one stream.
+#[derive(Serialize, ToSchema)]
 struct StreamBody<'a> {
+    /// The stream's id.
     stream: &'a str,
+    /// The stream's version now (its number of events).
     version: u64,
+    /// The events read, in the direction asked for.
+    #[schema(value_type = Vec<CloudEvent>)]
     events: Vec<Box<RawValue>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The reading of one stream. Any other parameter is a 400.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StreamQuery {
+    /// The first version to read (versions start at 1; default: the first forward,
+    /// the last backward).
+    #[param(minimum = 0)]
     from: Option<u64>,
+    /// How many events, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `forward` (default) or `backward`.
+    #[param(pattern = "^(forward|backward)$")]
     direction: Option<String>,
 }
 
+/// One stream's events.
+#[utoipa::path(
+    get,
+    path = "/api/events/streams/{id}",
+    tag = "events",
+    params(("id" = String, Path, description = "The stream's id, `<category>-<id>` (such as `order-0192...`)"), StreamQuery),
+    responses(
+        (status = 200, description = "The stream's events", body = StreamBody<'static>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    ),
+    security((), ("bearer_jwt" = [])),
+)]
 async fn stream(
     State(log): State<Arc<dyn EventLog>>,
     caller: Caller,
@@ -146,15 +243,41 @@ async fn stream(
     Ok(Json(StreamBody { stream: stream.as_str(), version: version.0, events }).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The filter of the live tail. Any other parameter is a 400.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LiveQuery {
+    /// Only events at positions above this one (default: the head now, so only new
+    /// events); `Last-Event-ID` resumes after a cursor instead.
+    #[param(minimum = 0)]
     from: Option<u64>,
+    /// Only events of this CloudEvents type.
     #[serde(rename = "type")]
     ty: Option<String>,
+    /// Only the events of this stream.
     stream: Option<String>,
 }
 
+/// A live tail of the log as Server-Sent Events: each event's `id:` is its cursor,
+/// `event:` its type and `data:` the CloudEvent JSON; a comment every 15 s keeps the
+/// connection open. It never ends by itself.
+#[utoipa::path(
+    get,
+    path = "/api/events/live",
+    tag = "events",
+    params(
+        LiveQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor (the `id:` of the last event received)"),
+    ),
+    responses(
+        (status = 200, description = "The tail, as Server-Sent Events", content_type = "text/event-stream", body = String),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+    security((), ("bearer_jwt" = [])),
+)]
 async fn live(
     State(log): State<Arc<dyn EventLog>>,
     caller: Caller,

@@ -10,6 +10,10 @@ use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
 use keel::core::envelope::ext;
 use keel::core::{ExpectedVersion, StreamVersion};
+use keel::http::openapi::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unavailable,
+    Unprocessable, UnsupportedMediaType,
+};
 use keel::http::{Caller, Denied, Problem, ProblemField};
 use keel::http::{Fields, IdempotencyKey, JsonBody, request_context};
 use keel::sql::envelope;
@@ -18,6 +22,7 @@ use keel_services_common::events::{
     OrderDeadlinePassed, OrderItem, OrderPlaced, stream_id, topics,
 };
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::directory::UserLookup;
 use crate::order::Order;
@@ -26,11 +31,72 @@ use crate::{AppState, SOURCE};
 const MAX_ITEMS: usize = 100;
 const MAX_QUANTITY: i64 = 1_000_000;
 
+/// An order to place (the body of `POST /api/orders`; checked field by field with
+/// `Fields`, so this type only describes it).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct NewOrder {
+    /// The user the order is for (the caller must own it, or be an admin).
+    #[schema(min_length = 1, max_length = 100)]
+    user_id: String,
+    /// 1 to 100 lines; each product must exist.
+    #[schema(min_items = 1, max_items = 100)]
+    items: Vec<OrderItem>,
+}
+
+/// The answer to placing an order: it is pending until the stock is reserved (its
+/// `status` is always `pending`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PlacedOrder {
+    /// The order's id (a UUIDv7).
+    id: String,
+    user_id: String,
+    items: Vec<OrderItem>,
+    #[schema(inline)]
+    status: crate::order::OrderStatus,
+}
+
+/// An order as its events left it (what `Order::to_json` writes).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct OrderBody {
+    id: String,
+    user_id: String,
+    items: Vec<OrderItem>,
+    #[schema(inline)]
+    status: crate::order::OrderStatus,
+    /// Why it was rejected.
+    reason: Option<String>,
+    /// The version of the order's stream: send it as `If-Match` to cancel only this
+    /// state of the order.
+    #[schema(minimum = 1)]
+    version: u64,
+}
+
 /// `POST /api/orders {"user_id", "items": [{"product_id", "quantity"}]}` -> 202 with
 /// `"id"` and `"status": "pending"`; the stock reservation decides the rest. The
 /// order's deadline timer is scheduled in the same transaction as its placement. A retry
 /// with the caller's Idempotency-Key gets the first answer before anything else is
 /// looked at (the users and products services need not answer again).
+#[utoipa::path(
+    post,
+    path = "/api/orders",
+    tag = "orders",
+    request_body(content = NewOrder, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a retry with the same key (and body) gets the first answer")),
+    responses(
+        (status = 202, description = "The order is placed, pending its stock reservation", body = PlacedOrder),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ),
+    security((), ("bearer_jwt" = [])),
+)]
 pub(crate) async fn place_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -145,6 +211,20 @@ async fn authorized_order(state: &AppState, caller: &Caller, id: &str) -> Result
 }
 
 /// `GET /api/orders/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}",
+    tag = "orders",
+    params(("id" = String, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order", body = OrderBody),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    ),
+)]
 pub(crate) async fn get_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -158,6 +238,26 @@ pub(crate) async fn get_order(
 /// already past cancelling, or when another command changed it first. A retry with
 /// the same Idempotency-Key gets the first answer (the 200), not the 409 the order's
 /// new state would give.
+#[utoipa::path(
+    post,
+    path = "/api/orders/{id}/cancel",
+    tag = "orders",
+    params(
+        ("id" = String, Path, description = "The order's id"),
+        ("If-Match" = Option<String>, Header, description = "The order version the caller saw, such as `\"2\"`: 409 if the order changed since"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a retry with the same key (and body) gets the first answer"),
+    ),
+    responses(
+        (status = 200, description = "The cancelled order", body = OrderBody),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = Unprocessable),
+    ),
+    security((), ("bearer_jwt" = [])),
+)]
 pub(crate) async fn cancel_order(
     State(state): State<AppState>,
     caller: Caller,

@@ -11,6 +11,7 @@
 //!   [`start_consumers`].
 //! - `api.rs`: the HTTP handlers: `POST /api/orders`, `GET /api/orders/{id}`,
 //!   `POST /api/orders/{id}/cancel`. An order belongs to the subject that placed it.
+//!   [`ApiDoc`] describes them (OpenAPI).
 //! - `order.rs`: the [`Order`] aggregate: fold (an event that does not fit is
 //!   [`Error::Unreadable`], naming it) and command rules.
 //! - `fulfilment.rs`: the [`Fulfilment`] saga (consumer group [`FULFILMENT_GROUP`],
@@ -44,8 +45,10 @@ use axum::Router;
 use axum::routing::{get, post};
 use keel::bus::ConsumerHandle;
 use keel::core::{BusError, Subscriber};
+use keel::http::openapi::Shared;
 use keel::http::{Idempotency, body_limit};
 use keel::sql::Db;
+use utoipa::OpenApi as _;
 
 pub use directory::{Directory, DiscoveryDirectory, RouterDirectory, UserLookup};
 pub use error::Error;
@@ -76,6 +79,16 @@ pub fn order_deadline_from_env() -> anyhow::Result<Duration> {
         },
     }
 }
+
+/// The service's OpenAPI document: its routes as the gateway exposes them; [`app`]
+/// serves it at `/openapi.json`, where the gateway fetches it to merge.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    paths(api::place_order, api::get_order, api::cancel_order),
+    tags((name = "orders", description = "Orders: placed, confirmed or rejected by the stock, cancelled")),
+    modifiers(&Shared),
+)]
+pub struct ApiDoc;
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -139,6 +152,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/orders", post(api::place_order))
         .route("/api/orders/{id}", get(api::get_order))
         .route("/api/orders/{id}/cancel", post(api::cancel_order))
+        .route(keel::http::openapi::SERVICE_PATH, keel::http::openapi::route(&ApiDoc::openapi()))
         .layer(body_limit())
         .with_state(state)
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::error::Error;
 
 /// Where an order stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
     /// Placed; the stock is not reserved yet.

@@ -5,18 +5,68 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 use keel::core::ExpectedVersion;
+use keel::http::openapi::{
+    BadRequest, NotFound, PayloadTooLarge, Unauthorized, Unprocessable, UnsupportedMediaType,
+};
 use keel::http::{Caller, Problem};
 use keel::http::{Fields, IdempotencyKey, JsonBody, request_context};
 use keel::sql::{args, envelope};
 use keel_services_common::events::{ProductCreated, stream_id, topics};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::{AppState, SOURCE};
 
 /// The largest price and stock accepted (far below where sums could overflow).
 const MAX_AMOUNT: i64 = 1_000_000_000_000;
 
+/// A product to add (the body of `POST /api/products`; checked field by field with
+/// `Fields`, so this type only describes it).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct NewProduct {
+    /// 1 to 200 characters, no control characters (trimmed).
+    #[schema(min_length = 1, max_length = 200)]
+    name: String,
+    /// The price in cents, 1 to 10^12.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
+    price_cents: i64,
+    /// The initial stock, 0 to 10^12.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    stock: i64,
+}
+
+/// A product of the catalogue.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Product {
+    /// The product's id (a UUIDv7).
+    id: String,
+    name: String,
+    price_cents: i64,
+    /// The stock not reserved by orders.
+    stock: i64,
+}
+
 /// `POST /api/products {"name", "price_cents", "stock"}` -> 201 with `"id"`.
+#[utoipa::path(
+    post,
+    path = "/api/products",
+    tag = "products",
+    request_body(content = NewProduct, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a retry with the same key and body gets the first answer"),
+    ),
+    responses(
+        (status = 201, description = "The product is added", body = Product),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ),
+    security((), ("bearer_jwt" = [])),
+)]
 pub(crate) async fn create_product(
     State(state): State<AppState>,
     caller: Caller,
@@ -52,18 +102,28 @@ pub(crate) async fn create_product(
             let stream = stream_id(topics::PRODUCT, &id)?;
             tx.append(&stream, ExpectedVersion::NoStream, &[envelope(&event, SOURCE, &context)?])
                 .await?;
-            let body =
-                json!({ "id": id, "name": name, "price_cents": price_cents, "stock": stock });
-            Ok((tx, StatusCode::CREATED, body))
+            let product = Product { id, name, price_cents, stock };
+            Ok((tx, StatusCode::CREATED, json!(product)))
         })
         .await
 }
 
 /// `GET /api/products/{id}`: the product with its current stock.
+#[utoipa::path(
+    get,
+    path = "/api/products/{id}",
+    tag = "products",
+    params(("id" = String, Path, description = "The product's id")),
+    responses(
+        (status = 200, description = "The product", body = Product),
+        (status = 400, response = BadRequest),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub(crate) async fn get_product(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<Product>, Problem> {
     let row: Option<(String, String, i64, i64)> = state
         .db
         .fetch_optional(
@@ -73,5 +133,5 @@ pub(crate) async fn get_product(
         .await?;
     let (id, name, price_cents, stock) =
         row.ok_or_else(|| Problem::not_found(format!("no product `{id}`")))?;
-    Ok(Json(json!({ "id": id, "name": name, "price_cents": price_cents, "stock": stock })))
+    Ok(Json(Product { id, name, price_cents, stock }))
 }

@@ -8,7 +8,8 @@
 //! - `lib.rs`: [`AppState`], [`migrate`], [`app`] (the axum router) and
 //!   [`start_consumers`].
 //! - `api.rs`: the HTTP handlers: `POST /api/products` (an authenticated caller when
-//!   identities are verified), `GET /api/products/{id}` (the catalogue is public).
+//!   identities are verified), `GET /api/products/{id}` (the catalogue is public);
+//!   [`ApiDoc`] describes them (OpenAPI).
 //! - `stock.rs`: reservations, fed by `order.placed` and `order.cancelled` through the
 //!   store's inbox (consumer group [`STOCK_GROUP`]): stock changes, reservation rows,
 //!   the answering event and the processed mark in one transaction.
@@ -29,8 +30,10 @@ use axum::Router;
 use axum::routing::{get, post};
 use keel::bus::ConsumerHandle;
 use keel::core::{BusError, Subscriber};
+use keel::http::openapi::Shared;
 use keel::http::{Idempotency, body_limit};
 use keel::sql::Db;
+use utoipa::OpenApi as _;
 
 pub use stock::STOCK_GROUP;
 
@@ -67,11 +70,22 @@ pub async fn migrate(db: &Db) -> keel::sql::Result<()> {
     db.migrate(&sqlite, &postgres).await
 }
 
+/// The service's OpenAPI document: its routes as the gateway exposes them; [`app`]
+/// serves it at `/openapi.json`, where the gateway fetches it to merge.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    paths(api::create_product, api::get_product),
+    tags((name = "products", description = "The catalogue and its stock")),
+    modifiers(&Shared),
+)]
+pub struct ApiDoc;
+
 /// The service's routes.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/products", post(api::create_product))
         .route("/api/products/{id}", get(api::get_product))
+        .route(keel::http::openapi::SERVICE_PATH, keel::http::openapi::route(&ApiDoc::openapi()))
         .layer(body_limit())
         .with_state(state)
 }

@@ -5,12 +5,18 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 use keel::core::ExpectedVersion;
+use keel::http::openapi::{
+    BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, Unauthorized, Unprocessable,
+    UnsupportedMediaType,
+};
 use keel::http::{Caller, Problem, Query};
 use keel::http::{Fields, IdempotencyKey, JsonBody, request_context};
 use keel::sql::{args, envelope};
+use keel_services_common::events::OrderItem;
 use keel_services_common::events::{UserRegistered, stream_id, topics};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{AppState, SOURCE};
 
@@ -24,8 +30,51 @@ fn taken() -> Problem {
         .with_field("/email", "is already registered")
 }
 
-/// `POST /api/users {"name", "email"}` -> 201 `{"id", "name", "email"}`, owned by the
-/// caller.
+/// A user to register (the body of `POST /api/users`; checked field by field with
+/// `Fields`, so this type only describes it).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct NewUser {
+    /// 1 to 200 characters, no control characters (trimmed).
+    #[schema(min_length = 1, max_length = 200)]
+    name: String,
+    /// An e-mail address, unique among the users.
+    #[schema(format = Email, max_length = 254)]
+    email: String,
+}
+
+/// A user.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct User {
+    /// The user's id (a UUIDv7).
+    id: String,
+    name: String,
+    email: String,
+    /// The subject that registered the user (`null` when identities are not verified).
+    owner: Option<String>,
+}
+
+/// `POST /api/users {"name", "email"}` -> 201 `{"id", "name", "email", "owner"}`,
+/// owned by the caller.
+#[utoipa::path(
+    post,
+    path = "/api/users",
+    tag = "users",
+    request_body(content = NewUser, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a retry with the same key and body gets the first answer"),
+    ),
+    responses(
+        (status = 201, description = "The user is registered", body = User),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+    ),
+    security((), ("bearer_jwt" = [])),
+)]
 pub(crate) async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -59,7 +108,7 @@ pub(crate) async fn create_user(
             // this insert (on PostgreSQL both see no row): the unique index decides.
             tx.execute(
                 "INSERT INTO users_users (id, name, email, owner, created_at) VALUES ($1, $2, $3, $4, $5)",
-                args![&id, &name, &email, owner, now],
+                args![&id, &name, &email, owner.clone(), now],
             )
             .await
             .map_err(|error| if error.is_unique_violation() { taken() } else { error.into() })?;
@@ -68,7 +117,8 @@ pub(crate) async fn create_user(
             let stream = stream_id(topics::USER, &id)?;
             tx.append(&stream, ExpectedVersion::NoStream, &[envelope(&event, SOURCE, &context)?])
                 .await?;
-            Ok((tx, StatusCode::CREATED, json!({ "id": id, "name": name, "email": email })))
+            let user = User { id, name, email, owner };
+            Ok((tx, StatusCode::CREATED, json!(user)))
         })
         .await
 }
@@ -89,31 +139,83 @@ async fn authorized_user(
 }
 
 /// `GET /api/users/{id}`: the user, with `owner` (the subject it belongs to).
+#[utoipa::path(
+    get,
+    path = "/api/users/{id}",
+    tag = "users",
+    params(("id" = String, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub(crate) async fn get_user(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<User>, Problem> {
     let (id, name, email, owner) = authorized_user(&state, &caller, &id).await?;
-    Ok(Json(json!({ "id": id, "name": name, "email": email, "owner": owner })))
+    Ok(Json(User { id, name, email, owner }))
 }
 
-#[derive(Debug, Deserialize)]
+/// The paging parameters of a user's orders.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct OrdersQuery {
+    /// The page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// The `next` of the previous page: the orders after that order id.
     after: Option<String>,
+}
+
+/// A page of a user's orders.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UserOrders {
+    user_id: String,
+    /// Oldest first.
+    orders: Vec<UserOrder>,
+    /// The `after` of the following page; `null` after the last.
+    next: Option<String>,
+}
+
+/// One of a user's orders, as the users service last heard of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct UserOrder {
+    id: String,
+    /// `pending`, `confirmed`, `rejected` or `cancelled`.
+    status: String,
+    items: Vec<OrderItem>,
+    /// Why the order was rejected.
+    reason: Option<String>,
 }
 
 /// `GET /api/users/{id}/orders?limit=N&after=ORDER_ID`: the user's orders, oldest
 /// first (order ids are UUIDv7), a page at a time: `{"user_id", "orders", "next"}`,
 /// where `next` is the `after` of the following page, `null` after the last.
+#[utoipa::path(
+    get,
+    path = "/api/users/{id}/orders",
+    tag = "users",
+    params(("id" = String, Path, description = "The user's id"), OrdersQuery),
+    responses(
+        (status = 200, description = "A page of the user's orders, oldest first", body = UserOrders),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub(crate) async fn user_orders(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Query(query): Query<OrdersQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<UserOrders>, Problem> {
     let limit = query.limit.unwrap_or(DEFAULT_ORDERS_PAGE);
     if !(1..=MAX_ORDERS_PAGE).contains(&limit) {
         return Err(Problem::invalid_field("limit", format!("must be 1 to {MAX_ORDERS_PAGE}")));
@@ -133,10 +235,10 @@ pub(crate) async fn user_orders(
     let next = more.then(|| rows.last().map(|row| row.0.clone())).flatten();
     let orders = rows
         .into_iter()
-        .map(|(order_id, status, items, reason)| {
-            let items: Value = serde_json::from_str(&items).unwrap_or(Value::Null);
-            json!({ "id": order_id, "status": status, "items": items, "reason": reason })
+        .map(|(id, status, items, reason)| {
+            let items = serde_json::from_str(&items).unwrap_or_default();
+            UserOrder { id, status, items, reason }
         })
-        .collect::<Vec<_>>();
-    Ok(Json(json!({ "user_id": id, "orders": orders, "next": next })))
+        .collect();
+    Ok(Json(UserOrders { user_id: id, orders, next }))
 }

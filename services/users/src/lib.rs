@@ -9,6 +9,7 @@
 //!   `GET /api/users/{id}/orders` (paged). A user belongs to the subject that
 //!   registered it: with identities verified, only that subject or an admin reads it
 //!   and its orders (and places orders for it, in the orders service).
+//!   [`ApiDoc`] describes them (OpenAPI).
 //! - `orders.rs`: [`UsersOrders`], the `users_orders` read model: a projection of the
 //!   `order.*` events of the log, which the binary registers with its runner.
 //! - `main.rs`: the binary, a `keel::runtime::ServiceRunner`: the service alone on
@@ -25,8 +26,10 @@ mod orders;
 
 use axum::Router;
 use axum::routing::{get, post};
+use keel::http::openapi::Shared;
 use keel::http::{Idempotency, body_limit};
 use keel::sql::Db;
+use utoipa::OpenApi as _;
 
 pub use api::{DEFAULT_ORDERS_PAGE, MAX_ORDERS_PAGE};
 pub use orders::UsersOrders;
@@ -64,12 +67,23 @@ pub async fn migrate(db: &Db) -> keel::sql::Result<()> {
     db.migrate(&sqlite, &postgres).await
 }
 
+/// The service's OpenAPI document: its routes as the gateway exposes them; [`app`]
+/// serves it at `/openapi.json`, where the gateway fetches it to merge.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    paths(api::create_user, api::get_user, api::user_orders),
+    tags((name = "users", description = "Users sign up; each user's orders, paged")),
+    modifiers(&Shared),
+)]
+pub struct ApiDoc;
+
 /// The service's routes.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/users", post(api::create_user))
         .route("/api/users/{id}", get(api::get_user))
         .route("/api/users/{id}/orders", get(api::user_orders))
+        .route(keel::http::openapi::SERVICE_PATH, keel::http::openapi::route(&ApiDoc::openapi()))
         .layer(body_limit())
         .with_state(state)
 }
