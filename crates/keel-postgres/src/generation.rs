@@ -1,6 +1,6 @@
 //! Blue/green generations of read-model tables (see `keel_store::projection`): a
-//! shadow table made `LIKE` the live one, the swap (drop, rename), and the
-//! `keel_rebuilds` rows.
+//! shadow table made `LIKE` the live one, and the `keel_rebuilds` rows (the swap and
+//! the drop are `keel_store::sql`'s, the same in both dialects).
 //!
 //! `LIKE .. INCLUDING ALL` copies columns, defaults, constraints, indexes and identity
 //! columns (not foreign keys, not triggers). The shadow's indexes get names PostgreSQL
@@ -14,7 +14,7 @@ use keel_store::{Result, StoreError};
 use sqlx::{PgConnection, PgPool};
 
 pub(crate) async fn create_shadow(conn: &mut PgConnection, live: &str, shadow: &str) -> Result<()> {
-    drop_table(conn, shadow).await?;
+    keel_store::sql::drop_table::<sqlx::Postgres>(conn, shadow).await?;
     let exists: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = $1)",
     )
@@ -34,21 +34,6 @@ pub(crate) async fn create_shadow(conn: &mut PgConnection, live: &str, shadow: &
     ))
     .execute(&mut *conn)
     .await?;
-    Ok(())
-}
-
-pub(crate) async fn swap(conn: &mut PgConnection, live: &str, shadow: &str) -> Result<()> {
-    sqlx::query(&format!("DROP TABLE {}", quote_ident(live))).execute(&mut *conn).await?;
-    sqlx::query(&format!("ALTER TABLE {} RENAME TO {}", quote_ident(shadow), quote_ident(live)))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-pub(crate) async fn drop_table(conn: &mut PgConnection, table: &str) -> Result<()> {
-    sqlx::query(&format!("DROP TABLE IF EXISTS {}", quote_ident(table)))
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 

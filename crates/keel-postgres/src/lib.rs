@@ -594,11 +594,11 @@ impl SqlEventLog for PgEventLog {
     }
 
     async fn swap_table_in(&self, conn: &mut PgConnection, live: &str, shadow: &str) -> Result<()> {
-        generation::swap(conn, live, shadow).await
+        keel_store::sql::swap_table::<Postgres>(conn, live, shadow).await
     }
 
     async fn drop_table_in(&self, conn: &mut PgConnection, table: &str) -> Result<()> {
-        generation::drop_table(conn, table).await
+        keel_store::sql::drop_table::<Postgres>(conn, table).await
     }
 
     async fn rebuilds(&self) -> Result<Vec<(String, keel_store::projection::RebuildState)>> {

@@ -1,6 +1,7 @@
 //! Blue/green generations of read-model tables (see `keel_store::projection`): a
 //! shadow table made from the live table's `CREATE` statements in `sqlite_master`,
-//! the swap (drop, rename), and the `keel_rebuilds` rows.
+//! and the `keel_rebuilds` rows (the swap and the drop are `keel_store::sql`'s, the same
+//! in both dialects).
 //!
 //! SQLite cannot rename an index, so a shadow index takes the live index's name with
 //! `__keel_next` added, or removed when the live name has it: the names alternate from
@@ -52,7 +53,7 @@ pub(crate) async fn create_shadow(
     live: &str,
     shadow: &str,
 ) -> Result<()> {
-    drop_table(conn, shadow).await?;
+    keel_store::sql::drop_table::<sqlx::Sqlite>(conn, shadow).await?;
     let table: Option<(String,)> =
         sqlx::query_as("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?")
             .bind(live)
@@ -81,21 +82,6 @@ pub(crate) async fn create_shadow(
         })?;
         sqlx::query(&create).execute(&mut *conn).await?;
     }
-    Ok(())
-}
-
-pub(crate) async fn swap(conn: &mut SqliteConnection, live: &str, shadow: &str) -> Result<()> {
-    sqlx::query(&format!("DROP TABLE {}", quote_ident(live))).execute(&mut *conn).await?;
-    sqlx::query(&format!("ALTER TABLE {} RENAME TO {}", quote_ident(shadow), quote_ident(live)))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-pub(crate) async fn drop_table(conn: &mut SqliteConnection, table: &str) -> Result<()> {
-    sqlx::query(&format!("DROP TABLE IF EXISTS {}", quote_ident(table)))
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 

@@ -486,11 +486,11 @@ impl SqlEventLog for SqliteEventLog {
         live: &str,
         shadow: &str,
     ) -> Result<()> {
-        generation::swap(conn, live, shadow).await
+        keel_store::sql::swap_table::<Sqlite>(conn, live, shadow).await
     }
 
     async fn drop_table_in(&self, conn: &mut SqliteConnection, table: &str) -> Result<()> {
-        generation::drop_table(conn, table).await
+        keel_store::sql::drop_table::<Sqlite>(conn, table).await
     }
 
     async fn rebuilds(&self) -> Result<Vec<(String, keel_store::projection::RebuildState)>> {

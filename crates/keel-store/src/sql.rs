@@ -153,3 +153,32 @@ pub trait SqlEventLog: EventLog {
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
+
+/// What [`SqlEventLog::swap_table_in`] does, written once: the statements are the same
+/// in both dialects (`DROP TABLE`, `ALTER TABLE .. RENAME TO`), and both make DDL part
+/// of the caller's transaction.
+pub async fn swap_table<Db>(conn: &mut Db::Connection, live: &str, shadow: &str) -> Result<()>
+where
+    Db: sqlx::Database,
+    for<'c> &'c mut Db::Connection: sqlx::Executor<'c, Database = Db>,
+{
+    use sqlx::Executor as _;
+    let drop = format!("DROP TABLE {}", quote_ident(live));
+    conn.execute(drop.as_str()).await?;
+    let rename = format!("ALTER TABLE {} RENAME TO {}", quote_ident(shadow), quote_ident(live));
+    conn.execute(rename.as_str()).await?;
+    Ok(())
+}
+
+/// What [`SqlEventLog::drop_table_in`] does, written once (the same statement in both
+/// dialects).
+pub async fn drop_table<Db>(conn: &mut Db::Connection, table: &str) -> Result<()>
+where
+    Db: sqlx::Database,
+    for<'c> &'c mut Db::Connection: sqlx::Executor<'c, Database = Db>,
+{
+    use sqlx::Executor as _;
+    let drop = format!("DROP TABLE IF EXISTS {}", quote_ident(table));
+    conn.execute(drop.as_str()).await?;
+    Ok(())
+}

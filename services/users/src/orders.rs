@@ -50,8 +50,12 @@ impl Projection for UsersOrders {
     async fn apply(&self, conn: &mut Conn<'_>, event: &CloudEvent) -> Result<(), HandlerError> {
         let now = chrono::Utc::now().to_rfc3339();
         let ty = event.ty();
+        // A decode error converts to `HandlerError::unreadable` (with `?`), so an event
+        // this code cannot read meets the projection's policy (skip and record) instead
+        // of failing its page for ever: the README's `keel publish order.placed --data
+        // '{"total":12}'` must not stop the read model.
         if ty == OrderPlaced::TYPE {
-            let placed: OrderPlaced = event.decode().map_err(HandlerError::permanent)?;
+            let placed: OrderPlaced = event.decode()?;
             let items = serde_json::to_string(&placed.items).map_err(HandlerError::permanent)?;
             conn.execute(
                 "INSERT INTO {users_orders} (order_id, user_id, status, items, reason, placed_at, updated_at)
@@ -64,20 +68,12 @@ impl Projection for UsersOrders {
         // The statuses an outcome may follow, as the order's own fold reads its stream:
         // a confirmation appended after a cancellation does not undo it.
         let (order_id, status, reason) = if ty == OrderConfirmed::TYPE {
-            (
-                event.decode::<OrderConfirmed>().map_err(HandlerError::permanent)?.order_id,
-                "confirmed",
-                None,
-            )
+            (event.decode::<OrderConfirmed>()?.order_id, "confirmed", None)
         } else if ty == OrderRejected::TYPE {
-            let rejected: OrderRejected = event.decode().map_err(HandlerError::permanent)?;
+            let rejected: OrderRejected = event.decode()?;
             (rejected.order_id, "rejected", Some(rejected.reason))
         } else if ty == OrderCancelled::TYPE {
-            (
-                event.decode::<OrderCancelled>().map_err(HandlerError::permanent)?.order_id,
-                "cancelled",
-                None,
-            )
+            (event.decode::<OrderCancelled>()?.order_id, "cancelled", None)
         } else {
             return Ok(());
         };
