@@ -58,6 +58,14 @@ impl Store {
         }
     }
 
+    /// The store as the SQL libraries (keel-sql, keel-timers) take it.
+    pub fn db(&self) -> keel_sql::Db {
+        match self {
+            Self::Postgres(log) => keel_sql::Db::Postgres((**log).clone()),
+            Self::Sqlite(log) => keel_sql::Db::Sqlite((**log).clone()),
+        }
+    }
+
     /// `postgres` or `sqlite`.
     pub fn kind(&self) -> &'static str {
         match self {

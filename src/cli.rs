@@ -143,7 +143,7 @@ pub enum Command {
         lines: usize,
     },
     /// The database read, the log's head, relay checkpoints and lag, projection
-    /// checkpoints.
+    /// checkpoints, pending timers and how late the oldest overdue one is.
     #[command(after_help = ENV_DB_BUS)]
     Status,
     /// An event's causal lineage: what caused it (through `causationid`, up to the
@@ -197,6 +197,12 @@ pub enum Command {
     Groups {
         #[command(subcommand)]
         action: GroupAction,
+    },
+    /// Durable timers in the store (keel-timers): the pending ones, when each is due and
+    /// what it will publish; cancelling one by key.
+    Timers {
+        #[command(subcommand)]
+        action: TimerAction,
     },
     /// Print a shell completion script: `keel completions bash > ~/.local/share/bash-completion/completions/keel`,
     /// `keel completions zsh > ~/.zfunc/_keel`, `keel completions fish > ~/.config/fish/completions/keel.fish`.
@@ -288,6 +294,36 @@ pub enum GroupAction {
         /// Only events of this type (repeatable; not with the log as the bus).
         #[arg(long = "type", value_name = "TYPE")]
         types: Vec<String>,
+    },
+}
+
+/// `keel timers` actions.
+#[derive(Debug, Subcommand)]
+pub enum TimerAction {
+    /// Timers still in the store, the soonest due first: key, due time, dispatcher,
+    /// and what each will publish (event type, topic, stream). Failed ones (their
+    /// message could never be appended) are listed with the reason.
+    #[command(after_help = ENV_DB)]
+    List {
+        /// Only timers of this dispatcher name (default: every dispatcher's).
+        #[arg(long)]
+        dispatcher: Option<String>,
+        /// Only timers due before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        due_before: Option<DateTime<Utc>>,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Cancel a pending timer by key: it never fires. A key that is not pending (it
+    /// fired, was cancelled, or never existed) is an error.
+    #[command(after_help = ENV_DB)]
+    Cancel {
+        /// The timer's key (as `keel timers list` shows it).
+        key: String,
+        /// The dispatcher name the timer belongs to.
+        #[arg(long, default_value = keel_timers::DEFAULT_DISPATCHER)]
+        dispatcher: String,
     },
 }
 
@@ -454,6 +490,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dlq { action } => commands::dlq(&config, out, action).await,
         Command::Groups { action } => crate::groups::groups(&config, out, action).await,
+        Command::Timers { action } => crate::timers::timers(&config, out, action).await,
         Command::Completions { .. } => Ok(()),
     }
 }

@@ -367,6 +367,8 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         Store::Sqlite(log) => log.rebuilds().await?,
         Store::Postgres(log) => log.rebuilds().await?,
     };
+    let now = Utc::now();
+    let timers = keel_timers::timer_summary(&store.db(), now).await?;
     let mut checkpoints = Vec::new();
     for (name, cursor, updated) in log.checkpoints().await? {
         let behind = log.count_after(cursor, Position(u64::MAX)).await?;
@@ -401,6 +403,7 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
         "head": head.0,
         "checkpoints": checkpoints,
         "relay_dead_letters": relay_dead_letters.len(),
+        "timers": crate::timers::summary_json(&timers, now),
         "skipped": skipped,
         "rebuilds": rebuilds
             .iter()
@@ -413,11 +416,12 @@ pub async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
             .as_str()
             .map_or_else(String::new, |namespace| format!("namespace {namespace}\n"));
         text.push_str(&format!(
-            "store  {} {}\nbus    {}\nhead   position {}\n",
+            "store  {} {}\nbus    {}\nhead   position {}\n{}\n",
             store.kind(),
             value["database"].as_str().unwrap_or_default(),
             value["bus"].as_str().unwrap_or_default(),
-            head
+            head,
+            crate::timers::summary_text(&timers, now)
         ));
         if checkpoints.is_empty() {
             text.push_str("\nno relay, projection or consumer checkpoints yet");

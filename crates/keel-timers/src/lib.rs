@@ -38,6 +38,8 @@
 //!   [`TimersExt`] (the same on a `Db`, each call its own transaction).
 //! - `dispatcher.rs`: [`Dispatcher`]: the lease, the page-per-transaction firing loop,
 //!   the lateness metric; [`DispatcherOptions`].
+//! - `query.rs`: [`list_timers`] and [`timer_summary`]: the stored timers seen from
+//!   outside (`keel timers list`, `keel status`).
 //! - `error.rs`: [`Error`].
 //!
 //! The table's migrations live with each store (`crates/keel-sqlite/migrations`,
@@ -51,10 +53,12 @@
 
 mod dispatcher;
 mod error;
+mod query;
 mod schedule;
 mod timer;
 
 pub use dispatcher::{Dispatcher, DispatcherOptions};
 pub use error::{Error, Result};
+pub use query::{StoredTimer, TimerQuery, TimerSummary, list_timers, timer_summary};
 pub use schedule::{TimersExt, cancel_in, cancel_named_in, schedule_in};
 pub use timer::{DEFAULT_DISPATCHER, Due, MAX_KEY_LEN, Timer};
