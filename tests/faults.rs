@@ -64,7 +64,7 @@ const SETTLE_PATIENCE: Duration = Duration::from_secs(180);
 
 const USERS: usize = 4;
 const PRODUCTS: usize = 5;
-const INITIAL_STOCK: i64 = 60;
+const INITIAL_STOCK: i64 = 100;
 
 pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -77,7 +77,9 @@ pub(crate) fn http() -> reqwest::Client {
 fn env_number(key: &str, default: u64) -> u64 {
     match std::env::var(key) {
         Err(_) => default,
-        Ok(text) => text.trim().parse().unwrap_or_else(|_| panic!("{key}=`{text}` is not a number")),
+        Ok(text) => {
+            text.trim().parse().unwrap_or_else(|_| panic!("{key}=`{text}` is not a number"))
+        }
     }
 }
 
@@ -171,6 +173,7 @@ async fn client(
     mut rng: Rng,
     until: Instant,
     budget: Arc<std::sync::atomic::AtomicI64>,
+    pause: Duration,
     ledger: Arc<Mutex<Ledger>>,
 ) {
     use std::sync::atomic::Ordering;
@@ -193,7 +196,7 @@ async fn client(
             let id = answer["id"].as_str().expect("an order id").to_owned();
             ledger.lock().unwrap().accepted.insert(id, items);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -202,7 +205,8 @@ async fn catalogue(gateway: &str, ledger: &Mutex<Ledger>) -> (Vec<String>, Vec<S
     let http = http();
     let mut users = Vec::new();
     for n in 0..USERS {
-        let body = json!({"name": format!("Client {n}"), "email": format!("client{n}@example.com")});
+        let body =
+            json!({"name": format!("Client {n}"), "email": format!("client{n}@example.com")});
         let key = uuid::Uuid::now_v7().to_string();
         let user = post_until_accepted(&http, &format!("{gateway}/api/users"), &key, &body, ledger)
             .await
@@ -211,7 +215,8 @@ async fn catalogue(gateway: &str, ledger: &Mutex<Ledger>) -> (Vec<String>, Vec<S
     }
     let mut products = Vec::new();
     for n in 0..PRODUCTS {
-        let body = json!({"name": format!("Part {n}"), "price_cents": 100 + n, "stock": INITIAL_STOCK});
+        let body =
+            json!({"name": format!("Part {n}"), "price_cents": 100 + n, "stock": INITIAL_STOCK});
         let key = uuid::Uuid::now_v7().to_string();
         let url = format!("{gateway}/api/products");
         let product =
@@ -232,7 +237,11 @@ fn fault_kinds(deployment: &Deployment) -> Vec<&'static str> {
 }
 
 /// Injects faults until `until`; returns how many of each kind.
-async fn inject(deployment: &mut Deployment, rng: &mut Rng, until: Instant) -> BTreeMap<String, usize> {
+async fn inject(
+    deployment: &mut Deployment,
+    rng: &mut Rng,
+    until: Instant,
+) -> BTreeMap<String, usize> {
     let kinds = fault_kinds(deployment);
     let mut injected = BTreeMap::new();
     while Instant::now() < until {
@@ -267,7 +276,8 @@ async fn inject(deployment: &mut Deployment, rng: &mut Rng, until: Instant) -> B
                 }
             }
         }
-        let what = if kind.starts_with("sig") { format!("{kind} {label}") } else { kind.to_owned() };
+        let what =
+            if kind.starts_with("sig") { format!("{kind} {label}") } else { kind.to_owned() };
         eprintln!("faults: {what}");
         *injected.entry(kind.to_owned()).or_default() += 1;
     }
@@ -277,7 +287,6 @@ async fn inject(deployment: &mut Deployment, rng: &mut Rng, until: Instant) -> B
 /// One event of the log, as the checks need it.
 struct LogEvent {
     id: String,
-    stream: String,
     topic: String,
     ty: String,
     data: Value,
@@ -293,16 +302,14 @@ async fn connect(deployment: &Deployment) -> sqlx::PgConnection {
 }
 
 async fn read_log(db: &mut sqlx::PgConnection) -> Vec<LogEvent> {
-    let rows = sqlx::query(
-        "SELECT event_id, stream_id, topic, event_type, data FROM keel_events ORDER BY position",
-    )
-    .fetch_all(db)
-    .await
-    .unwrap();
+    let rows =
+        sqlx::query("SELECT event_id, topic, event_type, data FROM keel_events ORDER BY position")
+            .fetch_all(db)
+            .await
+            .unwrap();
     rows.iter()
         .map(|row| LogEvent {
             id: row.get("event_id"),
-            stream: row.get("stream_id"),
             topic: row.get("topic"),
             ty: row.get("event_type"),
             data: row
@@ -341,7 +348,9 @@ async fn settled(deployment: &mut Deployment, ledger: &Ledger) -> HashMap<String
 }
 
 /// The users service's read model, without its timestamps.
-async fn users_orders(db: &mut sqlx::PgConnection) -> Vec<(String, String, String, String, Option<String>)> {
+async fn users_orders(
+    db: &mut sqlx::PgConnection,
+) -> Vec<(String, String, String, String, Option<String>)> {
     sqlx::query_as(
         "SELECT order_id, user_id, status, items, reason FROM users_orders ORDER BY order_id",
     )
@@ -352,12 +361,10 @@ async fn users_orders(db: &mut sqlx::PgConnection) -> Vec<(String, String, Strin
 
 async fn run(broker: Broker, label: &str) {
     let secs = env_number("KEEL_FAULTS_SECS", 45);
-    let clients = env_number("KEEL_FAULTS_CLIENTS", 4);
-    let max_orders = env_number("KEEL_FAULTS_ORDERS", 100 * secs);
-    let seed = env_number(
-        "KEEL_FAULTS_SEED",
-        u64::try_from(nanos() % u128::from(u32::MAX)).unwrap(),
-    );
+    let clients = env_number("KEEL_FAULTS_CLIENTS", 4).max(1);
+    let max_orders = env_number("KEEL_FAULTS_ORDERS", 8 * secs).max(1);
+    let seed =
+        env_number("KEEL_FAULTS_SEED", u64::try_from(nanos() % u128::from(u32::MAX)).unwrap());
     let mut rng = Rng::new(seed);
     let mut deployment = Deployment::start(broker).await;
     eprintln!(
@@ -380,6 +387,8 @@ async fn run(broker: Broker, label: &str) {
                 Rng::new(seed ^ (n + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
                 until,
                 budget.clone(),
+                // Spread over the round: about `max_orders` in `secs`.
+                Duration::from_secs(secs * clients) / u32::try_from(max_orders).unwrap(),
                 ledger.clone(),
             ))
         })
@@ -472,12 +481,11 @@ async fn run(broker: Broker, label: &str) {
         }
     }
     for product in products.iter() {
-        let (stock,): (i64,) =
-            sqlx::query_as("SELECT stock FROM products_products WHERE id = $1")
-                .bind(product)
-                .fetch_one(&mut db)
-                .await
-                .unwrap();
+        let (stock,): (i64,) = sqlx::query_as("SELECT stock FROM products_products WHERE id = $1")
+            .bind(product)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
         let (reserved,): (Option<i64>,) = sqlx::query_as(
             "SELECT SUM(quantity)::BIGINT FROM products_reservations WHERE product_id = $1",
         )
@@ -495,10 +503,11 @@ async fn run(broker: Broker, label: &str) {
 
     // The bus delivered every log event to every group: each group's inbox holds each
     // event it is subscribed to.
-    let inbox: Vec<(String, String)> = sqlx::query_as("SELECT group_name, event_id FROM keel_inbox")
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
+    let inbox: Vec<(String, String)> =
+        sqlx::query_as("SELECT group_name, event_id FROM keel_inbox")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
     let mut processed: HashMap<&str, HashSet<&str>> = HashMap::new();
     for (group, event) in &inbox {
         processed.entry(group.as_str()).or_default().insert(event.as_str());
@@ -577,10 +586,11 @@ async fn run(broker: Broker, label: &str) {
             String::from_utf8_lossy(&rebuild.stderr)
         ));
     }
-    let statuses_seen: BTreeMap<&str, usize> = statuses.values().fold(BTreeMap::new(), |mut m, s| {
-        *m.entry(s.as_str()).or_default() += 1;
-        m
-    });
+    let statuses_seen: BTreeMap<&str, usize> =
+        statuses.values().fold(BTreeMap::new(), |mut m, s| {
+            *m.entry(s.as_str()).or_default() += 1;
+            m
+        });
     if ledger.unanswered > 0 || !ledger.refused.is_empty() {
         failures.push(format!(
             "{} order(s) unanswered within {ORDER_PATIENCE:?}; refused: {:?}",
@@ -608,8 +618,10 @@ async fn run(broker: Broker, label: &str) {
     if failures.is_empty() {
         deployment.stop().await;
     } else {
-        let tails: Vec<String> =
-            ["orders-1", "products-1", "relay-1", "gateway"].iter().map(|p| deployment.log_tail(p)).collect();
+        let tails: Vec<String> = ["orders-1", "products-1", "relay-1", "gateway"]
+            .iter()
+            .map(|p| deployment.log_tail(p))
+            .collect();
         panic!("{summary}\nFAILED:\n  {}\n{}", failures.join("\n  "), tails.join("\n"));
     }
 }

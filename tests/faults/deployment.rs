@@ -267,10 +267,8 @@ impl Deployment {
 
     /// How many passing instances of `service` Consul holds for this namespace.
     pub(crate) async fn passing(&self, service: &str) -> usize {
-        let url = format!(
-            "{}/v1/health/service/{}.{service}?passing=true",
-            self.consul, self.namespace
-        );
+        let url =
+            format!("{}/v1/health/service/{}.{service}?passing=true", self.consul, self.namespace);
         match crate::http().get(url).send().await {
             Ok(response) => response.json::<Vec<Value>>().await.map_or(0, |v| v.len()),
             Err(_) => 0,
@@ -347,7 +345,8 @@ impl Deployment {
 
     /// The last lines of a process's log (`orders-1`, `gateway`, `migrate`).
     pub(crate) fn log_tail(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(30)..].join("\n");
         format!("last lines of {name}.log:\n{tail}")
