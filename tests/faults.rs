@@ -164,19 +164,26 @@ async fn post_until_accepted(
     }
 }
 
-/// One client: orders of one or two products, one to three of each, until `until`
-/// or until the orders budget is spent.
-async fn client(
+/// What the clients share.
+#[derive(Clone)]
+struct Load {
     gateway: String,
     users: Arc<Vec<String>>,
     products: Arc<Vec<String>>,
-    mut rng: Rng,
+    /// When the round ends.
     until: Instant,
+    /// Orders left to place.
     budget: Arc<std::sync::atomic::AtomicI64>,
+    /// Between one client's orders.
     pause: Duration,
     ledger: Arc<Mutex<Ledger>>,
-) {
+}
+
+/// One client: orders of one or two products, one to three of each, until the round
+/// ends or the orders budget is spent.
+async fn client(load: Load, mut rng: Rng) {
     use std::sync::atomic::Ordering;
+    let Load { gateway, users, products, until, budget, pause, ledger } = load;
     let http = http();
     let url = format!("{gateway}/api/orders");
     while Instant::now() < until && budget.fetch_sub(1, Ordering::SeqCst) > 0 {
@@ -374,28 +381,29 @@ async fn run(broker: Broker, label: &str) {
     );
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let (users, products) = catalogue(&deployment.gateway, &ledger).await;
-    let (users, products) = (Arc::new(users), Arc::new(products));
 
     let until = Instant::now() + Duration::from_secs(secs);
-    let budget = Arc::new(std::sync::atomic::AtomicI64::new(i64::try_from(max_orders).unwrap()));
-    let load: Vec<_> = (0..clients)
+    let load = Load {
+        gateway: deployment.gateway.clone(),
+        users: Arc::new(users),
+        products: Arc::new(products),
+        until,
+        budget: Arc::new(std::sync::atomic::AtomicI64::new(i64::try_from(max_orders).unwrap())),
+        // Spread over the round: about `max_orders` in `secs`.
+        pause: Duration::from_secs(secs * clients) / u32::try_from(max_orders).unwrap(),
+        ledger: ledger.clone(),
+    };
+    let products = load.products.clone();
+    let clients_running: Vec<_> = (0..clients)
         .map(|n| {
-            tokio::spawn(client(
-                deployment.gateway.clone(),
-                users.clone(),
-                products.clone(),
-                Rng::new(seed ^ (n + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-                until,
-                budget.clone(),
-                // Spread over the round: about `max_orders` in `secs`.
-                Duration::from_secs(secs * clients) / u32::try_from(max_orders).unwrap(),
-                ledger.clone(),
-            ))
+            let rng = Rng::new(seed ^ (n + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            tokio::spawn(client(load.clone(), rng))
         })
         .collect();
+    drop(load);
     let injected = inject(&mut deployment, &mut rng, until).await;
     deployment.heal();
-    for client in load {
+    for client in clients_running {
         // Supervise while the last orders are retried.
         let mut client = client;
         loop {
