@@ -36,13 +36,15 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 # Tests that restart or cut off a broker run alone afterwards, so they cannot
-# disturb the others; they are named `broker_restarts*` or `disrupt_*`.
-disruptive='test(/broker_restarts|disrupt_/)'
+# disturb the others; they are named `broker_restarts*` or `disrupt_*`. The fault
+# harness (tests/faults.rs: a dozen processes under load and faults) runs alone too,
+# so it neither starves the others of the machine's cores nor is starved by them.
+disruptive='test(/broker_restarts|disrupt_/) | binary(faults)'
 
 step "tests (nextest, every tier)"
-cargo nextest run --workspace --all-features --locked --profile ci -E "not $disruptive"
+cargo nextest run --workspace --all-features --locked --profile ci -E "not ($disruptive)"
 
-step "broker-disrupting tests, one at a time"
+step "broker-disrupting tests and the fault harness, one at a time"
 cargo nextest run --workspace --all-features --locked --profile ci -E "$disruptive" \
   --test-threads 1 --no-tests pass
 

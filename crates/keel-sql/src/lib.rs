@@ -45,7 +45,7 @@ mod error;
 mod events;
 mod projection;
 
-pub use consumer::start_inbox_consumer;
+pub use consumer::{INBOX_ATTEMPTS, start_inbox_consumer};
 pub use db::{Arg, Db, DbInbox, PgRowType, Row, SqliteRowType, Tx};
 pub use error::{Error, Result};
 pub use events::envelope;
