@@ -232,8 +232,15 @@ impl Registry for ConsulRegistry {
         let instance_id = self.namespace.qualify(instance_id);
         let url = self.endpoint(&["v1", "agent", "service", "deregister", &instance_id]);
         match self.send(self.client.put(url.clone()).timeout(Duration::from_secs(10)), &url).await {
-            // The agent answers 404 for a service it does not know: already gone.
+            // The agent answers 404 for a service it does not know: already gone. With
+            // ACLs on, its permission check runs first and answers 500 "Unknown service"
+            // instead (Consul 1.8): gone too.
             Err(RegistryError::Refused(message)) if message.starts_with("404") => Ok(()),
+            Err(RegistryError::Unreachable(message) | RegistryError::Refused(message))
+                if message.contains(": Unknown service") =>
+            {
+                Ok(())
+            }
             other => other.map(drop),
         }
     }
