@@ -39,10 +39,15 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 # disturb the others; they are named `broker_restarts*` or `disrupt_*`. The fault
 # harness (tests/faults.rs: a dozen processes under load and faults) runs alone too,
 # so it neither starves the others of the machine's cores nor is starved by them.
-disruptive='test(/broker_restarts|disrupt_/) | binary(faults)'
+disruptive='test(/broker_restarts|disrupt_/) | binary_id(keel-cli::faults)'
 
 step "tests (nextest, every tier)"
 cargo nextest run --workspace --all-features --locked --profile ci -E "not ($disruptive)"
+
+# The fault harness runs the services' own binaries; cargo builds a package's binaries
+# for its own integration tests only, and keel-products has none.
+step "service binaries for the fault harness"
+cargo build --workspace --bins --all-features --locked
 
 step "broker-disrupting tests and the fault harness, one at a time"
 cargo nextest run --workspace --all-features --locked --profile ci -E "$disruptive" \
