@@ -510,16 +510,10 @@ async fn run(broker: Broker, label: &str) {
     }
 
     // The bus delivered every log event to every group: each group's inbox holds each
-    // event it is subscribed to.
-    let inbox: Vec<(String, String)> =
-        sqlx::query_as("SELECT group_name, event_id FROM keel_inbox")
-            .fetch_all(&mut db)
-            .await
-            .unwrap();
-    let mut processed: HashMap<&str, HashSet<&str>> = HashMap::new();
-    for (group, event) in &inbox {
-        processed.entry(group.as_str()).or_default().insert(event.as_str());
-    }
+    // event it is subscribed to. An order can settle before one of its events reached a
+    // group (the saga takes its inputs in any order), and a killed Kafka member holds
+    // its partitions until its session times out: wait for the inboxes to drain (every
+    // group's subscribed events processed), as long as orders may take to settle.
     let groups: [(&str, &[(&str, &str)]); 2] = [
         ("products-stock", &[("order", "order.placed"), ("order", "order.cancelled")]),
         (
@@ -533,6 +527,30 @@ async fn run(broker: Broker, label: &str) {
             ],
         ),
     ];
+    let deadline = Instant::now() + SETTLE_PATIENCE;
+    let inbox: Vec<(String, String)> = loop {
+        let inbox: Vec<(String, String)> =
+            sqlx::query_as("SELECT group_name, event_id FROM keel_inbox")
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+        let subscribed_events = groups
+            .iter()
+            .map(|(_, subscribed)| {
+                log.iter()
+                    .filter(|e| subscribed.contains(&(e.topic.as_str(), e.ty.as_str())))
+                    .count()
+            })
+            .sum::<usize>();
+        if inbox.len() >= subscribed_events || Instant::now() > deadline {
+            break inbox;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut processed: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for (group, event) in &inbox {
+        processed.entry(group.as_str()).or_default().insert(event.as_str());
+    }
     let mut delivered = 0;
     for (group, subscribed) in groups {
         let seen: HashSet<&str> = processed
