@@ -24,17 +24,9 @@ fn keel(dir: &Path, database_url: &str, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// Places an order through `keel up` and follows it with `keel why` and the console.
-async fn an_order_s_lineage(database_url: &str) {
-    let dir = temp_dir("console");
-    let up = Running::start(
-        Path::new(env!("CARGO_BIN_EXE_keel")),
-        &["up"],
-        &dir,
-        &[("KEEL_DATABASE_URL", database_url)],
-        "gateway",
-    );
-    up.until_services_answer().await;
+/// A user, a product and an order for one, placed through `keel up`'s gateway; returns
+/// the order's id once it is confirmed.
+async fn confirmed_order(up: &Running) -> String {
     let (status, user) =
         post(&up.url("/api/users"), json!({"name": "Ada", "email": "ada@example.com"})).await;
     assert_eq!(status, 201, "{user}");
@@ -48,6 +40,21 @@ async fn an_order_s_lineage(database_url: &str) {
     assert!(status == 201 || status == 202, "{status} {order}");
     let order_id = order["id"].as_str().unwrap().to_owned();
     eventually(&up.url(&format!("/api/orders/{order_id}")), |o| o["status"] == "confirmed").await;
+    order_id
+}
+
+/// Places an order through `keel up` and follows it with `keel why` and the console.
+async fn an_order_s_lineage(database_url: &str) {
+    let dir = temp_dir("console");
+    let up = Running::start(
+        Path::new(env!("CARGO_BIN_EXE_keel")),
+        &["up"],
+        &dir,
+        &[("KEEL_DATABASE_URL", database_url)],
+        "gateway",
+    );
+    up.until_services_answer().await;
+    let order_id = confirmed_order(&up).await;
 
     // The confirmation, found in the log.
     let lines = keel(&dir, database_url, &["replay", "--type", "order.confirmed"]);
@@ -130,19 +137,7 @@ async fn broker_groups_show_their_lag(bus_url: &str) {
         "gateway",
     );
     up.until_services_answer().await;
-    let (status, user) =
-        post(&up.url("/api/users"), json!({"name": "Ada", "email": "ada@example.com"})).await;
-    assert_eq!(status, 201, "{user}");
-    let (status, product) =
-        post(&up.url("/api/products"), json!({"name": "Lamp", "price_cents": 1200, "stock": 3}))
-            .await;
-    assert_eq!(status, 201, "{product}");
-    let order =
-        json!({"user_id": user["id"], "items": [{"product_id": product["id"], "quantity": 1}]});
-    let (status, order) = post(&up.url("/api/orders"), order).await;
-    assert!(status == 201 || status == 202, "{status} {order}");
-    let order_id = order["id"].as_str().unwrap().to_owned();
-    eventually(&up.url(&format!("/api/orders/{order_id}")), |o| o["status"] == "confirmed").await;
+    confirmed_order(&up).await;
 
     let client = support::http();
     let groups = client.get(up.url("/_keel/console/groups")).send().await.unwrap();
