@@ -57,8 +57,10 @@ pub(crate) fn router(console: Shared) -> Router {
 }
 
 /// Refuses a request a browser made from another site: `Sec-Fetch-Site` other than
-/// `same-origin` or `none` (typed or bookmarked), or an `Origin` whose host is not the
-/// request's `Host`. Clients that send neither (curl, scripts) are not browsers and pass.
+/// `same-origin` or `none` (typed or bookmarked); from an older browser without it, an
+/// `Origin` whose host is not the request's `Host` (a proxy that rewrites `Host` is
+/// fine for current browsers, which send `Sec-Fetch-Site`). Clients that send neither
+/// header (curl, scripts) are not browsers and pass.
 async fn same_origin_only(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -66,12 +68,12 @@ async fn same_origin_only(
     let headers = request.headers();
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let cross_site = match (text("sec-fetch-site"), text("origin")) {
-        (Some(site), _) if site != "same-origin" && site != "none" => true,
-        (_, Some(origin)) => {
+        (Some(site), _) => site != "same-origin" && site != "none",
+        (None, Some(origin)) => {
             let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
             text("host") != Some(origin_host)
         }
-        _ => false,
+        (None, None) => false,
     };
     if cross_site {
         return Problem::new(StatusCode::FORBIDDEN)
