@@ -240,7 +240,11 @@ async fn schemathesis_finds_nothing_against_keel_up() {
         // A live tail never ends: nothing to check there but its first answer, which
         // the document test covers.
         .args(["--exclude-path", "/api/events/live"])
-        .args(["--max-examples", "25", "--generation-deterministic", "--workers", "2"])
+        // One worker: CPython before 3.11.9 shares the `ast` module's recursion counter
+        // between threads, and hypothesis parses lambdas while describing strategies, so
+        // two workers fail at random with "AST constructor recursion depth mismatch"
+        // (python/cpython#106905), an error in the tool rather than in Keel.
+        .args(["--max-examples", "25", "--generation-deterministic", "--workers", "1"])
         .args(["--request-timeout", "15"])
         .current_dir(&dir)
         .env("NO_COLOR", "1")
