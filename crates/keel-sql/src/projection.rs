@@ -159,6 +159,24 @@ pub trait Projection: Send + Sync + 'static {
     /// the page; an event it cannot read ([`HandlerError::unreadable`], what decode
     /// errors convert to) is skipped and recorded (`keel_skipped`).
     async fn apply(&self, conn: &mut Conn<'_>, event: &CloudEvent) -> Result<(), HandlerError>;
+
+    /// Applies a page's events in log order inside the runner's transaction; the
+    /// default applies each with [`Projection::apply`]. Override it to write a page in
+    /// a few statements (a multi-row upsert of what the page changed) rather than one
+    /// round trip per event: a rebuild replays the whole log through here. A page in
+    /// which it reports an unreadable event is applied again event by event with
+    /// `apply`, which finds the event for the skip policy (see
+    /// [`keel_store::Projection::apply_batch`]).
+    async fn apply_batch(
+        &self,
+        conn: &mut Conn<'_>,
+        events: &[&CloudEvent],
+    ) -> Result<(), HandlerError> {
+        for event in events {
+            self.apply(conn, event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A registered projection and how it runs: what a service hands its runner, what
@@ -317,6 +335,15 @@ impl keel_store::Projection<Sqlite> for Adapter {
     ) -> Result<(), HandlerError> {
         self.0.apply(&mut Conn { inner: Inner::Sqlite(conn), tables }, event).await
     }
+
+    async fn apply_batch(
+        &self,
+        conn: &mut SqliteConnection,
+        tables: &Tables,
+        events: &[&CloudEvent],
+    ) -> Result<(), HandlerError> {
+        self.0.apply_batch(&mut Conn { inner: Inner::Sqlite(conn), tables }, events).await
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -341,5 +368,14 @@ impl keel_store::Projection<Postgres> for Adapter {
         event: &CloudEvent,
     ) -> Result<(), HandlerError> {
         self.0.apply(&mut Conn { inner: Inner::Postgres(conn), tables }, event).await
+    }
+
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        tables: &Tables,
+        events: &[&CloudEvent],
+    ) -> Result<(), HandlerError> {
+        self.0.apply_batch(&mut Conn { inner: Inner::Postgres(conn), tables }, events).await
     }
 }

@@ -487,6 +487,92 @@ macro_rules! projection_conformance {
             check_skips(log.skipped(Some(&key), 10).await.expect("skipped"));
             assert_eq!(log.skipped_counts().await.expect("counts"), vec![(key.clone(), 2)]);
         }
+        /// [`PlacedTotals`] applying whole pages (`apply_batch`), counting how the
+        /// runner called it.
+        #[derive(Default)]
+        struct BatchedTotals {
+            batches: AtomicUsize,
+            singles: AtomicUsize,
+        }
+
+        #[async_trait]
+        impl Projection<$db> for BatchedTotals {
+            fn name(&self) -> &str {
+                "placed-totals"
+            }
+
+            fn tables(&self) -> &[&str] {
+                &["counts"]
+            }
+
+            async fn apply(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+                tables: &Tables,
+                event: &CloudEvent,
+            ) -> Result<(), HandlerError> {
+                self.singles.fetch_add(1, Ordering::SeqCst);
+                PlacedTotals.apply(conn, tables, event).await
+            }
+
+            async fn apply_batch(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+                tables: &Tables,
+                events: &[&CloudEvent],
+            ) -> Result<(), HandlerError> {
+                self.batches.fetch_add(1, Ordering::SeqCst);
+                // Writes as it goes, so a page failing midway has written some rows.
+                for event in events {
+                    PlacedTotals.apply(&mut *conn, tables, event).await?;
+                }
+                Ok(())
+            }
+        }
+
+        /// Pages go through `apply_batch`; one with events it cannot read is rolled
+        /// back (the rows written before the bad event too) and applied event by event,
+        /// which skips and records exactly the bad events.
+        #[tokio::test]
+        async fn a_batched_projection_applies_pages_and_finds_unreadable_events_one_by_one() {
+            use $crate::upcasting::{v1, v3, PLACED};
+            let log = Arc::new($fresh_log);
+            counts_table(&log).await;
+            let s = StreamId::new(unique("placed")).expect("valid");
+            let bad = CloudEvent::builder(PLACED, "/cli")
+                .data("application/json", r#"{"total":12}"#)
+                .build()
+                .expect("valid envelope");
+            let bad_id = bad.id().to_owned();
+            log.append(&s, ExpectedVersion::NoStream, &[v1("o-1", 12), bad, v3("o-2"), v1("o-3", 3)])
+                .await
+                .expect("append");
+            let projection = Arc::new(BatchedTotals::default());
+            let runner = ProjectionRunner::new(log.clone(), projection.clone());
+            assert_eq!(runner.catch_up().await.expect("catch up"), 4);
+            let want = vec![("o-1".to_owned(), 1, 1200), ("o-3".to_owned(), 1, 300)];
+            assert_eq!(counts(&log).await, want, "each readable event applied once");
+            assert_eq!(projection.batches.load(Ordering::SeqCst), 1, "the page was tried whole");
+            assert!(projection.singles.load(Ordering::SeqCst) >= 4, "then event by event");
+            let skipped = log.skipped(None, 10).await.expect("skipped");
+            assert_eq!(skipped.len(), 2, "{skipped:?}");
+            assert_eq!(skipped[0].event_id, bad_id);
+
+            // A clean page: one batch, no single applies.
+            let singles = projection.singles.load(Ordering::SeqCst);
+            log.append(&s, ExpectedVersion::Any, &[v1("o-4", 4), v1("o-5", 5)]).await.expect("append");
+            assert_eq!(runner.catch_up().await.expect("catch up"), 2);
+            assert_eq!(projection.batches.load(Ordering::SeqCst), 2);
+            assert_eq!(projection.singles.load(Ordering::SeqCst), singles);
+            assert_eq!(counts(&log).await.len(), 4);
+
+            // A rebuild goes through the batches too, and ends where the live model is.
+            let live = counts(&log).await;
+            assert_eq!(runner.rebuild(|_| {}).await.expect("rebuild").applied, 6);
+            assert_eq!(counts(&log).await, live);
+            assert_eq!(projection.batches.load(Ordering::SeqCst), 3);
+        }
+
         /// A rebuild while events flow and the live runner follows them: the live model
         /// answers throughout, the live runner switches the generation in, and the
         /// result equals a rebuild from scratch once the traffic stopped.
