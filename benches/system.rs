@@ -4,7 +4,8 @@
 //! For each set-up the bench starts `keel up` in a fresh directory (its own Postgres
 //! database, and its own `KEEL_NAMESPACE` on the shared brokers), creates a user and
 //! products with stock enough for every order, opens the events API's live tail
-//! (`GET /api/events/live`, Server-Sent Events) and then:
+//! (`GET /api/events/live`, Server-Sent Events), waits for five warm-up orders to
+//! settle (the consumer groups are formed), and then:
 //!
 //! 1. **fixed rate**: offers orders at `KEEL_BENCH_RATE` per second (default 100), each
 //!    on its own task whatever the previous ones are doing (an open loop, so a slow
@@ -229,6 +230,14 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let order_body = json!({"user_id": user, "items": [{"product_id": product, "quantity": 1}]});
+
+    // Warm-up: a few orders settled end to end before anything is measured, so the
+    // figures are the steady state and not the consumer groups' first assignment (on
+    // Kafka a group takes seconds to form).
+    let handle = system.clone_handle();
+    let warm_up: Vec<String> =
+        futures::future::join_all((0..5).map(|_| handle.place(&order_body))).await;
+    outcomes.wait_for(&warm_up, Duration::from_secs(60)).await;
 
     // 1. The fixed rate.
     let start = Instant::now();
