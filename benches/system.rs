@@ -11,11 +11,13 @@
 //!    on its own task whatever the previous ones are doing (an open loop, so a slow
 //!    system cannot slow the offered load down), and takes the latency from the POST
 //!    being sent to the order's outcome (`order.confirmed`) arriving on the live tail;
-//! 2. **closed loop at the maximum**: `KEEL_BENCH_CLIENTS` clients (default 16) each
-//!    post their next order as soon as the previous one is accepted; accepted per second
-//!    is orders over the time to accept them all, settled per second is orders over the
-//!    time until the last outcome was seen on the tail. Settled/accepted below 0.95 means
-//!    the consumers fell behind (a backlog grows, and latency with it).
+//! 2. **closed loop at the maximum**: `KEEL_BENCH_CLIENTS` clients (default 16, each
+//!    from a loopback address of its own: `keel up`'s gateway limits a client to 200
+//!    requests a second) each post their next order as soon as the previous one is
+//!    accepted; accepted per second is orders over the time to accept them all,
+//!    settled per second is orders over the time until the last outcome was seen on the
+//!    tail. Settled/accepted below 0.95 means the consumers fell behind (a backlog
+//!    grows, and latency with it).
 //!
 //! On Kafka (Tansu) the table also shows a raw rdkafka hop (produce, then consume with
 //! the same `fetch.wait.max.ms` as Keel's URL) measured in the same run: an order's
@@ -75,7 +77,7 @@ async fn run() {
     let orders = usize::try_from(env_or("KEEL_BENCH_ORDERS", 1000)).unwrap();
     let max_orders = usize::try_from(env_or("KEEL_BENCH_MAX_ORDERS", 2000)).unwrap();
     let rate = env_or("KEEL_BENCH_RATE", 100).max(1);
-    let clients = usize::try_from(env_or("KEEL_BENCH_CLIENTS", 16)).unwrap().max(1);
+    let clients = usize::try_from(env_or("KEEL_BENCH_CLIENTS", 16)).unwrap().clamp(1, 250);
     let fetch_wait = env_or("KEEL_BENCH_KAFKA_FETCH_WAIT_MS", 10);
     let chosen = std::env::var("KEEL_BENCH_SETUPS")
         .unwrap_or_else(|_| "embedded,postgres,rabbitmq,kafka".to_owned());
@@ -272,8 +274,8 @@ async fn measure(
     let start = Instant::now();
     let per_client = max_orders.div_ceil(clients);
     let mut loops = Vec::new();
-    for _ in 0..clients {
-        let system = system.clone_handle();
+    for n in 0..clients {
+        let system = system.client_handle(n);
         let body = order_body.clone();
         loops.push(tokio::spawn(async move {
             let mut ids = Vec::with_capacity(per_client);
@@ -502,6 +504,19 @@ impl System {
 
     fn clone_handle(&self) -> Handle {
         Handle { gateway: self.gateway.clone(), http: self.http.clone() }
+    }
+
+    /// A handle that connects from loopback address `127.0.0.<n + 2>`: the gateway
+    /// limits each client (by address) to 200 requests a second on a route, so the
+    /// closed loop's clients come from addresses of their own, as real ones would.
+    fn client_handle(&self, n: usize) -> Handle {
+        let address = std::net::Ipv4Addr::new(127, 0, 0, u8::try_from(n + 2).unwrap());
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .local_address(std::net::IpAddr::V4(address))
+            .build()
+            .unwrap();
+        Handle { gateway: self.gateway.clone(), http }
     }
 
     async fn post(&self, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
