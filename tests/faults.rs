@@ -1,8 +1,9 @@
 //! The fault harness (issue 18): the example system deployed as separate processes
 //! (two instances of each service, two relays of one name, the gateway), registered
-//! in Consul under a namespace of the run's own, on PostgreSQL + RabbitMQ and on
-//! PostgreSQL + Kafka (the Tansu broker), takes a bounded load of orders through the
-//! gateway while the harness injects faults:
+//! in a Consul dev agent of the run's own under a namespace of the run's own, on
+//! PostgreSQL + RabbitMQ and on PostgreSQL + Kafka (a Tansu broker of the run's own),
+//! takes a bounded load of orders through the gateway while the harness injects
+//! faults:
 //!
 //! - `sigkill`: a random process is SIGKILLed, then started again;
 //! - `sigstop`: a random process is SIGSTOPped for up to 4 s, then SIGCONTed;
@@ -10,24 +11,34 @@
 //!   the service is closed;
 //! - `postgres outage` / `rabbitmq outage`: the same, and new connections are refused
 //!   for up to 4 s (what a restart of the service looks like from the processes);
-//! - `postgres stall` / `rabbitmq stall`: no byte goes through for up to 4 s.
+//! - `postgres stall` / `rabbitmq stall`: no byte goes through for up to 4 s;
+//! - `consul restart`: the run's Consul agent is stopped (SIGKILL or SIGTERM), kept
+//!   down for 0.5 to 4 s and started again on the same ports; a dev agent forgets
+//!   every registration, so the services register again;
+//! - `kafka pause` (Kafka set-up): the run's Tansu broker is SIGSTOPped for 0.5 to 4 s,
+//!   then SIGCONTed (Tansu keeps its log in memory: a restart would lose it by
+//!   construction, a pause loses nothing).
 //!
 //! The processes reach PostgreSQL and RabbitMQ through loopback TCP proxies written
-//! for the harness (tests/faults/proxy.rs), so the shared services of
+//! for the harness (tests/faults/proxy.rs), so the shared PostgreSQL and RabbitMQ of
 //! `scripts/services.sh` are never restarted and the other tests are not disturbed.
-//! Kafka clients learn the broker's address from its metadata and would go around a
-//! proxy: on Kafka only PostgreSQL is proxied.
+//! Consul and the Kafka broker cannot be stood in for by a proxy (a proxy cannot make
+//! Consul forget its registrations; Kafka clients learn the broker's address from its
+//! metadata and would go around one), so the run has its own of each, which it
+//! restarts or pauses for real (tests/faults/deployment.rs, `Daemon`).
 //!
 //! Each client retries an order with the same `Idempotency-Key` on connection errors,
 //! timeouts and 5xx answers until it is accepted. Then, with every process running
-//! again, the harness checks that every accepted order settles (confirmed, rejected or
-//! cancelled), that the log holds exactly one `order.placed` per accepted order (none
-//! lost, none doubled) and exactly one outcome of the stock and of the order, that
-//! each product's stock is its initial stock minus what confirmed orders took (never
-//! negative, the reservations agree), that each consumer group's inbox holds every
-//! log event the group is subscribed to (the bus delivered everything; the inbox's
-//! key makes a second processing impossible), and that the users service's read
-//! model equals its rebuild from the log. It prints a summary.
+//! again, the harness checks that the deployment is whole again (two passing instances
+//! of each service in Consul, the gateway routing to each), that every accepted order
+//! settles (confirmed, rejected or cancelled), that the log holds exactly one
+//! `order.placed` per accepted order (none lost, none doubled) and exactly one outcome
+//! of the stock and of the order, that each product's stock is its initial stock minus
+//! what confirmed orders took (never negative, the reservations agree), that each
+//! consumer group's inbox holds every log event the group is subscribed to (the bus
+//! delivered everything; the inbox's key makes a second processing impossible), and
+//! that the users service's read model equals its rebuild from the log. It prints a
+//! summary.
 //!
 //! The CI round runs the load for 45 s per set-up (a few hundred orders). Longer, by
 //! hand: `KEEL_FAULTS_SECS=600 cargo nextest run -p keel-cli --all-features --test
@@ -35,8 +46,8 @@
 //! `KEEL_FAULTS_SEED` (the faults' and the orders' random choices; printed by each
 //! run), `KEEL_FAULTS_CLIENTS` (default 4) and `KEEL_FAULTS_LOG` (the processes'
 //! `RUST_LOG`, default `warn`; their logs are in the directory the summary names).
-//! See docs/faults.md. Needs the `integration` feature and the services of
-//! `scripts/services.sh`.
+//! See docs/faults.md. Needs the `integration` feature, the PostgreSQL and RabbitMQ
+//! of `scripts/services.sh`, and its `consul` and `tansu` binaries on PATH.
 #![cfg(feature = "integration")]
 #![allow(clippy::unwrap_used)]
 
@@ -61,6 +72,10 @@ const ORDER_PATIENCE: Duration = Duration::from_secs(120);
 
 /// How long the accepted orders may take to settle once the faults stop.
 const SETTLE_PATIENCE: Duration = Duration::from_secs(180);
+
+/// How long the deployment may take, once the faults stop, to be whole again: two
+/// passing instances of each service in Consul, the gateway routing to each.
+const RECOVERY_PATIENCE: Duration = Duration::from_secs(120);
 
 const USERS: usize = 4;
 const PRODUCTS: usize = 5;
@@ -235,10 +250,20 @@ async fn catalogue(gateway: &str, ledger: &Mutex<Ledger>) -> (Vec<String>, Vec<S
 
 /// The kinds of fault a set-up can inject.
 fn fault_kinds(deployment: &Deployment) -> Vec<&'static str> {
-    let mut kinds =
-        vec!["sigkill", "sigkill", "sigstop", "postgres cut", "postgres outage", "postgres stall"];
+    let mut kinds = vec![
+        "sigkill",
+        "sigkill",
+        "sigstop",
+        "postgres cut",
+        "postgres outage",
+        "postgres stall",
+        "consul restart",
+    ];
     if deployment.broker.is_some() {
         kinds.extend(["rabbitmq cut", "rabbitmq outage", "rabbitmq stall"]);
+    }
+    if deployment.kafka.is_some() {
+        kinds.push("kafka pause");
     }
     kinds
 }
@@ -256,7 +281,7 @@ async fn inject(
         deployment.supervise();
         let kind = kinds[rng.below(kinds.len())];
         let process = rng.below(deployment.processes.len());
-        let label = deployment.processes[process].label.clone();
+        let mut label = deployment.processes[process].label.clone();
         match kind {
             "sigkill" => {
                 deployment.kill(process);
@@ -267,6 +292,23 @@ async fn inject(
                 deployment.signal(process, "STOP");
                 tokio::time::sleep(rng.millis(300, 4000)).await;
                 deployment.signal(process, "CONT");
+            }
+            "consul restart" => {
+                // The dev agent forgets every registration: the services register again.
+                let signal = if rng.below(2) == 0 { "KILL" } else { "TERM" };
+                let down = rng.millis(500, 4000);
+                deployment.consul_agent.stop(signal).await;
+                tokio::time::sleep(down).await;
+                deployment.consul_agent.start();
+                label = format!("(SIG{signal}, down {down:?})");
+            }
+            "kafka pause" => {
+                let kafka = deployment.kafka.as_mut().expect("a Kafka broker");
+                let paused = rng.millis(500, 4000);
+                kafka.pause(true);
+                tokio::time::sleep(paused).await;
+                kafka.pause(false);
+                label = format!("({paused:?})");
             }
             _ => {
                 let proxy = if kind.starts_with("postgres") {
@@ -283,8 +325,11 @@ async fn inject(
                 }
             }
         }
-        let what =
-            if kind.starts_with("sig") { format!("{kind} {label}") } else { kind.to_owned() };
+        let what = if kind.starts_with("sig") || kind == "consul restart" || kind == "kafka pause" {
+            format!("{kind} {label}")
+        } else {
+            kind.to_owned()
+        };
         eprintln!("faults: {what}");
         *injected.entry(kind.to_owned()).or_default() += 1;
     }
@@ -403,6 +448,7 @@ async fn run(broker: Broker, label: &str) {
     drop(load);
     let injected = inject(&mut deployment, &mut rng, until).await;
     deployment.heal();
+    let healed = Instant::now();
     for client in clients_running {
         // Supervise while the last orders are retried.
         let mut client = client;
@@ -414,10 +460,20 @@ async fn run(broker: Broker, label: &str) {
         }
     }
     let ledger = Arc::try_unwrap(ledger).ok().unwrap().into_inner().unwrap();
-    let statuses = settled(&mut deployment, &ledger).await;
 
     // Every check runs, then the failures are reported together with the summary.
     let mut failures = Vec::new();
+
+    // The deployment is whole again: every service registered (again, after a restart
+    // of the Consul agent, which forgets them all) with two passing instances, and the
+    // gateway's discovery routes to each.
+    let recovered = deployment.until_ready(RECOVERY_PATIENCE).await;
+    let recovery = healed.elapsed();
+    if let Err(error) = recovered {
+        failures.push(format!("not whole again after the faults: {error}"));
+    }
+
+    let statuses = settled(&mut deployment, &ledger).await;
     let mut db = connect(&deployment).await;
     let log = read_log(&mut db).await;
 
@@ -629,7 +685,8 @@ async fn run(broker: Broker, label: &str) {
          faults injected: {injected:?} (processes that exited on their own and were restarted: {:?})\n  \
          orders accepted: {}, settled: {} {statuses_seen:?}, lost: {}, doubled: {doubled}\n  \
          retries: {} ({} answered from the idempotency record), unanswered: {}, refused: {}\n  \
-         log events: {}, inbox marks of the checked groups: {delivered}",
+         log events: {}, inbox marks of the checked groups: {delivered}\n  \
+         whole again (two passing instances of each service, the gateway routing) {:.1} s after the faults",
         deployment.exits,
         ledger.accepted.len(),
         statuses.len(),
@@ -639,6 +696,7 @@ async fn run(broker: Broker, label: &str) {
         ledger.unanswered,
         ledger.refused.len(),
         log.len(),
+        recovery.as_secs_f64(),
     );
     eprintln!("{summary}");
     if failures.is_empty() {

@@ -289,7 +289,8 @@ pub fn next_index(previous: u64, returned: u64) -> u64 {
 }
 
 /// Keeps `tx` filled with the passing instances of `service` until every receiver is
-/// gone. On errors the last snapshot stays and the query is retried with backoff.
+/// gone. On errors the last snapshot stays and the query is retried with backoff, as a
+/// non-blocking read first.
 async fn run_watch(registry: ConsulRegistry, service: String, tx: watch::Sender<Arc<[Instance]>>) {
     let mut index = 0;
     let mut failures = 0_u32;
@@ -322,6 +323,11 @@ async fn run_watch(registry: ConsulRegistry, service: String, tx: watch::Sender<
                 });
             }
             Err(error) => {
+                // The agent may be restarting: its index starts again near zero, and a
+                // blocking query with the old, higher one would be held until `wait`
+                // runs out (re-registrations leave the index below it), the instances
+                // that moved meanwhile unseen. Start again with a plain read.
+                index = 0;
                 failures = failures.saturating_add(1);
                 let delay = registry.backoff.delay(failures);
                 tracing::warn!(

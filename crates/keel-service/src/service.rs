@@ -175,10 +175,10 @@ impl Service {
         let task = tokio::spawn(async move {
             let mut server = server;
             // A registry drops an instance critical for too long (say, its database was
-            // down); look now and then, and register again once it is gone.
-            let mut audit = tokio::time::interval(
-                (config.deregister_critical_after / 2).max(Duration::from_millis(10)),
-            );
+            // down), and a restarted Consul dev agent forgets every instance at once;
+            // look as often as the registry checks the instance (one cheap read of the
+            // local agent) and register again once it is gone.
+            let mut audit = tokio::time::interval(audit_interval(&config));
             audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             audit.tick().await;
             // Run until asked to stop, or until the server fails by itself.
@@ -230,6 +230,12 @@ impl Service {
         running.shutdown();
         running.wait().await
     }
+}
+
+/// How often a running instance looks whether the registry still has it: at each
+/// health check, and at least twice within `deregister_critical_after`.
+fn audit_interval(config: &ServiceConfig) -> Duration {
+    config.check_interval.min(config.deregister_critical_after / 2).max(Duration::from_millis(10))
 }
 
 /// Registers `registration` again if the registry no longer has it.

@@ -283,3 +283,34 @@ async fn an_instance_dropped_by_the_registry_registers_again() {
     ready.store(true, Ordering::SeqCst);
     until_healthy(&*registry, &name, &[&id]).await;
 }
+
+/// A restarted Consul dev agent forgets every instance at once, long before
+/// `deregister_critical_after` could matter: the instance registers again at its next
+/// health-check interval, not half that period later.
+#[tokio::test]
+async fn an_instance_the_registry_forgot_registers_again_at_the_next_check() {
+    use std::time::Duration;
+
+    let registry = registry();
+    let mut config = config(registry.clone());
+    config.check_interval = Duration::from_millis(20);
+    // The audit must not wait for this: the test gives up long before half of it.
+    config.deregister_critical_after = Duration::from_secs(3600);
+    let name = config.name.clone();
+    let h = start(config, Readiness::new()).await;
+    let id = h.running.instance_id().to_owned();
+    until_healthy(&*registry, &name, &[&id]).await;
+
+    // What an agent restart does to it: gone, without the instance being told.
+    registry.deregister(&id).await.unwrap();
+    assert!(!registry.is_registered(&id).await.unwrap());
+    let back = async {
+        while !registry.is_registered(&id).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), back)
+        .await
+        .expect("the instance never registered again");
+    until_healthy(&*registry, &name, &[&id]).await;
+}
