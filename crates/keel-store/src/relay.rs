@@ -4,8 +4,9 @@
 //! and take over when the active one dies. The active relay reads the log after its
 //! checkpoint in subscription order, publishes each page to the bus (each topic's
 //! events in order as one batch, the topics side by side), waits for the broker's
-//! confirmation of all of it, and only then stores its checkpoint. A crash between publish and checkpoint publishes the page
-//! again: delivery is at-least-once, and consumers deduplicate with the inbox.
+//! confirmation of all of it, and only then stores its checkpoint. A crash between
+//! publish and checkpoint publishes the page again: delivery is at-least-once, and
+//! consumers deduplicate with the inbox.
 //!
 //! Failures: an error about the bus (connection, timeout, back-pressure, a refused
 //! topic) is retried with backoff for ever and never blamed on an event. An event the
