@@ -3,7 +3,7 @@
 use std::num::NonZeroU64;
 
 use keel_core::{StreamId, StreamVersion};
-use keel_sql::{Tx, args};
+use keel_sql::{Dialect, Tx, args};
 
 use crate::aggregate::Aggregate;
 use crate::stream::Reader;
@@ -93,7 +93,8 @@ pub(crate) async fn write<A: Aggregate>(
             return Ok(false);
         }
     };
-    let sql = match dialect(tx)? {
+    // The JSON column is written differently.
+    let sql = match tx.dialect() {
         Dialect::Sqlite => UPSERT_SQLITE,
         Dialect::Postgres => UPSERT_POSTGRES,
     };
@@ -116,27 +117,6 @@ VALUES ($1, $2, $3, CAST($4 AS JSONB))
 ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version,
     snapshot_version = excluded.snapshot_version, state = excluded.state, taken_at = now()
 WHERE keel_snapshots.version <= excluded.version";
-
-/// The dialect of a transaction (the JSON column is written differently).
-enum Dialect {
-    Sqlite,
-    Postgres,
-}
-
-fn dialect(tx: &Tx) -> keel_sql::Result<Dialect> {
-    #[allow(unreachable_patterns)]
-    match tx {
-        #[cfg(feature = "sqlite")]
-        Tx::Sqlite(..) => Ok(Dialect::Sqlite),
-        #[cfg(feature = "postgres")]
-        Tx::Postgres(..) => Ok(Dialect::Postgres),
-        _ => Err(keel_sql::Error::Config(
-            "keel-aggregate was built without this database's feature (`sqlite` or \
-             `postgres`): enable it on keel-aggregate as on keel-sql"
-                .to_owned(),
-        )),
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -166,7 +166,10 @@ impl Feeder<'_> {
     async fn feed(&mut self, registry: &Registry, shutdown: &mut watch::Receiver<bool>) -> Ended {
         let group = self.group;
         let options = self.options;
-        let mut changes = group.store.changes();
+        // Woken by appends to the group's topic only; where a notified append is
+        // always visible (SQLite), a read that finds nothing needs no second look.
+        let mut changes = group.store.topic_changes(&group.topic);
+        let settles = !group.store.notified_appends_are_visible();
         let mut retry: Option<Duration> = None;
         let mut renewed = Instant::now();
         // As often as the options say, and at least as often as the lease needs.
@@ -254,7 +257,7 @@ impl Feeder<'_> {
                 () = tokio::time::sleep(wait) => false,
             };
             retry = if notified {
-                Some(options.settle_delay)
+                settles.then_some(options.settle_delay)
             } else {
                 retry.map(|d| (d * 2).min(options.poll_interval))
             };

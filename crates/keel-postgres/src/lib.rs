@@ -51,7 +51,7 @@ use futures::stream::BoxStream;
 use keel_core::envelope::ext;
 use keel_core::{CloudEvent, ExpectedVersion, Namespace, Position, StreamId, StreamVersion};
 use keel_store::{
-    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page,
+    AppendResult, Changes, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page,
     RelayDeadLetter, Result, Skipped, SqlEventLog, StoreError,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -122,7 +122,7 @@ struct Inner {
     pool: PgPool,
     namespace: Namespace,
     epoch: i64,
-    changes: watch::Sender<u64>,
+    changes: Arc<Changes>,
     notifier: Option<notify::Notifier>,
     _listener: Option<notify::TaskGuard>,
 }
@@ -196,7 +196,7 @@ impl PgEventLog {
             migrator().run(&pool).await?;
         }
         let epoch = register_epoch(&pool).await?;
-        let (changes, _) = watch::channel(0u64);
+        let changes = Arc::new(Changes::default());
         let listener = if options.listen {
             Some(notify::listen(pool.clone(), channel(&options.namespace), changes.clone()).await?)
         } else {
@@ -228,10 +228,15 @@ impl PgEventLog {
         self.inner.epoch
     }
 
-    fn appended(&self) {
-        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    /// Wakes this process's subscribers of `topics` (everyone for `None`), and other
+    /// processes' through a notification.
+    fn appended(&self, topics: Option<&[&str]>) {
+        match topics {
+            Some(topics) => self.inner.changes.appended(topics.iter().copied()),
+            None => self.inner.changes.appended_anywhere(),
+        }
         if let Some(notifier) = &self.inner.notifier {
-            notifier.poke();
+            notifier.poke(topics);
         }
     }
 }
@@ -321,10 +326,13 @@ impl EventLog for PgEventLog {
         expected: ExpectedVersion,
         events: &[CloudEvent],
     ) -> Result<AppendResult> {
+        // The append refuses an invalid topic too, before writing anything.
+        let topics: Vec<String> =
+            events.iter().map(|e| keel_store::topic_of(stream, e)).collect::<Result<_>>()?;
         let result =
             append::standalone(&self.inner.pool, self.inner.epoch, stream, expected, events)
                 .await?;
-        self.appended();
+        self.appended(Some(&topics.iter().map(String::as_str).collect::<Vec<_>>()));
         Ok(result)
     }
 
@@ -410,6 +418,10 @@ impl EventLog for PgEventLog {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    fn topic_changes(&self, topic: &str) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe_topic(topic)
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<Cursor>> {
@@ -615,7 +627,11 @@ impl SqlEventLog for PgEventLog {
     }
 
     fn notify_appended(&self) {
-        self.appended();
+        self.appended(None);
+    }
+
+    fn notify_appended_to(&self, topics: &[&str]) {
+        self.appended(Some(topics));
     }
 }
 

@@ -34,6 +34,24 @@ pub enum Arg {
     Int(i64),
     /// A text `NULL`.
     NullText,
+    /// A list of texts, for a statement that takes a whole page of rows at once: a
+    /// `TEXT[]` on PostgreSQL (read it with `unnest($1)`), a JSON array text on SQLite
+    /// (read it with `json_each($1)`). The two read it differently, so a statement
+    /// with a list is written per [`Dialect`].
+    TextList(Vec<String>),
+    /// A list of integers: a `BIGINT[]` on PostgreSQL, a JSON array text on SQLite (see
+    /// [`Arg::TextList`]).
+    IntList(Vec<i64>),
+}
+
+/// The SQL dialect of a [`Db`], for the few statements worth writing once per dialect
+/// (a page of rows bound as [`Arg::TextList`] and [`Arg::IntList`], say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
 }
 
 impl From<&str> for Arg {
@@ -60,6 +78,18 @@ impl From<i64> for Arg {
     }
 }
 
+impl From<Vec<String>> for Arg {
+    fn from(value: Vec<String>) -> Self {
+        Self::TextList(value)
+    }
+}
+
+impl From<Vec<i64>> for Arg {
+    fn from(value: Vec<i64>) -> Self {
+        Self::IntList(value)
+    }
+}
+
 impl From<Option<String>> for Arg {
     fn from(value: Option<String>) -> Self {
         value.map_or(Self::NullText, Self::Text)
@@ -74,20 +104,38 @@ macro_rules! args {
     };
 }
 
-/// Binds `args` to a query of either dialect (the same text expands for each).
+/// Binds `args` to a query of the dialect named first (`sqlite:` or `postgres:`); the
+/// scalar arguments bind alike, lists as arrays on PostgreSQL and as JSON on SQLite.
 macro_rules! bind_all {
-    ($query:expr, $args:expr) => {{
+    (sqlite: $query:expr, $args:expr) => {{
         let mut query = $query;
         for arg in $args {
             query = match arg {
                 Arg::Text(s) => query.bind(s),
                 Arg::Int(i) => query.bind(i),
                 Arg::NullText => query.bind(None::<String>),
+                // Lists of strings and integers always serialise.
+                Arg::TextList(list) => query.bind(serde_json::to_string(&list).unwrap_or_default()),
+                Arg::IntList(list) => query.bind(serde_json::to_string(&list).unwrap_or_default()),
+            };
+        }
+        query
+    }};
+    (postgres: $query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match arg {
+                Arg::Text(s) => query.bind(s),
+                Arg::Int(i) => query.bind(i),
+                Arg::NullText => query.bind(None::<String>),
+                Arg::TextList(list) => query.bind(list),
+                Arg::IntList(list) => query.bind(list),
             };
         }
         query
     }};
 }
+
 pub(crate) use bind_all;
 
 /// A row type every enabled dialect can decode (derive `sqlx::FromRow` with `String`,
@@ -130,6 +178,16 @@ pub enum Db {
 }
 
 impl Db {
+    /// Which SQL dialect this store speaks.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(_) => Dialect::Sqlite,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
     /// Opens the store at `url` (`sqlite://...`, `sqlite::memory:`, `postgres://...`)
     /// and applies the event log's migrations.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -203,9 +261,9 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx> {
         Ok(match self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(log) => Tx::Sqlite(log.begin().await?, log.clone()),
+            Self::Sqlite(log) => Tx::new(TxInner::Sqlite(log.begin().await?, log.clone())),
             #[cfg(feature = "postgres")]
-            Self::Postgres(log) => Tx::Postgres(log.begin().await?, log.clone()),
+            Self::Postgres(log) => Tx::new(TxInner::Postgres(log.begin().await?, log.clone())),
         })
     }
 
@@ -214,11 +272,13 @@ impl Db {
         Ok(match self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(log) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_optional(log.pool()).await?
+                bind_all!(sqlite: sqlx::query_as::<Sqlite, T>(sql), args)
+                    .fetch_optional(log.pool())
+                    .await?
             }
             #[cfg(feature = "postgres")]
             Self::Postgres(log) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(sql), args)
+                bind_all!(postgres: sqlx::query_as::<Postgres, T>(sql), args)
                     .fetch_optional(log.pool())
                     .await?
             }
@@ -230,11 +290,15 @@ impl Db {
         Ok(match self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(log) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_all(log.pool()).await?
+                bind_all!(sqlite: sqlx::query_as::<Sqlite, T>(sql), args)
+                    .fetch_all(log.pool())
+                    .await?
             }
             #[cfg(feature = "postgres")]
             Self::Postgres(log) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(sql), args).fetch_all(log.pool()).await?
+                bind_all!(postgres: sqlx::query_as::<Postgres, T>(sql), args)
+                    .fetch_all(log.pool())
+                    .await?
             }
         })
     }
@@ -275,40 +339,63 @@ impl Db {
 /// An open write transaction on either store: service queries and event appends that
 /// commit together. Dropping it uncommitted rolls everything back.
 #[derive(Debug)]
-pub enum Tx {
+pub struct Tx {
+    inner: TxInner,
+    /// The topics appended to: the commit wakes only their subscribers.
+    topics: Vec<String>,
+}
+
+#[derive(Debug)]
+enum TxInner {
     #[cfg(feature = "sqlite")]
-    /// A SQLite transaction and the log it appends to.
     Sqlite(Transaction<'static, Sqlite>, SqliteEventLog),
     #[cfg(feature = "postgres")]
-    /// A PostgreSQL transaction and the log it appends to.
     Postgres(Transaction<'static, Postgres>, PgEventLog),
 }
 
 impl Tx {
+    fn new(inner: TxInner) -> Self {
+        Self { inner, topics: Vec::new() }
+    }
+
+    /// Which SQL dialect this transaction speaks.
+    pub fn dialect(&self) -> Dialect {
+        match self.inner {
+            #[cfg(feature = "sqlite")]
+            TxInner::Sqlite(..) => Dialect::Sqlite,
+            #[cfg(feature = "postgres")]
+            TxInner::Postgres(..) => Dialect::Postgres,
+        }
+    }
+
     /// Runs a statement; returns the number of rows it touched.
     pub async fn execute(&mut self, sql: &str, args: Vec<Arg>) -> Result<u64> {
-        Ok(match self {
+        Ok(match &mut self.inner {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(tx, _) => {
-                bind_all!(sqlx::query(sql), args).execute(&mut **tx).await?.rows_affected()
-            }
+            TxInner::Sqlite(tx, _) => bind_all!(sqlite: sqlx::query::<Sqlite>(sql), args)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
             #[cfg(feature = "postgres")]
-            Self::Postgres(tx, _) => {
-                bind_all!(sqlx::query(sql), args).execute(&mut **tx).await?.rows_affected()
-            }
+            TxInner::Postgres(tx, _) => bind_all!(postgres: sqlx::query::<Postgres>(sql), args)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
         })
     }
 
     /// One row or none.
     pub async fn fetch_optional<T: Row>(&mut self, sql: &str, args: Vec<Arg>) -> Result<Option<T>> {
-        Ok(match self {
+        Ok(match &mut self.inner {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(tx, _) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_optional(&mut **tx).await?
+            TxInner::Sqlite(tx, _) => {
+                bind_all!(sqlite: sqlx::query_as::<Sqlite, T>(sql), args)
+                    .fetch_optional(&mut **tx)
+                    .await?
             }
             #[cfg(feature = "postgres")]
-            Self::Postgres(tx, _) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(sql), args)
+            TxInner::Postgres(tx, _) => {
+                bind_all!(postgres: sqlx::query_as::<Postgres, T>(sql), args)
                     .fetch_optional(&mut **tx)
                     .await?
             }
@@ -317,14 +404,18 @@ impl Tx {
 
     /// Every row.
     pub async fn fetch_all<T: Row>(&mut self, sql: &str, args: Vec<Arg>) -> Result<Vec<T>> {
-        Ok(match self {
+        Ok(match &mut self.inner {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(tx, _) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(sql), args).fetch_all(&mut **tx).await?
+            TxInner::Sqlite(tx, _) => {
+                bind_all!(sqlite: sqlx::query_as::<Sqlite, T>(sql), args)
+                    .fetch_all(&mut **tx)
+                    .await?
             }
             #[cfg(feature = "postgres")]
-            Self::Postgres(tx, _) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(sql), args).fetch_all(&mut **tx).await?
+            TxInner::Postgres(tx, _) => {
+                bind_all!(postgres: sqlx::query_as::<Postgres, T>(sql), args)
+                    .fetch_all(&mut **tx)
+                    .await?
             }
         })
     }
@@ -336,26 +427,42 @@ impl Tx {
         expected: ExpectedVersion,
         events: &[CloudEvent],
     ) -> Result<AppendResult> {
-        Ok(match self {
+        let appended = match &mut self.inner {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(tx, log) => log.append_in(&mut **tx, stream, expected, events).await?,
+            TxInner::Sqlite(tx, log) => log.append_in(&mut **tx, stream, expected, events).await?,
             #[cfg(feature = "postgres")]
-            Self::Postgres(tx, log) => log.append_in(&mut **tx, stream, expected, events).await?,
-        })
+            TxInner::Postgres(tx, log) => {
+                log.append_in(&mut **tx, stream, expected, events).await?
+            }
+        };
+        for event in events {
+            // The append checked the topic already.
+            if let Ok(topic) = keel_store::topic_of(stream, event)
+                && !self.topics.contains(&topic)
+            {
+                self.topics.push(topic);
+            }
+        }
+        Ok(appended)
     }
 
-    /// Commits, then wakes the log's subscribers.
+    /// Commits, then wakes the subscribers of the topics it appended to.
     pub async fn commit(self) -> Result<()> {
-        match self {
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        match self.inner {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(tx, log) => {
+            TxInner::Sqlite(tx, log) => {
                 tx.commit().await?;
-                log.notify_appended();
+                if !topics.is_empty() {
+                    log.notify_appended_to(&topics);
+                }
             }
             #[cfg(feature = "postgres")]
-            Self::Postgres(tx, log) => {
+            TxInner::Postgres(tx, log) => {
                 tx.commit().await?;
-                log.notify_appended();
+                if !topics.is_empty() {
+                    log.notify_appended_to(&topics);
+                }
             }
         }
         Ok(())
@@ -381,13 +488,15 @@ impl Inbox for DbInbox {
     async fn begin(&self, group: &str, event_id: &str) -> Result<Option<Tx>, HandlerError> {
         Ok(match self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(inbox, log) => {
-                inbox.begin(group, event_id).await?.map(|tx| Tx::Sqlite(tx, log.clone()))
-            }
+            Self::Sqlite(inbox, log) => inbox
+                .begin(group, event_id)
+                .await?
+                .map(|tx| Tx::new(TxInner::Sqlite(tx, log.clone()))),
             #[cfg(feature = "postgres")]
-            Self::Postgres(inbox, log) => {
-                inbox.begin(group, event_id).await?.map(|tx| Tx::Postgres(tx, log.clone()))
-            }
+            Self::Postgres(inbox, log) => inbox
+                .begin(group, event_id)
+                .await?
+                .map(|tx| Tx::new(TxInner::Postgres(tx, log.clone()))),
         })
     }
 

@@ -23,7 +23,7 @@
 //!
 //! - `db.rs`: [`Db`] (the event log of either store, with its pool), [`Tx`] (a
 //!   transaction that runs queries and appends events), [`Arg`] and [`args!`] (query
-//!   arguments both dialects bind alike), [`Row`], and [`DbInbox`] (the store's
+//!   arguments both dialects bind alike), [`Dialect`], [`Row`], and [`DbInbox`] (the store's
 //!   transactional inbox as one `keel_bus` inbox).
 //! - `consumer.rs`: [`start_inbox_consumer`]: an effectively-once subscriber whose
 //!   handler writes in the inbox's transaction.
@@ -46,7 +46,7 @@ mod events;
 mod projection;
 
 pub use consumer::{INBOX_ATTEMPTS, start_inbox_consumer};
-pub use db::{Arg, Db, DbInbox, PgRowType, Row, SqliteRowType, Tx};
+pub use db::{Arg, Db, DbInbox, Dialect, PgRowType, Row, SqliteRowType, Tx};
 pub use error::{Error, Result};
 pub use events::envelope;
 pub use projection::{Conn, Projection, ProjectionSpec};

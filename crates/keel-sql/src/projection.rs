@@ -20,7 +20,7 @@ use sqlx::{PgConnection, Postgres};
 #[cfg(feature = "sqlite")]
 use sqlx::{Sqlite, SqliteConnection};
 
-use crate::db::{Arg, Db, Row, bind_all};
+use crate::db::{Arg, Db, Dialect, Row, bind_all};
 use crate::error::Result;
 
 /// The projection runner's open transaction on either store, writing one generation
@@ -43,6 +43,16 @@ enum Inner<'a> {
 }
 
 impl Conn<'_> {
+    /// Which SQL dialect this connection speaks.
+    pub fn dialect(&self) -> Dialect {
+        match self.inner {
+            #[cfg(feature = "sqlite")]
+            Inner::Sqlite(_) => Dialect::Sqlite,
+            #[cfg(feature = "postgres")]
+            Inner::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
     /// The name of the projection's table `table` in the generation being written
     /// (for SQL built without the `{table}` form).
     pub fn table<'t>(&'t self, table: &'t str) -> &'t str {
@@ -54,13 +64,15 @@ impl Conn<'_> {
         let sql = self.tables.expand(sql);
         Ok(match &mut self.inner {
             #[cfg(feature = "sqlite")]
-            Inner::Sqlite(conn) => {
-                bind_all!(sqlx::query(&sql), args).execute(&mut **conn).await?.rows_affected()
-            }
+            Inner::Sqlite(conn) => bind_all!(sqlite: sqlx::query::<Sqlite>(&sql), args)
+                .execute(&mut **conn)
+                .await?
+                .rows_affected(),
             #[cfg(feature = "postgres")]
-            Inner::Postgres(conn) => {
-                bind_all!(sqlx::query(&sql), args).execute(&mut **conn).await?.rows_affected()
-            }
+            Inner::Postgres(conn) => bind_all!(postgres: sqlx::query::<Postgres>(&sql), args)
+                .execute(&mut **conn)
+                .await?
+                .rows_affected(),
         })
     }
 
@@ -70,13 +82,13 @@ impl Conn<'_> {
         Ok(match &mut self.inner {
             #[cfg(feature = "sqlite")]
             Inner::Sqlite(conn) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(&sql), args)
+                bind_all!(sqlite: sqlx::query_as::<Sqlite, T>(&sql), args)
                     .fetch_optional(&mut **conn)
                     .await?
             }
             #[cfg(feature = "postgres")]
             Inner::Postgres(conn) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(&sql), args)
+                bind_all!(postgres: sqlx::query_as::<Postgres, T>(&sql), args)
                     .fetch_optional(&mut **conn)
                     .await?
             }
@@ -89,11 +101,15 @@ impl Conn<'_> {
         Ok(match &mut self.inner {
             #[cfg(feature = "sqlite")]
             Inner::Sqlite(conn) => {
-                bind_all!(sqlx::query_as::<Sqlite, T>(&sql), args).fetch_all(&mut **conn).await?
+                bind_all!(sqlite: sqlx::query_as::<Sqlite, T>(&sql), args)
+                    .fetch_all(&mut **conn)
+                    .await?
             }
             #[cfg(feature = "postgres")]
             Inner::Postgres(conn) => {
-                bind_all!(sqlx::query_as::<Postgres, T>(&sql), args).fetch_all(&mut **conn).await?
+                bind_all!(postgres: sqlx::query_as::<Postgres, T>(&sql), args)
+                    .fetch_all(&mut **conn)
+                    .await?
             }
         })
     }

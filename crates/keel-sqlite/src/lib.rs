@@ -38,7 +38,7 @@ use chrono::{DateTime, Utc};
 use keel_core::envelope::ext;
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId, StreamVersion};
 use keel_store::{
-    AppendResult, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page,
+    AppendResult, Changes, Cursor, Direction, EventLog, Lease, LogEvent, LogFilter, LogQuery, Page,
     RelayDeadLetter, Result, Skipped, SqlEventLog, StoreError,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -75,7 +75,7 @@ pub struct SqliteEventLog {
 
 struct Inner {
     pool: SqlitePool,
-    changes: watch::Sender<u64>,
+    changes: Changes,
 }
 
 impl std::fmt::Debug for SqliteEventLog {
@@ -175,14 +175,14 @@ impl SqliteEventLog {
                 filename.display()
             )));
         }
-        let (changes, _) = watch::channel(0u64);
+        let changes = Changes::default();
         Ok(Self { inner: Arc::new(Inner { pool, changes }), lease_ttl: lease::DEFAULT_TTL })
     }
 
     /// Uses an existing pool; migrates it.
     pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
         migrator().run(&pool).await?;
-        let (changes, _) = watch::channel(0u64);
+        let changes = Changes::default();
         Ok(Self { inner: Arc::new(Inner { pool, changes }), lease_ttl: lease::DEFAULT_TTL })
     }
 
@@ -195,8 +195,8 @@ impl SqliteEventLog {
         self
     }
 
-    fn appended(&self) {
-        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    fn appended(&self, topics: &[&str]) {
+        self.inner.changes.appended(topics.iter().copied());
     }
 }
 
@@ -222,10 +222,13 @@ impl EventLog for SqliteEventLog {
         expected: ExpectedVersion,
         events: &[CloudEvent],
     ) -> Result<AppendResult> {
+        // The append refuses an invalid topic too, before writing anything.
+        let topics: Vec<String> =
+            events.iter().map(|e| keel_store::topic_of(stream, e)).collect::<Result<_>>()?;
         let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
         let result = append::append(&mut tx, stream, expected, events).await?;
         tx.commit().await?;
-        self.appended();
+        self.appended(&topics.iter().map(String::as_str).collect::<Vec<_>>());
         Ok(result)
     }
 
@@ -304,6 +307,16 @@ impl EventLog for SqliteEventLog {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+
+    fn topic_changes(&self, topic: &str) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe_topic(topic)
+    }
+
+    fn notified_appends_are_visible(&self) -> bool {
+        // One writer at a time: positions follow commit order, and a read that starts
+        // after a commit sees it.
+        true
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<Cursor>> {
@@ -507,7 +520,11 @@ impl SqlEventLog for SqliteEventLog {
     }
 
     fn notify_appended(&self) {
-        self.appended();
+        self.inner.changes.appended_anywhere();
+    }
+
+    fn notify_appended_to(&self, topics: &[&str]) {
+        self.appended(topics);
     }
 }
 

@@ -10,6 +10,8 @@
 //!   [`LogEvent`], [`LogQuery`], [`LogFilter`], [`AppendResult`], [`Lease`].
 //! - [`sql`]: [`SqlEventLog`], the extra seam of SQL stores: append and checkpoint
 //!   inside the caller's own transaction.
+//! - [`changes`]: [`Changes`], the change counters a store wakes its subscribers
+//!   with, per topic where it can tell the topics apart.
 //! - [`error`]: the [`StoreError`] type.
 //! - [`stored`]: the row shape both SQL stores share, to and from envelopes.
 //! - [`subscription`]: catch up from a cursor, then follow live: pages from
@@ -30,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod backfill;
+pub mod changes;
 pub mod error;
 pub mod lineage;
 pub mod log;
@@ -41,6 +44,7 @@ pub mod stored;
 pub mod subscription;
 
 pub use backfill::{BackfillProgress, GroupBackfill, backfill_group};
+pub use changes::Changes;
 pub use error::{Result, StoreError, is_transient};
 pub use lineage::{Caused, Lineage, lineage};
 pub use log::{

@@ -388,6 +388,24 @@ pub trait EventLog: Send + Sync + 'static {
     /// or by others where the store can tell).
     fn changes(&self) -> watch::Receiver<u64>;
 
+    /// A receiver that changes when events may have been appended to `topic`: like
+    /// [`changes`](Self::changes), without the appends to other topics where the store
+    /// can tell them apart (the default cannot; see [`crate::changes`]).
+    fn topic_changes(&self, topic: &str) -> watch::Receiver<u64> {
+        let _ = topic;
+        self.changes()
+    }
+
+    /// Whether a read that starts after a change notification always sees the append
+    /// that caused it. On PostgreSQL it may not: [`read_after`](Self::read_after) holds
+    /// events back behind a transaction still in flight, which may roll back without a
+    /// notification, so subscribers there read again shortly after a notification that
+    /// found nothing (their settle delay). A store with one writer at a time, whose
+    /// positions follow commit order (SQLite), needs no second look.
+    fn notified_appends_are_visible(&self) -> bool {
+        false
+    }
+
     /// The stored checkpoint of a relay, projection or consumer group.
     async fn checkpoint(&self, name: &str) -> Result<Option<Cursor>>;
 

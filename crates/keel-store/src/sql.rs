@@ -145,8 +145,16 @@ pub trait SqlEventLog: EventLog {
         state: Option<RebuildState>,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Tells subscribers that a transaction with appends has committed.
+    /// Tells subscribers that a transaction with appends has committed (to topics
+    /// not known here: every subscriber is woken).
     fn notify_appended(&self);
+
+    /// Tells subscribers that a transaction with appends to `topics` (and no others)
+    /// has committed: only those topics' followers and whole-log subscribers are woken.
+    fn notify_appended_to(&self, topics: &[&str]) {
+        let _ = topics;
+        self.notify_appended();
+    }
 }
 
 /// `name` quoted as an SQL identifier (the same in both dialects).

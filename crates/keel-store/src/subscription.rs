@@ -44,6 +44,9 @@ struct State {
     filter: LogFilter,
     options: SubscribeOptions,
     changes: tokio::sync::watch::Receiver<u64>,
+    /// Whether a read that found nothing after a notification reads again shortly
+    /// ([`EventLog::notified_appends_are_visible`]).
+    settles: bool,
     /// Delay before the next read when the last one came back empty.
     retry: Option<Duration>,
     failed: bool,
@@ -61,13 +64,19 @@ pub fn subscribe(
     filter: LogFilter,
     options: SubscribeOptions,
 ) -> BoxStream<'static, Result<Page>> {
-    let changes = log.changes();
+    // Woken by appends to the filter's topic only, where it names one.
+    let changes = match &filter.topic {
+        Some(topic) => log.topic_changes(topic),
+        None => log.changes(),
+    };
+    let settles = !log.notified_appends_are_visible();
     let state = State {
         log,
         cursor: from,
         filter,
         options,
         changes,
+        settles,
         retry: None,
         failed: false,
         done: false,
@@ -136,7 +145,7 @@ pub fn subscribe(
                 () = tokio::time::sleep(wait) => false,
             };
             state.retry = if notified {
-                Some(state.options.settle_delay)
+                state.settles.then_some(state.options.settle_delay)
             } else {
                 state.retry.map(|d| (d * 2).min(state.options.poll_interval))
             };
