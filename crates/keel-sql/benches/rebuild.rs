@@ -102,11 +102,11 @@ impl Projection for PerStream {
                      SELECT * FROM unnest($1::text[], $2::bigint[])
                      ON CONFLICT (stream_id) DO UPDATE SET events = s.events + excluded.events"
                 }
-                // `WHERE true` tells SQLite's parser the upsert's ON is not a join's.
+                // `$2 ->> k.key`: the list's element at the same index. `WHERE true` tells
+                // SQLite's parser the upsert's ON is not a join's.
                 Dialect::Sqlite => {
                     "INSERT INTO {bench_per_stream} AS s (stream_id, events)
-                     SELECT k.value, n.value FROM json_each($1) AS k JOIN json_each($2) AS n
-                     ON n.key = k.key WHERE true
+                     SELECT k.value, $2 ->> k.key FROM json_each($1) AS k WHERE true
                      ON CONFLICT (stream_id) DO UPDATE SET events = s.events + excluded.events"
                 }
             };

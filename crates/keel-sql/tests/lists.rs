@@ -30,8 +30,7 @@ fn upsert_pairs(dialect: Dialect, table: &str) -> String {
         ),
         Dialect::Sqlite => format!(
             "INSERT INTO {table} AS t (key, n)
-             SELECT k.value, n.value FROM json_each($1) AS k JOIN json_each($2) AS n
-             ON n.key = k.key WHERE true
+             SELECT k.value, $2 ->> k.key FROM json_each($1) AS k WHERE true
              ON CONFLICT (key) DO UPDATE SET n = t.n + excluded.n"
         ),
     }

@@ -57,4 +57,4 @@ pub use projection::{
 pub use relay::{Relay, RelayOptions};
 pub use relay_dlq::RelayDeadLetter;
 pub use sql::SqlEventLog;
-pub use subscription::{SubscribeOptions, subscribe};
+pub use subscription::{SubscribeOptions, read_ahead, subscribe};

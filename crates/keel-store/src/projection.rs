@@ -77,7 +77,7 @@ use tokio::sync::watch;
 use crate::error::{Result, StoreError};
 use crate::log::{Cursor, EventLog, LogFilter, Page};
 use crate::sql::SqlEventLog;
-use crate::subscription::{SubscribeOptions, subscribe};
+use crate::subscription::{SubscribeOptions, read_ahead, subscribe};
 
 /// The suffix of a table's name in a generation being rebuilt: `users_orders` is built
 /// as `users_orders__keel_next` until the switch renames it.
@@ -714,7 +714,8 @@ where
         let options =
             SubscribeOptions { stop_when_caught_up: mode == Mode::CatchUp, ..self.options };
         let log: Arc<dyn EventLog> = self.log.clone();
-        let mut pages = subscribe(log, from, self.projection.filter(), options);
+        // The next page is read while this one is applied.
+        let mut pages = read_ahead(subscribe(log, from, self.projection.filter(), options));
         let mut applied = 0u64;
         // The first look after a poll interval: a switch left for later (a rebuild
         // still holds its lease) is not retried at once.

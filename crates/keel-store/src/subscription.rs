@@ -152,3 +152,33 @@ pub fn subscribe(
         }
     }))
 }
+
+/// `pages` read on a task of their own, one page ahead of the caller: the next read
+/// overlaps the caller's handling of the current page (a projection's writes, which on
+/// PostgreSQL take about as long as the read). Cancel-safe like the subscription:
+/// a page the caller stopped waiting for is the next one it gets. Dropping the stream
+/// stops the task.
+pub fn read_ahead(
+    mut pages: BoxStream<'static, Result<Page>>,
+) -> BoxStream<'static, Result<Page>> {
+    let (ready, received) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        while let Some(page) = futures::StreamExt::next(&mut pages).await {
+            if ready.send(page).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(stream::unfold((received, AbortOnDrop(reader)), |(mut received, reader)| async move {
+        received.recv().await.map(|page| (page, (received, reader)))
+    }))
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
