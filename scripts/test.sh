@@ -79,3 +79,5 @@ step "cargo package (with verification)"
 CARGO_TARGET_DIR="$package_target" cargo package --workspace --locked --exclude keel-testkit \
   --exclude keel-example-hello-events --exclude keel-example-guide-service \
   --exclude keel-example-notifications
+
+step "done"
