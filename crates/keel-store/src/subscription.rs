@@ -158,9 +158,7 @@ pub fn subscribe(
 /// PostgreSQL take about as long as the read). Cancel-safe like the subscription:
 /// a page the caller stopped waiting for is the next one it gets. Dropping the stream
 /// stops the task.
-pub fn read_ahead(
-    mut pages: BoxStream<'static, Result<Page>>,
-) -> BoxStream<'static, Result<Page>> {
+pub fn read_ahead(mut pages: BoxStream<'static, Result<Page>>) -> BoxStream<'static, Result<Page>> {
     let (ready, received) = tokio::sync::mpsc::channel(1);
     let reader = tokio::spawn(async move {
         while let Some(page) = futures::StreamExt::next(&mut pages).await {
