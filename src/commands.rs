@@ -621,13 +621,14 @@ pub async fn relay(config: &Config, name: &str) -> anyhow::Result<()> {
         anyhow::anyhow!("keel relay needs KEEL_BUS_URL: without it the log itself is the bus and nothing needs relaying")
     })?;
     let store = Store::open(&config.database_url, &config.namespace).await?;
+    let stop = shutdown_signal();
     eprintln!(
         "relay {name}: {} -> {}",
         store.kind(),
         redact_url(config.bus_url.as_deref().unwrap_or_default())
     );
     let relay = keel_store::Relay::new(store.log(), bus.clone(), name);
-    relay.run(shutdown_signal()).await?;
+    relay.run(stop).await?;
     keel_core::Publisher::close(&*bus).await?;
     Ok(())
 }
@@ -689,12 +690,13 @@ pub async fn gateway(
         .unwrap_or(std::num::NonZeroUsize::MIN);
     let listeners = PerCoreListeners::bind(addr, workers)
         .with_context(|| format!("binding the gateway to {addr}"))?;
+    let stop = shutdown_signal();
     eprintln!(
         "keel gateway listening on http://{} ({} workers)",
         listeners.local_addr(),
         listeners.workers()
     );
-    gateway.serve_per_core(listeners, shutdown_signal()).await?;
+    gateway.serve_per_core(listeners, stop).await?;
     Ok(())
 }
 
@@ -719,8 +721,9 @@ pub async fn events(
         config.identity_key(),
     )
     .await?;
+    let stop = shutdown_signal();
     eprintln!("keel events listening on http://{}", running.local_addr());
-    shutdown_signal().await;
+    stop.await;
     running.shutdown();
     running.wait().await?;
     Ok(())

@@ -100,9 +100,10 @@ pub async fn serve(config: &Config, listen: SocketAddr) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the console to {listen}"))?;
     let addr = listener.local_addr()?;
+    let stop = crate::commands::shutdown_signal();
     println!("keel console: http://{addr}{}/", keel_console::BASE);
     println!("  database  {}", redact_url(&config.database_url));
-    gateway.serve(listener, crate::commands::shutdown_signal()).await?;
+    gateway.serve(listener, stop).await?;
     keel_core::Publisher::close(&*bus).await?;
     Ok(())
 }

@@ -113,8 +113,10 @@ pub async fn up(config: &Config) -> anyhow::Result<()> {
         let _ = gateway_stopped.await;
     }));
 
+    // Installed before the banner says the system is up (see `shutdown_signal`).
+    let stop = shutdown_signal();
     print_banner(config, gateway_addr, &services);
-    shutdown_signal().await;
+    stop.await;
     eprintln!("keel up: stopping");
 
     let mut report = Shutdown::new();

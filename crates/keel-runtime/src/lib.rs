@@ -231,25 +231,37 @@ pub async fn start_service(
         .with_context(|| format!("starting the {name} service"))
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+///
+/// The handlers are installed when this is called, not when the future is first
+/// polled: call it before announcing that the process is up (`listening on ...`), so
+/// a signal sent as soon as that line is read does not meet the default action, which
+/// kills the process without a graceful stop.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            let received = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    // Not installable: only the other signal stops the process.
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = received(term) => {}
+                () = received(interrupt) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

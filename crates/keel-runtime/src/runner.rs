@@ -239,8 +239,9 @@ impl ServiceRunner {
                 };
                 let name = self.name.clone();
                 let running = self.start().await?;
+                let stop = shutdown_signal();
                 println!("{name} listening on http://{}", running.local_addr());
-                shutdown_signal().await;
+                stop.await;
                 running.stop().await
             }
             command => crate::cli::admin(self, command).await,
