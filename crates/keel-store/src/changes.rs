@@ -2,12 +2,11 @@
 //! [`EventLog::topic_changes`].
 //!
 //! A subscriber that follows one topic (a log bus group, a projection of one topic)
-//! re-reads the log whenever it is woken. Woken by every append, each of them reads
-//! once per append of every other topic too, and finds nothing: with a handful of
-//! groups that is most of the reads an order causes. So an append that knows its
-//! topics wakes only those topics' receivers (and every whole-log receiver); a change
-//! whose topics are not known (another process's append without them, a caller that
-//! did not say) wakes every receiver, as before.
+//! re-reads the log whenever it is woken. Woken by every append, it would also read
+//! once per append to every other topic, and find nothing. So an append that knows
+//! its topics wakes only those topics' receivers (and every whole-log receiver); a
+//! change whose topics are not known (another process's append without them, a
+//! caller that did not say) wakes every receiver, as before.
 //!
 //! [`EventLog::changes`]: crate::EventLog::changes
 //! [`EventLog::topic_changes`]: crate::EventLog::topic_changes
