@@ -34,8 +34,7 @@ impl Inbox for SqliteInbox {
     type Tx = Transaction<'static, Sqlite>;
 
     async fn begin(&self, group: &str, event_id: &str) -> Result<Option<Self::Tx>, HandlerError> {
-        let mut tx =
-            self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(HandlerError::transient)?;
+        let mut tx = crate::begin_immediate(&self.pool).await.map_err(HandlerError::transient)?;
         let inserted = sqlx::query("INSERT OR IGNORE INTO keel_inbox (group_name, event_id, processed_at) VALUES (?, ?, ?)")
             .bind(group)
             .bind(event_id)

@@ -210,6 +210,25 @@ async fn read_only_pool(
     Ok(pool)
 }
 
+/// `BEGIN IMMEDIATE` on a connection from `pool`, safe to cancel.
+///
+/// sqlx's `begin_with` is not: dropped after SQLite ran the statement but before the
+/// `Transaction` exists (it still checks that the connection is in a transaction), it
+/// hands the connection back to the pool inside the transaction, holding the
+/// database's write lock for good. On a task of its own the begin always finishes,
+/// and a transaction that nobody awaits any more is dropped, which rolls it back.
+pub(crate) async fn begin_immediate(
+    pool: &SqlitePool,
+) -> std::result::Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+    let pool = pool.clone();
+    match tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await }).await {
+        Ok(begun) => begun,
+        Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+        // Only a runtime shutting down cancels the task.
+        Err(_) => Err(sqlx::Error::PoolClosed),
+    }
+}
+
 fn unsigned(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
@@ -225,7 +244,7 @@ impl EventLog for SqliteEventLog {
         // The append refuses an invalid topic too, before writing anything.
         let topics: Vec<String> =
             events.iter().map(|e| keel_store::topic_of(stream, e)).collect::<Result<_>>()?;
-        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_immediate(&self.inner.pool).await?;
         let result = append::append(&mut tx, stream, expected, events).await?;
         tx.commit().await?;
         self.appended(&topics.iter().map(String::as_str).collect::<Vec<_>>());
@@ -402,7 +421,7 @@ impl SqlEventLog for SqliteEventLog {
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        Ok(self.inner.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(begin_immediate(&self.inner.pool).await?)
     }
 
     async fn append_in(

@@ -1,35 +1,15 @@
 //! Leases on SQLite: a renewal that finds the database busy keeps the lease until it
 //! really expires, and a lease dropped without `release` is free again at once.
 
-use std::str::FromStr;
+mod common;
+
 use std::time::Duration;
 
+use common::{fresh_url, log_with_busy_timeout};
 use keel_sqlite::SqliteEventLog;
 use keel_store::EventLog;
 use keel_testkit::util::{PATIENCE, eventually_async, unique};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection as _, SqliteConnection};
-
-fn fresh_url() -> String {
-    let path = std::env::temp_dir()
-        .join("keel-sqlite-tests")
-        .join(format!("{}.db", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(path.parent().expect("a directory")).expect("the test directory");
-    format!("sqlite://{}", path.display())
-}
-
-/// A log whose connections give up on a locked database after `busy` (sqlx's default
-/// is 5 s; a service may well pass a pool with a short one).
-async fn log_with_busy_timeout(url: &str, busy: Duration) -> SqliteEventLog {
-    let options = SqliteConnectOptions::from_str(url)
-        .expect("url")
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(busy);
-    let pool =
-        SqlitePoolOptions::new().max_connections(4).connect_with(options).await.expect("pool");
-    SqliteEventLog::from_pool(pool).await.expect("open")
-}
 
 /// Takes the database's write lock on a connection of its own (as another process
 /// writing a long transaction would); it is held until the connection rolls back.

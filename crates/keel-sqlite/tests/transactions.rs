@@ -1,0 +1,73 @@
+//! Transactions on SQLite: a caller dropped at any point of its `begin` (a timeout, a
+//! `select!`, a stopped task) leaves no transaction open behind it, so no later writer
+//! waits on a write lock nobody holds any more.
+//!
+//! sqlx's `begin_with` is not cancel-safe: dropped after SQLite ran the `BEGIN`
+//! statement but before the `Transaction` existed, it returns the connection to the
+//! pool inside a transaction, with the database's write lock held for good.
+
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use common::{fresh_url, log_with_busy_timeout};
+use keel_bus::layer::Inbox;
+use keel_core::{CloudEvent, ExpectedVersion, StreamId};
+use keel_sqlite::SqliteInbox;
+use keel_store::{EventLog, SqlEventLog};
+use keel_testkit::util::unique;
+
+/// Polls `future` up to `polls` times, yielding to the runtime between polls, then
+/// drops it: the caller gave up at whatever point it had reached.
+async fn abandon_after<F: Future>(future: F, polls: usize) {
+    let mut future = std::pin::pin!(future);
+    for _ in 0..polls {
+        if futures::poll!(future.as_mut()).is_ready() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+fn event() -> CloudEvent {
+    CloudEvent::builder("order.placed", "/tests")
+        .data("application/json", "{}")
+        .build()
+        .expect("valid event")
+}
+
+/// Rounds enough to abandon a `begin` at each of its await points many times over.
+const ROUNDS: usize = 300;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_transaction_abandoned_while_beginning_leaves_the_database_writable() {
+    let url = fresh_url();
+    // A leaked write lock shows as "database is locked" after this long.
+    let log = log_with_busy_timeout(&url, Duration::from_millis(500)).await;
+    let stream = StreamId::new(unique("order")).expect("valid");
+    for round in 0..ROUNDS {
+        abandon_after(SqlEventLog::begin(&log), round % 30 + 1).await;
+        abandon_after(log.append(&stream, ExpectedVersion::Any, &[event()]), round % 7 + 1).await;
+        log.append(&stream, ExpectedVersion::Any, &[event()])
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: the next append failed: {error}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_transaction_abandoned_while_beginning_leaves_the_database_writable() {
+    let url = fresh_url();
+    let log = log_with_busy_timeout(&url, Duration::from_millis(500)).await;
+    let inbox = SqliteInbox::new(SqlEventLog::pool(&log).clone());
+    let group = unique("group");
+    for round in 0..ROUNDS {
+        abandon_after(inbox.begin(&group, &format!("abandoned-{round}")), round % 30 + 1).await;
+        let tx = inbox
+            .begin(&group, &format!("kept-{round}"))
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: the next begin failed: {error}"))
+            .expect("a new event id");
+        inbox.commit(tx).await.unwrap_or_else(|error| panic!("round {round}: commit: {error}"));
+    }
+}
