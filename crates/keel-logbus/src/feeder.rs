@@ -175,6 +175,12 @@ impl Feeder<'_> {
         // As often as the options say, and at least as often as the lease needs.
         let renew_every = options.lease_renew.min(self.lease.renew_interval());
         let mut letters_read: Option<Instant> = None;
+        // Whether the log may hold more for the group than it has read: false once a
+        // read found the end of the topic with room to spare, true again on an append,
+        // a timer (the poll fallback, or a second look for an append not visible yet)
+        // or a failed read. Settles and takes wake the feeder for room, not for the
+        // log: at the end they need no read.
+        let mut may_have_more = true;
         loop {
             if is_shutdown(shutdown) || try_retire(registry, group, options.idle_release) {
                 return Ended::Done;
@@ -199,13 +205,20 @@ impl Feeder<'_> {
                 LogFilter { topic: Some(group.topic.clone()), types, ..LogFilter::default() };
             let mut more = false;
             let mut page = None;
-            if room > 0 {
+            // An append since the last read began (`borrow_and_update` below) counts
+            // even if it came before the wait.
+            if changes.has_changed().unwrap_or(true) {
+                may_have_more = true;
+            }
+            if room > 0 && may_have_more {
                 let limit = room.min(options.batch_size);
                 // Marked before reading, so an append during the read wakes us.
                 changes.borrow_and_update();
+                metrics::counter!("keel_logbus_reads_total", "topic" => group.topic.clone(), "group" => group.group.clone()).increment(1);
                 match group.store.read_after(self.read, &filter, limit).await {
                     Ok(read) => {
                         more = read.events.len() >= limit;
+                        may_have_more = more;
                         page = Some(read);
                     }
                     Err(StoreError::Decode { .. }) => match self.skip_bad_row(&filter).await {
@@ -249,13 +262,14 @@ impl Feeder<'_> {
                 .unwrap_or(options.poll_interval)
                 .min(renew_every.saturating_sub(renewed.elapsed()))
                 .max(Duration::from_millis(1));
-            let notified = tokio::select! {
+            let (notified, timed_out) = tokio::select! {
                 biased;
-                _ = shutdown.changed() => false,
-                () = group.feeder.notified() => false,
-                changed = changes.changed() => changed.is_ok(),
-                () = tokio::time::sleep(wait) => false,
+                _ = shutdown.changed() => (false, false),
+                () = group.feeder.notified() => (false, false),
+                changed = changes.changed() => (changed.is_ok(), false),
+                () = tokio::time::sleep(wait) => (false, true),
             };
+            may_have_more |= notified || timed_out;
             retry = if notified {
                 settles.then_some(options.settle_delay)
             } else {
