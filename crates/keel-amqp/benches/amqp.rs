@@ -1,5 +1,6 @@
 //! Keel over RabbitMQ against raw lapin, in one run, on the same broker:
-//! confirmed publish rate, consume rate, and end-to-end latency.
+//! confirmed publish rate, consume rate, and end-to-end latency; and the relay moving
+//! a backlog from a Postgres log to the broker, beside raw lapin's confirmed publish.
 //!
 //! ```text
 //! cargo bench -p keel-amqp --features integration
@@ -11,7 +12,10 @@
 //! into a queue of their own. Both consume with the same prefetch and ack each
 //! message; Keel also decodes each into a `CloudEvent`. Latency is publish-call start
 //! to receipt, one confirmed message at a time, with a connection to publish and one
-//! to consume on both sides (as Keel does). Environment: `KEEL_TEST_AMQP_URL`,
+//! to consume on both sides (as Keel does). The relay's backlog is the same messages,
+//! appended in batches of 100 to a fresh PostgreSQL database beforehand (not timed);
+//! its clock runs from the relay's start until its checkpoint reaches the log's head.
+//! Environment: `KEEL_TEST_AMQP_URL`, `KEEL_TEST_DATABASE_URL`,
 //! `KEEL_BENCH_MESSAGES` (default 50,000), `KEEL_BENCH_ROUNDS` (default 3),
 //! `KEEL_BENCH_QUEUE_TYPE` (`quorum`, the default, or `classic`).
 
@@ -36,11 +40,14 @@ fn main() {
 mod bench {
     use std::time::{Duration, Instant};
 
+    use std::sync::Arc;
+
     use bytes::Bytes;
     use futures::StreamExt as _;
     use keel_amqp::{AmqpBus, AmqpConfig, QueueType};
     use keel_core::codec::{Binding, to_binary};
     use keel_core::{CloudEvent, Publisher, Subscriber, SubscriptionSpec};
+    use keel_postgres::{PgEventLog, PgOptions};
     use lapin::options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -147,6 +154,7 @@ mod bench {
         keel_publish: f64,
         raw_consume: f64,
         keel_consume: f64,
+        relay: f64,
     }
 
     async fn raw_publish(
@@ -221,6 +229,23 @@ mod bench {
         rate(count, elapsed)
     }
 
+    /// The relay moving `events`, appended to a fresh Postgres log first, to a topic of
+    /// their own (a group queue bound to it: every publish is mandatory).
+    async fn relay(events: &[CloudEvent]) -> f64 {
+        let database = keel_testkit::postgres::fresh_database("relay_bench").await;
+        let log = PgEventLog::connect(&database, PgOptions::default()).await.expect("log");
+        let bus = AmqpBus::connect(&url(), keel_config()).await.expect("keel connect");
+        let topic = format!("relay{}", uuid::Uuid::now_v7().simple());
+        let spec = SubscriptionSpec::new(&topic, "bench").prefetch(u32::from(PREFETCH));
+        bus.subscribe(spec).await.expect("subscribe").close().await.expect("close");
+        let bus = Arc::new(bus);
+        let elapsed =
+            keel_testkit::relay::relay_backlog(Arc::new(log), bus.clone(), &topic, events, BATCH)
+                .await;
+        Publisher::close(&*bus).await.expect("close");
+        rate(events.len(), elapsed)
+    }
+
     fn rate(count: usize, elapsed: Duration) -> f64 {
         count as f64 / elapsed.as_secs_f64()
     }
@@ -260,7 +285,9 @@ mod bench {
         };
         let _ = connection.close(200, "done".into()).await;
         Publisher::close(&bus).await.expect("close");
-        Rates { raw_publish, keel_publish, raw_consume, keel_consume }
+        // After both publishers, whose queues are drained by then.
+        let relay = relay(&events).await;
+        Rates { raw_publish, keel_publish, raw_consume, keel_consume, relay }
     }
 
     /// The sample at `per_mille`/1000 of the sorted samples (nearest rank).
@@ -382,13 +409,15 @@ mod bench {
         for n in 1..=rounds {
             let r = round(messages, n % 2 == 0).await;
             println!(
-                "round {n}: publish raw {:>8.0}/s keel {:>8.0}/s ({:.2}x) | consume raw {:>8.0}/s keel {:>8.0}/s ({:.2}x)",
+                "round {n}: publish raw {:>8.0}/s keel {:>8.0}/s ({:.2}x) | consume raw {:>8.0}/s keel {:>8.0}/s ({:.2}x) | relay {:>8.0}/s ({:.2}x raw publish)",
                 r.raw_publish,
                 r.keel_publish,
                 r.keel_publish / r.raw_publish,
                 r.raw_consume,
                 r.keel_consume,
-                r.keel_consume / r.raw_consume
+                r.keel_consume / r.raw_consume,
+                r.relay,
+                r.relay / r.raw_publish
             );
             all.push(r);
         }
@@ -402,6 +431,8 @@ mod bench {
         let (rc, kc) = (median(|r| r.raw_consume), median(|r| r.keel_consume));
         let publish_ratio = ratio(|r| r.keel_publish / r.raw_publish);
         let consume_ratio = ratio(|r| r.keel_consume / r.raw_consume);
+        let relay = median(|r| r.relay);
+        let relay_ratio = ratio(|r| r.relay / r.raw_publish);
         let (raw50, raw99) = summary(raw_latency().await);
         let (keel50, keel99) = summary(keel_latency().await);
         println!();
@@ -411,6 +442,9 @@ mod bench {
         println!("|---|---:|---:|---:|");
         println!("| confirmed publish, msg/s | {rp:.0} | {kp:.0} | {publish_ratio:.2} |");
         println!("| consume + ack, msg/s | {rc:.0} | {kc:.0} | {consume_ratio:.2} |");
+        println!(
+            "| relay from Postgres (Keel) vs confirmed publish (raw), msg/s | {rp:.0} | {relay:.0} | {relay_ratio:.2} |"
+        );
         println!(
             "| end-to-end latency p50 ({LATENCY_SAMPLES} msgs) | {} | {} | |",
             ms(raw50),

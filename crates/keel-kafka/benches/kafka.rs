@@ -18,13 +18,19 @@
 //!   Keel: a `Subscription`, each delivery acknowledged (offsets committed every
 //!   100 ms); raw: a `BaseConsumer` poll loop committing every 100 ms. The clock starts
 //!   at the first record, so group joins and Keel's hand-off grace are not counted.
+//! - Relay: the same events, appended in batches of 1000 to a fresh PostgreSQL
+//!   database (`KEEL_TEST_DATABASE_URL`) beforehand (not timed), relayed to a topic of
+//!   their own; the clock runs from the relay's start until its checkpoint reaches the
+//!   log's head. Set beside raw rdkafka's publish (issue 18: at least 0.8x).
 
 #![allow(clippy::cast_precision_loss, clippy::print_stdout, unreachable_pub)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_core::{CloudEvent, Publisher, Subscriber, SubscriptionSpec};
 use keel_kafka::{KafkaBus, KafkaConfig};
+use keel_postgres::{PgEventLog, PgOptions};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -200,6 +206,16 @@ fn raw_consume(topic: &str, n: usize) -> Duration {
     elapsed
 }
 
+/// The relay moving `events`, appended to a fresh Postgres log first, to a topic of
+/// their own.
+async fn relay(bus: Arc<KafkaBus>, events: &[CloudEvent]) -> Duration {
+    let database = keel_testkit::postgres::fresh_database("relay_bench").await;
+    let log = PgEventLog::connect(&database, PgOptions::default()).await.expect("log");
+    let topic = format!("relay{}", uuid::Uuid::now_v7().simple());
+    create_topic(&topic).await;
+    keel_testkit::relay::relay_backlog(Arc::new(log), bus, &topic, events, BATCH).await
+}
+
 fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
@@ -214,7 +230,7 @@ async fn main() {
         config = config.tansu();
     }
     config.partitions = 8;
-    let bus = KafkaBus::new(config).expect("bus");
+    let bus = Arc::new(KafkaBus::new(config).expect("bus"));
     let events = events(n);
     let records: Vec<Raw> = events.iter().map(as_raw).collect();
     let producer = raw_producer();
@@ -245,6 +261,10 @@ async fn main() {
             }
         }
     }
+    let mut relay_rounds = Vec::new();
+    for _ in 0..rounds {
+        relay_rounds.push(rate(n, relay(bus.clone(), &events).await));
+    }
     let topic = consume_topic.expect("a topic to consume");
     let (mut raw_rounds, mut keel_rounds) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -263,14 +283,21 @@ async fn main() {
     let (raw_con, keel_con) = (best(&raw_rounds), best(&keel_rounds));
     let show = |rounds: &[f64]| rounds.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>();
     println!("consume rounds (msg/s): Keel {:?}, raw {:?}", show(&keel_rounds), show(&raw_rounds));
+    println!("relay rounds (msg/s): {:?}", show(&relay_rounds));
+    let relay_best = best(&relay_rounds);
     println!();
     println!(
         "| {:<8} | {:>14} | {:>18} | {:>10} |",
         "", "Keel (msg/s)", "raw rdkafka (msg/s)", "Keel / raw"
     );
     println!("|----------|----------------|---------------------|------------|");
-    for (what, keel, raw) in [("publish", keel_pub, raw_pub), ("consume", keel_con, raw_con)] {
+    for (what, keel, raw) in [
+        ("publish", keel_pub, raw_pub),
+        ("consume", keel_con, raw_con),
+        ("relay", relay_best, raw_pub),
+    ] {
         println!("| {what:<8} | {keel:>14.0} | {raw:>19.0} | {:>9.2}x |", keel / raw);
     }
-    Publisher::close(&bus).await.expect("close");
+    Publisher::close(&*bus).await.expect("close");
+    println!("relay: from a Postgres log, set beside raw rdkafka's publish");
 }
