@@ -323,7 +323,9 @@ impl Db {
     pub fn inbox(&self) -> Arc<DbInbox> {
         Arc::new(match self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(log) => DbInbox::Sqlite(SqliteInbox::new(log.pool().clone()), log.clone()),
+            Self::Sqlite(log) => {
+                DbInbox::Sqlite(SqliteInbox::new(log.write_pool().clone()), log.clone())
+            }
             #[cfg(feature = "postgres")]
             Self::Postgres(log) => DbInbox::Postgres(PgInbox::new(log.pool().clone()), log.clone()),
         })

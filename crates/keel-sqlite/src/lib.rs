@@ -75,6 +75,9 @@ pub struct SqliteEventLog {
 
 struct Inner {
     pool: SqlitePool,
+    /// Where write transactions run: one connection of its own (see
+    /// [`SqliteEventLog::write_pool`]).
+    writer: SqlitePool,
     changes: Changes,
 }
 
@@ -176,14 +179,40 @@ impl SqliteEventLog {
             )));
         }
         let changes = Changes::default();
-        Ok(Self { inner: Arc::new(Inner { pool, changes }), lease_ttl: lease::DEFAULT_TTL })
+        let writer = pool.clone();
+        Ok(Self { inner: Arc::new(Inner { pool, writer, changes }), lease_ttl: lease::DEFAULT_TTL })
     }
 
-    /// Uses an existing pool; migrates it.
+    /// Uses an existing pool; migrates it. Write transactions get a pool of one
+    /// connection of their own, opened with the same options (see
+    /// [`SqliteEventLog::write_pool`]), unless `pool` holds a database in memory,
+    /// which exists once per connection.
     pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
         migrator().run(&pool).await?;
+        let options = pool.connect_options();
+        let filename = options.get_filename();
+        let in_memory = filename.as_os_str().is_empty() || filename == Path::new(":memory:");
+        let writer = if in_memory || pool.options().get_max_connections() <= 1 {
+            pool.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(WRITE_QUEUE_TIMEOUT)
+                .connect_with(SqliteConnectOptions::clone(&options))
+                .await?
+        };
         let changes = Changes::default();
-        Ok(Self { inner: Arc::new(Inner { pool, changes }), lease_ttl: lease::DEFAULT_TTL })
+        Ok(Self { inner: Arc::new(Inner { pool, writer, changes }), lease_ttl: lease::DEFAULT_TTL })
+    }
+
+    /// The pool that write transactions ([`SqlEventLog::begin`], appends, the
+    /// inbox) run on: one connection, so the writers of this process queue for it in
+    /// order. SQLite runs one write transaction at a time; writers on several
+    /// connections would instead wait in its busy handler, which sleeps 1, 2, 5 ...
+    /// up to 100 ms between looks, and a queue of them shows up as latency in the
+    /// hundreds of milliseconds. Other processes' writers still meet the busy handler.
+    pub fn write_pool(&self) -> &SqlitePool {
+        &self.inner.writer
     }
 
     /// How long a lease taken through this handle stays valid when its holder stops
@@ -229,6 +258,10 @@ pub(crate) async fn begin_immediate(
     }
 }
 
+/// How long a write transaction waits for its turn on the write connection: as long
+/// as a writer waits for SQLite's lock (the busy timeout).
+const WRITE_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn unsigned(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
@@ -244,7 +277,7 @@ impl EventLog for SqliteEventLog {
         // The append refuses an invalid topic too, before writing anything.
         let topics: Vec<String> =
             events.iter().map(|e| keel_store::topic_of(stream, e)).collect::<Result<_>>()?;
-        let mut tx = begin_immediate(&self.inner.pool).await?;
+        let mut tx = begin_immediate(&self.inner.writer).await?;
         let result = append::append(&mut tx, stream, expected, events).await?;
         tx.commit().await?;
         self.appended(&topics.iter().map(String::as_str).collect::<Vec<_>>());
@@ -421,7 +454,7 @@ impl SqlEventLog for SqliteEventLog {
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
-        Ok(begin_immediate(&self.inner.pool).await?)
+        Ok(begin_immediate(&self.inner.writer).await?)
     }
 
     async fn append_in(
