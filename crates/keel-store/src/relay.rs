@@ -6,7 +6,9 @@
 //! events in order as one batch, the topics side by side), waits for the broker's
 //! confirmation of all of it, and only then stores its checkpoint. A crash between
 //! publish and checkpoint publishes the page again: delivery is at-least-once, and
-//! consumers deduplicate with the inbox.
+//! consumers deduplicate with the inbox. The work overlaps where order allows: the
+//! next page is read while this one is published, and a page's checkpoint is written
+//! while the next one is published (each write after the one before).
 //!
 //! Failures: an error about the bus (connection, timeout, back-pressure, a refused
 //! topic) is retried with backoff for ever and never blamed on an event. An event the
@@ -27,7 +29,7 @@ use keel_core::{BusError, CloudEvent, Position, Publisher};
 use crate::error::Result;
 use crate::log::{Cursor, EventLog, Lease, LogEvent, LogFilter};
 use crate::relay_dlq::RelayDeadLetter;
-use crate::subscription::{SubscribeOptions, subscribe};
+use crate::subscription::{SubscribeOptions, read_ahead, subscribe};
 
 /// How often an active relay reads its lag into `keel_relay_lag_events`.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
@@ -35,7 +37,8 @@ const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// How a relay runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelayOptions {
-    /// Events read and published per round.
+    /// Events read and published per round (default 1,000: a Kafka producer lingers
+    /// a few milliseconds per confirmed batch, so small pages cap the rate).
     pub batch_size: usize,
     /// How often a standby relay tries to take the lease.
     pub standby_poll: Duration,
@@ -48,7 +51,7 @@ pub struct RelayOptions {
 impl Default for RelayOptions {
     fn default() -> Self {
         Self {
-            batch_size: 500,
+            batch_size: 1000,
             standby_poll: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
             subscribe: SubscribeOptions::default(),
@@ -175,10 +178,29 @@ impl Relay {
         key: &str,
         shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
     ) -> Result<Ended> {
-        let from = self.log.checkpoint(key).await?.unwrap_or(Cursor::START);
+        let mut checkpoints =
+            Checkpoints { log: self.log.clone(), key: key.to_owned(), writing: None };
+        let ended = self.publish_pages(lease, &mut checkpoints, shutdown).await;
+        // The last page's checkpoint, written behind, lands before the phase ends.
+        let flushed = checkpoints.flush().await;
+        let ended = ended?;
+        flushed?;
+        Ok(ended)
+    }
+
+    async fn publish_pages(
+        &self,
+        lease: &mut dyn Lease,
+        checkpoints: &mut Checkpoints,
+        shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+    ) -> Result<Ended> {
+        let key = checkpoints.key.clone();
+        let from = self.log.checkpoint(&key).await?.unwrap_or(Cursor::START);
         let options =
             SubscribeOptions { batch_size: self.options.batch_size, ..self.options.subscribe };
-        let mut pages = subscribe(self.log.clone(), from, LogFilter::default(), options);
+        // The next page is read while this one is published and checkpointed.
+        let mut pages =
+            read_ahead(subscribe(self.log.clone(), from, LogFilter::default(), options));
         // The lag (the log's events after the checkpoint) is read on a timer of its own,
         // so the gauge goes on growing while publishing stalls and reaches 0 when idle.
         let mut saved = from;
@@ -207,6 +229,11 @@ impl Relay {
                     }
                     continue;
                 }
+                // A failed checkpoint write ends the phase while the relay waits, too.
+                written = checkpoints.written() => {
+                    written?;
+                    continue;
+                }
                 page = pages.next() => page,
             };
             let Some(page) = page else { return Ok(Ended::Shutdown) };
@@ -221,8 +248,9 @@ impl Relay {
                 published = self.publish_page(&page.events) => published?,
             }
             // Only now: every event of the page is confirmed by the broker, skipped as
-            // unroutable, or recorded as a relay dead letter.
-            self.log.save_checkpoint(key, last).await?;
+            // unroutable, or recorded as a relay dead letter. Written while the next
+            // page is published.
+            checkpoints.save(last).await?;
             saved = last;
             metrics::counter!("keel_relay_published_total", "relay" => self.name.clone())
                 .increment(page.events.len() as u64);
@@ -319,6 +347,50 @@ impl Relay {
         metrics::counter!("keel_relay_dead_letters_total", "relay" => self.name.clone())
             .increment(1);
         Ok(())
+    }
+}
+
+/// The relay's checkpoint, written behind the publishing: the write of one page's
+/// checkpoint runs on a task of its own while the next page is published, and each
+/// write waits for the one before, so they land in order and an error is not lost.
+struct Checkpoints {
+    log: Arc<dyn EventLog>,
+    key: String,
+    writing: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl Checkpoints {
+    /// Waits for the previous write, then starts writing `at`.
+    async fn save(&mut self, at: Cursor) -> Result<()> {
+        self.flush().await?;
+        let (log, key) = (self.log.clone(), self.key.clone());
+        self.writing = Some(tokio::spawn(async move { log.save_checkpoint(&key, at).await }));
+        Ok(())
+    }
+
+    /// Waits for the write under way, if any.
+    async fn flush(&mut self) -> Result<()> {
+        if self.writing.is_none() {
+            return Ok(());
+        }
+        self.written().await
+    }
+
+    /// Completes when the write under way ends, with its outcome; never, when there is
+    /// none. Cancel-safe: the write goes on, and a later call waits for it.
+    async fn written(&mut self) -> Result<()> {
+        let Some(writing) = self.writing.as_mut() else {
+            return std::future::pending().await;
+        };
+        let outcome = writing.await;
+        self.writing = None;
+        match outcome {
+            Ok(written) => written,
+            Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+            // Only a runtime shutting down cancels the task: the page is published
+            // again after the restart (delivery is at-least-once).
+            Err(_) => Ok(()),
+        }
     }
 }
 
