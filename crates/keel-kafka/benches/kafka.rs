@@ -216,6 +216,14 @@ async fn relay(bus: Arc<KafkaBus>, events: &[CloudEvent]) -> Duration {
     keel_testkit::relay::relay_backlog(Arc::new(log), bus, &topic, events, BATCH).await
 }
 
+/// Who publishes in a publish round.
+#[derive(Clone, Copy)]
+enum Side {
+    Raw,
+    Keel,
+    Relay,
+}
+
 fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
@@ -247,23 +255,30 @@ async fn main() {
 
     let (mut raw_pub, mut keel_pub) = (0.0_f64, 0.0_f64);
     let mut consume_topic = None;
+    let mut relay_rounds = Vec::new();
+    let mut raw_rounds_pub = Vec::new();
     // Tansu slows down as it holds more data, so the sides take turns going first
-    // (raw, Keel, Keel, raw, ...).
+    // (raw, Keel, relay; Keel, relay, raw; ...).
     for round in 0..rounds {
-        for side in if round % 2 == 0 { [false, true] } else { [true, false] } {
+        let mut sides = [Side::Raw, Side::Keel, Side::Relay];
+        sides.rotate_left(round % 3);
+        for side in sides {
             let topic = unique("bench-publish");
-            create_topic(&topic).await;
-            if side {
-                keel_pub = keel_pub.max(rate(n, keel_publish(&bus, &topic, &events).await));
-            } else {
-                raw_pub = raw_pub.max(rate(n, raw_publish(&producer, &topic, &records).await));
-                consume_topic.get_or_insert(topic);
+            match side {
+                Side::Keel => {
+                    create_topic(&topic).await;
+                    keel_pub = keel_pub.max(rate(n, keel_publish(&bus, &topic, &events).await));
+                }
+                Side::Raw => {
+                    create_topic(&topic).await;
+                    let raw = rate(n, raw_publish(&producer, &topic, &records).await);
+                    raw_rounds_pub.push(raw);
+                    raw_pub = raw_pub.max(raw);
+                    consume_topic.get_or_insert(topic);
+                }
+                Side::Relay => relay_rounds.push(rate(n, relay(bus.clone(), &events).await)),
             }
         }
-    }
-    let mut relay_rounds = Vec::new();
-    for _ in 0..rounds {
-        relay_rounds.push(rate(n, relay(bus.clone(), &events).await));
     }
     let topic = consume_topic.expect("a topic to consume");
     let (mut raw_rounds, mut keel_rounds) = (Vec::new(), Vec::new());
@@ -283,7 +298,11 @@ async fn main() {
     let (raw_con, keel_con) = (best(&raw_rounds), best(&keel_rounds));
     let show = |rounds: &[f64]| rounds.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>();
     println!("consume rounds (msg/s): Keel {:?}, raw {:?}", show(&keel_rounds), show(&raw_rounds));
-    println!("relay rounds (msg/s): {:?}", show(&relay_rounds));
+    println!(
+        "publish rounds (msg/s): relay {:?}, raw {:?}",
+        show(&relay_rounds),
+        show(&raw_rounds_pub)
+    );
     let relay_best = best(&relay_rounds);
     println!();
     println!(
