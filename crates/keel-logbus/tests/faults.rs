@@ -18,17 +18,9 @@ use keel_core::{
 use keel_logbus::{BusStore, checkpoint_name};
 use keel_store::Direction;
 
-use common::bus_over;
+use common::{bus_over, numbered};
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn numbered(n: u64) -> CloudEvent {
-    CloudEvent::builder("test.numbered", "/keel-logbus/tests")
-        .json_data(&n)
-        .unwrap()
-        .build()
-        .unwrap()
-}
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())

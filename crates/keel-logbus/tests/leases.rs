@@ -10,23 +10,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_core::{CloudEvent, Delivery, Publisher, Subscriber, Subscription, SubscriptionSpec};
+use keel_core::{Delivery, Publisher, Subscriber, Subscription, SubscriptionSpec};
 use keel_logbus::LogBus;
 use keel_sqlite::SqliteEventLog;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection as _, SqliteConnection};
 
-use common::SqliteDb;
+use common::{SqliteDb, numbered};
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn numbered(n: u64) -> CloudEvent {
-    CloudEvent::builder("test.numbered", "/keel-logbus/tests")
-        .json_data(&n)
-        .unwrap()
-        .build()
-        .unwrap()
-}
 
 async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
     tokio::time::timeout(PATIENCE, sub.next()).await.expect("a delivery in time").unwrap().unwrap()

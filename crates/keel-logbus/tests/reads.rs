@@ -14,7 +14,7 @@ use keel_core::{CloudEvent, Publisher, Subscriber, SubscriptionSpec};
 use keel_logbus::BusStore;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use common::bus_over;
+use common::{bus_over, numbered};
 
 /// Fewer than a group reads ahead (its batch size, 256): one page holds them all.
 const EVENTS: u64 = 100;
@@ -33,14 +33,6 @@ fn reads(topic: &str, group: &str) -> u64 {
         .filter(|line| line.contains(&topic) && line.contains(&group))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
-}
-
-fn numbered(n: u64) -> CloudEvent {
-    CloudEvent::builder("test.numbered", "/keel-logbus/tests")
-        .json_data(&n)
-        .unwrap()
-        .build()
-        .unwrap()
 }
 
 /// Every event published in one append, then taken and acknowledged one at a time,

@@ -15,17 +15,9 @@ use keel_core::{
 use keel_logbus::checkpoint_name;
 use keel_store::EventLog;
 
-use common::{SqliteDb, bus_over};
+use common::{SqliteDb, bus_over, numbered};
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn numbered(n: u64) -> CloudEvent {
-    CloudEvent::builder("test.numbered", "/keel-logbus/tests")
-        .json_data(&n)
-        .unwrap()
-        .build()
-        .unwrap()
-}
 
 async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
     tokio::time::timeout(PATIENCE, sub.next()).await.expect("a delivery in time").unwrap().unwrap()

@@ -8,13 +8,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use keel_core::{Bus, BusError};
+use keel_core::{Bus, BusError, CloudEvent};
 use keel_logbus::{BusStore, LogBus, LogBusOptions};
 use keel_postgres::{PgEventLog, PgOptions};
 use keel_sqlite::SqliteEventLog;
 use keel_store::SqlEventLog;
 use keel_testkit::bus::BusFactory;
 use tokio::sync::OnceCell;
+
+/// An event whose data is `n`.
+pub fn numbered(n: u64) -> CloudEvent {
+    CloudEvent::builder("test.numbered", "/keel-logbus/tests")
+        .json_data(&n)
+        .expect("a number is JSON")
+        .build()
+        .expect("a valid event")
+}
 
 /// Options that make takeovers quick in tests.
 pub fn options() -> LogBusOptions {
