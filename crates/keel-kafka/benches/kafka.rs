@@ -253,10 +253,8 @@ async fn main() {
     raw_publish(&producer, &warm, &records[..BATCH.min(n)]).await;
     keel_publish(&bus, &warm, &events[..BATCH.min(n)]).await;
 
-    let (mut raw_pub, mut keel_pub) = (0.0_f64, 0.0_f64);
     let mut consume_topic = None;
-    let mut relay_rounds = Vec::new();
-    let mut raw_rounds_pub = Vec::new();
+    let (mut raw_publishes, mut keel_publishes, mut relays) = (Vec::new(), Vec::new(), Vec::new());
     // Tansu slows down as it holds more data, so the sides take turns going first
     // (raw, Keel, relay; Keel, relay, raw; ...).
     for round in 0..rounds {
@@ -267,16 +265,14 @@ async fn main() {
             match side {
                 Side::Keel => {
                     create_topic(&topic).await;
-                    keel_pub = keel_pub.max(rate(n, keel_publish(&bus, &topic, &events).await));
+                    keel_publishes.push(rate(n, keel_publish(&bus, &topic, &events).await));
                 }
                 Side::Raw => {
                     create_topic(&topic).await;
-                    let raw = rate(n, raw_publish(&producer, &topic, &records).await);
-                    raw_rounds_pub.push(raw);
-                    raw_pub = raw_pub.max(raw);
+                    raw_publishes.push(rate(n, raw_publish(&producer, &topic, &records).await));
                     consume_topic.get_or_insert(topic);
                 }
-                Side::Relay => relay_rounds.push(rate(n, relay(bus.clone(), &events).await)),
+                Side::Relay => relays.push(rate(n, relay(bus.clone(), &events).await)),
             }
         }
     }
@@ -298,12 +294,9 @@ async fn main() {
     let (raw_con, keel_con) = (best(&raw_rounds), best(&keel_rounds));
     let show = |rounds: &[f64]| rounds.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>();
     println!("consume rounds (msg/s): Keel {:?}, raw {:?}", show(&keel_rounds), show(&raw_rounds));
-    println!(
-        "publish rounds (msg/s): relay {:?}, raw {:?}",
-        show(&relay_rounds),
-        show(&raw_rounds_pub)
-    );
-    let relay_best = best(&relay_rounds);
+    println!("publish rounds (msg/s): relay {:?}, raw {:?}", show(&relays), show(&raw_publishes));
+    let (raw_pub, keel_pub, relay_best) =
+        (best(&raw_publishes), best(&keel_publishes), best(&relays));
     println!();
     println!(
         "| {:<8} | {:>14} | {:>18} | {:>10} |",

@@ -178,9 +178,10 @@ impl Relay {
         key: &str,
         shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
     ) -> Result<Ended> {
+        let from = self.log.checkpoint(key).await?.unwrap_or(Cursor::START);
         let mut checkpoints =
             Checkpoints { log: self.log.clone(), key: key.to_owned(), writing: None };
-        let ended = self.publish_pages(lease, &mut checkpoints, shutdown).await;
+        let ended = self.publish_pages(lease, from, &mut checkpoints, shutdown).await;
         // The last page's checkpoint, written behind, lands before the phase ends.
         let flushed = checkpoints.flush().await;
         let ended = ended?;
@@ -191,11 +192,10 @@ impl Relay {
     async fn publish_pages(
         &self,
         lease: &mut dyn Lease,
+        from: Cursor,
         checkpoints: &mut Checkpoints,
         shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
     ) -> Result<Ended> {
-        let key = checkpoints.key.clone();
-        let from = self.log.checkpoint(&key).await?.unwrap_or(Cursor::START);
         let options =
             SubscribeOptions { batch_size: self.options.batch_size, ..self.options.subscribe };
         // The next page is read while this one is published and checkpointed.
