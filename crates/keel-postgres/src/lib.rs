@@ -626,6 +626,11 @@ impl SqlEventLog for PgEventLog {
         generation::set_rebuild(conn, projection, state).await
     }
 
+    async fn relax_commit_in(&self, conn: &mut PgConnection) -> Result<()> {
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(conn).await?;
+        Ok(())
+    }
+
     fn notify_appended(&self) {
         self.appended(None);
     }

@@ -32,3 +32,73 @@ keel_testkit::projection_conformance! {
     insert_effect: "INSERT INTO effects (event_id) VALUES ($1)",
     break_lease: break_lease,
 }
+
+/// A rebuild's pages commit without waiting for the disk (a crash only sends the
+/// rebuild back to an earlier page of its own), the live model's pages wait for it.
+#[tokio::test]
+async fn a_rebuilds_pages_commit_without_waiting_for_the_disk_and_live_pages_wait() {
+    use std::sync::{Arc, Mutex};
+
+    use keel_bus::HandlerError;
+    use keel_core::{CloudEvent, ExpectedVersion, StreamId};
+    use keel_store::{EventLog, Projection, ProjectionRunner, Tables};
+
+    /// Records, per event, the `synchronous_commit` its page's transaction runs with.
+    struct Commits(Arc<Mutex<Vec<String>>>);
+
+    #[async_trait::async_trait]
+    impl Projection<sqlx::Postgres> for Commits {
+        fn name(&self) -> &str {
+            "commits"
+        }
+
+        fn tables(&self) -> &[&str] {
+            &["commits"]
+        }
+
+        async fn apply(
+            &self,
+            conn: &mut sqlx::PgConnection,
+            tables: &Tables,
+            event: &CloudEvent,
+        ) -> Result<(), HandlerError> {
+            let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(HandlerError::transient)?;
+            sqlx::query(&tables.expand("INSERT INTO {commits} (id) VALUES ($1)"))
+                .bind(event.id())
+                .execute(&mut *conn)
+                .await
+                .map_err(HandlerError::transient)?;
+            self.0.lock().expect("commits").push(setting);
+            Ok(())
+        }
+    }
+
+    let log = Arc::new(common::fresh_log().await);
+    sqlx::query("CREATE TABLE commits (id TEXT PRIMARY KEY)")
+        .execute(common::pool(&log))
+        .await
+        .expect("table");
+    let stream = StreamId::new("commits-1").expect("stream");
+    let events: Vec<CloudEvent> = (0..3)
+        .map(|_| CloudEvent::builder("test.noted", "/test").build().expect("event"))
+        .collect();
+    log.append(&stream, ExpectedVersion::Any, &events).await.expect("append");
+
+    let commits = Arc::new(Mutex::new(Vec::new()));
+    let runner = ProjectionRunner::new(log.clone(), Arc::new(Commits(commits.clone())));
+    assert_eq!(runner.catch_up().await.expect("catch up"), 3);
+    assert_eq!(std::mem::take(&mut *commits.lock().expect("commits")), ["on"; 3]);
+
+    let rebuilt = runner.rebuild(|_| {}).await.expect("rebuild");
+    assert!(rebuilt.switched);
+    assert_eq!(std::mem::take(&mut *commits.lock().expect("commits")), ["off"; 3]);
+
+    // The setting is the transaction's own: the next live page waits for the disk again.
+    let another = CloudEvent::builder("test.noted", "/test").build().expect("event");
+    log.append(&stream, ExpectedVersion::Any, &[another]).await.expect("append");
+    assert_eq!(runner.catch_up().await.expect("catch up"), 1);
+    assert_eq!(*commits.lock().expect("commits"), ["on"]);
+}

@@ -332,6 +332,8 @@ enum PageError {
 struct Generation {
     key: String,
     tables: Tables,
+    /// A rebuild's generation, not the live one.
+    rebuilt: bool,
 }
 
 /// How [`ProjectionRunner::follow`] follows.
@@ -387,13 +389,18 @@ where
     }
 
     fn live(&self) -> Generation {
-        Generation { key: self.key(), tables: Tables::live(self.projection.tables()) }
+        Generation {
+            key: self.key(),
+            tables: Tables::live(self.projection.tables()),
+            rebuilt: false,
+        }
     }
 
     fn next(&self) -> Generation {
         Generation {
             key: Self::rebuild_checkpoint_name(self.projection.name()),
             tables: Tables::next(self.projection.tables()),
+            rebuilt: true,
         }
     }
 
@@ -803,6 +810,11 @@ where
         let key = generation.key.as_str();
         let Some(last) = page.events.last() else { return Ok(()) };
         let mut tx = self.log.begin().await.map_err(failed)?;
+        if generation.rebuilt {
+            // A rebuild's page: after a crash the rebuild resumes from its checkpoint,
+            // so it need not wait for the disk (see `SqlEventLog::relax_commit_in`).
+            self.log.relax_commit_in(&mut tx).await.map_err(failed)?;
+        }
         if batched && skips.is_empty() {
             let events: Vec<&CloudEvent> = page.events.iter().map(|e| &e.event).collect();
             if let Err(e) = self.projection.apply_batch(&mut tx, &generation.tables, &events).await

@@ -145,6 +145,21 @@ pub trait SqlEventLog: EventLog {
         state: Option<RebuildState>,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Lets the caller's transaction commit without waiting for its write to reach
+    /// the disk, for work that is done again after a crash anyway: a rebuild's pages.
+    /// A crash may lose the last such commits, but whole and in order (each page with
+    /// its checkpoint), so the rebuild resumes from an earlier page; a later ordinary
+    /// commit (the switch) waits for them all. PostgreSQL: `SET LOCAL
+    /// synchronous_commit = off`. The default does nothing (SQLite in WAL mode with
+    /// `synchronous = NORMAL` does not wait for the disk at commit already).
+    fn relax_commit_in(
+        &self,
+        conn: &mut <Self::Db as sqlx::Database>::Connection,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = conn;
+        async { Ok(()) }
+    }
+
     /// Tells subscribers that a transaction with appends has committed (to topics
     /// not known here: every subscriber is woken).
     fn notify_appended(&self);
