@@ -356,7 +356,7 @@ impl Feeder<'_> {
         }
         let read_mark = mark.map_or(ReadMark::Keep, ReadMark::Set);
         let progress = Progress { checkpoint, read_mark, attempts: Vec::new() };
-        self.group.store.save_progress(&self.group.name, &progress).await?;
+        self.group.progress.save(&self.group.name, &progress).await?;
         if let Some(checkpoint) = checkpoint {
             self.flushed = checkpoint;
             self.group.lock().forget_records_up_to(checkpoint);
@@ -384,7 +384,7 @@ impl Feeder<'_> {
             ReadMark::Clear
         };
         let progress = Progress { checkpoint, read_mark, attempts: stopped.attempts };
-        if let Err(error) = self.group.store.save_progress(&self.group.name, &progress).await {
+        if let Err(error) = self.group.progress.save(&self.group.name, &progress).await {
             tracing::warn!(group = %self.group.name, %error, "could not store the group's progress as it stopped");
         }
     }

@@ -49,6 +49,7 @@
 //!   that bounds the checkpoint, attempts across crashes, and retried letters.
 //! - `feeder.rs`: the task per group that holds its lease and reads the log into it.
 //! - `subscription.rs`: a group member and the settle handle of its deliveries.
+//! - `progress.rs`: the groups' progress written together (group commit).
 //! - `shared.rs`: what members, settle handles and the feeder share; the registry.
 //! - [`error`]: the crate's [`Error`] and its mapping to `BusError`.
 #![warn(missing_docs)]
@@ -57,6 +58,7 @@ mod envelope;
 pub mod error;
 mod feeder;
 mod group;
+mod progress;
 mod shared;
 pub mod store;
 mod subscription;
@@ -144,6 +146,7 @@ impl<L> Clone for LogBus<L> {
 struct Inner<L> {
     log: Arc<L>,
     store: Arc<dyn BusStore>,
+    progress: Arc<progress::ProgressWriter>,
     options: LogBusOptions,
     registry: Arc<Registry>,
     closed: AtomicBool,
@@ -175,6 +178,7 @@ impl<L: BusStore> LogBus<L> {
         Ok(Self {
             inner: Arc::new(Inner {
                 log,
+                progress: Arc::new(progress::ProgressWriter::new(store.clone())),
                 store,
                 options,
                 registry: Arc::new(Registry::default()),
@@ -265,6 +269,7 @@ impl<L: BusStore> Subscriber for LogBus<L> {
                         spec.start,
                         spec.types.clone(),
                         Arc::clone(&inner.store),
+                        Arc::clone(&inner.progress),
                     ));
                     tokio::spawn(feeder::run(
                         Arc::clone(&group),

@@ -8,6 +8,7 @@ use keel_core::StartFrom;
 use tokio::sync::Notify;
 
 use crate::group::Group;
+use crate::progress::ProgressWriter;
 use crate::store::BusStore;
 
 /// One consumer group (topic and group name) in this process.
@@ -19,6 +20,8 @@ pub(crate) struct GroupShared {
     /// Where the group starts if it has no checkpoint yet.
     pub(crate) start: StartFrom,
     pub(crate) store: Arc<dyn BusStore>,
+    /// Stores the group's progress, with other groups' of the bus (group commit).
+    pub(crate) progress: Arc<ProgressWriter>,
     state: Mutex<Group>,
     /// Wakes members: something may be ready (or the group closed).
     pub(crate) members: Notify,
@@ -41,6 +44,7 @@ impl GroupShared {
         start: StartFrom,
         types: Vec<String>,
         store: Arc<dyn BusStore>,
+        progress: Arc<ProgressWriter>,
     ) -> Self {
         Self {
             topic: topic.to_owned(),
@@ -48,6 +52,7 @@ impl GroupShared {
             name: checkpoint_name(topic, group),
             start,
             store,
+            progress,
             state: Mutex::new(Group::new(types)),
             members: Notify::new(),
             feeder: Notify::new(),

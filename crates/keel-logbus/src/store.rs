@@ -90,7 +90,13 @@ pub trait BusStore: EventLog {
     async fn attempts(&self, name: &str, after: Cursor) -> Result<Attempts>;
 
     /// Stores the progress of group `name` in one transaction.
-    async fn save_progress(&self, name: &str, progress: &Progress) -> Result<()>;
+    async fn save_progress(&self, name: &str, progress: &Progress) -> Result<()> {
+        self.save_progress_of(&[(name, progress)]).await
+    }
+
+    /// Stores the progress of each group named, in order, in one transaction: the
+    /// log bus's feeders commit together what they queued meanwhile (`progress.rs`).
+    async fn save_progress_of(&self, groups: &[(&str, &Progress)]) -> Result<()>;
 
     /// Moves group `name`'s checkpoint to `checkpoint` (back or forward) and forgets
     /// its read mark and recorded attempts, in one transaction: what the group gets
@@ -334,46 +340,13 @@ impl BusStore for SqliteEventLog {
         })
     }
 
-    async fn save_progress(&self, name: &str, progress: &Progress) -> Result<()> {
+    async fn save_progress_of(&self, groups: &[(&str, &Progress)]) -> Result<()> {
+        if groups.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.begin().await?;
-        if let Some(checkpoint) = progress.checkpoint {
-            self.save_checkpoint_in(&mut tx, name, checkpoint).await?;
-            sqlx::query("DELETE FROM keel_bus_attempts WHERE name = ? AND position <= ?")
-                .bind(name)
-                .bind(checkpoint.position)
-                .execute(&mut *tx)
-                .await?;
-        }
-        match progress.read_mark {
-            ReadMark::Keep => {}
-            ReadMark::Set(mark) => {
-                sqlx::query(
-                    "INSERT INTO keel_bus_read_marks (name, position) VALUES (?, ?)
-                     ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                )
-                .bind(name)
-                .bind(mark.position)
-                .execute(&mut *tx)
-                .await?;
-            }
-            ReadMark::Clear => {
-                sqlx::query("DELETE FROM keel_bus_read_marks WHERE name = ?")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        for (at, attempts) in &progress.attempts {
-            sqlx::query(
-                "INSERT INTO keel_bus_attempts (name, position, attempts) VALUES (?, ?, ?)
-                 ON CONFLICT (name, position)
-                 DO UPDATE SET attempts = max(attempts, excluded.attempts)",
-            )
-            .bind(name)
-            .bind(at.position)
-            .bind(i64::from(*attempts))
-            .execute(&mut *tx)
-            .await?;
+        for &(name, progress) in groups {
+            write_progress_sqlite(self, &mut tx, name, progress).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -568,58 +541,13 @@ impl BusStore for PgEventLog {
         })
     }
 
-    async fn save_progress(&self, name: &str, progress: &Progress) -> Result<()> {
+    async fn save_progress_of(&self, groups: &[(&str, &Progress)]) -> Result<()> {
+        if groups.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.begin().await?;
-        if let Some(checkpoint) = progress.checkpoint {
-            self.save_checkpoint_in(&mut tx, name, checkpoint).await?;
-            sqlx::query(
-                "DELETE FROM keel_bus_attempts
-                 WHERE name = $1 AND (epoch, transaction_id, position) <= ($2, $3, $4)",
-            )
-            .bind(name)
-            .bind(checkpoint.epoch)
-            .bind(checkpoint.txid)
-            .bind(checkpoint.position)
-            .execute(&mut *tx)
-            .await?;
-        }
-        match progress.read_mark {
-            ReadMark::Keep => {}
-            ReadMark::Set(mark) => {
-                sqlx::query(
-                    "INSERT INTO keel_bus_read_marks (name, epoch, transaction_id, position)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch,
-                         transaction_id = excluded.transaction_id, position = excluded.position",
-                )
-                .bind(name)
-                .bind(mark.epoch)
-                .bind(mark.txid)
-                .bind(mark.position)
-                .execute(&mut *tx)
-                .await?;
-            }
-            ReadMark::Clear => {
-                sqlx::query("DELETE FROM keel_bus_read_marks WHERE name = $1")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        for (at, attempts) in &progress.attempts {
-            sqlx::query(
-                "INSERT INTO keel_bus_attempts (name, epoch, transaction_id, position, attempts)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (name, epoch, transaction_id, position)
-                 DO UPDATE SET attempts = GREATEST(keel_bus_attempts.attempts, excluded.attempts)",
-            )
-            .bind(name)
-            .bind(at.epoch)
-            .bind(at.txid)
-            .bind(at.position)
-            .bind(i64::from(*attempts))
-            .execute(&mut *tx)
-            .await?;
+        for &(name, progress) in groups {
+            write_progress_postgres(self, &mut tx, name, progress).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -782,4 +710,116 @@ pub(crate) fn explain(error: StoreError) -> StoreError {
     StoreError::Config(format!(
         "{error}: the log bus needs migration {migration} (run `keel migrate`)"
     ))
+}
+
+#[cfg(feature = "sqlite")]
+/// One group's [`Progress`], inside the caller's transaction.
+async fn write_progress_sqlite(
+    log: &SqliteEventLog,
+    tx: &mut sqlx::SqliteConnection,
+    name: &str,
+    progress: &Progress,
+) -> Result<()> {
+    if let Some(checkpoint) = progress.checkpoint {
+        log.save_checkpoint_in(&mut *tx, name, checkpoint).await?;
+        sqlx::query("DELETE FROM keel_bus_attempts WHERE name = ? AND position <= ?")
+            .bind(name)
+            .bind(checkpoint.position)
+            .execute(&mut *tx)
+            .await?;
+    }
+    match progress.read_mark {
+        ReadMark::Keep => {}
+        ReadMark::Set(mark) => {
+            sqlx::query(
+                "INSERT INTO keel_bus_read_marks (name, position) VALUES (?, ?)
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            )
+            .bind(name)
+            .bind(mark.position)
+            .execute(&mut *tx)
+            .await?;
+        }
+        ReadMark::Clear => {
+            sqlx::query("DELETE FROM keel_bus_read_marks WHERE name = ?")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    for (at, attempts) in &progress.attempts {
+        sqlx::query(
+            "INSERT INTO keel_bus_attempts (name, position, attempts) VALUES (?, ?, ?)
+             ON CONFLICT (name, position)
+             DO UPDATE SET attempts = max(attempts, excluded.attempts)",
+        )
+        .bind(name)
+        .bind(at.position)
+        .bind(i64::from(*attempts))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "postgres")]
+/// One group's [`Progress`], inside the caller's transaction.
+async fn write_progress_postgres(
+    log: &PgEventLog,
+    tx: &mut sqlx::PgConnection,
+    name: &str,
+    progress: &Progress,
+) -> Result<()> {
+    if let Some(checkpoint) = progress.checkpoint {
+        log.save_checkpoint_in(&mut *tx, name, checkpoint).await?;
+        sqlx::query(
+            "DELETE FROM keel_bus_attempts
+             WHERE name = $1 AND (epoch, transaction_id, position) <= ($2, $3, $4)",
+        )
+        .bind(name)
+        .bind(checkpoint.epoch)
+        .bind(checkpoint.txid)
+        .bind(checkpoint.position)
+        .execute(&mut *tx)
+        .await?;
+    }
+    match progress.read_mark {
+        ReadMark::Keep => {}
+        ReadMark::Set(mark) => {
+            sqlx::query(
+                "INSERT INTO keel_bus_read_marks (name, epoch, transaction_id, position)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch,
+                     transaction_id = excluded.transaction_id, position = excluded.position",
+            )
+            .bind(name)
+            .bind(mark.epoch)
+            .bind(mark.txid)
+            .bind(mark.position)
+            .execute(&mut *tx)
+            .await?;
+        }
+        ReadMark::Clear => {
+            sqlx::query("DELETE FROM keel_bus_read_marks WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    for (at, attempts) in &progress.attempts {
+        sqlx::query(
+            "INSERT INTO keel_bus_attempts (name, epoch, transaction_id, position, attempts)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (name, epoch, transaction_id, position)
+             DO UPDATE SET attempts = GREATEST(keel_bus_attempts.attempts, excluded.attempts)",
+        )
+        .bind(name)
+        .bind(at.epoch)
+        .bind(at.txid)
+        .bind(at.position)
+        .bind(i64::from(*attempts))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }

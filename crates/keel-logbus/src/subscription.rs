@@ -84,7 +84,7 @@ impl Subscription for LogSubscription {
 /// ahead: a crash during this one attempt would then not be counted.
 async fn record_attempt(group: &GroupShared, generation: u64, cursor: Cursor, attempt: u32) {
     let progress = Progress { attempts: vec![(cursor, attempt)], ..Progress::default() };
-    match group.store.save_progress(&group.name, &progress).await {
+    match group.progress.save(&group.name, &progress).await {
         Ok(()) => group.lock().recorded_attempt(generation, cursor, attempt),
         Err(error) => {
             tracing::warn!(group = %group.name, %error, attempt, "could not store a redelivery's attempt")
