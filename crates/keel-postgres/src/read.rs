@@ -182,32 +182,22 @@ pub(crate) async fn after(
     filter: &LogFilter,
     count: usize,
 ) -> Result<Page> {
-    let sql = format!(
-        "WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin)
-         SELECT h.xmin, e.* FROM h LEFT JOIN LATERAL (
-             SELECT {COLUMNS} FROM keel_events
-             WHERE (epoch, transaction_id, position) > ($1, $2, $3)
-               AND (epoch < $4 OR transaction_id < h.xmin)
-               AND ($5::text IS NULL OR topic = $5)
-               AND (cardinality($6::text[]) = 0 OR event_type = ANY($6))
-               AND ($7::text IS NULL OR stream_id = $7)
-               AND position > $8
-             ORDER BY epoch, transaction_id, position
-             LIMIT $9
-         ) e ON true"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(cursor.epoch)
-        .bind(cursor.txid)
-        .bind(cursor.position)
-        .bind(epoch)
-        .bind(filter.topic.as_deref())
-        .bind(&filter.types)
-        .bind(filter.stream.as_ref().map(StreamId::as_str))
-        .bind(filter.after_position.map_or(0, |p| signed(p.0)))
-        .bind(limit(count))
-        .fetch_all(pool)
-        .await?;
+    let sql = after_sql(filter);
+    let mut query =
+        sqlx::query(&sql).bind(cursor.epoch).bind(cursor.txid).bind(cursor.position).bind(epoch);
+    if let Some(topic) = &filter.topic {
+        query = query.bind(topic.as_str());
+    }
+    if !filter.types.is_empty() {
+        query = query.bind(&filter.types);
+    }
+    if let Some(stream) = &filter.stream {
+        query = query.bind(stream.as_str());
+    }
+    if let Some(position) = filter.after_position {
+        query = query.bind(signed(position.0));
+    }
+    let rows = query.bind(limit(count)).fetch_all(pool).await?;
     let mut horizon = 0i64;
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -225,6 +215,42 @@ pub(crate) async fn after(
         next = next.max(Cursor { epoch, txid: horizon - 1, position: i64::MAX });
     }
     Ok(Page { events, next })
+}
+
+/// The statement of [`after`] for `filter`: $1-$3 the cursor, $4 the epoch, then a
+/// parameter for each condition the filter has (topic, types, stream, position, in
+/// that order), then the limit.
+fn after_sql(filter: &LogFilter) -> String {
+    // Only the filter's own conditions, each a plain predicate: a condition that is
+    // always true (`position > 0`, `$5 IS NULL OR ..`) can lead the planner to an index
+    // that does not follow the order, scanning and sorting every row after the
+    // cursor for each page (a rebuild then takes time quadratic in the log), most of
+    // all on a table whose statistics lag behind a burst of appends. Each shape of
+    // filter is a prepared statement of its own. `?` stands for the condition's
+    // parameter, numbered from $5 in this order.
+    let templates = [
+        (filter.topic.is_some(), "topic = ?"),
+        (!filter.types.is_empty(), "event_type = ANY(?)"),
+        (filter.stream.is_some(), "stream_id = ?"),
+        (filter.after_position.is_some(), "position > ?"),
+    ];
+    let mut conditions = String::new();
+    let mut parameter = 5;
+    for (_, template) in templates.iter().filter(|(wanted, _)| *wanted) {
+        let condition = template.replace('?', &format!("${parameter}"));
+        conditions.push_str(&format!("\n               AND {condition}"));
+        parameter += 1;
+    }
+    format!(
+        "WITH h AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin)
+         SELECT h.xmin, e.* FROM h LEFT JOIN LATERAL (
+             SELECT {COLUMNS} FROM keel_events
+             WHERE (epoch, transaction_id, position) > ($1, $2, $3)
+               AND (epoch < $4 OR transaction_id < h.xmin){conditions}
+             ORDER BY epoch, transaction_id, position
+             LIMIT ${parameter}
+         ) e ON true"
+    )
 }
 
 /// The cursor from which a subscription sees every event with a position above
@@ -318,4 +344,47 @@ pub(crate) async fn streams(
             last_position,
         })
         .collect())
+}
+
+#[cfg(all(test, feature = "integration"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use keel_core::{CloudEvent, ExpectedVersion, StreamId};
+    use keel_store::{EventLog, LogFilter, SqlEventLog};
+
+    use super::after_sql;
+    use crate::{PgEventLog, PgOptions};
+
+    /// The plan of a page of the whole log from its start, as text.
+    async fn plan(log: &PgEventLog) -> String {
+        let sql = format!("EXPLAIN {}", after_sql(&LogFilter::default()));
+        let cursor_and_epoch =
+            sqlx::query_scalar::<_, String>(&sql).bind(0i64).bind(0i64).bind(0i64);
+        let query = cursor_and_epoch.bind(i64::MAX).bind(100i64);
+        query.fetch_all(log.pool()).await.unwrap().join("\n")
+    }
+
+    /// A page of the whole log is read by walking the order index, not by sorting
+    /// every row after the cursor, even on a table with no statistics yet (a log
+    /// just filled, before autovacuum's first look): with an always-true `position > 0`
+    /// the planner took the primary key and sorted the whole log for every page.
+    #[tokio::test]
+    async fn a_page_of_the_whole_log_walks_the_order_index_before_any_statistics() {
+        let url = keel_testkit::postgres::fresh_database("pg").await;
+        let log = PgEventLog::connect(&url, PgOptions::default()).await.unwrap();
+        sqlx::query("ALTER TABLE keel_events SET (autovacuum_enabled = false)")
+            .execute(log.pool())
+            .await
+            .unwrap();
+        let events: Vec<CloudEvent> = (0..5_000)
+            .map(|_| CloudEvent::builder("test.noted", "/test").build().unwrap())
+            .collect();
+        let stream = StreamId::new("noted-1").unwrap();
+        log.append(&stream, ExpectedVersion::Any, &events).await.unwrap();
+
+        let plan = plan(&log).await;
+        assert!(plan.contains("Index Scan using keel_events_order"), "{plan}");
+        assert!(!plan.contains("Sort"), "{plan}");
+    }
 }
