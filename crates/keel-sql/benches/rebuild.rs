@@ -9,8 +9,8 @@
 //! replay` does: the log read in pages of 2,000 (`EventLog::replay`) and each event
 //! written out as a structured JSON line (into memory here). The rebuild is
 //! `ProjectionSpec::rebuild` of a projection that upserts one row per stream (a new
-//! generation of its table, pages of 500 in one transaction each with the checkpoint,
-//! then the switch), and again with pages of 2,000 (larger transactions); each three
+//! generation of its table, pages of 2,000 (the default) in one transaction each with
+//! the checkpoint, then the switch), and again with pages of 500; each three
 //! ways: a statement per event (`Projection::apply`), a multi-row `VALUES` upsert per
 //! page, and an upsert per page over two list arguments (`Arg::TextList`,
 //! `Arg::IntList`: one statement text for every page). Target: rebuild throughput at
@@ -199,7 +199,7 @@ async fn compare(store: &str, db: &Db, events: usize) {
     // Warm the cache the same way for both.
     replay(db, events).await;
     let replayed = replay(db, events).await;
-    // The default page (500 events a transaction), then larger ones; a statement per
+    // Pages of 500 events a transaction, then the default (2,000); a statement per
     // event, then a page per statement, then a page in one statement text.
     for (batch, writes) in [
         (500, Writes::PerEvent),

@@ -247,10 +247,17 @@ macro_rules! on_runner {
 impl ProjectionSpec {
     /// `projection` with the default options.
     pub fn new(projection: impl Projection) -> Self {
-        Self { projection: Arc::new(projection), options: SubscribeOptions::default() }
+        Self {
+            projection: Arc::new(projection),
+            options: SubscribeOptions {
+                batch_size: keel_store::projection::DEFAULT_BATCH_SIZE,
+                ..SubscribeOptions::default()
+            },
+        }
     }
 
-    /// Events applied per transaction (default 500; at least 1).
+    /// Events applied per transaction (default
+    /// [`keel_store::projection::DEFAULT_BATCH_SIZE`], 2,000; at least 1).
     #[must_use]
     pub fn batch_size(mut self, events: usize) -> Self {
         self.options.batch_size = events.max(1);
