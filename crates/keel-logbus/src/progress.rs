@@ -21,7 +21,7 @@ use crate::store::{BusStore, Progress};
 /// Where the progress goes: one transaction per call.
 #[async_trait]
 pub(crate) trait ProgressStore: Send + Sync {
-    /// Stores each group's progress, in order, in one transaction.
+    /// Stores each group's progress, in the order given, in one transaction.
     async fn write(&self, groups: &[(&str, &Progress)]) -> Result<()>;
 }
 
@@ -72,8 +72,11 @@ impl<S: ProgressStore> ProgressWriter<S> {
             Err(oneshot::error::TryRecvError::Empty) => {}
         }
         // Saves whose callers went away are left out: nobody waits for them.
-        let batch: Vec<Queued> =
+        let mut batch: Vec<Queued> =
             std::mem::take(&mut *self.lock()).into_iter().filter(|q| !q.done.is_closed()).collect();
+        // Rows locked in one order by every transaction, so two processes' cannot
+        // deadlock; stable, so one group's saves keep theirs.
+        batch.sort_by(|a, b| a.name.cmp(&b.name));
         let groups: Vec<(&str, &Progress)> =
             batch.iter().map(|q| (q.name.as_str(), &q.progress)).collect();
         metrics::counter!("keel_logbus_progress_writes_total").increment(1);
@@ -161,7 +164,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn saves_queued_behind_a_transaction_commit_together_in_order() {
+    async fn saves_queued_behind_a_transaction_commit_together_by_group_name() {
         let store = Recorded::new();
         let writer = Arc::new(ProgressWriter::new(store.clone()));
         let first = tokio::spawn({
@@ -172,7 +175,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let mut rest = Vec::new();
-        for (n, name) in ["bus:order:b", "bus:order:c", "bus:stock:a"].into_iter().enumerate() {
+        for (n, name) in ["bus:stock:a", "bus:order:c", "bus:order:b"].into_iter().enumerate() {
             let saving = writer.clone();
             rest.push(tokio::spawn(async move { saving.save(name, &mark(2)).await }));
             queued(&writer, n + 1).await;
@@ -185,7 +188,7 @@ mod tests {
         assert_eq!(
             *store.transactions.lock().unwrap(),
             vec![vec!["bus:order:a"], vec!["bus:order:b", "bus:order:c", "bus:stock:a"]],
-            "one transaction for the first, one for everything queued behind it"
+            "one transaction for the first, one for everything queued behind it, by name"
         );
     }
 
@@ -213,7 +216,7 @@ mod tests {
             assert_eq!(saved.is_ok(), name != "poison", "{name}: {saved:?}");
         }
         let transactions = store.transactions.lock().unwrap().clone();
-        assert_eq!(transactions[1], vec!["bus:order:b", "poison", "bus:order:c"]);
+        assert_eq!(transactions[1], vec!["bus:order:b", "bus:order:c", "poison"]);
         let mut alone: Vec<Vec<String>> = transactions[2..].to_vec();
         alone.sort();
         assert_eq!(alone, vec![vec!["bus:order:b"], vec!["bus:order:c"], vec!["poison"]]);
