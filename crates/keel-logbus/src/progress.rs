@@ -156,15 +156,9 @@ mod tests {
         Progress { read_mark: ReadMark::Set(cursor), ..Progress::default() }
     }
 
-    /// Waits until `n` saves are queued behind the transaction in progress.
-    async fn queued(writer: &ProgressWriter<Arc<Recorded>>, n: usize) {
-        while writer.lock().len() < n {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    #[tokio::test]
-    async fn saves_queued_behind_a_transaction_commit_together_by_group_name() {
+    /// A writer whose first save (`bus:order:a`) is in its transaction, held there until
+    /// `store.first_held` gets a permit.
+    async fn first_save_held() -> (Arc<Recorded>, Arc<ProgressWriter<Arc<Recorded>>>, Saving) {
         let store = Recorded::new();
         let writer = Arc::new(ProgressWriter::new(store.clone()));
         let first = tokio::spawn({
@@ -174,6 +168,21 @@ mod tests {
         while store.started.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
+        (store, writer, first)
+    }
+
+    type Saving = tokio::task::JoinHandle<Result<()>>;
+
+    /// Waits until `n` saves are queued behind the transaction in progress.
+    async fn queued(writer: &ProgressWriter<Arc<Recorded>>, n: usize) {
+        while writer.lock().len() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn saves_queued_behind_a_transaction_commit_together_by_group_name() {
+        let (store, writer, first) = first_save_held().await;
         let mut rest = Vec::new();
         for (n, name) in ["bus:stock:a", "bus:order:c", "bus:order:b"].into_iter().enumerate() {
             let saving = writer.clone();
@@ -194,15 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_transaction_is_written_again_group_by_group() {
-        let store = Recorded::new();
-        let writer = Arc::new(ProgressWriter::new(store.clone()));
-        let first = tokio::spawn({
-            let writer = writer.clone();
-            async move { writer.save("bus:order:a", &mark(1)).await }
-        });
-        while store.started.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (store, writer, first) = first_save_held().await;
         let mut rest = Vec::new();
         for (n, name) in ["bus:order:b", "poison", "bus:order:c"].into_iter().enumerate() {
             let saving = writer.clone();
@@ -224,15 +225,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_save_whose_caller_went_away_is_left_out() {
-        let store = Recorded::new();
-        let writer = Arc::new(ProgressWriter::new(store.clone()));
-        let first = tokio::spawn({
-            let writer = writer.clone();
-            async move { writer.save("bus:order:a", &mark(1)).await }
-        });
-        while store.started.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (store, writer, first) = first_save_held().await;
         let gone = tokio::spawn({
             let writer = writer.clone();
             async move { writer.save("bus:order:gone", &mark(2)).await }

@@ -7,31 +7,16 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_core::{Publisher, Subscriber, SubscriptionSpec};
 use keel_logbus::BusStore;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use common::{bus_over, numbered};
+use common::{bus_over, counter, numbered, recorder};
 
 const GROUPS: usize = 8;
 const EVENTS: u64 = 40;
-
-fn recorder() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
-}
-
-fn counter(name: &str) -> u64 {
-    recorder()
-        .render()
-        .lines()
-        .filter(|line| line.split([' ', '{']).next() == Some(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
 
 /// Eight groups on one topic, each event published on its own and taken by every
 /// group before the next: every group's feeder saves a read mark (and its checkpoint)
@@ -44,8 +29,10 @@ async fn groups_woken_together_commit_together<L: BusStore>(log: Arc<L>) {
     for group in 0..GROUPS {
         subs.push(bus.subscribe(SubscriptionSpec::new(&topic, format!("g{group}"))).await.unwrap());
     }
-    let (saves, writes) =
-        (counter("keel_logbus_progress_saves_total"), counter("keel_logbus_progress_writes_total"));
+    let (saves, writes) = (
+        counter("keel_logbus_progress_saves_total", &[]),
+        counter("keel_logbus_progress_writes_total", &[]),
+    );
     for n in 0..EVENTS {
         bus.publish(&topic, &[numbered(n)]).await.unwrap();
         for sub in &mut subs {
@@ -57,8 +44,8 @@ async fn groups_woken_together_commit_together<L: BusStore>(log: Arc<L>) {
             delivery.ack().await.unwrap();
         }
     }
-    let saves = counter("keel_logbus_progress_saves_total") - saves;
-    let writes = counter("keel_logbus_progress_writes_total") - writes;
+    let saves = counter("keel_logbus_progress_saves_total", &[]) - saves;
+    let writes = counter("keel_logbus_progress_writes_total", &[]) - writes;
     eprintln!("{saves} saves in {writes} transactions");
     assert!(saves >= EVENTS * GROUPS as u64, "{saves} saves: a read mark per group and event");
     assert!(writes * 2 <= saves, "{saves} saves took {writes} transactions");

@@ -7,32 +7,23 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_core::{CloudEvent, Publisher, Subscriber, SubscriptionSpec};
 use keel_logbus::BusStore;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use common::{bus_over, numbered};
+use common::{bus_over, counter, numbered, recorder};
 
 /// Fewer than a group reads ahead (its batch size, 256): one page holds them all.
 const EVENTS: u64 = 100;
 
-fn recorder() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
-}
-
 /// `keel_logbus_reads_total` of `topic`'s group `group`.
 fn reads(topic: &str, group: &str) -> u64 {
-    let text = recorder().render();
-    let (topic, group) = (format!("topic=\"{topic}\""), format!("group=\"{group}\""));
-    text.lines()
-        .filter(|line| line.starts_with("keel_logbus_reads_total{"))
-        .filter(|line| line.contains(&topic) && line.contains(&group))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    counter(
+        "keel_logbus_reads_total",
+        &[&format!("topic=\"{topic}\""), &format!("group=\"{group}\"")],
+    )
 }
 
 /// Every event published in one append, then taken and acknowledged one at a time,

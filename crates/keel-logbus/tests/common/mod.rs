@@ -3,7 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,7 +14,26 @@ use keel_postgres::{PgEventLog, PgOptions};
 use keel_sqlite::SqliteEventLog;
 use keel_store::SqlEventLog;
 use keel_testkit::bus::BusFactory;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::OnceCell;
+
+/// This test binary's Prometheus recorder, installed on first use.
+pub fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().expect("a recorder"))
+}
+
+/// The sum of the counter `name`'s series whose labels include each of `labels`
+/// (`key="value"`).
+pub fn counter(name: &str, labels: &[&str]) -> u64 {
+    recorder()
+        .render()
+        .lines()
+        .filter(|line| line.split([' ', '{']).next() == Some(name))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
 
 /// An event whose data is `n`.
 pub fn numbered(n: u64) -> CloudEvent {
