@@ -180,18 +180,27 @@ mod tests {
         }
     }
 
+    /// Saves of each group named, one after the other, each queued before the next.
+    async fn queue<const N: usize>(
+        writer: &Arc<ProgressWriter<Arc<Recorded>>>,
+        names: [&'static str; N],
+    ) -> Vec<(&'static str, Saving)> {
+        let mut saves = Vec::new();
+        for (n, name) in names.into_iter().enumerate() {
+            let saving = writer.clone();
+            saves.push((name, tokio::spawn(async move { saving.save(name, &mark(2)).await })));
+            queued(writer, n + 1).await;
+        }
+        saves
+    }
+
     #[tokio::test]
     async fn saves_queued_behind_a_transaction_commit_together_by_group_name() {
         let (store, writer, first) = first_save_held().await;
-        let mut rest = Vec::new();
-        for (n, name) in ["bus:stock:a", "bus:order:c", "bus:order:b"].into_iter().enumerate() {
-            let saving = writer.clone();
-            rest.push(tokio::spawn(async move { saving.save(name, &mark(2)).await }));
-            queued(&writer, n + 1).await;
-        }
+        let rest = queue(&writer, ["bus:stock:a", "bus:order:c", "bus:order:b"]).await;
         store.first_held.add_permits(1);
         first.await.unwrap().expect("the first save");
-        for save in rest {
+        for (_, save) in rest {
             save.await.unwrap().expect("a queued save");
         }
         assert_eq!(
@@ -204,12 +213,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_transaction_is_written_again_group_by_group() {
         let (store, writer, first) = first_save_held().await;
-        let mut rest = Vec::new();
-        for (n, name) in ["bus:order:b", "poison", "bus:order:c"].into_iter().enumerate() {
-            let saving = writer.clone();
-            rest.push((name, tokio::spawn(async move { saving.save(name, &mark(2)).await })));
-            queued(&writer, n + 1).await;
-        }
+        let rest = queue(&writer, ["bus:order:b", "poison", "bus:order:c"]).await;
         store.first_held.add_permits(1);
         first.await.unwrap().expect("the first save");
         for (name, save) in rest {

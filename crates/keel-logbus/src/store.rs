@@ -89,11 +89,6 @@ pub trait BusStore: EventLog {
     /// The read mark of group `name` and the attempts recorded after `after`.
     async fn attempts(&self, name: &str, after: Cursor) -> Result<Attempts>;
 
-    /// Stores the progress of group `name` in one transaction.
-    async fn save_progress(&self, name: &str, progress: &Progress) -> Result<()> {
-        self.save_progress_of(&[(name, progress)]).await
-    }
-
     /// Stores the progress of each group named, in order, in one transaction: the
     /// log bus's feeders commit together what they queued meanwhile (`progress.rs`).
     async fn save_progress_of(&self, groups: &[(&str, &Progress)]) -> Result<()>;

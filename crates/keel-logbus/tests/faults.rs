@@ -12,26 +12,16 @@ use std::time::Duration;
 
 use keel_core::bus::DeadLetterReason;
 use keel_core::{
-    CloudEvent, DeadLetters, Delivery, ExpectedVersion, Publisher, StreamId, StreamVersion,
-    Subscriber, Subscription, SubscriptionSpec,
+    CloudEvent, DeadLetters, ExpectedVersion, Publisher, StreamId, StreamVersion, Subscriber,
+    SubscriptionSpec,
 };
 use keel_logbus::{BusStore, checkpoint_name};
 use keel_store::Direction;
 
-use common::{bus_over, numbered};
-
-const PATIENCE: Duration = Duration::from_secs(30);
+use common::{PATIENCE, bus_over, id_of, next, numbered};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
-}
-
-async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
-    tokio::time::timeout(PATIENCE, sub.next()).await.expect("a delivery in time").unwrap().unwrap()
-}
-
-fn id_of(delivery: &Delivery) -> String {
-    delivery.event().unwrap().id().to_owned()
 }
 
 // Item 9: a bus publish never writes into an aggregate's stream.

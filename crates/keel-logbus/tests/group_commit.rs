@@ -8,12 +8,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use keel_core::{Publisher, Subscriber, SubscriptionSpec};
 use keel_logbus::BusStore;
 
-use common::{bus_over, counter, numbered, recorder};
+use common::{bus_over, counter, next, numbered, recorder};
 
 const GROUPS: usize = 8;
 const EVENTS: u64 = 40;
@@ -36,11 +35,7 @@ async fn groups_woken_together_commit_together<L: BusStore>(log: Arc<L>) {
     for n in 0..EVENTS {
         bus.publish(&topic, &[numbered(n)]).await.unwrap();
         for sub in &mut subs {
-            let delivery = tokio::time::timeout(Duration::from_secs(30), sub.next())
-                .await
-                .expect("a delivery in time")
-                .unwrap()
-                .unwrap();
+            let delivery = next(sub).await;
             delivery.ack().await.unwrap();
         }
     }

@@ -9,23 +9,13 @@ mod common;
 use std::time::Duration;
 
 use keel_core::{
-    CloudEvent, Delivery, ExpectedVersion, Payload, Position, Publisher, StartFrom, StreamId,
-    Subscriber, Subscription, SubscriptionSpec,
+    CloudEvent, ExpectedVersion, Payload, Position, Publisher, StartFrom, StreamId, Subscriber,
+    SubscriptionSpec,
 };
 use keel_logbus::checkpoint_name;
 use keel_store::EventLog;
 
-use common::{SqliteDb, bus_over, numbered};
-
-const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
-    tokio::time::timeout(PATIENCE, sub.next()).await.expect("a delivery in time").unwrap().unwrap()
-}
-
-fn id_of(delivery: &Delivery) -> String {
-    delivery.event().unwrap().id().to_owned()
-}
+use common::{PATIENCE, SqliteDb, bus_over, id_of, next, numbered};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_redelivers_what_was_not_settled_and_nothing_acked() {

@@ -340,7 +340,7 @@ struct Generation {
 /// ([`ProjectionRunner::options`]). A page costs a read, a handful of statements and a
 /// commit whatever it holds; a rebuild replays the whole log in pages, and on
 /// PostgreSQL pages of 2,000 rebuilt at about 0.6x `keel replay`'s rate where pages
-/// of 500 reached 0.35-0.41x (docs/benchmarks.md). A live projection's pages are
+/// of 500 reached 0.35-0.42x (docs/benchmarks.md). A live projection's pages are
 /// as large as what came in since the last one, so this only matters catching up.
 pub const DEFAULT_BATCH_SIZE: usize = 2_000;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use keel_core::{Bus, BusError, CloudEvent};
+use keel_core::{Bus, BusError, CloudEvent, Delivery, Subscription};
 use keel_logbus::{BusStore, LogBus, LogBusOptions};
 use keel_postgres::{PgEventLog, PgOptions};
 use keel_sqlite::SqliteEventLog;
@@ -16,6 +16,23 @@ use keel_store::SqlEventLog;
 use keel_testkit::bus::BusFactory;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::OnceCell;
+
+/// How long a test waits for a delivery.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The subscription's next delivery, within [`PATIENCE`].
+pub async fn next(sub: &mut Box<dyn Subscription>) -> Delivery {
+    tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the subscription is open")
+        .expect("a delivery, not an error")
+}
+
+/// The id of a delivery's event.
+pub fn id_of(delivery: &Delivery) -> String {
+    delivery.event().expect("a decoded event").id().to_owned()
+}
 
 /// This test binary's Prometheus recorder, installed on first use.
 pub fn recorder() -> &'static PrometheusHandle {
