@@ -170,7 +170,8 @@ impl Idempotency {
     /// key seen before answers with the stored response and `effect` does not run;
     /// otherwise `effect` does its writes in the transaction and returns the response
     /// (status and JSON body), which is stored under the key and committed with the
-    /// writes.
+    /// writes. The transaction is a request's ([`Db::begin_request`]): on SQLite it
+    /// yields to the consumers settling earlier requests.
     pub async fn run<F, Fut>(
         &self,
         db: &Db,
@@ -181,7 +182,7 @@ impl Idempotency {
         F: FnOnce(Tx) -> Fut,
         Fut: Future<Output = Result<(Tx, StatusCode, Value), Problem>>,
     {
-        let mut tx = db.begin().await?;
+        let mut tx = db.begin_request().await?;
         if let Some(key) = key {
             self.purge_now_and_then(db);
             let row = tx.fetch_optional(&self.select(), self.select_args(key)).await?;

@@ -267,6 +267,23 @@ impl Db {
         })
     }
 
+    /// Starts a write transaction for a request: new work from outside, such as an
+    /// HTTP request placing an order (`keel_service`'s idempotent requests use it).
+    ///
+    /// On SQLite, which runs one write transaction at a time, requests' transactions
+    /// share one place in the writer's queue, so work already in the log (consumers'
+    /// inbox transactions, projections, timers: everything started with
+    /// [`Db::begin`]) keeps up under load instead of falling behind the clients (see
+    /// `SqliteEventLog::begin_request`). On PostgreSQL it is [`Db::begin`].
+    pub async fn begin_request(&self) -> Result<Tx> {
+        Ok(match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(log) => Tx::new(TxInner::Sqlite(log.begin_request().await?, log.clone())),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(log) => Tx::new(TxInner::Postgres(log.begin().await?, log.clone())),
+        })
+    }
+
     /// One row or none, outside any transaction.
     pub async fn fetch_optional<T: Row>(&self, sql: &str, args: Vec<Arg>) -> Result<Option<T>> {
         Ok(match self {

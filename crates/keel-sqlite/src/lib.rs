@@ -43,7 +43,7 @@ use keel_store::{
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 pub use inbox::SqliteInbox;
 
@@ -78,6 +78,9 @@ struct Inner {
     /// Where write transactions run: one connection of its own (see
     /// [`SqliteEventLog::write_pool`]).
     writer: SqlitePool,
+    /// The one place in the writer's queue that requests' transactions share (see
+    /// [`SqliteEventLog::begin_request`]).
+    requests: Arc<Semaphore>,
     changes: Changes,
 }
 
@@ -178,9 +181,8 @@ impl SqliteEventLog {
                 filename.display()
             )));
         }
-        let changes = Changes::default();
         let writer = pool.clone();
-        Ok(Self { inner: Arc::new(Inner { pool, writer, changes }), lease_ttl: lease::DEFAULT_TTL })
+        Ok(Self::with_pools(pool, writer))
     }
 
     /// Uses an existing pool; migrates it. Write transactions get a pool of one
@@ -201,8 +203,17 @@ impl SqliteEventLog {
                 .connect_with(SqliteConnectOptions::clone(&options))
                 .await?
         };
-        let changes = Changes::default();
-        Ok(Self { inner: Arc::new(Inner { pool, writer, changes }), lease_ttl: lease::DEFAULT_TTL })
+        Ok(Self::with_pools(pool, writer))
+    }
+
+    fn with_pools(pool: SqlitePool, writer: SqlitePool) -> Self {
+        let inner = Inner {
+            pool,
+            writer,
+            requests: Arc::new(Semaphore::new(1)),
+            changes: Changes::default(),
+        };
+        Self { inner: Arc::new(inner), lease_ttl: lease::DEFAULT_TTL }
     }
 
     /// The pool that write transactions ([`SqlEventLog::begin`], appends, the
@@ -213,6 +224,23 @@ impl SqliteEventLog {
     /// hundreds of milliseconds. Other processes' writers still meet the busy handler.
     pub fn write_pool(&self) -> &SqlitePool {
         &self.inner.writer
+    }
+
+    /// Starts a write transaction for a request: new work from outside (an HTTP
+    /// request placing an order), as opposed to work already in the log (a consumer's
+    /// inbox transaction, the bus's progress, a projection's page, a due timer), which
+    /// starts with [`SqlEventLog::begin`].
+    ///
+    /// Requests' transactions all share one place in the writer's queue: while one
+    /// waits for the writer, the next waits behind it, outside the queue. With the
+    /// writer busy, each round of the queue then serves every transaction of work in
+    /// flight once and one request, so the consumers settle what was accepted before
+    /// more is accepted, and the backlog (and with it the time from accepted to
+    /// settled) stays bounded however many clients send requests. The writer's own
+    /// queue is first come, first served, so requests are never starved: a request
+    /// waits for at most one transaction of each task of work in flight.
+    pub async fn begin_request(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        Ok(begin_immediate_after(&self.inner.writer, Some(self.inner.requests.clone())).await?)
     }
 
     /// How long a lease taken through this handle stays valid when its holder stops
@@ -249,8 +277,24 @@ async fn read_only_pool(
 pub(crate) async fn begin_immediate(
     pool: &SqlitePool,
 ) -> std::result::Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+    begin_immediate_after(pool, None).await
+}
+
+/// [`begin_immediate`], waiting first for a permit of `place` (held until the
+/// transaction has begun) when there is one.
+async fn begin_immediate_after(
+    pool: &SqlitePool,
+    place: Option<Arc<Semaphore>>,
+) -> std::result::Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
     let pool = pool.clone();
-    match tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await }).await {
+    let begin = async move {
+        let _place = match place {
+            Some(place) => Some(place.acquire_owned().await.map_err(|_| sqlx::Error::PoolClosed)?),
+            None => None,
+        };
+        pool.begin_with("BEGIN IMMEDIATE").await
+    };
+    match tokio::spawn(begin).await {
         Ok(begun) => begun,
         Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
         // Only a runtime shutting down cancels the task.

@@ -68,7 +68,7 @@ async fn add_task(
 
     let task_id = EventId::new().to_string();
     let event = TaskAdded { task_id: task_id.clone(), title: title.clone() };
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_request().await?;
     tx.execute("INSERT INTO tasks (id, title) VALUES ($1, $2)", args![&task_id, &title]).await?;
     let envelope = envelope(&event, SOURCE, &request_context(&headers))?;
     tx.append(&stream(&task_id)?, ExpectedVersion::NoStream, &[envelope]).await?;
@@ -83,7 +83,7 @@ async fn complete_task(
     headers: HeaderMap,
     Path(task_id): Path<String>,
 ) -> Result<StatusCode, Problem> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_request().await?;
     let changed =
         tx.execute("UPDATE tasks SET done = 1 WHERE id = $1 AND done = 0", args![&task_id]).await?;
     if changed == 0 {
