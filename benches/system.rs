@@ -19,6 +19,13 @@
 //!    tail. Settled/accepted below 0.95 means the consumers fell behind (a backlog
 //!    grows, and latency with it).
 //!
+//! Below each set-up's row, the fixed rate's latency is split into stages by the
+//! orders' events' `time` (set when a service makes the event, before its transaction
+//! commits) and the wall clock: the POST sent to `order.placed` made, `order.placed` to
+//! `stock.reserved` (a commit and a hop to the products service), `stock.reserved` to
+//! the outcome (a commit and a hop back to the orders service), and the outcome to its
+//! arrival on the live tail (a commit and the tail's read).
+//!
 //! On Kafka (Tansu) the table also shows a raw rdkafka hop (produce, then consume with
 //! the same `fetch.wait.max.ms` as Keel's URL) measured in the same run: an order's
 //! outcome takes two hops (order.placed to the products service, stock.reserved back
@@ -38,6 +45,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -61,8 +69,41 @@ struct Figures {
     post_p99: Duration,
     accepted_per_s: f64,
     settled_per_s: f64,
+    /// Where the time of an order at the fixed rate goes: each stage's p50 and p99.
+    stages: Vec<(&'static str, Duration, Duration)>,
     /// A raw broker hop beside it (Kafka only).
     raw_hop: Option<(Duration, Duration)>,
+}
+
+/// The stages of the orders' trails (POST sent, then their events' times, then their
+/// outcome seen on the tail), each stage's p50 and p99 over the orders whose trail
+/// has both ends.
+fn stages(
+    trails: impl Iterator<Item = (DateTime<Utc>, Trail)>,
+) -> Vec<(&'static str, Duration, Duration)> {
+    let names = [
+        "POST sent to order.placed made",
+        "order.placed made to stock.reserved made",
+        "stock.reserved made to the outcome made",
+        "the outcome made to seen on the tail",
+    ];
+    let mut spans: [Vec<Duration>; 4] = Default::default();
+    for (sent, trail) in trails {
+        let points = [Some(sent), trail.placed, trail.reserved, trail.outcome, trail.seen];
+        for (n, span) in spans.iter_mut().enumerate() {
+            if let (Some(from), Some(to)) = (points[n], points[n + 1]) {
+                span.push((to - from).to_std().unwrap_or_default());
+            }
+        }
+    }
+    names
+        .into_iter()
+        .zip(spans)
+        .map(|(name, mut span)| {
+            span.sort();
+            (name, percentile(&span, 50), percentile(&span, 99))
+        })
+        .collect()
 }
 
 fn main() {
@@ -117,6 +158,13 @@ async fn run() {
             f.settled_per_s,
             f.settled_per_s / f.accepted_per_s.max(f64::MIN_POSITIVE)
         );
+        for (stage, p50, p99) in &f.stages {
+            println!(
+                "| … {stage} (p50 / p99 of the stage alone) | {} / {} | | | |",
+                ms(*p50),
+                ms(*p99)
+            );
+        }
         if let Some((p50, p99)) = f.raw_hop {
             println!(
                 "| raw rdkafka hop, same fetch settings (x2 = an order's two hops) | {} / {} (x2: {} / {}) | | | |",
@@ -166,17 +214,48 @@ async fn setup(name: &str, fetch_wait: u64) -> Setup {
     }
 }
 
-/// Outcomes seen on the live tail: order id to when it was seen.
+/// Outcomes seen on the live tail: order id to when it was seen; and each order's
+/// trail of events, for where the time goes.
 #[derive(Default)]
 struct Outcomes {
     seen: Mutex<HashMap<String, Instant>>,
+    trails: Mutex<HashMap<String, Trail>>,
     changed: Notify,
+}
+
+/// The `time` of an order's events (set when the service made the event, before its
+/// transaction committed), and when its outcome arrived on the tail, by the wall clock.
+#[derive(Clone, Copy, Default)]
+struct Trail {
+    placed: Option<DateTime<Utc>>,
+    reserved: Option<DateTime<Utc>>,
+    outcome: Option<DateTime<Utc>>,
+    seen: Option<DateTime<Utc>>,
 }
 
 impl Outcomes {
     fn record(&self, order: String) {
         self.seen.lock().unwrap().entry(order).or_insert_with(Instant::now);
         self.changed.notify_waiters();
+    }
+
+    /// Notes an event of `order`'s seen on the tail.
+    fn trace(&self, order: &str, kind: &str, time: Option<DateTime<Utc>>) {
+        let mut trails = self.trails.lock().unwrap();
+        let trail = trails.entry(order.to_owned()).or_default();
+        match kind {
+            "order.placed" => trail.placed = time,
+            "stock.reserved" | "stock.rejected" => trail.reserved = time,
+            "order.confirmed" | "order.rejected" | "order.cancelled" => {
+                trail.outcome = time;
+                trail.seen = Some(Utc::now());
+            }
+            _ => {}
+        }
+    }
+
+    fn trail(&self, order: &str) -> Trail {
+        self.trails.lock().unwrap().get(order).copied().unwrap_or_default()
     }
 
     /// When each of `orders` was seen; waits (up to `patience` without progress) until
@@ -250,23 +329,24 @@ async fn measure(
         let system = system.clone_handle();
         let body = order_body.clone();
         posts.push(tokio::spawn(async move {
-            let sent = Instant::now();
+            let (sent, sent_at) = (Instant::now(), Utc::now());
             let id = system.place(&body).await;
-            (id, sent, sent.elapsed())
+            (id, sent, sent.elapsed(), sent_at)
         }));
     }
     let mut placed = Vec::with_capacity(orders);
     for post in posts {
         placed.push(post.await.unwrap());
     }
-    let ids: Vec<String> = placed.iter().map(|(id, _, _)| id.clone()).collect();
+    let ids: Vec<String> = placed.iter().map(|(id, ..)| id.clone()).collect();
     let settled = outcomes.wait_for(&ids, Duration::from_secs(60)).await;
     let mut latencies: Vec<Duration> = placed
         .iter()
         .zip(&settled)
-        .map(|((_, sent, _), at)| at.saturating_duration_since(*sent))
+        .map(|((_, sent, ..), at)| at.saturating_duration_since(*sent))
         .collect();
-    let mut post_latencies: Vec<Duration> = placed.iter().map(|(_, _, took)| *took).collect();
+    let mut post_latencies: Vec<Duration> = placed.iter().map(|(_, _, took, _)| *took).collect();
+    let stages = stages(placed.iter().map(|(id, _, _, sent_at)| (*sent_at, outcomes.trail(id))));
     latencies.sort();
     post_latencies.sort();
 
@@ -300,6 +380,7 @@ async fn measure(
         p50: percentile(&latencies, 50),
         p99: percentile(&latencies, 99),
         post_p99: percentile(&post_latencies, 99),
+        stages,
         accepted_per_s: ids.len() as f64 / (last_accepted - start).as_secs_f64(),
         settled_per_s: ids.len() as f64 / (last_settled - start).as_secs_f64(),
         raw_hop: None,
@@ -339,10 +420,11 @@ async fn follow_tail(http: reqwest::Client, gateway: String, outcomes: Arc<Outco
                     data = v.trim();
                 }
             }
-            if matches!(kind, "order.confirmed" | "order.rejected" | "order.cancelled")
-                && let Ok(event) = serde_json::from_str::<Value>(data)
-                && let Some(order) = order_of(&event)
-            {
+            let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
+            let Some(order) = order_of(&event) else { continue };
+            let time = event["time"].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok());
+            outcomes.trace(&order, kind, time);
+            if matches!(kind, "order.confirmed" | "order.rejected" | "order.cancelled") {
                 outcomes.record(order);
             }
         }
