@@ -56,7 +56,7 @@ use keel_store::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 pub use inbox::PgInbox;
 
@@ -125,6 +125,9 @@ struct Inner {
     changes: Arc<Changes>,
     notifier: Option<notify::Notifier>,
     _listener: Option<notify::TaskGuard>,
+    /// The one place in the pool's queue that requests' transactions share (see
+    /// [`PgEventLog::begin_request`]).
+    requests: Semaphore,
 }
 
 impl std::fmt::Debug for PgEventLog {
@@ -214,6 +217,7 @@ impl PgEventLog {
                 changes,
                 notifier,
                 _listener: listener,
+                requests: Semaphore::new(1),
             }),
         })
     }
@@ -226,6 +230,22 @@ impl PgEventLog {
     /// The epoch of the cluster this process runs in.
     pub fn epoch(&self) -> i64 {
         self.inner.epoch
+    }
+
+    /// Starts a transaction for a request: new work from outside (an HTTP request
+    /// placing an order), as opposed to work already in the log (a consumer's inbox
+    /// transaction, the bus's progress, a projection's page, a due timer), which starts
+    /// with [`SqlEventLog::begin`].
+    ///
+    /// Requests' transactions all share one place in the queue for the pool's
+    /// connections: while one waits for a connection, the next waits behind it, outside
+    /// the queue. With every connection busy, a freed one then goes to the work in
+    /// flight before all but one waiting request, so the consumers settle what was
+    /// accepted before more is accepted, however many clients send requests. The
+    /// pool's queue is first come, first served, so requests are never starved.
+    pub async fn begin_request(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
+        let _place = self.inner.requests.acquire().await.map_err(|_| sqlx::Error::PoolClosed)?;
+        Ok(self.inner.pool.begin().await?)
     }
 
     /// Wakes this process's subscribers of `topics` (everyone for `None`), and other

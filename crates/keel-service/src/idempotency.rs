@@ -170,8 +170,8 @@ impl Idempotency {
     /// key seen before answers with the stored response and `effect` does not run;
     /// otherwise `effect` does its writes in the transaction and returns the response
     /// (status and JSON body), which is stored under the key and committed with the
-    /// writes. The transaction is a request's ([`Db::begin_request`]): on SQLite it
-    /// yields to the consumers settling earlier requests.
+    /// writes. The transaction is a request's ([`Db::begin_request`]): it yields to
+    /// the consumers settling earlier requests.
     pub async fn run<F, Fut>(
         &self,
         db: &Db,

@@ -270,17 +270,20 @@ impl Db {
     /// Starts a write transaction for a request: new work from outside, such as an
     /// HTTP request placing an order (`keel_service`'s idempotent requests use it).
     ///
-    /// On SQLite, which runs one write transaction at a time, requests' transactions
-    /// share one place in the writer's queue, so work already in the log (consumers'
-    /// inbox transactions, projections, timers: everything started with
-    /// [`Db::begin`]) keeps up under load instead of falling behind the clients (see
-    /// `SqliteEventLog::begin_request`). On PostgreSQL it is [`Db::begin`].
+    /// Requests' transactions share one place in the queue for the database: on
+    /// SQLite the one writer connection, on PostgreSQL the pool's connections. So work
+    /// already in the log (consumers' inbox transactions, projections, timers:
+    /// everything started with [`Db::begin`]) keeps up under load instead of falling
+    /// behind the clients (see `SqliteEventLog::begin_request` and
+    /// `PgEventLog::begin_request`).
     pub async fn begin_request(&self) -> Result<Tx> {
         Ok(match self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(log) => Tx::new(TxInner::Sqlite(log.begin_request().await?, log.clone())),
             #[cfg(feature = "postgres")]
-            Self::Postgres(log) => Tx::new(TxInner::Postgres(log.begin().await?, log.clone())),
+            Self::Postgres(log) => {
+                Tx::new(TxInner::Postgres(log.begin_request().await?, log.clone()))
+            }
         })
     }
 
