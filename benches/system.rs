@@ -34,7 +34,8 @@
 //! `cargo bench -p keel-cli --bench system`; KEEL_BENCH_SETUPS (comma-separated, of
 //! `embedded,postgres,rabbitmq,kafka`; default all), KEEL_BENCH_ORDERS (fixed-rate
 //! orders, default 1000), KEEL_BENCH_MAX_ORDERS (closed-loop orders, default 2000),
-//! KEEL_BENCH_RATE, KEEL_BENCH_CLIENTS, KEEL_BENCH_KAFKA_FETCH_WAIT_MS (default 10).
+//! KEEL_BENCH_RATE, KEEL_BENCH_CLIENTS, KEEL_BENCH_KAFKA_FETCH_WAIT_MS (default 10),
+//! KEEL_BENCH_KAFKA_PARAMS (more `KEEL_BUS_URL` parameters for Kafka, `a=1&b=2`).
 //! Needs PostgreSQL, RabbitMQ and the Kafka broker of scripts/services.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -204,7 +205,8 @@ async fn setup(name: &str, fetch_wait: u64) -> Setup {
                 (
                     "KEEL_BUS_URL",
                     format!(
-                        "kafka://127.0.0.1:9092?profile=tansu&rdkafka.fetch.wait.max.ms={fetch_wait}"
+                        "kafka://127.0.0.1:9092?profile=tansu&rdkafka.fetch.wait.max.ms={fetch_wait}{}",
+                        kafka_params()
                     ),
                 ),
                 ("KEEL_NAMESPACE", namespace),
@@ -212,6 +214,14 @@ async fn setup(name: &str, fetch_wait: u64) -> Setup {
         },
         other => panic!("unknown set-up `{other}` (embedded, postgres, rabbitmq, kafka)"),
     }
+}
+
+/// More parameters for the Kafka set-up's `KEEL_BUS_URL` (`KEEL_BENCH_KAFKA_PARAMS`,
+/// e.g. `linger_ms=0`), each after a `&`.
+fn kafka_params() -> String {
+    std::env::var("KEEL_BENCH_KAFKA_PARAMS")
+        .map(|params| format!("&{}", params.trim_start_matches('&')))
+        .unwrap_or_default()
 }
 
 /// Outcomes seen on the live tail: order id to when it was seen; and each order's
