@@ -110,56 +110,25 @@ async fn a_rebuilds_pages_commit_without_waiting_for_the_disk_and_live_pages_wai
 /// the clients).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_in_flight_waits_behind_one_request_at_most() {
-    use std::sync::{Arc, Mutex};
-    use std::time::Duration;
-
-    use keel_bus::layer::Inbox as _;
     use keel_postgres::{PgEventLog, PgInbox, PgOptions};
     use keel_store::SqlEventLog as _;
+    use keel_testkit::queueing;
 
-    const REQUESTS: usize = 6;
-    // Long enough for every task spawned before it to be queued for a connection.
-    const SETTLE: Duration = Duration::from_millis(200);
     let url = common::fresh_database().await;
     let options =
         PgOptions { max_connections: 2, listen: false, notify: false, ..PgOptions::default() };
-    let log = Arc::new(PgEventLog::connect(&url, options).await.expect("connect"));
+    let log = std::sync::Arc::new(PgEventLog::connect(&url, options).await.expect("connect"));
     let inbox = PgInbox::new(common::pool(&log).clone());
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let held = [log.begin().await.expect("held"), log.begin().await.expect("held")];
-
-    let mut tasks = Vec::new();
-    for n in 0..REQUESTS {
-        let (log, order) = (log.clone(), order.clone());
-        tasks.push(tokio::spawn(async move {
-            let tx = log.begin_request().await.expect("a request's transaction");
-            order.lock().expect("order").push(format!("request {n}"));
-            tx.commit().await.expect("commit");
-        }));
-        tokio::time::sleep(SETTLE / 4).await;
-    }
-    tokio::time::sleep(SETTLE).await;
-    let consumer = {
-        let (inbox, order) = (inbox.clone(), order.clone());
-        tokio::spawn(async move {
-            let tx = inbox.begin("g", "event-1").await.expect("begin").expect("a new event id");
-            order.lock().expect("order").push("consumer".to_owned());
-            inbox.commit(tx).await.expect("commit");
-        })
-    };
-    tokio::time::sleep(SETTLE).await;
-    // One connection comes free; the other stays held until the end.
-    let [first, second] = held;
-    order.lock().expect("order").push("released".to_owned());
-    first.commit().await.expect("commit");
-    consumer.await.expect("the consumer");
-    for task in tasks {
-        task.await.expect("a request");
-    }
+    // Both connections held; one comes free, the other stays held until the end.
+    let (first, second) = (log.begin().await.expect("held"), log.begin().await.expect("held"));
+    queueing::work_in_flight_waits_behind_one_request_at_most(
+        || {
+            let log = log.clone();
+            async move { log.begin_request().await }
+        },
+        inbox,
+        async move { first.commit().await.expect("commit") },
+    )
+    .await;
     second.commit().await.expect("commit");
-
-    let order = order.lock().expect("order").clone();
-    assert_eq!(order.len(), REQUESTS + 2, "{order:?}");
-    let consumer = order.iter().position(|who| who == "consumer").expect("the consumer ran");
-    assert!(consumer <= 2, "the consumer waited for more than one request: {order:?}");
 }

@@ -18,6 +18,7 @@ use keel_bus::layer::Inbox;
 use keel_core::{CloudEvent, ExpectedVersion, StreamId};
 use keel_sqlite::SqliteInbox;
 use keel_store::{EventLog, SqlEventLog};
+use keel_testkit::queueing;
 use keel_testkit::util::unique;
 
 /// Polls `future` up to `polls` times, yielding to the runtime between polls, then
@@ -113,43 +114,16 @@ async fn concurrent_writers_of_one_handle_queue_instead_of_timing_out() {
 /// put it last, and the consumers would fall behind the clients).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_in_flight_waits_behind_one_request_at_most() {
-    const REQUESTS: usize = 6;
-    // Long enough for every task spawned before it to be queued for the writer.
-    const SETTLE: Duration = Duration::from_millis(200);
     let log = std::sync::Arc::new(common::fresh_log().await);
     let inbox = SqliteInbox::new(log.write_pool().clone());
-    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let held = SqlEventLog::begin(log.as_ref()).await.expect("the writer, held");
-
-    let mut tasks = Vec::new();
-    for n in 0..REQUESTS {
-        let (log, order) = (log.clone(), order.clone());
-        tasks.push(tokio::spawn(async move {
-            let tx = log.begin_request().await.expect("a request's transaction");
-            order.lock().expect("order").push(format!("request {n}"));
-            tx.commit().await.expect("commit");
-        }));
-        tokio::time::sleep(SETTLE / 4).await;
-    }
-    tokio::time::sleep(SETTLE).await;
-    let consumer = {
-        let (inbox, order) = (inbox.clone(), order.clone());
-        tokio::spawn(async move {
-            let tx = inbox.begin("g", "event-1").await.expect("begin").expect("a new event id");
-            order.lock().expect("order").push("consumer".to_owned());
-            inbox.commit(tx).await.expect("commit");
-        })
-    };
-    tokio::time::sleep(SETTLE).await;
-    order.lock().expect("order").push("released".to_owned());
-    held.commit().await.expect("commit");
-    consumer.await.expect("the consumer");
-    for task in tasks {
-        task.await.expect("a request");
-    }
-
-    let order = order.lock().expect("order").clone();
-    assert_eq!(order.len(), REQUESTS + 2, "{order:?}");
-    let consumer = order.iter().position(|who| who == "consumer").expect("the consumer ran");
-    assert!(consumer <= 2, "the consumer waited for more than one request: {order:?}");
+    queueing::work_in_flight_waits_behind_one_request_at_most(
+        || {
+            let log = log.clone();
+            async move { log.begin_request().await }
+        },
+        inbox,
+        async move { held.commit().await.expect("commit") },
+    )
+    .await;
 }

@@ -9,6 +9,7 @@
 //!   ([`projection_conformance!`]).
 //! - [`postgres`]: a fresh PostgreSQL database per test.
 //! - [`process`]: running a Keel binary as its own process (ready, SIGTERM).
+//! - [`queueing`]: requests' transactions queue behind the work in flight.
 //! - [`relay`]: timing the relay's delivery of a backlog, for the bus benches.
 //! - [`upcasting`]: the event type (version 2, with a step from 1) and the old and
 //!   future envelopes the upcasting cases of every suite use.
@@ -21,6 +22,7 @@ pub mod bus;
 pub mod postgres;
 pub mod process;
 pub mod projections;
+pub mod queueing;
 pub mod relay;
 pub mod store;
 pub mod upcasting;
