@@ -35,7 +35,8 @@
 //! `embedded,postgres,rabbitmq,kafka`; default all), KEEL_BENCH_ORDERS (fixed-rate
 //! orders, default 1000), KEEL_BENCH_MAX_ORDERS (closed-loop orders, default 2000),
 //! KEEL_BENCH_RATE, KEEL_BENCH_CLIENTS, KEEL_BENCH_KAFKA_FETCH_WAIT_MS (default 10),
-//! KEEL_BENCH_KAFKA_PARAMS (more `KEEL_BUS_URL` parameters for Kafka, `a=1&b=2`).
+//! KEEL_BENCH_KAFKA_PARAMS and KEEL_BENCH_AMQP_PARAMS (more `KEEL_BUS_URL` parameters
+//! for Kafka and RabbitMQ, `a=1&b=2`).
 //! Needs PostgreSQL, RabbitMQ and the Kafka broker of scripts/services.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -194,7 +195,13 @@ async fn setup(name: &str, fetch_wait: u64) -> Setup {
             name: "Postgres + RabbitMQ",
             env: vec![
                 ("KEEL_DATABASE_URL", postgres().await),
-                ("KEEL_BUS_URL", "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+                (
+                    "KEEL_BUS_URL",
+                    format!(
+                        "amqp://guest:guest@127.0.0.1:5672/%2f{}",
+                        params("KEEL_BENCH_AMQP_PARAMS", '?')
+                    ),
+                ),
                 ("KEEL_NAMESPACE", namespace),
             ],
         },
@@ -206,7 +213,7 @@ async fn setup(name: &str, fetch_wait: u64) -> Setup {
                     "KEEL_BUS_URL",
                     format!(
                         "kafka://127.0.0.1:9092?profile=tansu&rdkafka.fetch.wait.max.ms={fetch_wait}{}",
-                        kafka_params()
+                        params("KEEL_BENCH_KAFKA_PARAMS", '&')
                     ),
                 ),
                 ("KEEL_NAMESPACE", namespace),
@@ -216,11 +223,14 @@ async fn setup(name: &str, fetch_wait: u64) -> Setup {
     }
 }
 
-/// More parameters for the Kafka set-up's `KEEL_BUS_URL` (`KEEL_BENCH_KAFKA_PARAMS`,
-/// e.g. `linger_ms=0`), each after a `&`.
-fn kafka_params() -> String {
-    std::env::var("KEEL_BENCH_KAFKA_PARAMS")
-        .map(|params| format!("&{}", params.trim_start_matches('&')))
+/// More parameters for a set-up's `KEEL_BUS_URL`, from the environment variable `name`
+/// (`a=1&b=2`), after `lead` (`?` or `&`); nothing when it is unset.
+fn params(name: &str, lead: char) -> String {
+    std::env::var(name)
+        .ok()
+        .map(|params| params.trim_start_matches(['?', '&']).to_owned())
+        .filter(|params| !params.is_empty())
+        .map(|params| format!("{lead}{params}"))
         .unwrap_or_default()
 }
 
