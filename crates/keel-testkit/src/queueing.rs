@@ -16,6 +16,11 @@ const REQUESTS: usize = 6;
 /// Long enough for every task spawned before it to be queued for the database.
 const SETTLE: Duration = Duration::from_millis(200);
 
+/// The pause between the work in flight's spawn and the release. A work still not
+/// queued when the database comes free would queue behind a second request and fail
+/// the case, so this one is generous.
+const WORK_QUEUED: Duration = Duration::from_secs(1);
+
 /// Who began a transaction, in the order they began it. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 struct Arrivals(Arc<Mutex<Vec<String>>>);
@@ -70,7 +75,7 @@ pub async fn work_in_flight_waits_behind_one_request_at_most<DB, E, R, RF, I, F>
             inbox.commit(tx).await.expect("commit");
         })
     };
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(WORK_QUEUED).await;
     arrivals.began("released");
     release.await;
     work.await.expect("the work in flight");
