@@ -265,6 +265,8 @@ const LAG_SCAN_LIMIT: usize = 1000;
 
 /// How often an active runner looks for a rebuilt generation ready to switch.
 const SWITCH_POLL: Duration = Duration::from_secs(1);
+/// How long a rebuild waits before resuming after a former holder's late page.
+const MOVED_RETRY: Duration = Duration::from_millis(50);
 
 /// Runs a projection. See the module docs.
 ///
@@ -545,7 +547,10 @@ where
     /// does it ([`Rebuilt::switched`] is then `false`). Resumes an interrupted rebuild
     /// from its own checkpoint. The live read model and its checkpoint are untouched
     /// until the switch, whatever happens before. Fails with [`StoreError::LeaseHeld`]
-    /// while another rebuild of this projection runs.
+    /// while another rebuild of this projection runs. A page an interrupted rebuild
+    /// committed late (its commit was in flight when it crashed or lost the lease)
+    /// does not fail this one: the compare-and-set of the checkpoint rolls back the
+    /// page it meets, and the rebuild resumes after the late one.
     pub async fn rebuild(
         &self,
         mut progress: impl FnMut(RebuildProgress) + Send,
@@ -566,18 +571,32 @@ where
                 self.start_generation(&next).await?;
             }
             let total = self.log.count_after(Cursor::START, Position(u64::MAX)).await?;
-            let before = match self.log.checkpoint(&next.key).await? {
-                Some(at) => {
-                    total.saturating_sub(self.log.count_after(at, Position(u64::MAX)).await?)
+            let applied = loop {
+                let stored = self.log.checkpoint(&next.key).await?;
+                let before = match stored {
+                    Some(at) => {
+                        total.saturating_sub(self.log.count_after(at, Position(u64::MAX)).await?)
+                    }
+                    None => 0,
+                };
+                progress(RebuildProgress { applied: before, total });
+                let mut report = |applied: u64| {
+                    let applied = before + applied;
+                    progress(RebuildProgress { applied, total: total.max(applied) });
+                };
+                match self.follow_from(&next, stored, Mode::CatchUp, &mut report).await {
+                    Ok(followed) => break before + followed.applied,
+                    // This call holds the rebuild's lease, so the page that moved the
+                    // generation's checkpoint is a former holder's, committed late (it
+                    // crashed or lost the lease with a commit in flight). The
+                    // compare-and-set rolled this call's page back: resume from there.
+                    Err(error @ StoreError::CheckpointMoved { .. }) => {
+                        tracing::warn!(projection = %name, %error, "a former rebuild's page landed late; resuming after it");
+                        tokio::time::sleep(MOVED_RETRY).await;
+                    }
+                    Err(error) => return Err(error),
                 }
-                None => 0,
             };
-            progress(RebuildProgress { applied: before, total });
-            let mut report = |applied: u64| {
-                let applied = before + applied;
-                progress(RebuildProgress { applied, total: total.max(applied) });
-            };
-            let followed = self.follow(&next, Mode::CatchUp, &mut report).await?;
             let mut tx = self.log.begin().await?;
             self.log.set_rebuild_in(&mut tx, &name, Some(RebuildState::Ready)).await?;
             tx.commit().await?;
@@ -595,7 +614,7 @@ where
                 }
                 None => false,
             };
-            Ok(Rebuilt { applied: before + followed.applied, switched })
+            Ok(Rebuilt { applied, switched })
         };
         let result = tokio::select! {
             biased;
@@ -727,8 +746,21 @@ where
         mode: Mode,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Followed> {
+        let stored = self.log.checkpoint(&generation.key).await?;
+        self.follow_from(generation, stored, mode, progress).await
+    }
+
+    /// [`follow`](Self::follow) from `stored`, the generation's checkpoint as the
+    /// caller read it: a page fails with [`StoreError::CheckpointMoved`] if it moved
+    /// since.
+    async fn follow_from(
+        &self,
+        generation: &Generation,
+        mut stored: Option<Cursor>,
+        mode: Mode,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Followed> {
         let key = &generation.key;
-        let mut stored = self.log.checkpoint(key).await?;
         let from = stored.unwrap_or(Cursor::START);
         let options =
             SubscribeOptions { stop_when_caught_up: mode == Mode::CatchUp, ..self.options };

@@ -78,10 +78,12 @@ macro_rules! projection_conformance {
             }
         }
 
-        /// [`Counts`], whose first apply moves the checkpoint inside the runner's
-        /// transaction, as another runner committing a page meanwhile would have.
+        /// [`Counts`], whose first apply moves the checkpoint `key` inside the
+        /// runner's transaction, as another runner committing a page meanwhile would
+        /// have.
         struct MovedUnderIt {
             log: Arc<$log>,
+            key: String,
             moved: std::sync::atomic::AtomicBool,
         }
 
@@ -104,7 +106,7 @@ macro_rules! projection_conformance {
                 if !self.moved.swap(true, Ordering::SeqCst) {
                     let elsewhere = Cursor { epoch: 0, txid: 0, position: 1_000_000 };
                     self.log
-                        .save_checkpoint_in(&mut *conn, &counts_key(), elsewhere)
+                        .save_checkpoint_in(&mut *conn, &self.key, elsewhere)
                         .await
                         .map_err(HandlerError::transient)?;
                 }
@@ -224,7 +226,8 @@ macro_rules! projection_conformance {
             counts_table(&log).await;
             let streams = [StreamId::new(unique("order")).expect("valid")];
             append_round(&log, &streams, 5).await;
-            let projection = MovedUnderIt { log: log.clone(), moved: Default::default() };
+            let projection =
+                MovedUnderIt { log: log.clone(), key: counts_key(), moved: Default::default() };
             let runner = ProjectionRunner::new(log.clone(), Arc::new(projection));
             let result = runner.catch_up().await;
             assert!(
@@ -733,6 +736,34 @@ macro_rules! projection_conformance {
             assert!(shadow.is_err(), "the generation's table is dropped");
             assert_eq!(counts(&log).await, model);
             assert_eq!(log.checkpoint(&counts_key()).await.expect("checkpoint"), at);
+        }
+
+        /// A rebuild holds its lease, so a page of its generation's that meets a moved
+        /// checkpoint met a former rebuild's page committed late (that rebuild crashed,
+        /// or lost its lease, with the commit in flight). The page is rolled back and
+        /// the rebuild resumes from the checkpoint as it is, applying nothing twice.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_rebuild_resumes_after_a_page_that_moved_its_checkpoint() {
+            let log = Arc::new($fresh_log);
+            counts_table(&log).await;
+            let streams: Vec<StreamId> =
+                (0..3).map(|_| StreamId::new(unique("order")).expect("valid")).collect();
+            append_round(&log, &streams, 30).await;
+            let live = ProjectionRunner::new(log.clone(), Arc::new(Counts));
+            assert_eq!(live.catch_up().await.expect("catch up"), 30);
+            let model = counts(&log).await;
+
+            let key = ProjectionRunner::<$log, Counts>::rebuild_checkpoint_name("counts");
+            let projection = MovedUnderIt { log: log.clone(), key, moved: Default::default() };
+            let pages = SubscribeOptions { batch_size: 10, ..SubscribeOptions::default() };
+            let rebuilder = ProjectionRunner::new(log.clone(), Arc::new(projection)).options(pages);
+            let rebuilt = rebuilder.rebuild(|_| {}).await;
+            assert_eq!(
+                rebuilt.expect("the rebuild resumes rather than fail"),
+                Rebuilt { applied: 30, switched: true }
+            );
+            assert_eq!(counts(&log).await, model, "nothing applied twice, nothing lost");
+            assert_eq!(rebuilder.rebuild_state().await.expect("state"), None);
         }
 
         /// The README's bad publish (an `order.placed` that does not decode), then a
