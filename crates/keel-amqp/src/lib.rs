@@ -97,7 +97,10 @@
 //! absent) plus the broker's returns (`x-delivery-count` on quorum queues, the
 //! redelivered flag on classic ones). A delivery dropped unsettled is rejected with
 //! requeue; a member that closes or is dropped closes its channel, and the broker
-//! gives everything it held back to the group. Acks go straight to the member's
+//! gives everything it held back to the group. A quorum queue counts those returns
+//! too, the prefetched messages no handler saw included: a group whose members come
+//! and go often (a restart loop, say) spends attempts that way, so give its
+//! redelivery policy room for it. Acks go straight to the member's
 //! channel (`Channel::basic_ack`), not through lapin's `Acker`, whose internal RPC
 //! hop costs a task wake-up per message (half the client's CPU when consuming).
 //!
