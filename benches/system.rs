@@ -197,9 +197,11 @@ async fn setup(name: &str, fetch_wait: u64) -> Setup {
                 ("KEEL_DATABASE_URL", postgres().await),
                 (
                     "KEEL_BUS_URL",
+                    // The namespace is thrown away after the run: its queues expire
+                    // a minute after their last consumer left.
                     format!(
-                        "amqp://guest:guest@127.0.0.1:5672/%2f{}",
-                        params("KEEL_BENCH_AMQP_PARAMS", '?')
+                        "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expires_ms=60000{}",
+                        params("KEEL_BENCH_AMQP_PARAMS", '&')
                     ),
                 ),
                 ("KEEL_NAMESPACE", namespace),
