@@ -182,28 +182,32 @@ impl Dispatcher {
 
     /// The active phase: fire pages while there are due timers, then sleep until the
     /// next one is due (at most the poll interval, less when the log changes).
+    ///
+    /// Each look starts with one statement, the earliest due time, and opens a
+    /// transaction only when something is due: the log changes on every append in
+    /// this process (an order's events, its stock's), and almost none of them
+    /// schedules a timer due at once.
     async fn fire_forever(&self) {
         let mut changes = self.db.log().changes();
         let backoff = keel_core::Backoff::new(Duration::from_millis(50), Duration::from_secs(10));
         let mut attempt: u32 = 0;
         loop {
             changes.borrow_and_update();
-            match self.fire_due().await {
-                Ok(fired) => {
-                    attempt = 0;
-                    if fired >= self.options.page_size {
+            let wait = match self.next_due().await {
+                Ok(Some(next)) if next <= Utc::now() => match self.fire_due().await {
+                    // Look again: a full page may have left more, and firing takes time.
+                    Ok(_) => {
+                        attempt = 0;
                         continue;
                     }
-                }
-                Err(error) => {
-                    attempt = attempt.saturating_add(1);
-                    let wait = backoff.delay(attempt);
-                    tracing::warn!(dispatcher = %self.name, %error, ?wait, "firing timers failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-            }
-            let wait = match self.next_due().await {
+                    Err(error) => {
+                        attempt = attempt.saturating_add(1);
+                        let wait = backoff.delay(attempt);
+                        tracing::warn!(dispatcher = %self.name, %error, ?wait, "firing timers failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                },
                 Ok(Some(next)) => {
                     let until = next.signed_duration_since(Utc::now());
                     until.to_std().unwrap_or(Duration::ZERO).min(self.options.poll_interval)
