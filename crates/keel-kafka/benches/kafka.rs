@@ -7,13 +7,14 @@
 //! Environment: `KEEL_TEST_KAFKA_BROKERS` (default `127.0.0.1:9092`),
 //! `KEEL_BENCH_MESSAGES` (default 50000), `KEEL_BENCH_ROUNDS` (default 3; the best
 //! round of each side is reported; the sides take turns going first, because Tansu
-//! slows down as it holds more data).
+//! slows down as it holds more data), `KEEL_BENCH_LINGER_MS` (default 0, Keel's
+//! default; both sides' producers get it).
 //!
 //! - Publish: 1 KiB of JSON data per event, 64 partition keys, in batches of 1000,
 //!   each batch confirmed before the next (what `Publisher::publish` promises). Keel
 //!   publishes `CloudEvent`s; raw rdkafka sends the very records Keel's encoding
 //!   produces (same key, headers and value) through a `FutureProducer` with the same
-//!   settings (idempotent, `acks=all`, `linger.ms=5`, `batch.num.messages=1000`).
+//!   settings (idempotent, `acks=all`, `linger.ms`, `batch.num.messages=1000`).
 //! - Consume: a fresh group reads the same 50000-record topic from the beginning.
 //!   Keel: a `Subscription`, each delivery acknowledged (offsets committed every
 //!   100 ms); raw: a `BaseConsumer` poll loop committing every 100 ms. The clock starts
@@ -100,12 +101,17 @@ async fn create_topic(topic: &str) {
     });
 }
 
+/// The producers' `linger.ms`, Keel's and raw rdkafka's alike.
+fn linger_ms() -> usize {
+    env_or("KEEL_BENCH_LINGER_MS", 0)
+}
+
 fn raw_producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms().to_string())
         .set("batch.num.messages", "1000")
         .set("sticky.partitioning.linger.ms", "0")
         .set("message.timeout.ms", "30000")
@@ -238,13 +244,15 @@ async fn main() {
         config = config.tansu();
     }
     config.partitions = 8;
+    config.linger = Duration::from_millis(u64::try_from(linger_ms()).unwrap_or(0));
     let bus = Arc::new(KafkaBus::new(config).expect("bus"));
     let events = events(n);
     let records: Vec<Raw> = events.iter().map(as_raw).collect();
     let producer = raw_producer();
     println!(
-        "Keel Kafka backend vs raw rdkafka, {n} messages of {SIZE} B data, broker {}",
-        brokers()
+        "Keel Kafka backend vs raw rdkafka, {n} messages of {SIZE} B data, broker {}, linger.ms={}",
+        brokers(),
+        linger_ms()
     );
 
     // Warm-up: connections, metadata, topic creation.

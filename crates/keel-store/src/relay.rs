@@ -38,8 +38,8 @@ const LAG_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RelayOptions {
     /// Events read and published per round (default 5,000). Each round ends waiting
-    /// for the broker to confirm its last event (a Kafka producer lingers a few
-    /// milliseconds first), so small pages cap the rate: a Kafka relay moved 0.66x
+    /// for the broker to confirm its last event (after the Kafka producer's linger,
+    /// if one is set), so small pages cap the rate: a Kafka relay moved 0.66x
     /// raw rdkafka's confirmed publish rate with pages of 1,000 and 0.84x with 5,000
     /// (docs/benchmarks.md). A page is only as large as the backlog, so this matters
     /// when the relay catches up, and bounds the memory it takes then.
