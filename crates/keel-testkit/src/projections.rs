@@ -665,6 +665,18 @@ macro_rules! projection_conformance {
             }
         }
 
+        /// The `counts` table, `events` appended round-robin to `streams` new streams,
+        /// and the live model caught up on them; returns the model.
+        async fn live_model(log: &Arc<$log>, streams: usize, events: usize) -> Vec<(String, i64, i64)> {
+            counts_table(log).await;
+            let streams: Vec<StreamId> =
+                (0..streams).map(|_| StreamId::new(unique("order")).expect("valid")).collect();
+            append_round(log, &streams, events).await;
+            let live = ProjectionRunner::new(log.clone(), Arc::new(Counts));
+            assert_eq!(live.catch_up().await.expect("catch up"), u64::try_from(events).expect("fits"));
+            counts(log).await
+        }
+
         /// Retries `rebuild` while the interrupted one's lease is still held.
         async fn rebuild_again<P: Projection<$db>>(
             rebuilder: &ProjectionRunner<$log, P>,
@@ -688,13 +700,7 @@ macro_rules! projection_conformance {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn an_interrupted_rebuild_leaves_the_live_model_and_resumes_or_is_discarded() {
             let log = Arc::new($fresh_log);
-            counts_table(&log).await;
-            let streams: Vec<StreamId> =
-                (0..4).map(|_| StreamId::new(unique("order")).expect("valid")).collect();
-            append_round(&log, &streams, 60).await;
-            let live = ProjectionRunner::new(log.clone(), Arc::new(Counts));
-            assert_eq!(live.catch_up().await.expect("catch up"), 60);
-            let model = counts(&log).await;
+            let model = live_model(&log, 4, 60).await;
             let at = log.checkpoint(&counts_key()).await.expect("checkpoint");
 
             let pages = SubscribeOptions { batch_size: 5, ..SubscribeOptions::default() };
@@ -745,13 +751,7 @@ macro_rules! projection_conformance {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_rebuild_resumes_after_a_page_that_moved_its_checkpoint() {
             let log = Arc::new($fresh_log);
-            counts_table(&log).await;
-            let streams: Vec<StreamId> =
-                (0..3).map(|_| StreamId::new(unique("order")).expect("valid")).collect();
-            append_round(&log, &streams, 30).await;
-            let live = ProjectionRunner::new(log.clone(), Arc::new(Counts));
-            assert_eq!(live.catch_up().await.expect("catch up"), 30);
-            let model = counts(&log).await;
+            let model = live_model(&log, 3, 30).await;
 
             let key = ProjectionRunner::<$log, Counts>::rebuild_checkpoint_name("counts");
             let projection = MovedUnderIt { log: log.clone(), key, moved: Default::default() };
