@@ -201,7 +201,7 @@ async fn setup(name: &str, fetch_wait: u64) -> Setup {
                     // a minute after their last consumer left.
                     format!(
                         "amqp://guest:guest@127.0.0.1:5672/%2f?queue_expires_ms=60000{}",
-                        params("KEEL_BENCH_AMQP_PARAMS", '&')
+                        params("KEEL_BENCH_AMQP_PARAMS")
                     ),
                 ),
                 ("KEEL_NAMESPACE", namespace),
@@ -215,7 +215,7 @@ async fn setup(name: &str, fetch_wait: u64) -> Setup {
                     "KEEL_BUS_URL",
                     format!(
                         "kafka://127.0.0.1:9092?profile=tansu&rdkafka.fetch.wait.max.ms={fetch_wait}{}",
-                        params("KEEL_BENCH_KAFKA_PARAMS", '&')
+                        params("KEEL_BENCH_KAFKA_PARAMS")
                     ),
                 ),
                 ("KEEL_NAMESPACE", namespace),
@@ -226,13 +226,13 @@ async fn setup(name: &str, fetch_wait: u64) -> Setup {
 }
 
 /// More parameters for a set-up's `KEEL_BUS_URL`, from the environment variable `name`
-/// (`a=1&b=2`), after `lead` (`?` or `&`); nothing when it is unset.
-fn params(name: &str, lead: char) -> String {
+/// (`a=1&b=2`), each after a `&`; nothing when it is unset.
+fn params(name: &str) -> String {
     std::env::var(name)
         .ok()
         .map(|params| params.trim_start_matches(['?', '&']).to_owned())
         .filter(|params| !params.is_empty())
-        .map(|params| format!("{lead}{params}"))
+        .map(|params| format!("&{params}"))
         .unwrap_or_default()
 }
 
