@@ -30,6 +30,9 @@ pub struct ConsulRegistry {
     wait: Duration,
     backoff: Backoff,
     min_query_interval: Duration,
+    /// How often a watch whose blocking query is still waiting checks, with a plain
+    /// read, that the agent's index has not gone backwards.
+    probe_interval: Duration,
     /// The ACL token sent as `X-Consul-Token` on every request.
     token: Option<reqwest::header::HeaderValue>,
 }
@@ -72,6 +75,7 @@ impl ConsulRegistry {
             wait: Duration::from_secs(60),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             min_query_interval: Duration::from_millis(50),
+            probe_interval: Duration::from_secs(5),
             token: None,
         })
     }
@@ -118,6 +122,15 @@ impl ConsulRegistry {
     #[must_use]
     pub fn with_wait(mut self, wait: Duration) -> Self {
         self.wait = wait.clamp(Duration::from_millis(1), Duration::from_secs(600));
+        self
+    }
+
+    /// How often a watch whose blocking query is still waiting reads the service
+    /// once more without blocking (default 5 s), to find out whether the agent lost
+    /// its state meanwhile (see [`Registry::watch`] on [`ConsulRegistry`]).
+    #[must_use]
+    pub fn with_probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval.max(Duration::from_millis(1));
         self
     }
 
@@ -261,6 +274,13 @@ impl Registry for ConsulRegistry {
 
     /// Spawns the watch task on the current Tokio runtime; outside one, the returned
     /// [`Watch`] stays empty and reports [`RegistryError::Closed`].
+    ///
+    /// The task follows the service with blocking queries. While one waits, it reads
+    /// the service without blocking every probe interval
+    /// ([`ConsulRegistry::with_probe_interval`]): an agent that restarted between two
+    /// queries (a dev agent, or a server whose state was restored) answers with an
+    /// index below the one the query blocks on, and would hold that query for its
+    /// whole `wait` while instances come and go unseen.
     fn watch(&self, service: &str) -> Watch {
         let (tx, rx) = watch::channel(Arc::<[Instance]>::from(Vec::new()));
         match tokio::runtime::Handle::try_current() {
@@ -288,6 +308,44 @@ pub fn next_index(previous: u64, returned: u64) -> u64 {
     }
 }
 
+/// One blocking query on `index`, probed while it waits: `None` once every receiver
+/// of `tx` is gone. A probe (a plain read) that finds the agent's index below `index`
+/// stands in for the query's answer; the caller's [`next_index`] then resets.
+async fn blocking_query(
+    registry: &ConsulRegistry,
+    service: &str,
+    index: u64,
+    tx: &watch::Sender<Arc<[Instance]>>,
+) -> Option<Result<(u64, Vec<Instance>), RegistryError>> {
+    let query = registry.query(service, Some(index));
+    tokio::pin!(query);
+    loop {
+        let probe = async {
+            tokio::time::sleep(registry.probe_interval).await;
+            registry.query(service, None).await
+        };
+        tokio::select! {
+            outcome = &mut query => return Some(outcome),
+            () = tx.closed() => return None,
+            probed = probe, if index > 0 => {
+                // A failed probe changes nothing (the agent may be on its way back);
+                // the next one asks again.
+                if let Ok((returned, instances)) = probed
+                    && returned < index
+                {
+                    tracing::info!(
+                        service,
+                        blocked_on = index,
+                        returned,
+                        "the Consul agent's index went backwards (a restart?); reading afresh"
+                    );
+                    return Some(Ok((returned, instances)));
+                }
+            }
+        }
+    }
+}
+
 /// Keeps `tx` filled with the passing instances of `service` until every receiver is
 /// gone. On errors the last snapshot stays and the query is retried with backoff, as a
 /// non-blocking read first.
@@ -305,10 +363,8 @@ async fn run_watch(registry: ConsulRegistry, service: String, tx: watch::Sender<
             }
         }
         last_start = Some(Instant::now());
-        let query = registry.query(&service, Some(index));
-        let outcome = tokio::select! {
-            outcome = query => outcome,
-            () = tx.closed() => return,
+        let Some(outcome) = blocking_query(&registry, &service, index, &tx).await else {
+            return;
         };
         match outcome {
             Ok((returned, instances)) => {

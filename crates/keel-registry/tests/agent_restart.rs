@@ -3,8 +3,10 @@
 //! watch that blocked with the old, higher index would be held for its whole `wait`
 //! (the re-registrations leave the new index below the old one) and miss an instance
 //! that moved meanwhile; after the failed query it starts again with a plain read and
-//! sees the new instance at once. The test starts its own agent (`consul` on PATH, as
-//! scripts/services.sh installs it), never the shared one.
+//! sees the new instance at once. When the query's connection dies silently instead
+//! (no error reaches the watch), the watch's probe finds the restarted agent. The tests
+//! start their own agent (`consul` on PATH, as scripts/services.sh installs it), never
+//! the shared one.
 
 #![cfg(feature = "integration")]
 #![allow(clippy::unwrap_used)]
@@ -142,6 +144,69 @@ async fn a_watch_follows_a_restarted_agent_at_once() {
     tokio::time::timeout(Duration::from_secs(60), follows).await.unwrap_or_else(|_| {
         panic!(
             "the watch still shows {:?} a minute after the agent came back with port 2 only",
+            ports(&watch.snapshot())
+        )
+    });
+}
+
+/// A loopback TCP proxy to `upstream` that never tells a client its upstream
+/// connection ended: the client's request hangs, as on a connection a firewall or NAT
+/// dropped without a reset.
+async fn silent_proxy(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                // Hold the client's side open, unanswered.
+                std::future::pending::<()>().await;
+                drop(client_write);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_query_hangs_finds_the_restarted_agent_by_its_probe() {
+    let mut agent = Agent::start().await;
+    let registry = ConsulRegistry::new(&agent.url).unwrap();
+    let upstream = agent.url.trim_start_matches("http://").parse().unwrap();
+    let proxied = ConsulRegistry::new(&format!("http://{}", silent_proxy(upstream).await))
+        .unwrap()
+        .with_wait(Duration::from_secs(600))
+        .with_probe_interval(Duration::from_millis(500));
+    let service = common::unique("keel-probe");
+    for n in 2..40 {
+        registry.register(&instance(&service, n)).await.unwrap();
+        registry.deregister(&format!("{service}-{n}")).await.unwrap();
+    }
+    registry.register(&instance(&service, 1)).await.unwrap();
+    let mut watch = proxied.watch(&service);
+    while ports(&watch.snapshot()) != [1] {
+        watch.changed().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The blocking query's connection now hangs for good: the restart gives the watch
+    // no error, and the query would be held for its whole wait (ten minutes).
+    agent.restart().await;
+    registry.register(&instance(&service, 2)).await.unwrap();
+
+    let follows = async {
+        while ports(&watch.snapshot()) != [2] {
+            watch.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), follows).await.unwrap_or_else(|_| {
+        panic!(
+            "the watch still shows {:?} 20 s after the agent came back with port 2 only",
             ports(&watch.snapshot())
         )
     });

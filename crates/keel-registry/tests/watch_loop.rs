@@ -206,3 +206,74 @@ async fn stops_when_the_last_watch_is_dropped() {
     assert_eq!(h.seen.lock().unwrap().len(), before, "no query after the last Watch is gone");
     server.stop();
 }
+
+/// A fake agent that holds a blocking query as Consul does: while the index asked for
+/// is not below its own, until the query's `wait` (here: for good).
+#[derive(Clone, Default)]
+struct Agent {
+    state: Arc<Mutex<(u64, Vec<&'static str>)>>,
+    /// The `index` of every query, `None` for a plain read.
+    seen: Arc<Mutex<Vec<Option<u64>>>>,
+}
+
+async fn agent_health(
+    State(agent): State<Agent>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let asked: Option<u64> = query.get("index").and_then(|i| i.parse().ok());
+    agent.seen.lock().unwrap().push(asked);
+    let (index, ids) = agent.state.lock().unwrap().clone();
+    if asked.is_some_and(|asked| asked >= index) {
+        std::future::pending::<()>().await;
+    }
+    let entries: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            json!({"Node": {"Address": "10.0.0.1"},
+                   "Service": {"ID": id, "Service": "users", "Address": "", "Port": 80, "Tags": [], "Meta": {}}})
+        })
+        .collect();
+    ([("x-consul-index", index.to_string())], axum::Json(entries)).into_response()
+}
+
+async fn until_asked(agent: &Agent, index: Option<u64>) {
+    let asked = async {
+        while !agent.seen.lock().unwrap().contains(&index) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), asked).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_agent_that_lost_its_index_between_two_queries_is_found_by_the_probe() {
+    let agent = Agent::default();
+    *agent.state.lock().unwrap() = (10, vec!["a"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route("/v1/health/service/{name}", axum::routing::get(agent_health))
+        .with_state(agent.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let registry = registry(addr).with_probe_interval(Duration::from_millis(200));
+    let mut watch = registry.watch("users");
+    until(&mut watch, &["a"]).await;
+    // The loop now blocks on index 10, and the agent holds it (a minute by default).
+    until_asked(&agent, Some(10)).await;
+
+    // The agent restarts between two queries and comes back with its index near zero
+    // and other instances: the held query never errs, and would be held for its wait.
+    *agent.state.lock().unwrap() = (3, vec!["b"]);
+    let found = async {
+        while ids(&watch.snapshot()) != ["b"] {
+            watch.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), found)
+        .await
+        .expect("the probe finds the agent's index below the one the query blocks on");
+    // It then follows the new agent: blocking on the new agent's index.
+    until_asked(&agent, Some(3)).await;
+    server.abort();
+}
