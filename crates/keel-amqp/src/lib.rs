@@ -68,7 +68,9 @@
 //!
 //! `publish` returns once the broker has confirmed every message of the batch
 //! (publisher confirms). A nacked message fails the batch with `BusError::Rejected`,
-//! an unroutable one with `BusError::Unroutable`, and one the broker or the encoder
+//! an unroutable one with `BusError::Unroutable` (`publish_routed`, which the relay
+//! uses, confirms the rest of the batch instead and names the returned events by their
+//! message ids, so the routed ones go out once), and one the broker or the encoder
 //! can never take (over RabbitMQ's `max_message_size`, which it answers with 406
 //! PRECONDITION_FAILED at publish; an event type longer than a routing key's 255
 //! bytes) with `BusError::Unpublishable`; a connection lost before the confirms came fails it with
@@ -253,15 +255,18 @@ impl AmqpBus {
     fn check_open(&self) -> Result<(), BusError> {
         if *self.shared.closed.borrow() { Err(BusError::Closed) } else { Ok(()) }
     }
-}
 
-#[async_trait]
-impl Publisher for AmqpBus {
-    async fn publish(&self, topic: &str, events: &[CloudEvent]) -> Result<(), BusError> {
+    /// Publishes `events` to `topic`'s exchange, confirmed and mandatory; what the
+    /// broker returned as unroutable comes back, for the caller to judge.
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        events: &[CloudEvent],
+    ) -> Result<publisher::Returned, BusError> {
         validate_topic(topic)?;
         self.check_open()?;
         if events.is_empty() {
-            return Ok(());
+            return Ok(publisher::Returned::default());
         }
         let exchange = names::topic_exchange(topic);
         let exchange_name = headers::short(&exchange, "exchange name")?;
@@ -277,19 +282,63 @@ impl Publisher for AmqpBus {
             })
             .await;
         let result = match declared {
-            Ok(()) => lease.send(messages).await,
+            Ok(()) => lease.send_returning(messages).await,
             Err(error) => Err(error),
         };
         drop(lease);
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!(
-            "keel_published_total",
-            "backend" => "amqp",
-            "topic" => topic.to_owned(),
-            "outcome" => outcome,
-        )
-        .increment(events.len() as u64);
+        let count = |outcome: &'static str, n: usize| {
+            if n == 0 {
+                return;
+            }
+            metrics::counter!(
+                "keel_published_total",
+                "backend" => "amqp",
+                "topic" => topic.to_owned(),
+                "outcome" => outcome,
+            )
+            .increment(n as u64);
+        };
+        match &result {
+            Ok(returned) => {
+                count("ok", events.len() - returned.ids.len());
+                count("unroutable", returned.ids.len());
+            }
+            Err(_) => count("error", events.len()),
+        }
         result
+    }
+}
+
+#[async_trait]
+impl Publisher for AmqpBus {
+    async fn publish(&self, topic: &str, events: &[CloudEvent]) -> Result<(), BusError> {
+        match self.publish_batch(topic, events).await?.into_error() {
+            None => Ok(()),
+            Some(unroutable) => Err(unroutable),
+        }
+    }
+
+    /// One batch, confirmed, with the messages RabbitMQ returned named by their ids.
+    async fn publish_routed(
+        &self,
+        topic: &str,
+        events: &[CloudEvent],
+    ) -> Result<Vec<String>, BusError> {
+        let returned = self.publish_batch(topic, events).await?;
+        if returned.ids.iter().all(Option::is_some) {
+            return Ok(returned.ids.into_iter().flatten().collect());
+        }
+        // A returned message without its id (not one Keel encoded): find them one
+        // by one, as the trait's default does.
+        let mut unrouted = Vec::new();
+        for event in events {
+            match self.publish(topic, std::slice::from_ref(event)).await {
+                Ok(()) => {}
+                Err(BusError::Unroutable(_)) => unrouted.push(event.id().to_owned()),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(unrouted)
     }
 
     /// To the group's queue `keel.<topic>:<group>` through the default exchange,

@@ -8,10 +8,11 @@
 //!
 //! Within a lease the batch is pipelined: every `basic.publish` is queued (in order,
 //! each with its delivery tag) before the first confirm is awaited, in windows of
-//! `confirm_window` messages. A batch succeeds only when every message is acked and
-//! none came back unroutable; a nack, a return, a lost channel or connection, or no
-//! confirm within `publish_timeout` fails it, and the caller retries the whole batch
-//! (at-least-once).
+//! `confirm_window` messages. A batch succeeds when every message is acked; the
+//! messages the broker returned as unroutable (`mandatory`: no queue bound) are
+//! reported by their message ids, and the caller decides whether that is an error. A
+//! nack, a lost channel or connection, or no confirm within `publish_timeout` fails
+//! it, and the caller retries the whole batch (at-least-once).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -23,6 +24,7 @@ use std::task::Context;
 
 use futures::future::{MaybeDone, maybe_done};
 use keel_core::BusError;
+use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -227,8 +229,21 @@ impl Lease<'_> {
     }
 
     /// Publishes `messages` in order and returns once the broker has confirmed all of
-    /// them (see the module docs).
+    /// them; a message it returned as unroutable is an error
+    /// ([`BusError::Unroutable`]).
     pub(crate) async fn send(&mut self, messages: Vec<Outgoing>) -> Result<(), BusError> {
+        match self.send_returning(messages).await?.into_error() {
+            None => Ok(()),
+            Some(unroutable) => Err(unroutable),
+        }
+    }
+
+    /// Publishes `messages` in order and returns once the broker has confirmed all of
+    /// them, with those it returned as unroutable (see the module docs).
+    pub(crate) async fn send_returning(
+        &mut self,
+        messages: Vec<Outgoing>,
+    ) -> Result<Returned, BusError> {
         let timeout = self.owner.config.publish_timeout;
         let window = self.owner.config.confirm_window.max(1);
         let deadline = self.deadline;
@@ -236,15 +251,16 @@ impl Lease<'_> {
         let channel = pc.channel.clone();
         check_blocked(&pc.live)?;
         let mut messages = messages.into_iter();
+        let mut returned = Returned::default();
         loop {
             let chunk: Vec<Outgoing> = messages.by_ref().take(window).collect();
             if chunk.is_empty() {
-                return Ok(());
+                return Ok(returned);
             }
             let confirmed =
                 tokio::time::timeout_at(deadline, publish_window(&channel, chunk)).await;
             match confirmed {
-                Ok(Ok(())) => {}
+                Ok(Ok(window)) => returned.extend(window),
                 Ok(Err(error)) => {
                     // Something declared through this channel may be gone (a retry or
                     // dead-letter queue deleted, say): declare again next time.
@@ -284,11 +300,56 @@ type Issued<'a> = Pin<Box<MaybeDone<BoxedPublish<'a>>>>;
 type BoxedPublish<'a> =
     Pin<Box<dyn Future<Output = lapin::Result<lapin::PublisherConfirm>> + Send + 'a>>;
 
+/// The messages of a publish that the broker returned as unroutable (no queue bound
+/// for their routing key): each one's message id (the event id), and why.
+#[derive(Debug, Default)]
+pub(crate) struct Returned {
+    /// The returned messages' ids; `None` for a message without one (Keel always sets
+    /// it, a foreign message may not).
+    pub(crate) ids: Vec<Option<String>>,
+    /// The broker's reason for the first one.
+    pub(crate) reason: Option<String>,
+}
+
+impl Returned {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn push(&mut self, returned: &BasicReturnMessage) {
+        self.ids.push(returned.delivery.properties.message_id().as_ref().map(|id| id.to_string()));
+        self.reason.get_or_insert_with(|| {
+            format!(
+                "unroutable: exchange `{}` has no queue bound for routing key `{}` ({} {}); \
+                 subscribe a consumer group to the topic first",
+                returned.delivery.exchange,
+                returned.delivery.routing_key,
+                returned.reply_code,
+                returned.reply_text
+            )
+        });
+    }
+
+    fn extend(&mut self, other: Returned) {
+        self.ids.extend(other.ids);
+        if self.reason.is_none() {
+            self.reason = other.reason;
+        }
+    }
+
+    /// As an error, for a publish that wanted every message routed.
+    pub(crate) fn into_error(self) -> Option<BusError> {
+        (!self.is_empty())
+            .then(|| BusError::Unroutable(self.reason.unwrap_or_else(|| "unroutable".to_owned())))
+    }
+}
+
 /// Queues every message of the window, then awaits every confirm; the first failure
 /// (after all confirms are in) is the result, unless a message was refused for what
 /// it is: then that, because the broker closes the channel and the other messages of
-/// the window fail only as a consequence.
-async fn publish_window(channel: &Channel, messages: Vec<Outgoing>) -> Result<(), BusError> {
+/// the window fail only as a consequence. Returned messages are not failures here:
+/// the broker acks them too, and they come back in the result.
+async fn publish_window(channel: &Channel, messages: Vec<Outgoing>) -> Result<Returned, BusError> {
     let mut heads = Vec::with_capacity(messages.len());
     let mut bodies = Vec::with_capacity(messages.len());
     for message in messages {
@@ -309,11 +370,12 @@ async fn publish_window(channel: &Channel, messages: Vec<Outgoing>) -> Result<()
         }
     }
     let mut outcome = Ok(());
+    let mut returned = Returned::default();
     for mut publish in issued {
         publish.as_mut().await;
         let result = match publish.as_mut().take_output() {
             Some(Ok(confirm)) => match confirm.await {
-                Ok(confirmation) => check(confirmation),
+                Ok(confirmation) => check(confirmation, &mut returned),
                 Err(error) => Err(from_lapin_publish("waiting for the publish confirm", &error)),
             },
             Some(Err(error)) => Err(from_lapin_publish("publishing", &error)),
@@ -328,58 +390,76 @@ async fn publish_window(channel: &Channel, messages: Vec<Outgoing>) -> Result<()
             (Err(_), Err(_)) => {}
         }
     }
-    outcome
+    outcome.map(|()| returned)
 }
 
-fn check(confirmation: Confirmation) -> Result<(), BusError> {
+/// One message's confirmation. lapin hands a `basic.return` to whichever confirm
+/// completes next, not necessarily the returned message's own, so a return is
+/// recorded by the message id it carries, apart from this confirm's own outcome.
+fn check(confirmation: Confirmation, returned: &mut Returned) -> Result<(), BusError> {
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-            Err(BusError::Unroutable(format!(
-                "unroutable: exchange `{}` has no queue bound for routing key `{}` ({} {}); \
-                 subscribe a consumer group to the topic first",
-                returned.delivery.exchange,
-                returned.delivery.routing_key,
-                returned.reply_code,
-                returned.reply_text
-            )))
+        Confirmation::Ack(Some(message)) => {
+            returned.push(&message);
+            Ok(())
         }
-        Confirmation::Nack(None) => Err(BusError::Rejected(
-            "the broker refused the message (negative confirm: a queue is full or failed)".into(),
-        )),
+        Confirmation::Nack(Some(message)) => {
+            returned.push(&message);
+            Err(nacked())
+        }
+        Confirmation::Nack(None) => Err(nacked()),
         Confirmation::NotRequested => {
             Err(BusError::Connection("the channel lost confirm mode; publish again".into()))
         }
     }
 }
 
+fn nacked() -> BusError {
+    BusError::Rejected(
+        "the broker refused the message (negative confirm: a queue is full or failed)".into(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use lapin::message::{BasicReturnMessage, Delivery};
+    use lapin::message::Delivery;
 
     use super::*;
 
-    fn returned() -> BasicReturnMessage {
-        BasicReturnMessage {
-            delivery: Delivery::mock(0, "keel.orders".into(), "order.placed".into(), false, vec![]),
-            reply_code: 312,
-            reply_text: "NO_ROUTE".into(),
+    fn returned_message(id: Option<&str>) -> BasicReturnMessage {
+        let mut delivery =
+            Delivery::mock(0, "keel.orders".into(), "order.placed".into(), false, vec![]);
+        if let Some(id) = id {
+            delivery.properties = delivery.properties.with_message_id(id.into());
         }
+        BasicReturnMessage { delivery, reply_code: 312, reply_text: "NO_ROUTE".into() }
     }
 
     #[test]
-    fn only_a_clean_ack_is_success() {
-        assert!(check(Confirmation::Ack(None)).is_ok());
-        let err = check(Confirmation::Ack(Some(returned()))).expect_err("unroutable");
+    fn a_return_is_recorded_by_its_message_id_and_only_a_nack_fails() {
+        let mut returned = Returned::default();
+        assert!(check(Confirmation::Ack(None), &mut returned).is_ok());
+        assert!(returned.is_empty());
+        // A return rides on an ack (whichever message's): recorded, not a failure.
+        assert!(
+            check(Confirmation::Ack(Some(returned_message(Some("e-1")))), &mut returned).is_ok()
+        );
+        // On a nack, both: the return is recorded and the nack fails.
+        let err = check(Confirmation::Nack(Some(returned_message(None))), &mut returned)
+            .expect_err("nacked");
+        assert!(matches!(&err, BusError::Rejected(m) if m.contains("negative confirm")), "{err}");
+        assert_eq!(returned.ids, [Some("e-1".to_owned()), None]);
+        let err = returned.into_error().expect("two returned");
         assert!(
             matches!(&err, BusError::Unroutable(m)
                 if m.contains("unroutable") && m.contains("keel.orders") && m.contains("order.placed")),
             "{err}"
         );
-        let err = check(Confirmation::Nack(None)).expect_err("nacked");
-        assert!(matches!(&err, BusError::Rejected(m) if m.contains("negative confirm")), "{err}");
+        let err = check(Confirmation::Nack(None), &mut Returned::default()).expect_err("nacked");
         assert!(!err.is_retryable());
-        let err = check(Confirmation::NotRequested).expect_err("no confirm mode");
+        let err = check(Confirmation::NotRequested, &mut Returned::default())
+            .expect_err("no confirm mode");
         assert!(err.is_retryable(), "{err}");
+        assert!(Returned::default().into_error().is_none());
     }
 }

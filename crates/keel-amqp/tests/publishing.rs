@@ -39,6 +39,38 @@ async fn types_a_group_did_not_subscribe_are_unroutable() {
     sub.close().await.expect("close");
 }
 
+/// `publish_routed` publishes a batch once and names the events RabbitMQ returned;
+/// the others are confirmed, and arrive once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publish_routed_names_the_events_nobody_takes() {
+    let bus = common::bus().await;
+    let topic = unique("routed");
+    let spec = SubscriptionSpec::new(&topic, "g").types(["keel.test.seq"]);
+    let mut sub = bus.subscribe(spec).await.expect("subscribe");
+    let mut batch = Vec::new();
+    let mut nobody = Vec::new();
+    for n in 0..6 {
+        batch.push(seq_event(n, None));
+        let other = keel_core::CloudEvent::builder("keel.test.other", "/t").build().expect("valid");
+        nobody.push(other.id().to_owned());
+        batch.push(other);
+    }
+    let unrouted = bus.publish_routed(&topic, &batch).await.expect("published");
+    assert_eq!(unrouted, nobody, "the returned events, in batch order");
+    for routed in batch.iter().step_by(2) {
+        let delivery = sub.next().await.expect("open").expect("delivery");
+        assert_eq!(delivery.event().expect("decodes").id(), routed.id());
+        delivery.ack().await.expect("ack");
+    }
+    let more = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
+    assert!(
+        more.is_err(),
+        "nothing twice: {:?}",
+        more.map(|d| d.map(|d| d.map(|d| d.event().map(|e| e.id().to_owned()))))
+    );
+    sub.close().await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_nacked_publish_is_an_error() {
     let bus = common::bus().await;

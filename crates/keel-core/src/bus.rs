@@ -188,6 +188,34 @@ pub trait Publisher: Send + Sync {
     /// caller retries the whole batch (delivery is at-least-once).
     async fn publish(&self, topic: &str, events: &[CloudEvent]) -> BusResult<()>;
 
+    /// Like [`Publisher::publish`], except that events nobody subscribes to do not
+    /// fail the batch: the broker keeps nothing for nobody (RabbitMQ with `mandatory`
+    /// returns them), every other event is confirmed, and the ids of the events that
+    /// went nowhere are returned, in batch order. This is how the relay skips what no
+    /// group takes without publishing the rest of the batch again.
+    ///
+    /// The default publishes the batch, and after a [`BusError::Unroutable`] publishes
+    /// its events again one by one to find the ones nobody takes (the others may then
+    /// go out twice: delivery is at-least-once). A backend that can tell which
+    /// messages came back overrides it.
+    async fn publish_routed(&self, topic: &str, events: &[CloudEvent]) -> BusResult<Vec<String>> {
+        match self.publish(topic, events).await {
+            Ok(()) => Ok(Vec::new()),
+            Err(BusError::Unroutable(_)) => {
+                let mut unrouted = Vec::new();
+                for event in events {
+                    match self.publish(topic, std::slice::from_ref(event)).await {
+                        Ok(()) => {}
+                        Err(BusError::Unroutable(_)) => unrouted.push(event.id().to_owned()),
+                        Err(error) => return Err(error),
+                    }
+                }
+                Ok(unrouted)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Publishes `events` of `topic` to one consumer group only, in order, and returns
     /// once the broker has confirmed every one: how a group created after the events
     /// were published is backfilled from the log without the other groups getting
@@ -433,6 +461,43 @@ mod tests {
         assert!(validate_topic("a b").is_err());
         assert!(validate_topic(&"a".repeat(201)).is_err());
         assert!(SubscriptionSpec::new("t", "g/1").validate().is_err());
+    }
+
+    /// A bus that refuses, as RabbitMQ does, any batch holding an event of type
+    /// `nobody`, and records what it accepted.
+    #[derive(Default)]
+    struct Mandatory {
+        accepted: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Publisher for Mandatory {
+        async fn publish(&self, _topic: &str, events: &[CloudEvent]) -> BusResult<()> {
+            if events.iter().any(|e| e.ty() == "nobody") {
+                return Err(BusError::Unroutable("no queue bound".into()));
+            }
+            let mut accepted =
+                self.accepted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            accepted.extend(events.iter().map(|e| e.id().to_owned()));
+            Ok(())
+        }
+
+        async fn close(&self) -> BusResult<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn publish_routed_by_default_sorts_the_unroutable_out_one_by_one() {
+        let event = |ty: &str| CloudEvent::builder(ty, "/t").build().unwrap();
+        let bus = Mandatory::default();
+        let batch = [event("a"), event("nobody"), event("b")];
+        let unrouted = bus.publish_routed("t", &batch).await.unwrap();
+        assert_eq!(unrouted, [batch[1].id()]);
+        assert_eq!(*bus.accepted.lock().unwrap(), [batch[0].id(), batch[2].id()]);
+        let routed = [event("a")];
+        assert!(bus.publish_routed("t", &routed).await.unwrap().is_empty());
     }
 
     #[test]

@@ -184,6 +184,14 @@ impl Publisher for NamespacedBus {
         self.inner.publish(&self.namespace.qualify(topic), events).await
     }
 
+    async fn publish_routed(
+        &self,
+        topic: &str,
+        events: &[CloudEvent],
+    ) -> Result<Vec<String>, BusError> {
+        self.inner.publish_routed(&self.namespace.qualify(topic), events).await
+    }
+
     async fn publish_to_group(
         &self,
         topic: &str,

@@ -14,7 +14,7 @@
 //! topic) is retried with backoff for ever and never blamed on an event. An event the
 //! bus refuses for what it is ([`BusError::is_unpublishable`]: too large, invalid)
 //! becomes a relay dead letter ([`crate::relay_dlq`]) and the relay goes on; one
-//! nobody subscribes to ([`BusError::Unroutable`]) is skipped, and a group created
+//! nobody subscribes to ([`Publisher::publish_routed`]) is skipped, and a group created
 //! later is backfilled from the log ([`crate::backfill`]). A store error ends the
 //! active phase: the lease is released, and the relay starts again from its
 //! checkpoint.
@@ -266,9 +266,10 @@ impl Relay {
     /// two topics are independent streams to every consumer, so waiting for one
     /// topic's confirmation before publishing another only costs time: a page in which
     /// `order` and `stock` events alternate took a broker round trip per event, which
-    /// capped a Kafka relay near 1 / (the producer's linger) events a second. A batch
-    /// the bus refuses as a whole for what is in it (unroutable, or unpublishable) is
-    /// published again event by event, to find the events to skip or dead-letter.
+    /// capped a Kafka relay near 1 / (the producer's linger) events a second. Events
+    /// nobody subscribes to are skipped within the batch ([`Publisher::publish_routed`]);
+    /// a batch the bus refuses as a whole for what is in it (unpublishable) is
+    /// published again event by event, to find the events to dead-letter.
     async fn publish_page(&self, events: &[LogEvent]) -> Result<()> {
         let mut topics: Vec<(&str, Vec<&LogEvent>)> = Vec::new();
         for event in events {
@@ -287,25 +288,36 @@ impl Relay {
     /// One topic's events of a page, in log order.
     async fn publish_topic(&self, topic: &str, events: &[&LogEvent]) -> Result<()> {
         let batch: Vec<CloudEvent> = events.iter().map(|e| e.event.clone()).collect();
-        if self.publish_confirmed(topic, &batch).await.is_err() {
-            self.publish_one_by_one(events).await?;
+        match self.publish_confirmed(topic, &batch).await {
+            Ok(unrouted) => {
+                self.skipped(topic, &unrouted);
+                Ok(())
+            }
+            Err(Refused(_)) => self.publish_one_by_one(events).await,
         }
-        Ok(())
     }
 
-    /// Publishes `events`, retrying with backoff until the broker confirms them, or
-    /// until the bus says they cannot go out as they are ([`Refused`]). Every other
-    /// error (connection, timeout, back-pressure, a refusal of the whole topic or
-    /// account, a closed bus) is about the bus, not the events: retried for ever,
-    /// never dead-lettered.
-    async fn publish_confirmed(&self, topic: &str, events: &[CloudEvent]) -> Result<(), Refused> {
+    /// Publishes `events`, retrying with backoff until the broker confirms them (the
+    /// ids of those nobody subscribes to come back), or until the bus says they cannot
+    /// go out as they are ([`Refused`]). Every other error (connection, timeout,
+    /// back-pressure, a refusal of the whole topic or account, a closed bus) is about
+    /// the bus, not the events: retried for ever, never dead-lettered.
+    async fn publish_confirmed(
+        &self,
+        topic: &str,
+        events: &[CloudEvent],
+    ) -> Result<Vec<String>, Refused> {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.bus.publish(topic, events).await {
-                Ok(()) => return Ok(()),
-                Err(BusError::Unroutable(reason)) => return Err(Refused::Unroutable(reason)),
-                Err(error) if error.is_unpublishable() => {
-                    return Err(Refused::Unpublishable(error.to_string()));
+            match self.bus.publish_routed(topic, events).await {
+                Ok(unrouted) => return Ok(unrouted),
+                Err(BusError::Unroutable(_)) if events.len() == 1 => {
+                    return Ok(vec![events[0].id().to_owned()]);
+                }
+                Err(error)
+                    if error.is_unpublishable() || matches!(error, BusError::Unroutable(_)) =>
+                {
+                    return Err(Refused(error.to_string()));
                 }
                 Err(error) => {
                     tracing::warn!(relay = %self.name, %topic, %error, ?backoff, "publish failed; retrying");
@@ -317,23 +329,28 @@ impl Relay {
         }
     }
 
-    /// A batch the bus refused as a whole: publishes its events one by one. Those
-    /// nobody subscribes to are skipped (RabbitMQ keeps nothing for nobody; a group
-    /// created later is backfilled from the log, see [`crate::backfill`]); those that
-    /// can never be published become relay dead letters, committed before the relay
-    /// goes past them. Events published before the failure may go out twice:
-    /// delivery is at-least-once.
+    /// Events nobody subscribes to: skipped (RabbitMQ keeps nothing for nobody; a group
+    /// created later is backfilled from the log, see [`crate::backfill`]).
+    fn skipped(&self, topic: &str, unrouted: &[String]) {
+        if unrouted.is_empty() {
+            return;
+        }
+        tracing::debug!(relay = %self.name, %topic, ids = ?unrouted, "nobody subscribes; skipped");
+        metrics::counter!("keel_relay_unroutable_total", "relay" => self.name.clone())
+            .increment(unrouted.len() as u64);
+    }
+
+    /// A batch the bus refused as a whole for what is in it: publishes its events one
+    /// by one. Those nobody subscribes to are skipped; those that can never be
+    /// published become relay dead letters, committed
+    /// before the relay goes past them. Events published before the failure may go out
+    /// twice: delivery is at-least-once.
     async fn publish_one_by_one(&self, events: &[&LogEvent]) -> Result<()> {
         for event in events {
             let topic = &event.topic;
             match self.publish_confirmed(topic, std::slice::from_ref(&event.event)).await {
-                Ok(()) => {}
-                Err(Refused::Unroutable(reason)) => {
-                    tracing::debug!(relay = %self.name, %topic, id = event.event.id(), %reason, "nobody subscribes; skipped");
-                    metrics::counter!("keel_relay_unroutable_total", "relay" => self.name.clone())
-                        .increment(1);
-                }
-                Err(Refused::Unpublishable(reason)) => self.dead_letter(event, reason).await?,
+                Ok(unrouted) => self.skipped(topic, &unrouted),
+                Err(Refused(reason)) => self.dead_letter(event, reason).await?,
             }
         }
         Ok(())
@@ -398,10 +415,8 @@ impl Checkpoints {
     }
 }
 
-/// Why the bus will not take events as they are.
-enum Refused {
-    /// Nobody subscribes to them ([`BusError::Unroutable`]).
-    Unroutable(String),
-    /// Something in them can never be published ([`BusError::is_unpublishable`]).
-    Unpublishable(String),
-}
+/// The bus refused a batch for what is in it: an event that can never be published
+/// ([`BusError::is_unpublishable`]), or, from a bus whose
+/// [`Publisher::publish_routed`] does not sort them out, one nobody subscribes to.
+/// Publishing the events one by one finds which.
+struct Refused(String);
