@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
 use http::{HeaderName, StatusCode, header};
+use keel_core::Backoff;
 use keel_registry::{HealthCheck, Instance, Registration, Registry};
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -178,18 +179,27 @@ impl Service {
             // A registry drops an instance critical for too long (say, its database was
             // down), and a restarted Consul dev agent forgets every instance at once;
             // look as often as the registry checks the instance (one cheap read of the
-            // local agent) and register again once it is gone.
-            let mut audit = tokio::time::interval(audit_interval(&config));
-            audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            audit.tick().await;
+            // local agent) and register again once it is gone. While the registry
+            // does not answer (an agent restarting), look again sooner, so the instance
+            // is back within moments of the agent, not at the next interval.
+            let interval = audit_interval(&config);
+            let unanswered_backoff = Backoff::new(Duration::from_millis(100), interval);
+            let mut next_look = interval;
+            let mut unanswered = 0_u32;
             // Run until asked to stop, or until the server fails by itself.
             let early = loop {
                 tokio::select! {
                     _ = shutdown_rx.wait_for(|stop| *stop) => break None,
                     result = &mut server => break Some(result),
-                    _ = audit.tick() => {}
+                    () = tokio::time::sleep(next_look) => {}
                 }
-                reregister(&*config.registry, &registration).await;
+                next_look = if reregister(&*config.registry, &registration).await {
+                    unanswered = 0;
+                    interval
+                } else {
+                    unanswered = unanswered.saturating_add(1);
+                    unanswered_backoff.delay(unanswered)
+                };
             };
             stopping.send_replace(true);
             let id = &registration.instance.id;
@@ -256,18 +266,26 @@ fn audit_interval(config: &ServiceConfig) -> Duration {
     config.check_interval.min(config.deregister_critical_after / 2).max(Duration::from_millis(10))
 }
 
-/// Registers `registration` again if the registry no longer has it.
-async fn reregister(registry: &dyn Registry, registration: &Registration) {
+/// Registers `registration` again if the registry no longer has it; `false` when the
+/// registry did not answer (or registering again failed).
+async fn reregister(registry: &dyn Registry, registration: &Registration) -> bool {
     let id = &registration.instance.id;
     match registry.is_registered(id).await {
-        Ok(true) => {}
+        Ok(true) => true,
         Ok(false) => {
             tracing::warn!(instance = %id, "the registry dropped this instance; registering again");
-            if let Err(error) = registry.register(registration).await {
-                tracing::warn!(instance = %id, %error, "registering again failed");
+            match registry.register(registration).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(instance = %id, %error, "registering again failed");
+                    false
+                }
             }
         }
-        Err(error) => tracing::debug!(instance = %id, %error, "registry unreachable"),
+        Err(error) => {
+            tracing::debug!(instance = %id, %error, "registry unreachable");
+            false
+        }
     }
 }
 

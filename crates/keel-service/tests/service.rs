@@ -314,3 +314,87 @@ async fn an_instance_the_registry_forgot_registers_again_at_the_next_check() {
         .expect("the instance never registered again");
     until_healthy(&*registry, &name, &[&id]).await;
 }
+
+/// A registry that stops answering while `down` (an agent restarting), counting the
+/// looks it did not answer.
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<InProcessRegistry>,
+    down: std::sync::atomic::AtomicBool,
+    unanswered: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Registry for Flaky {
+    async fn register(
+        &self,
+        registration: &keel_registry::Registration,
+    ) -> Result<(), keel_registry::RegistryError> {
+        self.inner.register(registration).await
+    }
+
+    async fn deregister(&self, instance_id: &str) -> Result<(), keel_registry::RegistryError> {
+        self.inner.deregister(instance_id).await
+    }
+
+    async fn is_registered(&self, instance_id: &str) -> Result<bool, keel_registry::RegistryError> {
+        use std::sync::atomic::Ordering;
+        if self.down.load(Ordering::SeqCst) {
+            self.unanswered.fetch_add(1, Ordering::SeqCst);
+            return Err(keel_registry::RegistryError::Unreachable(
+                "the agent is restarting".into(),
+            ));
+        }
+        self.inner.is_registered(instance_id).await
+    }
+
+    async fn healthy(
+        &self,
+        service: &str,
+    ) -> Result<Vec<keel_registry::Instance>, keel_registry::RegistryError> {
+        self.inner.healthy(service).await
+    }
+
+    fn watch(&self, service: &str) -> keel_registry::Watch {
+        self.inner.watch(service)
+    }
+}
+
+/// While the registry does not answer, the instance looks again within moments, not
+/// at its next check: back in the registry soon after the agent is (before, up to a
+/// whole check interval later).
+#[tokio::test]
+async fn an_instance_registers_again_soon_after_an_unanswering_registry_is_back() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    let inner = registry();
+    let flaky = Arc::new(Flaky { inner: inner.clone(), down: false.into(), unanswered: 0.into() });
+    let mut config = config(flaky.clone());
+    // Far longer than the test waits once the registry is back.
+    config.check_interval = Duration::from_secs(3);
+    config.deregister_critical_after = Duration::from_secs(3600);
+    let name = config.name.clone();
+    let h = start(config, Readiness::new()).await;
+    let id = h.running.instance_id().to_owned();
+    until_healthy(&*inner, &name, &[&id]).await;
+
+    // The agent goes away and comes back empty; the instance's first look finds it away.
+    flaky.down.store(true, Ordering::SeqCst);
+    inner.deregister(&id).await.unwrap();
+    let looked = async {
+        while flaky.unanswered.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), looked).await.unwrap();
+    flaky.down.store(false, Ordering::SeqCst);
+    let back = async {
+        while !inner.is_registered(&id).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(1500), back)
+        .await
+        .expect("registered again within moments of the registry's return");
+}
