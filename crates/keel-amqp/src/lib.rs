@@ -330,15 +330,7 @@ impl Publisher for AmqpBus {
         }
         // A returned message without its id (not one Keel encoded): find them one
         // by one, as the trait's default does.
-        let mut unrouted = Vec::new();
-        for event in events {
-            match self.publish(topic, std::slice::from_ref(event)).await {
-                Ok(()) => {}
-                Err(BusError::Unroutable(_)) => unrouted.push(event.id().to_owned()),
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(unrouted)
+        keel_core::bus::publish_one_by_one(self, topic, events).await
     }
 
     /// To the group's queue `keel.<topic>:<group>` through the default exchange,

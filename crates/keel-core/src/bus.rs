@@ -201,17 +201,7 @@ pub trait Publisher: Send + Sync {
     async fn publish_routed(&self, topic: &str, events: &[CloudEvent]) -> BusResult<Vec<String>> {
         match self.publish(topic, events).await {
             Ok(()) => Ok(Vec::new()),
-            Err(BusError::Unroutable(_)) => {
-                let mut unrouted = Vec::new();
-                for event in events {
-                    match self.publish(topic, std::slice::from_ref(event)).await {
-                        Ok(()) => {}
-                        Err(BusError::Unroutable(_)) => unrouted.push(event.id().to_owned()),
-                        Err(error) => return Err(error),
-                    }
-                }
-                Ok(unrouted)
-            }
+            Err(BusError::Unroutable(_)) => publish_one_by_one(self, topic, events).await,
             Err(error) => Err(error),
         }
     }
@@ -238,6 +228,25 @@ pub trait Publisher: Send + Sync {
     /// Waits for everything already accepted to be confirmed; later publishes fail
     /// with [`BusError::Closed`].
     async fn close(&self) -> BusResult<()>;
+}
+
+/// Publishes `events` one at a time and returns the ids of those nobody subscribes to
+/// ([`BusError::Unroutable`]): how [`Publisher::publish_routed`]'s default finds
+/// them after a batch was refused, for a backend's own override to fall back on.
+pub async fn publish_one_by_one<P: Publisher + ?Sized>(
+    publisher: &P,
+    topic: &str,
+    events: &[CloudEvent],
+) -> BusResult<Vec<String>> {
+    let mut unrouted = Vec::new();
+    for event in events {
+        match publisher.publish(topic, std::slice::from_ref(event)).await {
+            Ok(()) => {}
+            Err(BusError::Unroutable(_)) => unrouted.push(event.id().to_owned()),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(unrouted)
 }
 
 /// Joins consumer groups.

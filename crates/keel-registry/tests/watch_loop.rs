@@ -67,14 +67,17 @@ async fn health(
     let Some((index, ids)) = step else {
         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, close).into_response();
     };
-    let entries: Vec<_> = ids
-        .iter()
+    ([("x-consul-index", index.to_string())], close, axum::Json(entries(&ids))).into_response()
+}
+
+/// Consul's health entries for passing instances `ids` of `users`.
+fn entries(ids: &[&str]) -> Vec<serde_json::Value> {
+    ids.iter()
         .map(|id| {
             json!({"Node": {"Address": "10.0.0.1"},
                    "Service": {"ID": id, "Service": "users", "Address": "", "Port": 80, "Tags": [], "Meta": {}}})
         })
-        .collect();
-    ([("x-consul-index", index.to_string())], close, axum::Json(entries)).into_response()
+        .collect()
 }
 
 async fn serve(listener: tokio::net::TcpListener, fake: Fake) -> Server {
@@ -226,14 +229,7 @@ async fn agent_health(
     if asked.is_some_and(|asked| asked >= index) {
         std::future::pending::<()>().await;
     }
-    let entries: Vec<_> = ids
-        .iter()
-        .map(|id| {
-            json!({"Node": {"Address": "10.0.0.1"},
-                   "Service": {"ID": id, "Service": "users", "Address": "", "Port": 80, "Tags": [], "Meta": {}}})
-        })
-        .collect();
-    ([("x-consul-index", index.to_string())], axum::Json(entries)).into_response()
+    ([("x-consul-index", index.to_string())], axum::Json(entries(&ids))).into_response()
 }
 
 async fn until_asked(agent: &Agent, index: Option<u64>) {

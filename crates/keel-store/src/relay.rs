@@ -342,9 +342,9 @@ impl Relay {
 
     /// A batch the bus refused as a whole for what is in it: publishes its events one
     /// by one. Those nobody subscribes to are skipped; those that can never be
-    /// published become relay dead letters, committed
-    /// before the relay goes past them. Events published before the failure may go out
-    /// twice: delivery is at-least-once.
+    /// published become relay dead letters, committed before the relay goes past them.
+    /// Events published before the failure may go out twice: delivery is
+    /// at-least-once.
     async fn publish_one_by_one(&self, events: &[&LogEvent]) -> Result<()> {
         for event in events {
             let topic = &event.topic;
