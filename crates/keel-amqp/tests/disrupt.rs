@@ -10,6 +10,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,18 +32,23 @@ async fn isolated_url() -> String {
     url.to_string()
 }
 
-/// Publishes `count` events one at a time, retrying what failed (at-least-once, as
-/// the relay does); returns the ids whose publish was confirmed. Records how many
-/// publishes failed retryably.
+/// Publishes events one at a time until `stop` is set, retrying what failed
+/// (at-least-once, as the relay does); returns the ids whose publish was confirmed.
+/// Records how many publishes failed retryably. It runs until the test has done its
+/// damage, not for a fixed count: on a fast machine a fixed count was done before the
+/// later cuts, and a cut between two publishes may fail none of them.
 fn publisher(
     bus: Arc<dyn Bus>,
     topic: String,
-    count: u64,
+    stop: Arc<AtomicBool>,
     failures: Arc<Mutex<Vec<String>>>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
     tokio::spawn(async move {
         let mut confirmed = Vec::new();
-        for i in 0..count {
+        for i in 0.. {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
             let event = seq_event(i, Some(&format!("key-{}", i % 7)));
             loop {
                 match tokio::time::timeout(
@@ -126,18 +132,24 @@ async fn disrupt_close_all_connections() {
     let topic = unique("disrupt-close");
     let (seen, handle) = consumer(&bus, &topic).await;
     let failures = Arc::new(Mutex::new(Vec::new()));
-    let publishing = publisher(bus.clone(), topic.clone(), 1500, failures.clone());
-    for _ in 0..4 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = publisher(bus.clone(), topic.clone(), stop.clone(), failures.clone());
+    // At least four cuts, and until one of them has failed a publish.
+    for cut in 1.. {
         tokio::time::sleep(Duration::from_millis(600)).await;
         common::rabbitmqctl(&["close_all_connections", "--vhost", VHOST, "keel disrupt test"])
             .await;
+        if cut >= 4 && !failures.lock().expect("not poisoned").is_empty() {
+            break;
+        }
+        assert!(cut < 30, "30 cuts of every connection failed no publish");
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
     let confirmed = publishing.await.expect("publisher");
-    assert_eq!(confirmed.len(), 1500);
+    assert!(confirmed.len() > 100, "only {} publishes confirmed", confirmed.len());
     wait_for_all(&seen, &confirmed).await;
     handle.stop().await.expect("stop");
-    let failures = failures.lock().expect("not poisoned").clone();
-    assert!(!failures.is_empty(), "the connections really were cut while publishing");
     Publisher::close(&*bus).await.expect("close");
 }
 
@@ -148,7 +160,8 @@ async fn disrupt_broker_stop_start() {
     let topic = unique("disrupt-restart");
     let (seen, handle) = consumer(&bus, &topic).await;
     let failures = Arc::new(Mutex::new(Vec::new()));
-    let publishing = publisher(bus.clone(), topic.clone(), 1000, failures.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = publisher(bus.clone(), topic.clone(), stop.clone(), failures.clone());
     tokio::time::sleep(Duration::from_millis(800)).await;
     let stopped = common::stop_broker().await;
     // While the broker is away a publish fails at once, retryably, rather than hang.
@@ -162,8 +175,11 @@ async fn disrupt_broker_stop_start() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     common::start_broker(stopped).await;
+    // Some publishes on the broker that came back, then stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
     let confirmed = publishing.await.expect("publisher");
-    assert_eq!(confirmed.len(), 1000);
+    assert!(confirmed.len() > 100, "only {} publishes confirmed", confirmed.len());
     wait_for_all(&seen, &confirmed).await;
     handle.stop().await.expect("stop");
     assert!(!failures.lock().expect("not poisoned").is_empty(), "publishes failed meanwhile");
