@@ -166,6 +166,7 @@ mod publisher;
 mod subscription;
 mod topology;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -174,6 +175,7 @@ use keel_core::bus::{DeadLetter, DeadLetterId, GroupDepth, validate_topic};
 use keel_core::{
     BusError, CloudEvent, DeadLetters, Publisher, Subscriber, Subscription, SubscriptionSpec,
 };
+use lapin::types::ShortString;
 use tokio::sync::watch;
 
 pub use crate::config::{AmqpConfig, QueueType};
@@ -325,12 +327,17 @@ impl Publisher for AmqpBus {
         events: &[CloudEvent],
     ) -> Result<Vec<String>, BusError> {
         let returned = self.publish_batch(topic, events).await?;
-        if returned.ids.iter().all(Option::is_some) {
-            return Ok(returned.ids.into_iter().flatten().collect());
+        let unnamed = returned.ids.iter().any(Option::is_none);
+        let mut unrouted: HashSet<String> = returned.ids.into_iter().flatten().collect();
+        if unnamed {
+            // Only an event whose id does not fit a message id (over 255 bytes) comes
+            // back without one: publish those alone to learn which (a routed one then
+            // goes out twice: at-least-once).
+            let long: Vec<CloudEvent> =
+                events.iter().filter(|e| ShortString::try_new(e.id()).is_err()).cloned().collect();
+            unrouted.extend(keel_core::bus::publish_one_by_one(self, topic, &long).await?);
         }
-        // A returned message without its id (not one Keel encoded): find them one
-        // by one, as the trait's default does.
-        keel_core::bus::publish_one_by_one(self, topic, events).await
+        Ok(events.iter().filter(|e| unrouted.contains(e.id())).map(|e| e.id().to_owned()).collect())
     }
 
     /// To the group's queue `keel.<topic>:<group>` through the default exchange,

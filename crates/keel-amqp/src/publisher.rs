@@ -304,8 +304,8 @@ type BoxedPublish<'a> =
 /// for their routing key): each one's message id (the event id), and why.
 #[derive(Debug, Default)]
 pub(crate) struct Returned {
-    /// The returned messages' ids; `None` for a message without one (Keel always sets
-    /// it, a foreign message may not).
+    /// The returned messages' ids; `None` for a message without one (an event id over
+    /// 255 bytes does not fit an AMQP message id and travels in the headers only).
     pub(crate) ids: Vec<Option<String>>,
     /// The broker's reason for the first one.
     pub(crate) reason: Option<String>,

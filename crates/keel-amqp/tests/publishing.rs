@@ -55,9 +55,17 @@ async fn publish_routed_names_the_events_nobody_takes() {
         nobody.push(other.id().to_owned());
         batch.push(other);
     }
+    // An id too long for an AMQP message id (256 bytes, the most a CloudEvent may
+    // have) comes back unnamed; it is still told apart from the routed events.
+    let long = keel_core::CloudEvent::builder("keel.test.other", "/t")
+        .id("x".repeat(256))
+        .build()
+        .expect("valid");
+    nobody.push(long.id().to_owned());
+    batch.push(long);
     let unrouted = bus.publish_routed(&topic, &batch).await.expect("published");
     assert_eq!(unrouted, nobody, "the returned events, in batch order");
-    for routed in batch.iter().step_by(2) {
+    for routed in batch[..12].iter().step_by(2) {
         let delivery = sub.next().await.expect("open").expect("delivery");
         assert_eq!(delivery.event().expect("decodes").id(), routed.id());
         delivery.ack().await.expect("ack");
