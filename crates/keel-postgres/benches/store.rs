@@ -8,7 +8,8 @@
 //! into a table with the same indexes (`LIKE keel_events INCLUDING ALL`), without the
 //! stream head, the concurrency check or the notification. Replay compares
 //! `EventLog::replay` (rows decoded into CloudEvents) with one raw `SELECT` of the same
-//! columns decoded into tuples.
+//! columns decoded into tuples; paging compares `EventLog::read_after` (subscription
+//! order, as the relay and the projections read) with keyset pages on `position`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use keel_core::{CloudEvent, ExpectedVersion, Position, StreamId};
 use keel_postgres::{PgEventLog, PgOptions};
-use keel_store::{EventLog, LogQuery, SqlEventLog};
+use keel_store::{Cursor, EventLog, LogFilter, LogQuery, SqlEventLog};
 use sqlx::{Connection, PgPool};
 
 const CLIENTS: usize = 8;
@@ -24,6 +25,8 @@ const SINGLE_PER_CLIENT: usize = 2_000;
 const BATCH: usize = 100;
 const BATCHES_PER_CLIENT: usize = 100;
 const REPLAY_EVENTS: usize = 200_000;
+/// Events per page in the paging row (the relay's default page).
+const PAGE: usize = 5_000;
 
 fn event(n: usize) -> CloudEvent {
     CloudEvent::builder("bench.order-placed", "/bench")
@@ -150,37 +153,74 @@ async fn replay_keel(log: &PgEventLog) -> (f64, usize) {
     (count as f64 / started.elapsed().as_secs_f64(), count)
 }
 
+/// An event row as the raw side decodes it ([`RAW_COLUMNS`]).
+type RawRow = (
+    i64,
+    i64,
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    chrono::DateTime<chrono::Utc>,
+    Option<String>,
+    Option<String>,
+    Option<Vec<u8>>,
+    String,
+);
+
+/// The columns Keel reads, for the raw side.
+const RAW_COLUMNS: &str =
+    "position, epoch, transaction_id, stream_id, stream_version, event_id, topic,
+    event_type, source, time, datacontenttype, dataschema, data, extensions::text";
+
 /// One `SELECT` of the same columns over the whole table, rows decoded into tuples of
 /// owned values (what any sqlx reader does at the least).
 async fn replay_raw(pool: &PgPool) -> (f64, usize) {
-    type Row = (
-        i64,
-        i64,
-        i64,
-        String,
-        i64,
-        String,
-        String,
-        String,
-        String,
-        chrono::DateTime<chrono::Utc>,
-        Option<String>,
-        Option<String>,
-        Option<Vec<u8>>,
-        String,
-    );
     let started = Instant::now();
-    let mut rows = sqlx::query_as::<_, Row>(
-        "SELECT position, epoch, transaction_id, stream_id, stream_version, event_id, topic, event_type, source, time,
-                datacontenttype, dataschema, data, extensions::text
-         FROM keel_events WHERE position > $1 ORDER BY position",
-    )
-    .bind(0_i64)
-    .fetch(pool);
+    let sql =
+        format!("SELECT {RAW_COLUMNS} FROM keel_events WHERE position > $1 ORDER BY position");
+    let mut rows = sqlx::query_as::<_, RawRow>(&sql).bind(0_i64).fetch(pool);
     let mut count = 0;
     while let Some(row) = rows.next().await {
-        let _row: Row = row.expect("select");
+        let _row: RawRow = row.expect("select");
         count += 1;
+    }
+    (count as f64 / started.elapsed().as_secs_f64(), count)
+}
+
+/// Pages of the log in subscription order, as the relay and the projections read it
+/// (`EventLog::read_after`, which also reads the snapshot's horizon).
+async fn pages_keel(log: &PgEventLog) -> (f64, usize) {
+    let started = Instant::now();
+    let (mut cursor, mut count) = (Cursor::START, 0);
+    loop {
+        let page = log.read_after(cursor, &LogFilter::default(), PAGE).await.expect("read");
+        let Some(last) = page.events.last() else { break };
+        cursor = last.cursor;
+        count += page.events.len();
+    }
+    (count as f64 / started.elapsed().as_secs_f64(), count)
+}
+
+/// The same pages by plain keyset paging on `position`, rows decoded into tuples.
+async fn pages_raw(pool: &PgPool) -> (f64, usize) {
+    let started = Instant::now();
+    let (mut after, mut count) = (0_i64, 0);
+    loop {
+        let rows: Vec<RawRow> = sqlx::query_as(&format!(
+            "SELECT {RAW_COLUMNS} FROM keel_events WHERE position > $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(after)
+        .bind(i64::try_from(PAGE).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await
+        .expect("select");
+        let Some(last) = rows.last() else { break };
+        after = last.0;
+        count += rows.len();
     }
     (count as f64 / started.elapsed().as_secs_f64(), count)
 }
@@ -271,6 +311,19 @@ async fn main() {
         keel_replay,
         raw_replay,
         ">= 200000/s",
+    );
+    let (mut raw_pages, mut raw_count, mut keel_pages, mut keel_count) = (0f64, 0, 0f64, 0);
+    for _ in 0..rounds {
+        let (rate, count) = pages_raw(&pool).await;
+        (raw_pages, raw_count) = (raw_pages.max(rate), count);
+        let (rate, count) = pages_keel(&log).await;
+        (keel_pages, keel_count) = (keel_pages.max(rate), count);
+    }
+    row(
+        &format!("pages of {PAGE} in order ({keel_count} vs {raw_count} rows)"),
+        keel_pages,
+        raw_pages,
+        "",
     );
 
     drop(log);

@@ -1,7 +1,7 @@
 //! Reading: rows to envelopes, and the read queries.
 
 use chrono::{DateTime, Utc};
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use keel_core::{CloudEvent, Position, StreamId, StreamVersion};
 use keel_store::stored::StoredEvent;
 use keel_store::{Cursor, Direction, LogEvent, LogFilter, LogQuery, Page, Result};
@@ -171,6 +171,9 @@ pub(crate) fn replay(pool: PgPool, query: LogQuery) -> BoxStream<'static, Result
     futures::stream::poll_fn(move |cx| events_rx.poll_recv(cx)).boxed()
 }
 
+/// The most events a page's vector is made room for at its first event.
+const PAGE_CAPACITY: usize = 8_192;
+
 /// Reads after `cursor` in subscription order, only rows whose writer's transaction is
 /// below the snapshot's `xmin` (or from an earlier epoch): every transaction that could
 /// still commit rows sorting before them has ended. The horizon is read in the same
@@ -197,16 +200,21 @@ pub(crate) async fn after(
     if let Some(position) = filter.after_position {
         query = query.bind(signed(position.0));
     }
-    let rows = query.bind(limit(count)).fetch_all(pool).await?;
+    // Each row is decoded as it arrives, while the server goes on sending the next:
+    // a page then takes about the longer of the two, not their sum.
+    let mut rows = query.bind(limit(count)).fetch(pool);
     let mut horizon = 0i64;
-    let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
+    let mut events = Vec::new();
+    while let Some(row) = rows.try_next().await? {
         horizon = row.try_get(0)?;
         // A row of NULLs when nothing matched.
         if row.try_get::<Option<i64>, _>(1)?.is_none() {
             continue;
         }
-        events.push(decode_at(row, 1)?);
+        if events.is_empty() {
+            events.reserve(count.min(PAGE_CAPACITY));
+        }
+        events.push(decode_at(&row, 1)?);
     }
     let mut next = events.last().map_or(cursor, |e| e.cursor);
     if events.len() < count.max(1) {
