@@ -348,7 +348,10 @@ impl CloudEvent {
         if self.source.is_empty() {
             return Err(DecodeError::invalid("source", "must be a non-empty URI-reference"));
         }
-        if self.source.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // Visible ASCII (no space), nearly every source, needs no look at each char.
+        if !self.source.bytes().all(|b| b.is_ascii_graphic())
+            && self.source.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(DecodeError::invalid("source", "a URI-reference has no whitespace"));
         }
         if self.ty.is_empty() {
@@ -534,6 +537,10 @@ fn normalize_trace(extensions: &mut BTreeMap<String, ExtensionValue>) {
 /// A CloudEvents `String`: no control characters (U+0000 to U+001F, U+007F to
 /// U+009F) and no noncharacters.
 fn validate_string(name: &str, value: &str) -> Result<()> {
+    // Printable ASCII, nearly every value, holds neither: one pass over the bytes.
+    if is_printable_ascii(value) {
+        return Ok(());
+    }
     let noncharacter = |c: char| {
         let code = u32::from(c);
         (0xFDD0..=0xFDEF).contains(&code) || code & 0xFFFE == 0xFFFE
@@ -548,6 +555,12 @@ fn validate_string(name: &str, value: &str) -> Result<()> {
         )),
         None => Ok(()),
     }
+}
+
+/// Whether `value` is all printable ASCII (U+0020 to U+007E): no control character
+/// and no noncharacter.
+fn is_printable_ascii(value: &str) -> bool {
+    value.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 /// An extension value within its bound, and a valid CloudEvents `String`.
@@ -772,6 +785,16 @@ mod tests {
             CloudEvent::builder("order\u{1}placed", "/x").build().err().map(|e| e.to_string());
         assert!(err.as_deref().is_some_and(|e| e.contains("`type`")), "{err:?}");
         assert!(CloudEvent::builder("order.placed ünïcode", "/x").build().is_ok());
+    }
+
+    #[test]
+    fn a_source_has_no_whitespace_or_control_character() {
+        for bad in ["/a b", "/a\tb", "/a\u{7f}", "/a\u{a0}b", "/a\u{2003}b", "/a\u{85}"] {
+            assert!(CloudEvent::builder("t", bad).build().is_err(), "source {bad:?}");
+        }
+        for good in ["/orders", "https://example.com/a?b=c#d", "urn:keel:ünïcode"] {
+            assert!(CloudEvent::builder("t", good).build().is_ok(), "source {good:?}");
+        }
     }
 
     #[test]
