@@ -26,6 +26,10 @@
 
 #![allow(clippy::cast_precision_loss, clippy::print_stdout, unreachable_pub)]
 
+// As the `keel` binary, so that the relay and the publish rows measure what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
