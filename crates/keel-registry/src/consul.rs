@@ -233,6 +233,7 @@ impl Registry for ConsulRegistry {
                 interval: go_duration(check.interval),
                 timeout: go_duration(check.timeout),
                 deregister_critical_service_after: go_duration(check.deregister_critical_after),
+                status: check.initially_passing.then_some("passing"),
             }),
         };
         let url = self.endpoint(&["v1", "agent", "service", "register"]);
@@ -452,6 +453,9 @@ struct AgentCheck<'a> {
     interval: String,
     timeout: String,
     deregister_critical_service_after: String,
+    /// The check's first status (Consul's default: critical).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
 }
 
 #[derive(Deserialize)]

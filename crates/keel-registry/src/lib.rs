@@ -50,6 +50,11 @@ pub struct HealthCheck {
     pub timeout: Duration,
     /// After this long critical, the registry removes the instance altogether.
     pub deregister_critical_after: Duration,
+    /// Whether the check starts out passing, so callers find the instance before the
+    /// registry first checks it: set when the instance was ready as it registered.
+    /// Otherwise it starts critical (as Consul's checks do) until a check passes, which
+    /// Consul runs at a random moment within the first `interval`.
+    pub initially_passing: bool,
 }
 
 /// One running instance of a service.

@@ -12,7 +12,8 @@ use tokio::time::Instant;
 use crate::{HealthCheck, Instance, Registration, Registry, RegistryError, Watch};
 
 /// Registrations held in memory. An instance with a [`HealthCheck`] starts critical
-/// (as in Consul) and is checked at once, then every `interval`: 2xx within `timeout`
+/// (as in Consul), or passing if it says so ([`HealthCheck::initially_passing`]), and
+/// is checked at once, then every `interval`: 2xx within `timeout`
 /// is passing, anything else critical, and after `deregister_critical_after` critical
 /// the instance is removed. Clones share the same registry.
 #[derive(Debug, Clone)]
@@ -120,13 +121,13 @@ impl Registry for InProcessRegistry {
         state.remove(&instance.id);
         state.generation += 1;
         let generation = state.generation;
+        let passing = registration.check.as_ref().is_none_or(|check| check.initially_passing);
         let checker = registration.check.clone().map(|check| {
             let task =
                 run_check(Arc::downgrade(&self.inner), instance.id.clone(), generation, check);
             tokio::spawn(task).abort_handle()
         });
         let service = instance.service.clone();
-        let passing = checker.is_none();
         state
             .instances
             .insert(instance.id.clone(), Entry { instance, passing, generation, checker });

@@ -74,3 +74,22 @@ async fn re_registering_replaces_the_check() {
     registry.register(&registration).await.unwrap();
     until_healthy(&registry, &service, &[&id]).await;
 }
+
+/// An instance registered with its check passing is healthy before the registry's
+/// first check (which runs at once, on a task of its own); one registered otherwise
+/// starts critical, as in Consul.
+#[tokio::test]
+async fn an_instance_registered_as_passing_is_healthy_before_its_first_check() {
+    let registry = InProcessRegistry::new();
+    let endpoint = HealthEndpoint::start().await;
+    let service = unique("keel-test");
+    let mut passing = registration(&service, &endpoint, Duration::from_secs(600));
+    passing.check.as_mut().unwrap().initially_passing = true;
+    let critical = registration(&service, &endpoint, Duration::from_secs(600));
+    // A current-thread runtime: the checks' tasks cannot run before this task yields,
+    // and neither call below waits for anything.
+    registry.register(&passing).await.unwrap();
+    registry.register(&critical).await.unwrap();
+    let healthy = registry.healthy(&service).await.unwrap();
+    assert_eq!(healthy, [passing.instance.clone()]);
+}

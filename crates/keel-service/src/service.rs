@@ -136,7 +136,7 @@ impl Service {
             .local_addr()
             .map_err(|source| ServiceError::Bind { addr: config.listen, source })?;
         let stopping = Arc::new(watch::Sender::new(false));
-        let app = app(&config, readiness, router, stopping.clone());
+        let app = app(&config, readiness.clone(), router, stopping.clone());
 
         let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -161,10 +161,13 @@ impl Service {
                 interval: config.check_interval,
                 timeout: config.check_timeout,
                 deregister_critical_after: config.deregister_critical_after,
+                initially_passing: false,
             }),
             instance,
         };
-        if let Err(error) = config.registry.register(&registration).await {
+        if let Err(error) =
+            config.registry.register(&as_it_is(&registration, &readiness).await).await
+        {
             let _ = drain_tx.send(());
             let _ = server.await;
             return Err(ServiceError::Register(error));
@@ -193,7 +196,7 @@ impl Service {
                     result = &mut server => break Some(result),
                     () = tokio::time::sleep(next_look) => {}
                 }
-                next_look = if reregister(&*config.registry, &registration).await {
+                next_look = if reregister(&*config.registry, &registration, &readiness).await {
                     unanswered = 0;
                     interval
                 } else {
@@ -268,13 +271,17 @@ fn audit_interval(config: &ServiceConfig) -> Duration {
 
 /// Registers `registration` again if the registry no longer has it; `false` when the
 /// registry did not answer (or registering again failed).
-async fn reregister(registry: &dyn Registry, registration: &Registration) -> bool {
+async fn reregister(
+    registry: &dyn Registry,
+    registration: &Registration,
+    readiness: &Readiness,
+) -> bool {
     let id = &registration.instance.id;
     match registry.is_registered(id).await {
         Ok(true) => true,
         Ok(false) => {
             tracing::warn!(instance = %id, "the registry dropped this instance; registering again");
-            match registry.register(registration).await {
+            match registry.register(&as_it_is(registration, readiness).await).await {
                 Ok(()) => true,
                 Err(error) => {
                     tracing::warn!(instance = %id, %error, "registering again failed");
@@ -287,6 +294,18 @@ async fn reregister(registry: &dyn Registry, registration: &Registration) -> boo
             false
         }
     }
+}
+
+/// `registration` with its health check starting out as the instance is now: passing
+/// when its readiness checks pass, so that callers find it at once instead of after
+/// the registry's first check (up to a whole check interval later: after a Consul
+/// agent restart, that long with no instance to route to).
+async fn as_it_is(registration: &Registration, readiness: &Readiness) -> Registration {
+    let mut registration = registration.clone();
+    if let Some(check) = &mut registration.check {
+        check.initially_passing = readiness.failures().await.is_empty();
+    }
+    registration
 }
 
 fn finished(

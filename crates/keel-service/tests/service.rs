@@ -398,3 +398,83 @@ async fn an_instance_registers_again_soon_after_an_unanswering_registry_is_back(
         .await
         .expect("registered again within moments of the registry's return");
 }
+
+/// A registry that records the first status of each registration's health check.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<InProcessRegistry>,
+    initially_passing: std::sync::Mutex<Vec<bool>>,
+}
+
+impl Recording {
+    fn initially_passing(&self) -> Vec<bool> {
+        self.initially_passing.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for Recording {
+    async fn register(
+        &self,
+        registration: &keel_registry::Registration,
+    ) -> Result<(), keel_registry::RegistryError> {
+        let passing = registration.check.as_ref().is_some_and(|check| check.initially_passing);
+        self.initially_passing.lock().unwrap().push(passing);
+        self.inner.register(registration).await
+    }
+
+    async fn deregister(&self, instance_id: &str) -> Result<(), keel_registry::RegistryError> {
+        self.inner.deregister(instance_id).await
+    }
+
+    async fn is_registered(&self, instance_id: &str) -> Result<bool, keel_registry::RegistryError> {
+        self.inner.is_registered(instance_id).await
+    }
+
+    async fn healthy(
+        &self,
+        service: &str,
+    ) -> Result<Vec<keel_registry::Instance>, keel_registry::RegistryError> {
+        self.inner.healthy(service).await
+    }
+
+    fn watch(&self, service: &str) -> keel_registry::Watch {
+        self.inner.watch(service)
+    }
+}
+
+/// An instance registers with its health check as its readiness is then: critical
+/// while its checks fail, passing once they pass, so that after a registry forgot it
+/// (a Consul agent restart) callers find it again at once, not after the registry's
+/// first check (before, up to a whole check interval of 503s).
+#[tokio::test]
+async fn an_instance_registers_with_its_check_as_ready_as_it_is() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    let inner = registry();
+    let recording =
+        Arc::new(Recording { inner: inner.clone(), initially_passing: Vec::new().into() });
+    let mut config = config(recording.clone());
+    config.check_interval = Duration::from_millis(20);
+    config.deregister_critical_after = Duration::from_secs(3600);
+    let ready = Arc::new(AtomicBool::new(false));
+    let flag = ready.clone();
+    let readiness = Readiness::new().check("database", move || {
+        let ready = flag.load(Ordering::SeqCst);
+        async move { if ready { Ok(()) } else { Err("down".to_owned()) } }
+    });
+    let h = start(config, readiness).await;
+    let id = h.running.instance_id().to_owned();
+    assert_eq!(recording.initially_passing(), [false], "not ready as it started");
+
+    ready.store(true, Ordering::SeqCst);
+    inner.deregister(&id).await.unwrap();
+    let again = async {
+        while recording.initially_passing().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), again).await.unwrap();
+    assert!(recording.initially_passing()[1], "ready as it registered again");
+}

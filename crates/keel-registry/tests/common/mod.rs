@@ -71,6 +71,7 @@ pub fn registration(service: &str, endpoint: &HealthEndpoint, interval: Duration
             interval,
             timeout: Duration::from_secs(1),
             deregister_critical_after: Duration::from_secs(60),
+            initially_passing: false,
         }),
     }
 }
