@@ -239,11 +239,11 @@ mod bench {
         let spec = SubscriptionSpec::new(&topic, "bench").prefetch(u32::from(PREFETCH));
         bus.subscribe(spec).await.expect("subscribe").close().await.expect("close");
         let bus = Arc::new(bus);
-        let elapsed =
+        let run =
             keel_testkit::relay::relay_backlog(Arc::new(log), bus.clone(), &topic, events, BATCH)
                 .await;
         Publisher::close(&*bus).await.expect("close");
-        rate(events.len(), elapsed)
+        rate(events.len(), run.elapsed)
     }
 
     fn rate(count: usize, elapsed: Duration) -> f64 {

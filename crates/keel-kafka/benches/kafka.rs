@@ -23,6 +23,10 @@
 //!   database (`KEEL_TEST_DATABASE_URL`) beforehand (not timed), relayed to a topic of
 //!   their own; the clock runs from the relay's start until its checkpoint reaches the
 //!   log's head. Set beside raw rdkafka's publish (issue 18: at least 0.8x).
+//! - CPU per message: the whole machine's CPU time (this bench, the broker and
+//!   PostgreSQL) during each publish round, over its messages. Where they share a few
+//!   cores, the relay's rate follows this: it reads every event from PostgreSQL, which
+//!   raw rdkafka's publish does not.
 
 #![allow(clippy::cast_precision_loss, clippy::print_stdout, unreachable_pub)]
 
@@ -36,6 +40,7 @@ use std::time::{Duration, Instant};
 use keel_core::{CloudEvent, Publisher, Subscriber, SubscriptionSpec};
 use keel_kafka::{KafkaBus, KafkaConfig};
 use keel_postgres::{PgEventLog, PgOptions};
+use keel_testkit::relay::{Measured, machine_cpu_time};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -218,7 +223,7 @@ fn raw_consume(topic: &str, n: usize) -> Duration {
 
 /// The relay moving `events`, appended to a fresh Postgres log first, to a topic of
 /// their own.
-async fn relay(bus: Arc<KafkaBus>, events: &[CloudEvent]) -> Duration {
+async fn relay(bus: Arc<KafkaBus>, events: &[CloudEvent]) -> Measured {
     let database = keel_testkit::postgres::fresh_database("relay_bench").await;
     let log = PgEventLog::connect(&database, PgOptions::default()).await.expect("log");
     let topic = format!("relay{}", uuid::Uuid::now_v7().simple());
@@ -236,6 +241,25 @@ enum Side {
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
+}
+
+/// A publish round: its rate, and the CPU time per message the whole machine spent.
+struct Round {
+    rate: f64,
+    cpu_us: f64,
+}
+
+impl Round {
+    fn new(n: usize, run: Measured) -> Self {
+        Self { rate: rate(n, run.elapsed), cpu_us: run.machine_cpu.as_secs_f64() * 1e6 / n as f64 }
+    }
+}
+
+/// Times `publish`, and the machine's CPU time meanwhile.
+async fn measured(publish: impl std::future::Future<Output = Duration>) -> Measured {
+    let before = machine_cpu_time();
+    let elapsed = publish.await;
+    Measured { elapsed, machine_cpu: machine_cpu_time().saturating_sub(before) }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -277,14 +301,16 @@ async fn main() {
             match side {
                 Side::Keel => {
                     create_topic(&topic).await;
-                    keel_publishes.push(rate(n, keel_publish(&bus, &topic, &events).await));
+                    let run = measured(keel_publish(&bus, &topic, &events)).await;
+                    keel_publishes.push(Round::new(n, run));
                 }
                 Side::Raw => {
                     create_topic(&topic).await;
-                    raw_publishes.push(rate(n, raw_publish(&producer, &topic, &records).await));
+                    let run = measured(raw_publish(&producer, &topic, &records)).await;
+                    raw_publishes.push(Round::new(n, run));
                     consume_topic.get_or_insert(topic);
                 }
-                Side::Relay => relays.push(rate(n, relay(bus.clone(), &events).await)),
+                Side::Relay => relays.push(Round::new(n, relay(bus.clone(), &events).await)),
             }
         }
     }
@@ -306,9 +332,11 @@ async fn main() {
     let (raw_con, keel_con) = (best(&raw_rounds), best(&keel_rounds));
     let show = |rounds: &[f64]| rounds.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>();
     println!("consume rounds (msg/s): Keel {:?}, raw {:?}", show(&keel_rounds), show(&raw_rounds));
-    println!("publish rounds (msg/s): relay {:?}, raw {:?}", show(&relays), show(&raw_publishes));
-    let (raw_pub, keel_pub, relay_best) =
-        (best(&raw_publishes), best(&keel_publishes), best(&relays));
+    let rates = |rounds: &[Round]| rounds.iter().map(|r| r.rate).collect::<Vec<_>>();
+    let (raw_rates, keel_rates, relay_rates) =
+        (rates(&raw_publishes), rates(&keel_publishes), rates(&relays));
+    println!("publish rounds (msg/s): relay {:?}, raw {:?}", show(&relay_rates), show(&raw_rates));
+    let (raw_pub, keel_pub, relay_best) = (best(&raw_rates), best(&keel_rates), best(&relay_rates));
     println!();
     println!(
         "| {:<8} | {:>14} | {:>18} | {:>10} |",
@@ -324,4 +352,13 @@ async fn main() {
     }
     Publisher::close(&*bus).await.expect("close");
     println!("relay: from a Postgres log, set beside raw rdkafka's publish");
+    // The bench, the broker and PostgreSQL share the machine's cores: where they are
+    // all busy, a rate follows the CPU each message costs them together.
+    let cpu = |rounds: &[Round]| rounds.iter().map(|r| r.cpu_us).sum::<f64>() / rounds.len() as f64;
+    println!(
+        "CPU per message, whole machine, mean of the rounds (us): raw publish {:.1}, Keel publish {:.1}, relay {:.1} (reading the log included)",
+        cpu(&raw_publishes),
+        cpu(&keel_publishes),
+        cpu(&relays)
+    );
 }
