@@ -316,12 +316,29 @@ async fn an_instance_the_registry_forgot_registers_again_at_the_next_check() {
 }
 
 /// A registry that stops answering while `down` (an agent restarting), counting the
-/// looks it did not answer.
+/// looks it did not answer, and records how each registration's check starts.
 #[derive(Debug)]
 struct Flaky {
     inner: Arc<InProcessRegistry>,
     down: std::sync::atomic::AtomicBool,
     unanswered: std::sync::atomic::AtomicUsize,
+    /// Each registration's first check status, in order.
+    initially_passing: std::sync::Mutex<Vec<bool>>,
+}
+
+impl Flaky {
+    fn new(inner: Arc<InProcessRegistry>) -> Self {
+        Self {
+            inner,
+            down: false.into(),
+            unanswered: 0.into(),
+            initially_passing: Vec::new().into(),
+        }
+    }
+
+    fn initially_passing(&self) -> Vec<bool> {
+        self.initially_passing.lock().unwrap().clone()
+    }
 }
 
 #[async_trait::async_trait]
@@ -330,6 +347,8 @@ impl Registry for Flaky {
         &self,
         registration: &keel_registry::Registration,
     ) -> Result<(), keel_registry::RegistryError> {
+        let passing = registration.check.as_ref().is_some_and(|check| check.initially_passing);
+        self.initially_passing.lock().unwrap().push(passing);
         self.inner.register(registration).await
     }
 
@@ -369,7 +388,7 @@ async fn an_instance_registers_again_soon_after_an_unanswering_registry_is_back(
     use std::time::Duration;
 
     let inner = registry();
-    let flaky = Arc::new(Flaky { inner: inner.clone(), down: false.into(), unanswered: 0.into() });
+    let flaky = Arc::new(Flaky::new(inner.clone()));
     let mut config = config(flaky.clone());
     // Far longer than the test waits once the registry is back.
     config.check_interval = Duration::from_secs(3);
@@ -399,50 +418,6 @@ async fn an_instance_registers_again_soon_after_an_unanswering_registry_is_back(
         .expect("registered again within moments of the registry's return");
 }
 
-/// A registry that records the first status of each registration's health check.
-#[derive(Debug)]
-struct Recording {
-    inner: Arc<InProcessRegistry>,
-    initially_passing: std::sync::Mutex<Vec<bool>>,
-}
-
-impl Recording {
-    fn initially_passing(&self) -> Vec<bool> {
-        self.initially_passing.lock().unwrap().clone()
-    }
-}
-
-#[async_trait::async_trait]
-impl Registry for Recording {
-    async fn register(
-        &self,
-        registration: &keel_registry::Registration,
-    ) -> Result<(), keel_registry::RegistryError> {
-        let passing = registration.check.as_ref().is_some_and(|check| check.initially_passing);
-        self.initially_passing.lock().unwrap().push(passing);
-        self.inner.register(registration).await
-    }
-
-    async fn deregister(&self, instance_id: &str) -> Result<(), keel_registry::RegistryError> {
-        self.inner.deregister(instance_id).await
-    }
-
-    async fn is_registered(&self, instance_id: &str) -> Result<bool, keel_registry::RegistryError> {
-        self.inner.is_registered(instance_id).await
-    }
-
-    async fn healthy(
-        &self,
-        service: &str,
-    ) -> Result<Vec<keel_registry::Instance>, keel_registry::RegistryError> {
-        self.inner.healthy(service).await
-    }
-
-    fn watch(&self, service: &str) -> keel_registry::Watch {
-        self.inner.watch(service)
-    }
-}
-
 /// An instance registers with its health check as its readiness is then: critical
 /// while its checks fail, passing once they pass, so that after a registry forgot it
 /// (a Consul agent restart) callers find it again at once, not after the registry's
@@ -453,8 +428,7 @@ async fn an_instance_registers_with_its_check_as_ready_as_it_is() {
     use std::time::Duration;
 
     let inner = registry();
-    let recording =
-        Arc::new(Recording { inner: inner.clone(), initially_passing: Vec::new().into() });
+    let recording = Arc::new(Flaky::new(inner.clone()));
     let mut config = config(recording.clone());
     config.check_interval = Duration::from_millis(20);
     config.deregister_critical_after = Duration::from_secs(3600);
