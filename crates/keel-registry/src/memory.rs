@@ -13,9 +13,9 @@ use crate::{HealthCheck, Instance, Registration, Registry, RegistryError, Watch}
 
 /// Registrations held in memory. An instance with a [`HealthCheck`] starts critical
 /// (as in Consul), or passing if it says so ([`HealthCheck::initially_passing`]), and
-/// is checked at once, then every `interval`: 2xx within `timeout`
-/// is passing, anything else critical, and after `deregister_critical_after` critical
-/// the instance is removed. Clones share the same registry.
+/// is checked at once, then every `interval`: 2xx within `timeout` is passing,
+/// anything else critical, and after `deregister_critical_after` critical the instance
+/// is removed. Clones share the same registry.
 #[derive(Debug, Clone)]
 pub struct InProcessRegistry {
     inner: Arc<Inner>,
