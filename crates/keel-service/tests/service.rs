@@ -252,9 +252,20 @@ async fn a_taken_address_fails_to_bind() {
     assert!(error.to_string().contains(&h.running.local_addr().to_string()), "{error}");
 }
 
+/// A readiness whose one check (`database`) passes while the flag is set.
+fn switchable_readiness(ready: bool) -> (Arc<std::sync::atomic::AtomicBool>, Readiness) {
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(ready));
+    let flag = ready.clone();
+    let readiness = Readiness::new().check("database", move || {
+        let ready = flag.load(std::sync::atomic::Ordering::SeqCst);
+        async move { if ready { Ok(()) } else { Err("down".to_owned()) } }
+    });
+    (ready, readiness)
+}
+
 #[tokio::test]
 async fn an_instance_dropped_by_the_registry_registers_again() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     let registry = registry();
@@ -262,12 +273,7 @@ async fn an_instance_dropped_by_the_registry_registers_again() {
     config.check_interval = Duration::from_millis(20);
     config.deregister_critical_after = Duration::from_millis(200);
     let name = config.name.clone();
-    let ready = Arc::new(AtomicBool::new(true));
-    let flag = ready.clone();
-    let readiness = Readiness::new().check("database", move || {
-        let ready = flag.load(Ordering::SeqCst);
-        async move { if ready { Ok(()) } else { Err("down".to_owned()) } }
-    });
+    let (ready, readiness) = switchable_readiness(true);
     let h = start(config, readiness).await;
     let id = h.running.instance_id().to_owned();
     until_healthy(&*registry, &name, &[&id]).await;
@@ -424,31 +430,26 @@ async fn an_instance_registers_again_soon_after_an_unanswering_registry_is_back(
 /// first check (before, up to a whole check interval of 503s).
 #[tokio::test]
 async fn an_instance_registers_with_its_check_as_ready_as_it_is() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     let inner = registry();
-    let recording = Arc::new(Flaky::new(inner.clone()));
-    let mut config = config(recording.clone());
+    let flaky = Arc::new(Flaky::new(inner.clone()));
+    let mut config = config(flaky.clone());
     config.check_interval = Duration::from_millis(20);
     config.deregister_critical_after = Duration::from_secs(3600);
-    let ready = Arc::new(AtomicBool::new(false));
-    let flag = ready.clone();
-    let readiness = Readiness::new().check("database", move || {
-        let ready = flag.load(Ordering::SeqCst);
-        async move { if ready { Ok(()) } else { Err("down".to_owned()) } }
-    });
+    let (ready, readiness) = switchable_readiness(false);
     let h = start(config, readiness).await;
     let id = h.running.instance_id().to_owned();
-    assert_eq!(recording.initially_passing(), [false], "not ready as it started");
+    assert_eq!(flaky.initially_passing(), [false], "not ready as it started");
 
     ready.store(true, Ordering::SeqCst);
     inner.deregister(&id).await.unwrap();
     let again = async {
-        while recording.initially_passing().len() < 2 {
+        while flaky.initially_passing().len() < 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
     tokio::time::timeout(Duration::from_secs(30), again).await.unwrap();
-    assert!(recording.initially_passing()[1], "ready as it registered again");
+    assert!(flaky.initially_passing()[1], "ready as it registered again");
 }
