@@ -22,7 +22,9 @@ use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _};
 use keel_core::bus::{DeadLetterReason, Settle};
 use keel_core::{BusError, Delivery, Subscription, SubscriptionSpec};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use tokio::sync::watch;
@@ -138,33 +140,61 @@ impl AmqpSubscription {
     async fn leave(&mut self) {
         self.ended = true;
         let Some(member) = self.member.take() else { return };
-        if !member.channel.status().connected() {
+        let config = &self.shared.config;
+        let cancel = !config.single_active_consumer;
+        member.leave(&self.names.queue, config.connect_timeout, cancel, "member left").await;
+    }
+}
+
+impl Member {
+    /// Cancels the consumer (unless the group has a single active consumer), then
+    /// closes the channel, each within `patience`.
+    ///
+    /// The broker stops pushing at the cancel. On a quorum queue the cancel is also a
+    /// round trip through the queue, after which the channel has passed on the acks it
+    /// was holding back: closing straight after a burst of acks lost some of them
+    /// (rabbitmq-server#10327), and the group handed out again messages this member
+    /// had acknowledged. With a single active consumer the cancel would hand the group
+    /// to the next member while this one still holds prefetched messages, which come
+    /// back only at the close, behind later ones: there order wins, and only the close
+    /// is sent.
+    async fn leave(self, queue: &str, patience: Duration, cancel: bool, reason: &str) {
+        if !self.channel.status().connected() {
             return;
         }
-        let closing = member.channel.close(200, "keel: member left".into());
-        match tokio::time::timeout(self.shared.config.connect_timeout, closing).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(%error, queue = %self.names.queue, "closing a consumer channel");
+        if cancel {
+            let cancelling =
+                self.channel.basic_cancel(self.consumer.tag(), BasicCancelOptions::default());
+            match tokio::time::timeout(patience, cancelling).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, queue, "cancelling a consumer"),
+                Err(_) => {
+                    tracing::warn!(queue, "the broker did not confirm cancelling a consumer");
+                }
             }
+        }
+        let closing = self.channel.close(200, format!("keel: {reason}").into());
+        match tokio::time::timeout(patience, closing).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, queue, "closing a consumer channel"),
             Err(_) => {
-                tracing::warn!(queue = %self.names.queue, "the broker did not confirm closing a consumer channel");
+                tracing::warn!(queue, "the broker did not confirm closing a consumer channel");
             }
         }
     }
 }
 
 impl Drop for AmqpSubscription {
-    /// Dropped without `close`: close the channel anyway (deliveries still out hold
-    /// it), so the broker gives back everything the member held.
+    /// Dropped without `close`: leave anyway (deliveries still out hold the channel),
+    /// so the broker gives back everything the member held.
     fn drop(&mut self) {
         let Some(member) = self.member.take() else { return };
-        if !member.channel.status().connected() {
-            return;
-        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let names = Arc::clone(&self.names);
+            let patience = self.shared.config.connect_timeout;
+            let cancel = !self.shared.config.single_active_consumer;
             runtime.spawn(async move {
-                let _ = member.channel.close(200, "keel: member dropped".into()).await;
+                member.leave(&names.queue, patience, cancel, "member dropped").await;
             });
         }
     }

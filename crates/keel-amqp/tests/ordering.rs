@@ -5,7 +5,8 @@
 //! what a member gives back is redelivered first, except on quorum queues a delivery
 //! dropped unsettled, which goes to the tail;
 //! with `single_active_consumer` one member at a time receives, and the next takes
-//! over where it stopped, so order holds across members.
+//! over where it stopped, so order holds across members. And a member that leaves
+//! right after acking keeps its acks.
 
 mod common;
 
@@ -230,4 +231,49 @@ async fn classic_redelivers_what_is_given_back_first() {
 async fn quorum_redelivers_a_leavers_messages_first_and_a_dropped_one_last() {
     assert_eq!(given_back_order(QueueType::Quorum, true).await, REDELIVERED_FIRST);
     assert_eq!(given_back_order(QueueType::Quorum, false).await, REDELIVERED_LAST);
+}
+
+/// A member that acks a burst of deliveries and leaves at once keeps those acks: the
+/// group does not hand any of them out again. On a quorum queue, RabbitMQ holds back
+/// the acks a channel sends faster than the queue applies them, and closing the
+/// channel then dropped the held-back ones (rabbitmq-server#10327): a graceful leave
+/// redelivered messages it had acknowledged. Several rounds, because the loss depends
+/// on timing.
+async fn acks_survive_an_immediate_leave(queue_type: QueueType) {
+    let bus = common::bus_with(common::config().queue_type(queue_type)).await;
+    let topic = unique("ack-then-leave");
+    let spec = SubscriptionSpec::new(&topic, "g").prefetch(500);
+    let mut acked = std::collections::HashSet::new();
+    for round in 0..8_u64 {
+        let mut sub = bus.subscribe(spec.clone()).await.expect("sub");
+        let events: Vec<_> = (round * 300..(round + 1) * 300).map(|i| seq_event(i, None)).collect();
+        bus.publish(&topic, &events).await.expect("publish");
+        for _ in 0..300 {
+            let delivery = next(&mut sub).await;
+            let seq = seq_of(delivery.event().expect("event"));
+            assert!(acked.insert(seq), "round {round}: event {seq} came again after its ack");
+            delivery.ack().await.expect("ack");
+        }
+        sub.close().await.expect("close");
+    }
+    let mut sub = bus.subscribe(spec).await.expect("sub");
+    let mut again = Vec::new();
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(500), sub.next()).await
+    {
+        again.push(seq_of(delivery.event().expect("event")));
+        delivery.ack().await.expect("ack");
+    }
+    sub.close().await.expect("close");
+    assert!(again.is_empty(), "{} acknowledged events came again: {again:?}", again.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_acks_survive_an_immediate_leave() {
+    acks_survive_an_immediate_leave(QueueType::Quorum).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn classic_acks_survive_an_immediate_leave() {
+    acks_survive_an_immediate_leave(QueueType::Classic).await;
 }
