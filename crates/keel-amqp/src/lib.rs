@@ -102,15 +102,14 @@
 //! channel, and the broker gives everything it held back to the group. (The cancel
 //! makes a quorum queue take the acks sent just before: closing straight after a
 //! burst of acks loses some of them, rabbitmq-server#10327, and the group hands
-//! those messages out again. With `single_active_consumer=true` the member only
-//! closes, to keep order, so there a leave can redeliver a few acknowledged
-//! messages, as at-least-once delivery allows; a handler behind Keel's inbox sees
-//! each once.) A quorum queue counts those returns too, the prefetched messages no
-//! handler saw included: a group whose members come and go often (a restart loop,
-//! say) spends attempts that way, so give its redelivery policy room for it. Acks go
-//! straight to the member's channel (`Channel::basic_ack`), not through lapin's
-//! `Acker`, whose internal RPC hop costs a task wake-up per message (half the
-//! client's CPU when consuming).
+//! those messages out again. With `single_active_consumer=true` a cancel would hand
+//! the group on before the close gives back what the member held, so there the
+//! member adds a second consumer and cancels that instead.) A quorum queue counts
+//! those returns too, the prefetched messages no handler saw included: a group whose
+//! members come and go often (a restart loop, say) spends attempts that way, so give
+//! its redelivery policy room for it. Acks go straight to the member's channel
+//! (`Channel::basic_ack`), not through lapin's `Acker`, whose internal RPC hop costs
+//! a task wake-up per message (half the client's CPU when consuming).
 //!
 //! # Order
 //!

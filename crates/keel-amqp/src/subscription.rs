@@ -141,37 +141,49 @@ impl AmqpSubscription {
         self.ended = true;
         let Some(member) = self.member.take() else { return };
         let config = &self.shared.config;
-        let cancel = !config.single_active_consumer;
-        member.leave(&self.names.queue, config.connect_timeout, cancel, "member left").await;
+        let single_active = config.single_active_consumer;
+        member.leave(&self.names.queue, config.connect_timeout, single_active, "member left").await;
     }
 }
 
 impl Member {
-    /// Cancels the consumer (unless the group has a single active consumer), then
-    /// closes the channel, each within `patience`.
+    /// Makes the queue take this member's last acks, then closes the channel, each
+    /// step within `patience`.
     ///
-    /// The broker stops pushing at the cancel. On a quorum queue the cancel is also a
-    /// round trip through the queue, after which the channel has passed on the acks it
-    /// was holding back: closing straight after a burst of acks lost some of them
-    /// (rabbitmq-server#10327), and the group handed out again messages this member
-    /// had acknowledged. With a single active consumer the cancel would hand the group
-    /// to the next member while this one still holds prefetched messages, which come
-    /// back only at the close, behind later ones: there order wins, and only the close
-    /// is sent.
-    async fn leave(self, queue: &str, patience: Duration, cancel: bool, reason: &str) {
+    /// On a quorum queue the channel holds back the acks it sends faster than the
+    /// queue applies them, and closing it drops the held ones (rabbitmq-server#10327):
+    /// the group then hands out again messages this member acknowledged. A round trip
+    /// through the queue before the close lets the channel pass them on. That round
+    /// trip is cancelling the consumer, which also stops the broker pushing. With a
+    /// single active consumer, though, the cancel would hand the group to the next
+    /// member while this one still holds prefetched messages, which come back only at
+    /// the close, behind later ones; so there the round trip is a second consumer,
+    /// which waits behind the first and receives nothing, added and cancelled.
+    async fn leave(self, queue: &str, patience: Duration, single_active: bool, reason: &str) {
         if !self.channel.status().connected() {
             return;
         }
-        if cancel {
-            let cancelling =
-                self.channel.basic_cancel(self.consumer.tag(), BasicCancelOptions::default());
-            match tokio::time::timeout(patience, cancelling).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!(%error, queue, "cancelling a consumer"),
-                Err(_) => {
-                    tracing::warn!(queue, "the broker did not confirm cancelling a consumer");
-                }
-            }
+        let round_trip = async {
+            let tag = if single_active {
+                let probe = self
+                    .channel
+                    .basic_consume(
+                        self.consumer.queue(),
+                        ShortString::default(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                probe.tag()
+            } else {
+                self.consumer.tag()
+            };
+            self.channel.basic_cancel(tag, BasicCancelOptions::default()).await
+        };
+        match tokio::time::timeout(patience, round_trip).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, queue, "cancelling a consumer"),
+            Err(_) => tracing::warn!(queue, "the broker did not confirm cancelling a consumer"),
         }
         let closing = self.channel.close(200, format!("keel: {reason}").into());
         match tokio::time::timeout(patience, closing).await {
@@ -192,9 +204,9 @@ impl Drop for AmqpSubscription {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let names = Arc::clone(&self.names);
             let patience = self.shared.config.connect_timeout;
-            let cancel = !self.shared.config.single_active_consumer;
+            let single_active = self.shared.config.single_active_consumer;
             runtime.spawn(async move {
-                member.leave(&names.queue, patience, cancel, "member dropped").await;
+                member.leave(&names.queue, patience, single_active, "member dropped").await;
             });
         }
     }

@@ -239,8 +239,9 @@ async fn quorum_redelivers_a_leavers_messages_first_and_a_dropped_one_last() {
 /// channel then dropped the held-back ones (rabbitmq-server#10327): a graceful leave
 /// redelivered messages it had acknowledged. Several rounds, because the loss depends
 /// on timing.
-async fn acks_survive_an_immediate_leave(queue_type: QueueType) {
-    let bus = common::bus_with(common::config().queue_type(queue_type)).await;
+async fn acks_survive_an_immediate_leave(queue_type: QueueType, single_active: bool) {
+    let config = common::config().queue_type(queue_type).single_active_consumer(single_active);
+    let bus = common::bus_with(config).await;
     let topic = unique("ack-then-leave");
     let spec = SubscriptionSpec::new(&topic, "g").prefetch(500);
     let mut acked = std::collections::HashSet::new();
@@ -270,10 +271,12 @@ async fn acks_survive_an_immediate_leave(queue_type: QueueType) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quorum_acks_survive_an_immediate_leave() {
-    acks_survive_an_immediate_leave(QueueType::Quorum).await;
+    acks_survive_an_immediate_leave(QueueType::Quorum, false).await;
+    acks_survive_an_immediate_leave(QueueType::Quorum, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn classic_acks_survive_an_immediate_leave() {
-    acks_survive_an_immediate_leave(QueueType::Classic).await;
+    acks_survive_an_immediate_leave(QueueType::Classic, false).await;
+    acks_survive_an_immediate_leave(QueueType::Classic, true).await;
 }
