@@ -246,6 +246,23 @@ async fn fill(log: &PgEventLog, target: usize) {
     }
 }
 
+/// Runs a raw reader and Keel's in turn, `rounds` times: the best rate of each, with
+/// the rows its last run read.
+async fn best_reads(
+    rounds: usize,
+    raw: impl AsyncFn() -> (f64, usize),
+    keel: impl AsyncFn() -> (f64, usize),
+) -> ((f64, usize), (f64, usize)) {
+    let (mut best_raw, mut best_keel) = ((0f64, 0), (0f64, 0));
+    for _ in 0..rounds {
+        let (rate, count) = raw().await;
+        best_raw = (best_raw.0.max(rate), count);
+        let (rate, count) = keel().await;
+        best_keel = (best_keel.0.max(rate), count);
+    }
+    (best_raw, best_keel)
+}
+
 fn row(name: &str, keel: f64, raw: f64, target: &str) {
     println!("{name:<44} {keel:>12.0} {raw:>12.0} {:>7.2}x  {target}", keel / raw);
 }
@@ -299,26 +316,17 @@ async fn main() {
     row(&format!("batched appends, events ({BATCH} per append)"), keel_batch, raw_batch, ">= 0.7x");
     fill(&log, REPLAY_EVENTS).await;
     let _ = replay_raw(&pool).await;
-    let (mut raw_replay, mut raw_count, mut keel_replay, mut keel_count) = (0f64, 0, 0f64, 0);
-    for _ in 0..rounds {
-        let (rate, count) = replay_raw(&pool).await;
-        (raw_replay, raw_count) = (raw_replay.max(rate), count);
-        let (rate, count) = replay_keel(&log).await;
-        (keel_replay, keel_count) = (keel_replay.max(rate), count);
-    }
+    let ((raw_replay, raw_count), (keel_replay, keel_count)) =
+        best_reads(rounds, async || replay_raw(&pool).await, async || replay_keel(&log).await)
+            .await;
     row(
         &format!("replay, events ({keel_count} vs {raw_count} rows)"),
         keel_replay,
         raw_replay,
         ">= 200000/s",
     );
-    let (mut raw_pages, mut raw_count, mut keel_pages, mut keel_count) = (0f64, 0, 0f64, 0);
-    for _ in 0..rounds {
-        let (rate, count) = pages_raw(&pool).await;
-        (raw_pages, raw_count) = (raw_pages.max(rate), count);
-        let (rate, count) = pages_keel(&log).await;
-        (keel_pages, keel_count) = (keel_pages.max(rate), count);
-    }
+    let ((raw_pages, raw_count), (keel_pages, keel_count)) =
+        best_reads(rounds, async || pages_raw(&pool).await, async || pages_keel(&log).await).await;
     row(
         &format!("pages of {PAGE} in order ({keel_count} vs {raw_count} rows)"),
         keel_pages,
