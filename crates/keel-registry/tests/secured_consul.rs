@@ -103,46 +103,75 @@ impl SecuredAgent {
                 "ext.cnf",
             ],
         );
-        let https_port = free_port();
-        let d = dir.display();
-        std::fs::write(
-            dir.join("secured.hcl"),
-            format!(
-                "acl {{\n  enabled = true\n  default_policy = \"deny\"\n  tokens {{ master = \"{TOKEN}\" }}\n}}\n\
-                 ports {{ https = {https_port} }}\n\
-                 cert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server-key.pem\"\nca_file = \"{d}/ca.pem\"\n\
-                 verify_incoming = false\n"
-            ),
-        )
-        .unwrap();
-        let port = |name: &str| [format!("-{name}"), free_port().to_string()];
-        let child = Command::new("consul")
-            .args(["agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1"])
-            .args(port("http-port"))
-            .args(port("server-port"))
-            .args(port("serf-lan-port"))
-            .args(port("serf-wan-port"))
-            .args(["-dns-port", "-1", "-grpc-port", "-1", "-config-file"])
-            .arg(dir.join("secured.hcl"))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("agent.log")).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("consul (scripts/services.sh installs it)");
         let ca_pem = std::fs::read(dir.join("ca.pem")).unwrap();
-        let agent = Self { child, https: format!("https://127.0.0.1:{https_port}"), dir, ca_pem };
-        // Up once it answers over HTTPS with a leader.
-        let registry = ConsulRegistry::with_tls(&agent.https, Some(&agent.ca_pem)).unwrap();
-        let mut last = None;
-        for _ in 0..200 {
-            match registry.clone().checked().await {
-                Ok(_) => return agent,
-                Err(error) => last = Some(error),
+        // The ports are free when picked, but another process (any outgoing connection
+        // takes an ephemeral port) may bind one before the agent does; the agent then
+        // exits, and is started again on fresh ports.
+        for _ in 0..3 {
+            let (mut child, https) = spawn_agent(&dir);
+            match up(&mut child, &https, &ca_pem, &dir).await {
+                Ok(()) => return Self { child, https, dir, ca_pem },
+                Err(exited) => {
+                    eprintln!("the secured agent exited ({exited}); starting it on other ports");
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("the secured agent never answered: {last:?}; see {}", agent.dir.display());
+        panic!("the secured agent exited three times; see {}", dir.display());
     }
+}
+
+/// Waits until the agent answers over HTTPS with a leader; `Err` with its exit status
+/// and the end of its log if it exits first. Panics (the agent killed, its directory
+/// kept) if it neither answers nor exits.
+async fn up(child: &mut Child, https: &str, ca_pem: &[u8], dir: &Path) -> Result<(), String> {
+    let registry = ConsulRegistry::with_tls(https, Some(ca_pem)).unwrap();
+    let mut last = None;
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+            let tail: Vec<_> = log.lines().rev().take(5).collect();
+            return Err(format!("{status}; its log ends, last line first: {tail:?}"));
+        }
+        match registry.clone().checked().await {
+            Ok(_) => return Ok(()),
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    panic!("the secured agent never answered: {last:?}; see {}", dir.display());
+}
+
+/// Starts a dev agent with ACLs and HTTPS (the certificates in `dir`) on free ports;
+/// its log goes to `dir/agent.log`. Returns it and its HTTPS address.
+fn spawn_agent(dir: &Path) -> (Child, String) {
+    let https_port = free_port();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("secured.hcl"),
+        format!(
+            "acl {{\n  enabled = true\n  default_policy = \"deny\"\n  tokens {{ master = \"{TOKEN}\" }}\n}}\n\
+             ports {{ https = {https_port} }}\n\
+             cert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server-key.pem\"\nca_file = \"{d}/ca.pem\"\n\
+             verify_incoming = false\n"
+        ),
+    )
+    .unwrap();
+    let port = |name: &str| [format!("-{name}"), free_port().to_string()];
+    let child = Command::new("consul")
+        .args(["agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1"])
+        .args(port("http-port"))
+        .args(port("server-port"))
+        .args(port("serf-lan-port"))
+        .args(port("serf-wan-port"))
+        .args(["-dns-port", "-1", "-grpc-port", "-1", "-config-file"])
+        .arg(dir.join("secured.hcl"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("consul (scripts/services.sh installs it)");
+    (child, format!("https://127.0.0.1:{https_port}"))
 }
 
 impl Drop for SecuredAgent {
